@@ -1,0 +1,100 @@
+// lumen: explanations as data. `Explainer::explain` runs one forward pass for a batch of images, one
+// backward pass per target down to the requested layers only, and hands the captured activations and
+// gradients to each requested method. Maps come back as float matrices with their metadata; pictures
+// and files are made from them (output.h).
+#pragma once
+
+#include <lumen/image.h>
+#include <lumen/model.h>
+#include <lumen/target.h>
+
+#include <opencv2/core.hpp>
+
+#include <string>
+#include <vector>
+
+namespace lumen {
+
+struct ExplainOptions {
+  std::vector<std::string> methods{"gradcam"};
+  std::vector<std::string> layers;          // at least one; module paths
+  // Which targets: explicit classes (each explained for every image), else the top-k predictions.
+  std::vector<int64_t> classes;
+  int top_k = 1;
+  Score score = Score::Logit;
+  bool counterfactual = false;
+  OutputSelector select;                     // default: lumen::default_logits
+  // API only: fully custom targets (per-image classes, other heads). When set, replaces the above.
+  std::vector<Target> targets;
+  // Fraction of the map's maximum used for the paper's box (largest connected region above it).
+  float box_threshold = 0.15f;
+};
+
+struct Box {
+  int x0 = 0, y0 = 0, x1 = 0, y1 = 0;       // pixels of the original image; x1, y1 exclusive
+  bool valid = false;
+  int width() const { return x1 - x0; }
+  int height() const { return y1 - y0; }
+};
+
+struct MapStats {
+  float min = 0, max = 0, mean = 0;          // of the raw map
+  int peak_x = 0, peak_y = 0;                // argmax of the upsampled map, original image pixels
+};
+
+struct Map {
+  std::string method, layer, target;
+  int64_t cls = -1;                          // -1 for custom targets
+  std::string label;
+  bool counterfactual = false;
+  float target_value = 0;                    // y for this image
+  cv::Mat raw;         // CV_32F, layer resolution, exactly as the method's formula gives it
+  cv::Mat upsampled;   // CV_32F, original image size, bilinear (half-pixel centres) from raw
+  cv::Mat normalized;  // CV_32F in [0,1]: (upsampled - min) / (max - min); all zero when empty
+  MapStats stats;
+  Box box;
+  bool empty = false;  // the map is constant (e.g. all-zero gradient): nothing to show
+};
+
+struct Prediction {
+  int64_t cls = 0;
+  std::string label;
+  float logit = 0, probability = 0;
+};
+
+struct ImageExplanation {
+  std::string source;                        // file name or caller's tag
+  int width = 0, height = 0;                 // original image size
+  std::vector<Prediction> top;               // top-5 (fewer if the model has fewer classes)
+  std::vector<Map> maps;
+};
+
+class Explainer {
+ public:
+  Explainer(const Model& model, Preprocess preprocess, std::vector<std::string> labels = {});
+  std::vector<ImageExplanation> explain(const std::vector<cv::Mat>& images, const ExplainOptions& options,
+                                        const std::vector<std::string>& sources = {}) const;
+  // For callers with their own preprocessing: `batch` is the model input [N,3,H,W]; maps are upsampled
+  // to `sizes[i]` (width, height of the image each row came from; default: the input size).
+  std::vector<ImageExplanation> explain_tensor(const torch::Tensor& batch, const ExplainOptions& options,
+                                               const std::vector<cv::Size>& sizes = {},
+                                               const std::vector<std::string>& sources = {}) const;
+
+  const Model& model() const { return model_; }
+  const Preprocess& preprocess() const { return preprocess_; }
+  const std::vector<std::string>& labels() const { return labels_; }
+
+ private:
+  const Model& model_;
+  Preprocess preprocess_;
+  std::vector<std::string> labels_;
+};
+
+// Names accepted in ExplainOptions::methods.
+std::vector<std::string> method_names();
+
+// The paper's box: threshold `map` (any size, CV_32F) at `fraction` of its maximum, take the largest
+// 8-connected region, return its bounding box. Invalid when the map has no positive maximum.
+Box threshold_box(const cv::Mat& map, float fraction);
+
+}  // namespace lumen

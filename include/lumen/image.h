@@ -1,0 +1,45 @@
+// lumen: images in, model input out. Preprocessing is described by a small model card (JSON) or by
+// explicit options; the default resize policy stretches the whole image to the model's input size
+// (no crop, aspect ratio not kept), which is how the shared MobileNetV2 was evaluated.
+#pragma once
+
+#include <opencv2/core.hpp>
+#include <torch/script.h>
+
+#include <string>
+#include <vector>
+
+namespace lumen {
+
+struct Preprocess {
+  int width = 224, height = 224;
+  std::vector<float> mean{0.f, 0.f, 0.f};   // in pixel units (0..255)
+  std::vector<float> std{255.f, 255.f, 255.f};
+  bool rgb = true;                          // channel order the model expects
+};
+
+struct ModelCard {
+  std::string name;
+  Preprocess preprocess;
+  std::vector<std::string> labels;          // empty when the card names no labels file
+  std::string cam_layer;                    // suggested target layer, may be empty
+};
+
+// Reads a card like ../shared/models/mobilenet_v2_imagenet.json (fields: input.size, input.mean,
+// input.std, input.color_order, output.labels_file, cam_target_layer). Throws lumen::Error.
+ModelCard load_card(const std::string& path);
+std::vector<std::string> load_labels(const std::string& path);
+
+// Largest image lumen decodes (pixels); bigger files are refused rather than risking memory.
+constexpr long long kMaxImagePixels = 80LL * 1000 * 1000;
+
+// BGR 8-bit image as OpenCV reads it. Throws lumen::Error for a missing, unreadable, corrupt or huge file.
+cv::Mat read_image(const std::string& path);
+
+// [3,H,W] float tensor: converted to float, stretched to the input size with antialiased bilinear
+// interpolation (torch interpolate(mode="bilinear", antialias=True, align_corners=False), which is
+// torchvision's Resize), then (pixel - mean) / std.
+torch::Tensor to_input(const cv::Mat& bgr, const Preprocess& p);
+torch::Tensor to_batch(const std::vector<cv::Mat>& images, const Preprocess& p);
+
+}  // namespace lumen

@@ -1,0 +1,64 @@
+// lumen: a loaded TorchScript model whose layers can be captured by module path.
+//
+// The user's model is never edited by the user: lumen rewrites its own copy of the forward graph so that
+// the outputs of the requested submodules (`layer4`, `features.18`, `layer4.1.conv2`) come out beside the
+// model's own output, as leaves from which gradients can be taken. Rewritten graphs are built once per
+// set of layers and cached. A Model may be shared by several threads; all its methods are const.
+#pragma once
+
+#include <torch/script.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace lumen {
+
+struct LayerInfo {
+  std::string path;                 // module path, e.g. "features.18"
+  std::string type;                 // class name of the module, e.g. "Conv2d"
+  std::vector<int64_t> shape;       // output shape for the probed input; empty if not a tensor
+  std::string output_kind;          // "tensor", "tuple", ..., or "not called"
+};
+
+// What one forward pass returns: the model's own output and, per requested layer, the captured output.
+// A captured tensor is a leaf that requires grad when the pass ran with gradients enabled, so
+// torch::autograd::grad(score, capture) gives d score / d activation and nothing below the layer.
+struct Capture {
+  torch::IValue output;
+  std::vector<torch::Tensor> layers;  // same order as the requested paths
+};
+
+class Model {
+ public:
+  // Loads a TorchScript file (traced or scripted). Throws lumen::Error on a missing or invalid file.
+  static Model load(const std::string& path);
+  // Wraps a module already in memory (used by the demo, which builds its network in C++).
+  static Model from_module(torch::jit::Module module, std::string name = "in-memory");
+
+  const std::string& name() const;
+
+  // Every submodule in definition order, with its output shape for an input of `input_shape`.
+  std::vector<LayerInfo> layers(const std::vector<int64_t>& input_shape) const;
+  // All module paths, without running the model.
+  std::vector<std::string> module_paths() const;
+  // Throws lumen::Error naming the closest paths when `path` is not a submodule.
+  void check_layer(const std::string& path) const;
+
+  // One forward pass. Gradients are recorded only from the captured layers upwards (the model's
+  // parameters never require grad in lumen's copy) unless `input` itself requires grad.
+  Capture forward(const torch::Tensor& input, const std::vector<std::string>& layers = {}) const;
+
+  // The underlying module (lumen's own copy; parameters have requires_grad = false).
+  const torch::jit::Module& module() const;
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+// The model's class scores from its output: the tensor itself, or the first tensor of a tuple/list.
+// Dicts and other structures need a user-supplied selector (see target.h).
+torch::Tensor default_logits(const torch::IValue& output);
+
+}  // namespace lumen

@@ -1,0 +1,71 @@
+// lumen: from explanations to files. Data first: .npy float maps and one JSON document per run; then
+// pictures: a colour-mapped heat map and an overlay on the image. Everything a run writes is staged and
+// moved into place at the end, so a failed run leaves no partial files.
+#pragma once
+
+#include <lumen/explain.h>
+
+#include <nlohmann/json.hpp>
+#include <opencv2/core.hpp>
+
+#include <string>
+#include <vector>
+
+namespace lumen {
+
+// NumPy .npy (format 1.0, little-endian float32, C order) for a single-channel CV_32F matrix.
+std::string encode_npy(const cv::Mat& map);
+cv::Mat decode_npy(const std::string& bytes);   // float32 2-D only; throws lumen::Error
+cv::Mat read_npy(const std::string& path);
+
+enum class Colormap { Jet, Turbo };
+Colormap parse_colormap(const std::string& name);   // "jet" | "turbo"
+
+cv::Mat heatmap(const cv::Mat& normalized, Colormap cmap);                  // BGR 8-bit
+cv::Mat overlay(const cv::Mat& bgr, const cv::Mat& normalized, Colormap cmap, float alpha = 0.5f);
+void draw_box(cv::Mat& bgr, const Box& box, const cv::Scalar& colour, int thickness = 2);
+
+std::string encode_png(const cv::Mat& image);
+
+// Files of one run: written into a hidden staging folder inside `dir`, moved into `dir` by commit().
+// Destroying an uncommitted OutputDir removes the staging folder. Throws lumen::Error if `dir` cannot
+// be created or written.
+class OutputDir {
+ public:
+  explicit OutputDir(const std::string& dir);
+  ~OutputDir();
+  OutputDir(const OutputDir&) = delete;
+  OutputDir& operator=(const OutputDir&) = delete;
+
+  void write(const std::string& name, const std::string& bytes);
+  void commit();
+  const std::string& dir() const { return dir_; }
+
+ private:
+  std::string dir_, staging_;
+  std::vector<std::string> names_;
+  bool committed_ = false;
+};
+
+// File-name-safe stem: letters, digits, '-', '_' and '.' kept, everything else '_'.
+std::string safe_name(const std::string& s);
+
+struct RenderOptions {
+  Colormap colormap = Colormap::Jet;
+  float alpha = 0.5f;       // heat-map weight in the overlay
+  bool draw_box = true;     // the paper's box on the overlay
+};
+
+// Base name of one map's files: <stem>.<method>.<layer>.<target>[.cf]
+std::string map_file_stem(const std::string& image_stem, const Map& map);
+
+// Writes, per map: <base>.heat.png, <base>.overlay.png, <base>.npy (normalised, image size) and
+// <base>.raw.npy (layer resolution, unnormalised). Returns the images' JSON entries with file names.
+nlohmann::json write_maps(OutputDir& out, const std::vector<cv::Mat>& images, const std::vector<ImageExplanation>& explained,
+                          const std::vector<std::string>& stems, const RenderOptions& options);
+
+// The run document (schema in docs/json-schema.md).
+nlohmann::json run_json(const std::vector<ImageExplanation>& images, const nlohmann::json& run_info);
+nlohmann::json map_json(const Map& map);
+
+}  // namespace lumen

@@ -1,0 +1,40 @@
+// lumen: targets. A target turns the model's output into one scalar per image — the y^c whose
+// gradient an explanation follows. Built-in: a class logit (default), its softmax probability or
+// log-probability, each optionally negated (counterfactual: evidence *against* the class).
+// Anything else (a head of a multi-output model, a dict entry) is a user function.
+#pragma once
+
+#include <torch/script.h>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace lumen {
+
+// Picks the [N,K] class-score tensor out of the model's output.
+using OutputSelector = std::function<torch::Tensor(const torch::IValue& output)>;
+// Maps the model's output to a [N] tensor of scalars to explain.
+using TargetFn = std::function<torch::Tensor(const torch::IValue& output)>;
+
+enum class Score { Logit, Probability, LogProbability };
+Score parse_score(const std::string& name);     // "logit" | "prob" | "logprob"
+std::string to_string(Score s);
+
+struct Target {
+  std::string name;                 // e.g. "class 171", "top-2"
+  std::vector<int64_t> classes;     // the class explained for each image; empty for custom targets
+  Score score = Score::Logit;
+  bool counterfactual = false;
+  TargetFn fn;                      // output -> [N]
+
+  torch::Tensor operator()(const torch::IValue& output) const { return fn(output); }
+};
+
+// y = score_s(select(output))[n, classes[n]], negated when counterfactual. `classes` holds one entry
+// per image of the batch. Throws lumen::Error when a class index is out of range.
+Target class_target(std::vector<int64_t> classes, Score score = Score::Logit,
+                    bool counterfactual = false, OutputSelector select = {});
+Target custom_target(std::string name, TargetFn fn);
+
+}  // namespace lumen

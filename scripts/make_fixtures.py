@@ -1,0 +1,288 @@
+#!/usr/bin/python3
+"""Test fixtures and independent reference results for lumen (test tooling only; users never need Python).
+
+Writes into OUT (default build/fixtures):
+  * torchvision resnet18, vgg11, mobilenet_v2 with seeded random weights, each traced and scripted;
+  * small models for edge cases (tuple/dict outputs, functional and in-place ReLUs, a zero-gradient head);
+  * Grad-CAM references computed here with eager PyTorch forward hooks + autograd, for several layers,
+    batch 1 and 3, positive and counterfactual, on those models and on ../shared's MobileNetV2;
+  * manifest.json describing every case for tests/test_parity.cpp.
+
+The reference is written from the paper's formula, not from lumen's code:
+  alpha_k = mean_ij dy/dA_k(ij), map = relu(sum_k alpha_k A_k), upsampled bilinearly (half-pixel
+  centres) to the image size and min-max normalised.
+Usage: make_fixtures.py OUT SHARED_DIR
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from torchvision.io import read_image, ImageReadMode
+
+OUT = sys.argv[1] if len(sys.argv) > 1 else "build/fixtures"
+SHARED = sys.argv[2] if len(sys.argv) > 2 else "../shared"
+os.makedirs(OUT, exist_ok=True)
+torch.set_num_threads(2)
+
+IMAGENET_CARD = {
+    "name": "torchvision random-weight fixture",
+    "input": {"size": [224, 224], "color_order": "RGB", "mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]},
+}
+SHARED_IMAGES = [os.path.join(SHARED, "images", n) for n in ("cat.png", "pets.jpg", "bird.png")]
+
+
+def write_json(name, obj):
+    with open(os.path.join(OUT, name), "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+def load_batch(paths, card):
+    """Model input as lumen documents it: RGB float, antialiased bilinear stretch, (x - mean) / std."""
+    h, w = card["input"]["size"]
+    mean = torch.tensor(card["input"]["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(card["input"]["std"]).view(1, 3, 1, 1)
+    xs, sizes = [], []
+    for p in paths:
+        img = read_image(p, ImageReadMode.RGB).float()[None]
+        sizes.append((img.shape[2], img.shape[3]))
+        if card["input"].get("color_order", "RGB") == "BGR":
+            img = img.flip(1)
+        x = F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+        xs.append((x - mean) / std)
+    return torch.cat(xs), sizes
+
+
+def module_at(model, path):
+    m = model
+    for part in path.split("."):
+        m = getattr(m, part)
+    return m
+
+
+def reference_gradcam(model, x, layer, classes, counterfactual):
+    """Eager Grad-CAM with a forward hook. The hook hands a clone downstream so that an in-place op after
+    the layer (vgg's ReLU(inplace=True)) cannot overwrite the captured activation."""
+    store = {}
+
+    def hook(module, inputs, output):
+        a = output.detach().requires_grad_(True)
+        store["a"] = a
+        return a.clone()
+
+    handle = module_at(model, layer).register_forward_hook(hook)
+    try:
+        logits = model(x)
+    finally:
+        handle.remove()
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
+    y = logits[torch.arange(x.shape[0]), torch.tensor(classes)]
+    if counterfactual:
+        y = -y
+    (g,) = torch.autograd.grad(y.sum(), store["a"])
+    a = store["a"].detach()
+    alpha = g.mean(dim=(2, 3), keepdim=True)
+    return torch.relu((alpha * a).sum(1)), logits.detach()
+
+
+def normalised(raw, size):
+    up = F.interpolate(raw[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+    lo, hi = up.min(), up.max()
+    if hi - lo <= 1e-6 * max(abs(float(hi)), 1e-30):
+        return torch.zeros_like(up), True
+    return (up - lo) / (hi - lo), False
+
+
+cases = []
+
+
+def add_cases(tag, model_file, model, card_file, card, layers, batches):
+    for layer in layers:
+        for paths in batches:
+            x, sizes = load_batch(paths, card)
+            with torch.no_grad():
+                out = model(x)
+                logits = out[0] if isinstance(out, (tuple, list)) else out
+            ranked = logits.argsort(1, descending=True)
+            for cf in (False, True):
+                # A counterfactual map of the top class is mostly empty at late layers (all evidence is
+                # for it); the lowest-ranked class has evidence against it, which tests more.
+                classes = ranked[:, -1 if cf else 0].tolist()
+                raw, _ = reference_gradcam(model, x, layer, classes, cf)
+                name = f"{tag}_{layer}_b{len(paths)}_{'cf' if cf else 'pos'}"
+                entry = {"name": name, "model": model_file, "card": card_file, "images": paths, "layer": layer,
+                         "classes": classes, "counterfactual": cf, "raw": [], "normalised": [], "empty": []}
+                for i in range(len(paths)):
+                    norm, empty = normalised(raw[i], sizes[i])
+                    rf, nf = f"{name}_{i}.raw.npy", f"{name}_{i}.norm.npy"
+                    np.save(os.path.join(OUT, rf), raw[i].numpy().astype(np.float32))
+                    np.save(os.path.join(OUT, nf), norm.numpy().astype(np.float32))
+                    entry["raw"].append(rf)
+                    entry["normalised"].append(nf)
+                    entry["empty"].append(empty)
+                cases.append(entry)
+
+
+def torchvision_models():
+    write_json("imagenet_card.json", IMAGENET_CARD)
+    specs = {
+        "resnet18": ["layer4", "layer3.1", "layer4.1.conv2"],
+        "vgg11": ["features.18", "features.20"],
+        "mobilenet_v2": ["features.18", "features.17.conv.2", "features.14"],
+    }
+    batches = [SHARED_IMAGES[:1], SHARED_IMAGES]
+    for arch, layers in specs.items():
+        torch.manual_seed(0)
+        model = getattr(torchvision.models, arch)(weights=None).eval()
+        for p in model.parameters():
+            p.requires_grad_(True)  # as a user's export would have them
+        example = torch.randn(1, 3, 224, 224)
+        for kind in ("traced", "scripted"):
+            f = f"{arch}_{kind}.pt"
+            path = os.path.join(OUT, f)
+            if not os.path.exists(path):
+                m = torch.jit.trace(model, example) if kind == "traced" else torch.jit.script(model)
+                m.save(path)
+        # The eager model is the reference; one set of maps serves the traced and the scripted file.
+        for kind in ("traced", "scripted"):
+            add_cases(f"{arch}_{kind}", f"{arch}_{kind}.pt", model, "imagenet_card.json", IMAGENET_CARD, layers,
+                      batches if kind == "traced" else batches[1:])
+
+
+def shared_model():
+    card_path = os.path.join(SHARED, "models", "mobilenet_v2_imagenet.json")
+    with open(card_path) as f:
+        card = json.load(f)
+    model = torch.jit.load(os.path.join(SHARED, "models", "mobilenet_v2_imagenet.pt")).eval()
+
+    # The shared file is TorchScript; the reference calls its submodules one by one from Python.
+    def ref(x, layer, classes, cf):
+        store = {}
+        feats = model.features
+        parts = layer.split(".")
+        assert parts[0] == "features"
+        idx = int(parts[1])
+        h = x
+        for name, child in feats.named_children():
+            h = child(h)
+            if int(name) == idx:
+                a = h.detach().requires_grad_(True)
+                store["a"] = a
+                h = a.clone()
+        logits = model.classifier(model.pool(h))
+        y = logits[torch.arange(x.shape[0]), torch.tensor(classes)]
+        y = -y if cf else y
+        (g,) = torch.autograd.grad(y.sum(), store["a"])
+        alpha = g.mean(dim=(2, 3), keepdim=True)
+        return torch.relu((alpha * store["a"].detach()).sum(1))
+
+    images = SHARED_IMAGES + [os.path.join(SHARED, "images", n) for n in ("grace_hopper.png", "parrot.jpg")]
+    for layer in ("features.18", "features.16"):
+        for paths in (images[:1], images[:3]):
+            x, sizes = load_batch(paths, card)
+            with torch.no_grad():
+                ranked = model(x).argsort(1, descending=True)
+            for cf in (False, True):
+                classes = ranked[:, -1 if cf else 0].tolist()
+                raw = ref(x, layer, classes, cf)
+                name = f"shared_mobilenet_v2_{layer}_b{len(paths)}_{'cf' if cf else 'pos'}"
+                entry = {"name": name, "model": os.path.abspath(os.path.join(SHARED, "models", "mobilenet_v2_imagenet.pt")),
+                         "card": os.path.abspath(card_path), "images": paths, "layer": layer, "classes": classes,
+                         "counterfactual": cf, "raw": [], "normalised": [], "empty": []}
+                for i in range(len(paths)):
+                    norm, empty = normalised(raw[i].detach(), sizes[i])
+                    rf, nf = f"{name}_{i}.raw.npy", f"{name}_{i}.norm.npy"
+                    np.save(os.path.join(OUT, rf), raw[i].detach().numpy().astype(np.float32))
+                    np.save(os.path.join(OUT, nf), norm.numpy().astype(np.float32))
+                    entry["raw"].append(rf)
+                    entry["normalised"].append(nf)
+                    entry["empty"].append(empty)
+                cases.append(entry)
+
+
+class TupleOut(nn.Module):
+    """Functional and in-place ReLUs, and a forward that returns (logits, features)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = self.conv2(x)
+        x.relu_()
+        f = x.mean((2, 3))
+        return self.fc(f), f
+
+
+class DictOut(TupleOut):
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = self.conv2(x)
+        x.relu_()
+        f = x.mean((2, 3))
+        return {"logits": self.fc(f), "embedding": f}
+
+
+class ZeroHead(nn.Module):
+    """Class 0 does not depend on the image: its gradient at every layer is exactly zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 3)
+        with torch.no_grad():
+            self.fc.weight[0].zero_()
+
+    def forward(self, x):
+        return self.fc(F.relu(self.conv(x)).mean((2, 3)))
+
+
+def small_models():
+    torch.manual_seed(1)
+    card = {"name": "small", "input": {"size": [32, 32], "color_order": "RGB", "mean": [127.5] * 3, "std": [127.5] * 3}}
+    write_json("small_card.json", card)
+    example = torch.randn(2, 3, 32, 32)
+    m = TupleOut().eval()
+    torch.jit.script(m).save(os.path.join(OUT, "tuple_out_scripted.pt"))
+    torch.jit.trace(m, example).save(os.path.join(OUT, "tuple_out_traced.pt"))
+    d = DictOut().eval()
+    d.load_state_dict(m.state_dict())
+    torch.jit.script(d).save(os.path.join(OUT, "dict_out_scripted.pt"))
+    torch.jit.script(ZeroHead().eval()).save(os.path.join(OUT, "zero_head.pt"))
+    # conv2's output is ReLU'd in place right after the layer; conv1's through F.relu.
+    add_cases("tuple_out_scripted", "tuple_out_scripted.pt", m, "small_card.json", card, ["conv2", "conv1"], [SHARED_IMAGES])
+    add_cases("tuple_out_traced", "tuple_out_traced.pt", m, "small_card.json", card, ["conv2"], [SHARED_IMAGES])
+    # Bad files.
+    with open(os.path.join(OUT, "not_a_model.pt"), "w") as f:
+        f.write("this is not a TorchScript archive\n")
+    with open(os.path.join(OUT, "not_an_image.png"), "w") as f:
+        f.write("plain text, not a PNG\n")
+    with open(SHARED_IMAGES[0], "rb") as f:
+        png = f.read()
+    with open(os.path.join(OUT, "truncated.png"), "wb") as f:
+        f.write(png[: len(png) // 40])
+
+
+def bench_models():
+    """Random-weight models for bench/ (not compared with references)."""
+    torch.manual_seed(0)
+    path = os.path.join(OUT, "resnet50_traced.pt")
+    if not os.path.exists(path):
+        torch.jit.trace(torchvision.models.resnet50(weights=None).eval(), torch.randn(1, 3, 224, 224)).save(path)
+
+
+if __name__ == "__main__":
+    bench_models()
+    small_models()
+    torchvision_models()
+    shared_model()
+    write_json("manifest.json", {"cases": cases})
+    print(f"fixtures: {len(cases)} Grad-CAM reference cases in {OUT}")

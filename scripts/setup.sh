@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Fresh Debian 12 -> built lumen -> `lumen demo`. Installs Debian packages (needs root or sudo).
+#   scripts/setup.sh [--no-demo]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+PACKAGES=(
+  build-essential cmake ninja-build
+  libtorch-dev libopencv-dev nlohmann-json3-dev libcli11-dev libgtest-dev libbenchmark-dev
+  libopenblas0-openmp                          # LibTorch's default BLAS here is the slow reference one
+  python3-torch python3-torchvision python3-jsonschema   # test tooling only: fixtures and references
+)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
+cmake --build build -j"$(nproc)"
+
+if [ "${1:-}" != "--no-demo" ]; then
+  build/lumen demo --out build/lumen-demo
+fi

@@ -1,0 +1,25 @@
+#include <lumen/runtime.h>
+
+#include <ATen/Parallel.h>
+#include <opencv2/core.hpp>
+
+#include <algorithm>
+#include <cstdlib>
+#include <thread>
+#include <unistd.h>
+
+namespace lumen {
+
+void ensure_passive_openmp(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("LUMEN_NO_REEXEC")) return;
+  setenv("OMP_WAIT_POLICY", "PASSIVE", 1);
+  execv("/proc/self/exe", argv);  // returns only on failure; then carry on as we are
+}
+
+void set_threads(int threads) {
+  if (threads < 1) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(threads);
+  cv::setNumThreads(threads);
+}
+
+}  // namespace lumen

@@ -1,0 +1,180 @@
+#include <lumen/error.h>
+#include <lumen/model.h>
+
+#include "model/tap.h"
+
+#include <torch/csrc/jit/runtime/interpreter.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <sstream>
+
+namespace lumen {
+namespace {
+
+// Optimal-string-alignment distance: a typo that swaps two characters (features.81) costs 1.
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::vector<size_t>> d(a.size() + 1, std::vector<size_t>(b.size() + 1));
+  for (size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+  for (size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    for (size_t j = 1; j <= b.size(); ++j) {
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.size()][b.size()];
+}
+
+// A rewritten graph compiled for the interpreter. The graph runs unoptimised through
+// torch::jit::Code — the same kernels eager PyTorch calls — so profiling-executor specialisations never
+// change numerics between the first and later calls.
+struct Compiled {
+  std::shared_ptr<torch::jit::Graph> graph;
+  std::unique_ptr<torch::jit::Code> code;
+  std::vector<std::string> tapped;
+  std::map<std::string, std::string> skipped;
+};
+
+}  // namespace
+
+struct Model::Impl {
+  torch::jit::Module module;
+  std::string name;
+  std::vector<std::string> paths;
+  std::mutex mutex;  // guards `cache` only; the module itself is never mutated after load
+  std::map<std::string, std::shared_ptr<Compiled>> cache;
+
+  std::shared_ptr<Compiled> compiled(const std::vector<std::string>& layers, bool lenient) {
+    std::string key = lenient ? "?" : "";
+    for (const auto& l : layers) key += l + "\n";
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = cache.find(key);
+    if (it != cache.end()) return it->second;
+    auto result = detail::tapped_graph(module, layers, lenient);
+    auto c = std::make_shared<Compiled>();
+    c->graph = result.graph;
+    c->code = std::make_unique<torch::jit::Code>(result.graph, "lumen_forward");
+    c->tapped = std::move(result.tapped);
+    c->skipped = std::move(result.skipped);
+    cache.emplace(key, c);
+    return c;
+  }
+
+  torch::IValue run(const Compiled& c, const torch::Tensor& input) const {
+    torch::jit::Stack stack{module._ivalue(), input};
+    torch::jit::InterpreterState state(*c.code);
+    try {
+      state.run(stack);
+    } catch (const c10::Error& e) {
+      throw Error("model '" + name + "' failed on an input of shape " + c10::str(input.sizes()) + ": " +
+                  first_line(e.what_without_backtrace()));
+    }
+    return stack.back();
+  }
+};
+
+Model Model::from_module(torch::jit::Module module, std::string name) {
+  Model m;
+  m.impl_ = std::make_shared<Impl>();
+  {
+    // Under no-grad the cloned parameters are leaves, whose requires_grad flag may be changed.
+    torch::NoGradGuard no_grad;
+    module = module.clone();
+  }
+  // lumen's copy never needs parameter gradients: with none requiring grad, nothing below a captured
+  // layer records autograd history, and backward passes stop at the layer.
+  for (auto p : module.parameters()) p.requires_grad_(false);
+  module.eval();
+  for (const auto& sub : module.named_modules()) {
+    if (!sub.name.empty()) m.impl_->paths.push_back(sub.name);
+  }
+  m.impl_->module = std::move(module);
+  m.impl_->name = std::move(name);
+  return m;
+}
+
+Model Model::load(const std::string& path) {
+  if (!std::filesystem::exists(path)) throw Error("model file not found: " + path);
+  if (std::filesystem::is_directory(path)) throw Error("model path is a directory, not a file: " + path);
+  torch::jit::Module module;
+  try {
+    module = torch::jit::load(path, torch::kCPU);
+  } catch (const c10::Error& e) {
+    throw Error("cannot load model " + path + " as TorchScript: " + first_line(e.what_without_backtrace()));
+  } catch (const std::exception& e) {
+    throw Error("cannot load model " + path + " as TorchScript: " + first_line(e.what()));
+  }
+  if (!module.find_method("forward")) throw Error("model " + path + " has no forward() method");
+  return from_module(module, std::filesystem::path(path).filename().string());
+}
+
+const std::string& Model::name() const { return impl_->name; }
+const torch::jit::Module& Model::module() const { return impl_->module; }
+std::vector<std::string> Model::module_paths() const { return impl_->paths; }
+
+void Model::check_layer(const std::string& path) const {
+  const auto& paths = impl_->paths;
+  if (std::find(paths.begin(), paths.end(), path) != paths.end()) return;
+  if (paths.empty())
+    throw Error("unknown layer '" + path + "': the model has no submodules (a frozen or fully inlined TorchScript file?)");
+  std::vector<std::pair<size_t, std::string>> scored;
+  for (const auto& p : paths) scored.emplace_back(edit_distance(path, p), p);
+  std::stable_sort(scored.begin(), scored.end(), [](auto& a, auto& b) { return a.first < b.first; });
+  std::string close;
+  for (size_t i = 0; i < std::min<size_t>(5, scored.size()); ++i) close += (i ? ", " : "") + scored[i].second;
+  throw Error("unknown layer '" + path + "'; closest: " + close + " (lumen layers MODEL lists all)");
+}
+
+Capture Model::forward(const torch::Tensor& input, const std::vector<std::string>& layers) const {
+  for (const auto& l : layers) check_layer(l);
+  auto compiled = impl_->compiled(layers, false);
+  auto out = impl_->run(*compiled, input).toTuple();
+  Capture cap;
+  cap.output = out->elements().at(0);
+  for (size_t i = 0; i < layers.size(); ++i) cap.layers.push_back(out->elements().at(i + 1).toTensor());
+  return cap;
+}
+
+std::vector<LayerInfo> Model::layers(const std::vector<int64_t>& input_shape) const {
+  auto compiled = impl_->compiled(impl_->paths, true);
+  torch::NoGradGuard no_grad;
+  auto out = impl_->run(*compiled, torch::zeros(input_shape)).toTuple();
+  std::map<std::string, torch::Tensor> shapes;
+  for (size_t i = 0; i < compiled->tapped.size(); ++i)
+    shapes[compiled->tapped[i]] = out->elements().at(i + 1).toTensor();
+  std::vector<LayerInfo> infos;
+  for (const auto& path : impl_->paths) {
+    LayerInfo info;
+    info.path = path;
+    auto type = detail::submodule(impl_->module, path).type()->name();
+    info.type = type ? type->name() : "?";
+    if (auto it = shapes.find(path); it != shapes.end()) {
+      info.output_kind = "tensor";
+      info.shape = it->second.sizes().vec();
+    } else {
+      info.output_kind = compiled->skipped.count(path) ? compiled->skipped.at(path) : "not called";
+    }
+    infos.push_back(std::move(info));
+  }
+  return infos;
+}
+
+torch::Tensor default_logits(const torch::IValue& output) {
+  if (output.isTensor()) return output.toTensor();
+  if (output.isTuple()) {
+    for (const auto& e : output.toTuple()->elements())
+      if (e.isTensor()) return e.toTensor();
+  }
+  if (output.isList()) {
+    for (const auto& e : output.toList())
+      if (static_cast<torch::IValue>(e).isTensor()) return static_cast<torch::IValue>(e).toTensor();
+  }
+  throw Error("model output is " + output.tagKind() +
+              ", not a tensor of class scores; pass a target function that selects the output to explain");
+}
+
+}  // namespace lumen

@@ -1,0 +1,31 @@
+// Internal: rewriting a TorchScript forward graph so that submodule outputs come out as extra results.
+#pragma once
+
+#include <torch/csrc/jit/ir/ir.h>
+#include <torch/script.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace lumen::detail {
+
+// The forward graph of `root` with every call to a module in `paths` followed by
+//   t = lumen::tap(y)  (a leaf that requires grad, or y itself if y already requires grad)
+//   y' = aten::clone(t) (what the rest of the network sees, so in-place ops cannot alter t)
+// and returning (original output, t_1, ..., t_n). Calls are inlined only on the way down to the
+// requested paths. Throws lumen::Error when a path is never called, returns something other than a
+// tensor, or is called inside input-dependent control flow — unless `lenient`, which instead leaves
+// such paths out of the outputs and says why in `skipped` (used to list layers).
+struct TapResult {
+  std::shared_ptr<torch::jit::Graph> graph;
+  std::vector<std::string> tapped;                 // paths in output order (after the model's output)
+  std::map<std::string, std::string> skipped;      // path -> reason / output type
+};
+TapResult tapped_graph(const torch::jit::Module& root, const std::vector<std::string>& paths, bool lenient = false);
+
+// Module at a dotted path below root ("" = root).
+torch::jit::Module submodule(const torch::jit::Module& root, const std::string& path);
+
+}  // namespace lumen::detail

@@ -1,0 +1,65 @@
+// Test helpers: fixture paths, running the CLI, comparing maps.
+#pragma once
+
+#include <lumen/lumen.h>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <array>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace lumen::test {
+
+inline std::string shared(const std::string& rel) { return std::string(LUMEN_SHARED_DIR) + "/" + rel; }
+inline std::string fixture(const std::string& rel) { return std::string(LUMEN_FIXTURES_DIR) + "/" + rel; }
+
+inline nlohmann::json read_json(const std::string& path) {
+  std::ifstream in(path);
+  return nlohmann::json::parse(in);
+}
+
+struct CliResult {
+  int code = 0;
+  std::string out, err;
+};
+
+// Runs the lumen binary with `args` (already shell-quoted), capturing stdout and stderr.
+inline CliResult run_cli(const std::string& args) {
+  auto dir = std::filesystem::temp_directory_path() / ("lumen-cli-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  std::string out = (dir / "stdout").string(), err = (dir / "stderr").string();
+  std::string cmd = std::string(LUMEN_CLI) + " " + args + " >" + out + " 2>" + err;
+  int status = std::system(cmd.c_str());
+  CliResult r;
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream o(out), e(err);
+  r.out.assign(std::istreambuf_iterator<char>(o), {});
+  r.err.assign(std::istreambuf_iterator<char>(e), {});
+  return r;
+}
+
+inline double pearson(const cv::Mat& a, const cv::Mat& b) {
+  cv::Scalar ma, sa, mb, sb;
+  cv::meanStdDev(a, ma, sa);
+  cv::meanStdDev(b, mb, sb);
+  cv::Mat da = a - ma[0], db = b - mb[0];
+  double num = da.dot(db);
+  double den = std::sqrt(da.dot(da) * db.dot(db));
+  return den > 0 ? num / den : (num == 0 ? 1.0 : 0.0);
+}
+
+inline double max_abs_diff(const cv::Mat& a, const cv::Mat& b) { return cv::norm(a, b, cv::NORM_INF); }
+
+inline std::string temp_dir(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() / ("lumen-test-" + std::to_string(::getpid()) + "-" + name);
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir.string();
+}
+
+}  // namespace lumen::test

@@ -1,0 +1,163 @@
+// The command line end to end: outputs, the documented JSON schema, and the bad-input matrix (one clear
+// line on stderr, non-zero exit, no partial files).
+#include "common.h"
+
+#include <opencv2/imgcodecs.hpp>
+
+namespace lumen::test {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string q(const std::string& s) { return "'" + s + "'"; }
+
+const std::string kModel = "--model " + q(LUMEN_SHARED_DIR "/models/mobilenet_v2_imagenet.pt") + " --card " +
+                           q(LUMEN_SHARED_DIR "/models/mobilenet_v2_imagenet.json");
+
+size_t count_files(const std::string& dir) {
+  if (!fs::exists(dir)) return 0;
+  size_t n = 0;
+  for (auto it = fs::recursive_directory_iterator(dir); it != fs::recursive_directory_iterator(); ++it) n += it->is_regular_file();
+  return n;
+}
+
+void expect_clean_failure(const CliResult& r, const std::string& needle, const std::string& out_dir) {
+  EXPECT_NE(r.code, 0);
+  EXPECT_EQ(r.err.rfind("lumen: error: ", 0), 0u) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << "one line: " << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << "expected '" << needle << "' in: " << r.err;
+  EXPECT_EQ(count_files(out_dir), 0u) << "partial files left in " << out_dir;
+}
+
+TEST(Cli, ExplainWritesMapsOverlaysAndValidJson) {
+  std::string out = temp_dir("explain");
+  auto r = run_cli("explain " + kModel + " --image " + q(shared("images/cat.png")) + " " + q(shared("images/pets.jpg")) +
+                   " --layer features.18 --top-k 2 --method gradcam --colormap turbo --out " + q(out));
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto run = read_json(out + "/run.json");
+  ASSERT_EQ(run["images"].size(), 2u);
+  for (const auto& img : run["images"]) {
+    ASSERT_EQ(img["maps"].size(), 2u);
+    for (const auto& m : img["maps"]) {
+      for (const auto& f : m["files"]) EXPECT_TRUE(fs::exists(out + "/" + f.get<std::string>())) << f;
+      ASSERT_TRUE(m["box"].is_array());
+      auto box = m["box"].get<std::vector<int>>();
+      EXPECT_GE(box[0], 0);
+      EXPECT_GE(box[1], 0);
+      EXPECT_LT(box[0], box[2]);
+      EXPECT_LT(box[1], box[3]);
+      EXPECT_LE(box[2], img["width"].get<int>());
+      EXPECT_LE(box[3], img["height"].get<int>());
+      cv::Mat overlay = cv::imread(out + "/" + m["files"]["overlay"].get<std::string>());
+      EXPECT_EQ(overlay.cols, img["width"].get<int>());
+      cv::Mat map = read_npy(out + "/" + m["files"]["map"].get<std::string>());
+      EXPECT_EQ(map.rows, img["height"].get<int>());
+      EXPECT_TRUE(cv::checkRange(map, true, nullptr, 0.0, 1.0 + 1e-6));
+    }
+  }
+  EXPECT_EQ(run["images"][1]["maps"][0]["class"], 171);
+  // The schema in docs/ is the contract; check it with an independent validator.
+  std::string cmd = std::string(LUMEN_PYTHON) +
+                    " -c \"import json,sys,jsonschema; jsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))\" " +
+                    q(out + "/run.json") + " " + q(LUMEN_SOURCE_DIR "/docs/explain.schema.json");
+  EXPECT_EQ(std::system(cmd.c_str()), 0) << "run.json does not validate against docs/explain.schema.json";
+  // No staging folder left behind.
+  for (const auto& e : fs::directory_iterator(out)) EXPECT_EQ(e.path().filename().string().rfind(".lumen-staging", 0), std::string::npos);
+}
+
+TEST(Cli, ChosenClassAndCounterfactual) {
+  std::string out = temp_dir("class");
+  auto r = run_cli("explain " + kModel + " --image " + q(shared("images/pets.jpg")) + " --class 195 --counterfactual --out " + q(out));
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto m = read_json(out + "/run.json")["images"][0]["maps"][0];
+  EXPECT_EQ(m["class"], 195);
+  EXPECT_EQ(m["counterfactual"], true);
+  EXPECT_LT(m["target_value"].get<double>(), 0.0) << "the counterfactual target is the negated logit";
+  EXPECT_TRUE(fs::exists(out + "/pets.gradcam.features.18.c195.cf.overlay.png"));
+}
+
+TEST(Cli, LayersCommandListsPathsTypesShapes) {
+  auto r = run_cli("layers " + q(shared("models/mobilenet_v2_imagenet.pt")));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("features.18 "), std::string::npos);
+  EXPECT_NE(r.out.find("1x1280x7x7"), std::string::npos);
+  EXPECT_NE(r.out.find("features.17.depthwise.conv"), std::string::npos);
+  auto j = run_cli("layers --json --input-size 64 96 " + q(fixture("resnet18_scripted.pt")));
+  ASSERT_EQ(j.code, 0) << j.err;
+  auto layers = nlohmann::json::parse(j.out);
+  bool found = false;
+  for (const auto& l : layers)
+    if (l["path"] == "layer4") found = l["shape"] == nlohmann::json({1, 512, 2, 3});
+  EXPECT_TRUE(found) << j.out;
+}
+
+struct BadCase {
+  std::string name, args, needle;
+};
+
+TEST(Cli, BadInputMatrix) {
+  const std::string img = q(shared("images/cat.png"));
+  const std::string file = temp_dir("afile") + "/plain";
+  std::ofstream(file) << "x";
+  // A 9000x9000 PNG (81 megapixels) is over lumen's limit.
+  const std::string huge = temp_dir("huge") + "/huge.png";
+  cv::imwrite(huge, cv::Mat::zeros(9000, 9000, CV_8U));
+  const std::vector<BadCase> cases{
+      {"missing image", kModel + " --image /nonexistent/cat.png", "image not found: /nonexistent/cat.png"},
+      {"corrupt image", kModel + " --image " + q(fixture("truncated.png")), "cannot decode image"},
+      {"non-image file", kModel + " --image " + q(fixture("not_an_image.png")), "not_an_image.png"},
+      {"huge image", kModel + " --image " + q(huge), "over lumen's limit"},
+      {"not TorchScript", "--model " + q(fixture("not_a_model.pt")) + " --layer x --image " + img, "cannot load model"},
+      {"missing model", "--model /nonexistent.pt --layer x --image " + img, "model file not found"},
+      {"unknown layer", kModel + " --layer features.81 --image " + img, "features.18, "},
+      {"class out of range", kModel + " --class 1000 --image " + img, "class index 1000 out of range"},
+      {"negative class", kModel + " --class -3 --image " + img, "class index -3 out of range"},
+      {"layer not 4-D", kModel + " --layer classifier --image " + img, "not a [N,C,H,W] feature map"},
+      {"unknown method", kModel + " --method gradcam9 --image " + img, "unknown method 'gradcam9'"},
+      {"unwritable output", kModel + " --image " + img + " --out " + q(file + "/out"), "cannot create output directory"},
+      {"bad card", "--model " + q(shared("models/mobilenet_v2_imagenet.pt")) + " --card " + q(fixture("not_a_model.pt")) +
+                       " --image " + img,
+       "not valid JSON"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    std::string out = temp_dir("bad");
+    auto r = run_cli("explain " + c.args + " --out " + q(out + "/o"));
+    if (c.name == "unwritable output") r = run_cli("explain " + c.args);
+    expect_clean_failure(r, c.needle, out);
+  }
+}
+
+TEST(Cli, ZeroGradientIsReportedNotHidden) {
+  std::string out = temp_dir("zero");
+  auto r = run_cli("explain --model " + q(fixture("zero_head.pt")) + " --card " + q(fixture("small_card.json")) +
+                   " --layer conv --class 0 --image " + q(shared("images/cat.png")) + " --out " + q(out));
+  EXPECT_EQ(r.code, 3);
+  EXPECT_NE(r.err.find("empty"), std::string::npos) << r.err;
+  auto m = read_json(out + "/run.json")["images"][0]["maps"][0];
+  EXPECT_EQ(m["empty"], true);
+  EXPECT_TRUE(m["box"].is_null());
+  cv::Mat map = read_npy(out + "/" + m["files"]["map"].get<std::string>());
+  EXPECT_TRUE(cv::checkRange(map)) << "NaN written to disk";
+  auto ok = run_cli("explain --model " + q(fixture("zero_head.pt")) + " --card " + q(fixture("small_card.json")) +
+                    " --layer conv --class 0 --allow-empty --image " + q(shared("images/cat.png")) + " --out " + q(out));
+  EXPECT_EQ(ok.code, 0) << ok.err;
+}
+
+TEST(Cli, DemoTrainsExplainsAndScores) {
+  std::string out = temp_dir("demo");
+  auto r = run_cli("demo --steps 120 --scenes 40 --show 4 --out " + q(out));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(out + "/shapes_cnn.pt"));
+  EXPECT_TRUE(fs::exists(out + "/index.html"));
+  EXPECT_TRUE(fs::exists(out + "/scene3.overlay.png"));
+  EXPECT_NE(r.out.find("Grad-CAM box hits the object"), std::string::npos) << r.out;
+  // The saved model is an ordinary TorchScript file for every other command.
+  auto layers = run_cli("layers --card " + q(out + "/card.json") + " " + q(out + "/shapes_cnn.pt"));
+  ASSERT_EQ(layers.code, 0) << layers.err;
+  EXPECT_NE(layers.out.find("features.block4"), std::string::npos);
+  EXPECT_NE(layers.out.find("1x64x16x16"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace lumen::test

@@ -1,0 +1,215 @@
+// Model loading, layer capture and the explainer's plumbing on real TorchScript files.
+#include "common.h"
+
+#include <torch/csrc/autograd/autograd.h>
+
+#include <regex>
+#include <thread>
+
+namespace lumen::test {
+namespace {
+
+const LayerInfo* find(const std::vector<LayerInfo>& layers, const std::string& path) {
+  for (const auto& l : layers)
+    if (l.path == path) return &l;
+  return nullptr;
+}
+
+TEST(Model, ListsLayersWithShapesForTracedAndScripted) {
+  for (const std::string kind : {"traced", "scripted"}) {
+    SCOPED_TRACE(kind);
+    Model m = Model::load(fixture("resnet18_" + kind + ".pt"));
+    auto layers = m.layers({1, 3, 224, 224});
+    auto* l4 = find(layers, "layer4");
+    ASSERT_NE(l4, nullptr);
+    EXPECT_EQ(l4->shape, (std::vector<int64_t>{1, 512, 7, 7}));
+    auto* conv = find(layers, "layer4.1.conv2");
+    ASSERT_NE(conv, nullptr);
+    EXPECT_EQ(conv->type, "Conv2d");
+    EXPECT_EQ(conv->shape, (std::vector<int64_t>{1, 512, 7, 7}));
+    auto* l3 = find(layers, "layer3");
+    ASSERT_NE(l3, nullptr);
+    EXPECT_EQ(l3->shape, (std::vector<int64_t>{1, 256, 14, 14}));
+    auto* fc = find(layers, "fc");
+    ASSERT_NE(fc, nullptr);
+    EXPECT_EQ(fc->shape, (std::vector<int64_t>{1, 1000}));
+  }
+}
+
+TEST(Model, UnknownLayerListsClosestNames) {
+  Model m = Model::load(fixture("resnet18_traced.pt"));
+  try {
+    m.check_layer("layer4.1.conv3");
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    EXPECT_NE(msg.find("unknown layer 'layer4.1.conv3'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("layer4.1.conv2"), std::string::npos) << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos);
+  }
+}
+
+TEST(Model, CaptureLeavesForwardAndModuleUnchanged) {
+  Model m = Model::load(shared("models/mobilenet_v2_imagenet.pt"));
+  auto original = torch::jit::load(shared("models/mobilenet_v2_imagenet.pt"));
+  torch::manual_seed(3);
+  auto x = torch::randn({2, 3, 224, 224});
+  torch::Tensor plain;
+  {
+    torch::NoGradGuard g;
+    plain = original.forward({x}).toTensor();
+  }
+  auto cap = m.forward(x, {"features.18", "features.4.depthwise"});
+  ASSERT_EQ(cap.layers.size(), 2u);
+  EXPECT_TRUE(torch::equal(cap.output.toTensor().detach(), plain)) << "the rewritten graph must compute the same logits";
+  EXPECT_EQ(cap.layers[0].sizes(), (std::vector<int64_t>{2, 1280, 7, 7}));
+  EXPECT_TRUE(cap.layers[0].requires_grad());
+  // Nothing below the first captured layer records autograd; later captures sit on its graph.
+  EXPECT_TRUE(cap.layers[1].is_leaf());
+  EXPECT_TRUE(m.forward(x, {"features.18"}).layers[0].is_leaf());
+  // Gradient to both layers in one backward.
+  auto y = cap.output.toTensor().select(1, 285).sum();
+  auto g = torch::autograd::grad({y}, cap.layers);
+  EXPECT_GT(g[0].abs().sum().item<float>(), 0.f);
+  EXPECT_GT(g[1].abs().sum().item<float>(), 0.f);
+  // lumen's module still runs its own forward exactly like the file.
+  torch::NoGradGuard ng;
+  auto module = m.module();  // a handle to lumen's copy
+  EXPECT_TRUE(torch::equal(module.forward({x}).toTensor(), plain));
+}
+
+TEST(Model, PredictionsMatchTheTop1ListedForSharedImages) {
+  // Parse ../shared/images/images.md: "| file | size | what | notes | 285 Egyptian cat 0.778<br>..."
+  std::ifstream md(shared("images/images.md"));
+  std::regex row(R"(^\| ([\w/]+\.(?:png|jpg)) \|.*\| (\d+) [^|]*?<br>)");
+  ModelCard card = load_card(shared("models/mobilenet_v2_imagenet.json"));
+  Model m = Model::load(shared("models/mobilenet_v2_imagenet.pt"));
+  Explainer ex(m, card.preprocess, card.labels);
+  int checked = 0;
+  for (std::string line; std::getline(md, line);) {
+    std::smatch match;
+    if (!std::regex_search(line, match, row)) continue;
+    std::string file = match[1];
+    if (file.find("mask") != std::string::npos) continue;
+    ExplainOptions opt;
+    opt.layers = {"features.18"};
+    auto r = ex.explain({read_image(shared("images/" + file))}, opt, {file});
+    EXPECT_EQ(r[0].top.at(0).cls, std::stoll(match[2])) << file;
+    ++checked;
+  }
+  EXPECT_EQ(checked, 20);
+}
+
+TEST(Model, DictOutputWithUserTargetMatchesReference) {
+  auto manifest = read_json(fixture("manifest.json"));
+  nlohmann::json ref;
+  for (const auto& c : manifest["cases"])
+    if (c["name"] == "tuple_out_scripted_conv2_b3_pos") ref = c;
+  ASSERT_FALSE(ref.is_null());
+  Model m = Model::load(fixture("dict_out_scripted.pt"));
+  ModelCard card = load_card(fixture("small_card.json"));
+  Explainer ex(m, card.preprocess);
+  std::vector<cv::Mat> images;
+  for (const auto& p : ref["images"]) images.push_back(read_image(p));
+  ExplainOptions opt;
+  opt.layers = {"conv2"};
+  // Without a selector a dict output is refused with a message that says what to do.
+  try {
+    ex.explain(images, opt);
+    FAIL() << "dict output accepted without a target";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("target function"), std::string::npos) << e.what();
+  }
+  auto classes = ref["classes"].get<std::vector<int64_t>>();
+  opt.targets = {custom_target("logits", [classes](const torch::IValue& out) {
+    auto logits = out.toGenericDict().at("logits").toTensor();
+    return logits.gather(1, torch::tensor(classes).view({-1, 1})).view({-1});
+  })};
+  auto r = ex.explain(images, opt);
+  for (size_t i = 0; i < images.size(); ++i) {
+    cv::Mat expected = read_npy(fixture(ref["normalised"][i]));
+    EXPECT_GE(pearson(r[i].maps[0].normalized, expected), 0.999);
+    EXPECT_LE(max_abs_diff(r[i].maps[0].normalized, expected), 1e-4);
+  }
+}
+
+TEST(Model, LayerThatIsNot4DIsRefused) {
+  Model m = Model::load(fixture("tuple_out_scripted.pt"));
+  Explainer ex(m, load_card(fixture("small_card.json")).preprocess);
+  ExplainOptions opt;
+  opt.layers = {"fc"};
+  try {
+    ex.explain({read_image(shared("images/cat.png"))}, opt);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not a [N,C,H,W] feature map"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Model, ZeroGradientGivesAnEmptyMapWithoutNaN) {
+  Model m = Model::load(fixture("zero_head.pt"));
+  Explainer ex(m, load_card(fixture("small_card.json")).preprocess);
+  ExplainOptions opt;
+  opt.layers = {"conv"};
+  opt.classes = {0};
+  auto r = ex.explain({read_image(shared("images/cat.png"))}, opt);
+  const Map& map = r[0].maps[0];
+  EXPECT_TRUE(map.empty);
+  EXPECT_FALSE(map.box.valid);
+  EXPECT_TRUE(cv::checkRange(map.normalized)) << "NaN or Inf in an empty map";
+  EXPECT_TRUE(cv::checkRange(map.raw));
+  EXPECT_EQ(cv::countNonZero(map.normalized), 0);
+  // Class 1 does depend on the image.
+  opt.classes = {1};
+  EXPECT_FALSE(ex.explain({read_image(shared("images/cat.png"))}, opt)[0].maps[0].empty);
+}
+
+TEST(Model, TopKTargetsFollowThePredictions) {
+  ModelCard card = load_card(shared("models/mobilenet_v2_imagenet.json"));
+  Model m = Model::load(shared("models/mobilenet_v2_imagenet.pt"));
+  Explainer ex(m, card.preprocess, card.labels);
+  ExplainOptions opt;
+  opt.layers = {"features.18"};
+  opt.top_k = 2;
+  auto r = ex.explain({read_image(shared("images/pets.jpg")), read_image(shared("images/cat.png"))}, opt);
+  for (const auto& img : r) {
+    ASSERT_EQ(img.maps.size(), 2u);
+    EXPECT_EQ(img.maps[0].cls, img.top[0].cls);
+    EXPECT_EQ(img.maps[1].cls, img.top[1].cls);
+  }
+  EXPECT_EQ(r[0].maps[0].label, "Italian greyhound");
+  EXPECT_EQ(r[0].maps[1].label, "Boston bull, Boston terrier");
+  // The two dogs are in different places: the class-discriminative maps must peak apart.
+  EXPECT_GT(std::abs(r[0].maps[0].stats.peak_x - r[0].maps[1].stats.peak_x), 100);
+}
+
+TEST(Model, OneModelServesSeveralThreads) {
+  ModelCard card = load_card(shared("models/mobilenet_v2_imagenet.json"));
+  Model m = Model::load(shared("models/mobilenet_v2_imagenet.pt"));
+  Explainer ex(m, card.preprocess, card.labels);
+  const std::vector<std::string> files{"cat.png", "pets.jpg", "bird.png", "owl.jpg"};
+  ExplainOptions opt;
+  opt.layers = {"features.18"};
+  std::vector<cv::Mat> expected;
+  for (const auto& f : files) expected.push_back(ex.explain({read_image(shared("images/" + f))}, opt)[0].maps[0].raw);
+  std::vector<cv::Mat> got(files.size());
+  std::vector<std::string> errors(files.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < files.size(); ++i) {
+    threads.emplace_back([&, i] {
+      try {
+        for (int rep = 0; rep < 3; ++rep) got[i] = ex.explain({read_image(shared("images/" + files[i]))}, opt)[0].maps[0].raw;
+      } catch (const std::exception& e) {
+        errors[i] = e.what();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < files.size(); ++i) {
+    EXPECT_EQ(errors[i], "");
+    EXPECT_LE(max_abs_diff(got[i], expected[i]), 1e-6) << files[i];
+  }
+}
+
+}  // namespace
+}  // namespace lumen::test

@@ -1,0 +1,166 @@
+// Pieces with answers known in closed form: boxes, IoU, .npy files, cards, preprocessing, output staging,
+// scene generation.
+#include "common.h"
+
+#include <lumen/demo.h>
+
+#include <opencv2/imgproc.hpp>
+
+namespace lumen::test {
+namespace {
+
+TEST(Box, LargestRegionAboveThreshold) {
+  cv::Mat map = cv::Mat::zeros(100, 120, CV_32F);
+  map(cv::Rect(10, 20, 30, 40)).setTo(1.0f);   // 1200 px
+  map(cv::Rect(80, 5, 10, 10)).setTo(0.9f);    // 100 px, above 15% too but smaller
+  map(cv::Rect(60, 60, 50, 30)).setTo(0.1f);   // below 15% of the max
+  Box b = threshold_box(map, 0.15f);
+  ASSERT_TRUE(b.valid);
+  EXPECT_EQ(b.x0, 10);
+  EXPECT_EQ(b.y0, 20);
+  EXPECT_EQ(b.x1, 40);
+  EXPECT_EQ(b.y1, 60);
+}
+
+TEST(Box, GaussianBlobMatchesClosedForm) {
+  // exp(-r^2 / 2s^2) >= 0.15  <=>  r <= s * sqrt(2 ln(1/0.15)).
+  const double s = 12.0, cx = 70.0, cy = 50.0;
+  cv::Mat map(100, 160, CV_32F);
+  for (int y = 0; y < map.rows; ++y)
+    for (int x = 0; x < map.cols; ++x)
+      map.at<float>(y, x) = static_cast<float>(std::exp(-((x - cx) * (x - cx) + (y - cy) * (y - cy)) / (2 * s * s)));
+  Box b = threshold_box(map, 0.15f);
+  double r = s * std::sqrt(2 * std::log(1 / 0.15));
+  EXPECT_NEAR(b.x0, cx - r, 1.0);
+  EXPECT_NEAR(b.x1 - 1, cx + r, 1.0);
+  EXPECT_NEAR(b.y0, cy - r, 1.0);
+  EXPECT_NEAR(b.y1 - 1, cy + r, 1.0);
+}
+
+TEST(Box, ZeroMapHasNoBox) { EXPECT_FALSE(threshold_box(cv::Mat::zeros(10, 10, CV_32F), 0.15f).valid); }
+
+TEST(Box, IoUOfKnownBoxes) {
+  Box a{0, 0, 10, 10, true}, b{5, 0, 15, 10, true}, c{20, 20, 30, 30, true};
+  EXPECT_DOUBLE_EQ(demo::iou(a, a), 1.0);
+  EXPECT_DOUBLE_EQ(demo::iou(a, b), 50.0 / 150.0);
+  EXPECT_DOUBLE_EQ(demo::iou(a, c), 0.0);
+}
+
+TEST(Npy, RoundTripAndNumpyCompatibleHeader) {
+  cv::Mat m(3, 5, CV_32F);
+  cv::randu(m, -1, 1);
+  std::string bytes = encode_npy(m);
+  EXPECT_EQ(bytes.substr(0, 6), "\x93NUMPY");
+  size_t header = static_cast<unsigned char>(bytes[8]) | (static_cast<unsigned char>(bytes[9]) << 8);
+  EXPECT_EQ((10 + header) % 64, 0u) << "NumPy requires the data to start 64-byte aligned";
+  EXPECT_NE(bytes.find("'shape': (3, 5)"), std::string::npos);
+  cv::Mat back = decode_npy(bytes);
+  EXPECT_EQ(cv::norm(m, back, cv::NORM_INF), 0.0);
+  EXPECT_THROW(decode_npy("garbage"), Error);
+  EXPECT_THROW(decode_npy(bytes.substr(0, bytes.size() - 4)), Error);
+}
+
+TEST(Npy, ReadsFilesWrittenByNumpy) {
+  // The fixture script writes its references with numpy.save.
+  cv::Mat ref = read_npy(fixture("shared_mobilenet_v2_features.18_b1_pos_0.raw.npy"));
+  EXPECT_EQ(ref.rows, 7);
+  EXPECT_EQ(ref.cols, 7);
+}
+
+TEST(Card, ReadsTheSharedModelCard) {
+  ModelCard card = load_card(shared("models/mobilenet_v2_imagenet.json"));
+  EXPECT_EQ(card.preprocess.width, 224);
+  EXPECT_EQ(card.preprocess.height, 224);
+  EXPECT_FLOAT_EQ(card.preprocess.mean[1], 127.5f);
+  EXPECT_FLOAT_EQ(card.preprocess.std[2], 127.5f);
+  EXPECT_TRUE(card.preprocess.rgb);
+  ASSERT_EQ(card.labels.size(), 1000u);
+  EXPECT_EQ(card.labels[0], "tench, Tinca tinca");
+  EXPECT_EQ(card.cam_layer, "features.18");
+  EXPECT_THROW(load_card(fixture("not_a_model.pt")), Error);
+  EXPECT_THROW(load_card("/nonexistent/card.json"), Error);
+}
+
+TEST(Preprocess, NormalisesAndOrdersChannels) {
+  cv::Mat img(40, 60, CV_8UC3, cv::Scalar(10, 20, 30));  // B, G, R
+  Preprocess p;
+  p.width = 30;
+  p.height = 20;
+  p.mean = {1, 2, 3};
+  p.std = {2, 4, 8};
+  auto x = to_input(img, p);
+  ASSERT_EQ(x.sizes(), (std::vector<int64_t>{3, 20, 30}));
+  EXPECT_NEAR(x[0][5][5].item<float>(), (30 - 1) / 2.0, 1e-4);  // R first for an RGB model
+  EXPECT_NEAR(x[1][5][5].item<float>(), (20 - 2) / 4.0, 1e-4);
+  EXPECT_NEAR(x[2][5][5].item<float>(), (10 - 3) / 8.0, 1e-4);
+  p.rgb = false;
+  EXPECT_NEAR(to_input(img, p)[0][0][0].item<float>(), (10 - 1) / 2.0, 1e-4);
+}
+
+TEST(Images, BadFilesAreClearErrors) {
+  EXPECT_THROW(read_image("/nonexistent.png"), Error);
+  EXPECT_THROW(read_image(fixture("not_an_image.png")), Error);
+  EXPECT_THROW(read_image(fixture("truncated.png")), Error);
+  try {
+    read_image(fixture("truncated.png"));
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("truncated.png"), std::string::npos);
+  }
+}
+
+TEST(Output, StagedFilesAppearOnlyOnCommit) {
+  std::string dir = temp_dir("staging");
+  {
+    OutputDir out(dir);
+    out.write("a.txt", "hello");
+    EXPECT_FALSE(std::filesystem::exists(dir + "/a.txt"));
+  }  // not committed: nothing left behind
+  EXPECT_TRUE(std::filesystem::is_empty(dir));
+  {
+    OutputDir out(dir);
+    out.write("a.txt", "hello");
+    out.commit();
+  }
+  EXPECT_TRUE(std::filesystem::exists(dir + "/a.txt"));
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir), {}), 1);
+  std::ofstream(dir + "/file") << "x";
+  EXPECT_THROW(OutputDir(dir + "/file/sub"), Error);
+}
+
+TEST(Output, SafeNamesAndColormaps) {
+  EXPECT_EQ(safe_name("a b/c:d.png"), "a_b_c_d.png");
+  EXPECT_THROW(parse_colormap("rainbow"), Error);
+  cv::Mat n(4, 4, CV_32F, cv::Scalar(1.0f));
+  cv::Mat jet = heatmap(n, Colormap::Jet), turbo = heatmap(n, Colormap::Turbo);
+  EXPECT_EQ(jet.type(), CV_8UC3);
+  EXPECT_GT(cv::norm(jet, turbo, cv::NORM_INF), 0.0);
+}
+
+TEST(Targets, ScoresAndCounterfactuals) {
+  auto logits = torch::tensor({{1.0f, 2.0f, 3.0f}, {0.0f, 0.0f, 0.0f}});
+  torch::IValue out(logits);
+  auto y = class_target({2, 0})(out);
+  EXPECT_FLOAT_EQ(y[0].item<float>(), 3.0f);
+  auto cf = class_target({2, 0}, Score::Logit, true)(out);
+  EXPECT_FLOAT_EQ(cf[0].item<float>(), -3.0f);
+  auto p = class_target({2, 0}, Score::Probability)(out);
+  EXPECT_NEAR(p[1].item<float>(), 1.0f / 3.0f, 1e-6);
+  EXPECT_NEAR(p[0].item<float>(), std::exp(3.0) / (std::exp(1.0) + std::exp(2.0) + std::exp(3.0)), 1e-6);
+  EXPECT_THROW(class_target({3, 0})(out), Error);
+  EXPECT_THROW(parse_score("softmax2"), Error);
+}
+
+TEST(Scenes, DeterministicAndBoxesInside) {
+  std::mt19937 a(5), b(5);
+  for (int i = 0; i < 50; ++i) {
+    auto s = demo::make_scene(a), t = demo::make_scene(b);
+    EXPECT_EQ(cv::norm(s.image, t.image, cv::NORM_INF), 0.0);
+    EXPECT_EQ(s.label, t.label);
+    EXPECT_GE(s.box.x0, 0);
+    EXPECT_LE(s.box.x1, 64);
+    EXPECT_GT(s.box.width(), 8);
+  }
+}
+
+}  // namespace
+}  // namespace lumen::test

@@ -1,0 +1,28 @@
+// The lumen command line: one file per subcommand, each adding itself to the CLI11 app and returning
+// the function that runs it.
+#pragma once
+
+#include <lumen/runtime.h>
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace lumen::cli {
+
+struct Command {
+  CLI::App* app;            // the subcommand, to see whether it was chosen
+  std::function<int()> run;
+};
+
+Command add_layers(CLI::App& app);
+Command add_explain(CLI::App& app);
+Command add_demo(CLI::App& app);
+
+// Helpers shared by the subcommands.
+std::vector<std::string> split_list(const std::vector<std::string>& items);  // "a,b" "c" -> a b c
+std::string stem_of(const std::string& path);
+
+}  // namespace lumen::cli

@@ -1,0 +1,172 @@
+#include "commands.h"
+
+#include <lumen/error.h>
+#include <lumen/explain.h>
+#include <lumen/image.h>
+#include <lumen/model.h>
+#include <lumen/output.h>
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <set>
+
+namespace lumen::cli {
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Args {
+  std::string model, card, labels, out = "lumen-out", colormap = "jet", target = "logit";
+  std::vector<std::string> images, layers, methods{"gradcam"};
+  std::vector<int64_t> classes;
+  std::vector<int> size;
+  std::vector<float> mean, std;
+  std::string color_order;
+  int top_k = 1, batch = 8, threads = 0;
+  bool counterfactual = false, allow_empty = false, no_box = false;
+  float box_threshold = 0.15f, alpha = 0.5f;
+};
+
+// Unique file stems: cat.jpg and other/cat.png become cat and cat-2.
+std::vector<std::string> unique_stems(const std::vector<std::string>& paths) {
+  std::map<std::string, int> seen;
+  std::vector<std::string> stems;
+  for (const auto& p : paths) {
+    std::string s = safe_name(stem_of(p));
+    int n = ++seen[s];
+    stems.push_back(n == 1 ? s : s + "-" + std::to_string(n));
+  }
+  return stems;
+}
+
+int run(const Args& a) {
+  set_threads(a.threads);
+  // Everything that can be checked before any work is checked first, so a typo costs no time.
+  Preprocess pre;
+  std::vector<std::string> labels;
+  std::vector<std::string> layers = split_list(a.layers);
+  if (!a.card.empty()) {
+    ModelCard card = load_card(a.card);
+    pre = card.preprocess;
+    labels = card.labels;
+    if (layers.empty() && !card.cam_layer.empty()) layers.push_back(card.cam_layer);
+  }
+  if (a.size.size() == 2) pre.height = a.size[0], pre.width = a.size[1];
+  if (!a.mean.empty()) pre.mean = a.mean;
+  if (!a.std.empty()) pre.std = a.std;
+  if (!a.color_order.empty()) pre.rgb = a.color_order == "RGB";
+  if (!a.labels.empty()) labels = load_labels(a.labels);
+  if (layers.empty()) throw Error("no layer: pass --layer (or a --card with cam_target_layer); `lumen layers MODEL` lists them");
+  if (a.batch < 1) throw Error("--batch must be at least 1");
+  for (const auto& img : a.images)
+    if (!fs::exists(img)) throw Error("image not found: " + img);
+
+  ExplainOptions opt;
+  opt.methods = split_list(a.methods);
+  opt.layers = layers;
+  opt.classes = a.classes;
+  opt.top_k = a.top_k;
+  opt.score = parse_score(a.target);
+  opt.counterfactual = a.counterfactual;
+  opt.box_threshold = a.box_threshold;
+  RenderOptions render;
+  render.colormap = parse_colormap(a.colormap);
+  render.alpha = a.alpha;
+  render.draw_box = !a.no_box;
+
+  Model model = Model::load(a.model);
+  for (const auto& l : layers) model.check_layer(l);
+  Explainer explainer(model, pre, labels);
+  OutputDir out(a.out);
+
+  const auto stems = unique_stems(a.images);
+  nlohmann::json images_json = nlohmann::json::array();
+  std::vector<std::string> empty_maps;
+  auto start = std::chrono::steady_clock::now();
+  for (size_t first = 0; first < a.images.size(); first += a.batch) {
+    size_t last = std::min(a.images.size(), first + static_cast<size_t>(a.batch));
+    std::vector<cv::Mat> imgs;
+    std::vector<std::string> paths(a.images.begin() + first, a.images.begin() + last);
+    std::vector<std::string> batch_stems(stems.begin() + first, stems.begin() + last);
+    for (const auto& p : paths) imgs.push_back(read_image(p));
+    auto explained = explainer.explain(imgs, opt, paths);
+    for (auto& entry : write_maps(out, imgs, explained, batch_stems, render)) images_json.push_back(entry);
+    for (size_t i = 0; i < explained.size(); ++i)
+      for (const auto& m : explained[i].maps)
+        if (m.empty) empty_maps.push_back(map_file_stem(batch_stems[i], m));
+    if (a.images.size() > static_cast<size_t>(a.batch))
+      std::cerr << "\rexplained " << last << "/" << a.images.size() << " images" << std::flush;
+  }
+  if (a.images.size() > static_cast<size_t>(a.batch)) std::cerr << "\n";
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  nlohmann::json run_doc = {{"lumen_version", "0.1.0"},
+                            {"model", a.model},
+                            {"layers", layers},
+                            {"methods", opt.methods},
+                            {"target", {{"score", to_string(opt.score)}, {"counterfactual", opt.counterfactual}}},
+                            {"preprocess",
+                             {{"size", {pre.height, pre.width}},
+                              {"mean", pre.mean},
+                              {"std", pre.std},
+                              {"color_order", pre.rgb ? "RGB" : "BGR"},
+                              {"resize", "stretch (bilinear, whole image, aspect ratio not kept)"}}},
+                            {"box_threshold", opt.box_threshold},
+                            {"normalisation", "min-max of the map upsampled to the image"},
+                            {"seconds", seconds},
+                            {"images", images_json}};
+  out.write("run.json", run_doc.dump(2) + "\n");
+  out.commit();
+  std::cout << "wrote " << images_json.size() << " image(s) to " << a.out << " (run.json) in " << seconds << " s\n";
+  for (const auto& entry : images_json) {
+    std::cout << entry["source"].get<std::string>() << ":";
+    for (size_t r = 0; r < std::min<size_t>(3, entry["top5"].size()); ++r) {
+      const auto& p = entry["top5"][r];
+      std::cout << "  " << p["class"].get<int64_t>() << " " << p["label"].get<std::string>() << " "
+                << p["probability"].get<float>();
+    }
+    std::cout << "\n";
+  }
+  if (!empty_maps.empty() && !a.allow_empty) {
+    std::cerr << "lumen: error: " << empty_maps.size() << " map(s) are empty (constant: the target's gradient at the layer is zero), e.g. "
+              << empty_maps.front() << "; files were written and flagged \"empty\" in run.json (--allow-empty accepts this)\n";
+    return 3;
+  }
+  return 0;
+}
+
+}  // namespace
+
+Command add_explain(CLI::App& app) {
+  auto* sub = app.add_subcommand("explain", "Explain a model's decision on images");
+  auto a = std::make_shared<Args>();
+  sub->add_option("--model,-m", a->model, "TorchScript model file")->required();
+  sub->add_option("--card", a->card, "model card JSON: input size, mean/std, colour order, labels, CAM layer");
+  sub->add_option("--image,-i", a->images, "image file(s)")->required();
+  sub->add_option("--layer,-l", a->layers, "module path(s) to explain at, e.g. features.18 (default: the card's)");
+  sub->add_option("--method", a->methods, "method(s), comma-separated (gradcam)");
+  sub->add_option("--class,-c", a->classes, "class index(es) to explain (default: the top-k predictions)");
+  sub->add_option("--top-k,-k", a->top_k, "explain the k best predicted classes (default 1)");
+  sub->add_option("--target", a->target, "score to explain: logit (default), prob, logprob");
+  sub->add_flag("--counterfactual", a->counterfactual, "explain the negated score: evidence against the class");
+  sub->add_option("--out,-o", a->out, "output directory (default lumen-out)");
+  sub->add_option("--colormap", a->colormap, "jet (default) or turbo");
+  sub->add_option("--alpha", a->alpha, "heat-map weight in the overlay (0.5)");
+  sub->add_flag("--no-box", a->no_box, "do not draw the box on overlays");
+  sub->add_option("--box-threshold", a->box_threshold, "box threshold as a fraction of the map's max (0.15)");
+  sub->add_option("--batch", a->batch, "images per forward pass (8)");
+  sub->add_option("--input-size", a->size, "model input H W (overrides the card)")->expected(2);
+  sub->add_option("--mean", a->mean, "per-channel mean in 0-255 units, model channel order")->expected(3);
+  sub->add_option("--std", a->std, "per-channel std in 0-255 units, model channel order")->expected(3);
+  sub->add_option("--color-order", a->color_order, "RGB or BGR")->check(CLI::IsMember({"RGB", "BGR"}));
+  sub->add_option("--labels", a->labels, "labels file, one class name per line");
+  sub->add_flag("--allow-empty", a->allow_empty, "exit 0 even when a map is empty");
+  sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
+  return {sub, [a] { return run(*a); }};
+}
+
+}  // namespace lumen::cli

@@ -1,0 +1,62 @@
+#include "commands.h"
+
+#include <lumen/error.h>
+#include <lumen/image.h>
+#include <lumen/model.h>
+
+#include <nlohmann/json.hpp>
+
+#include <iomanip>
+#include <iostream>
+
+namespace lumen::cli {
+
+Command add_layers(CLI::App& app) {
+  auto* sub = app.add_subcommand("layers", "List a model's layers: module path, type, output shape");
+  struct Args {
+    std::string model, card;
+    std::vector<int> size;
+    bool json = false;
+    int threads = 0;
+  };
+  auto args = std::make_shared<Args>();
+  sub->add_option("model", args->model, "TorchScript model file")->required();
+  sub->add_option("--card", args->card, "model card JSON (gives the input size)");
+  sub->add_option("--input-size", args->size, "input H W (default: from the card, else 224 224)")->expected(2);
+  sub->add_flag("--json", args->json, "print JSON instead of a table");
+  sub->add_option("--threads", args->threads, "intra-op threads (default: all cores)");
+  return {sub, [args] {
+            set_threads(args->threads);
+            Model model = Model::load(args->model);
+            int h = 224, w = 224;
+            if (!args->card.empty()) {
+              auto card = load_card(args->card);
+              h = card.preprocess.height;
+              w = card.preprocess.width;
+            }
+            if (args->size.size() == 2) h = args->size[0], w = args->size[1];
+            auto layers = model.layers({1, 3, h, w});
+            if (args->json) {
+              nlohmann::json j = nlohmann::json::array();
+              for (const auto& l : layers)
+                j.push_back({{"path", l.path}, {"type", l.type}, {"output", l.output_kind}, {"shape", l.shape}});
+              std::cout << j.dump(2) << "\n";
+              return 0;
+            }
+            size_t width = 4;
+            for (const auto& l : layers) width = std::max(width, l.path.size());
+            std::cout << std::left << std::setw(static_cast<int>(width) + 2) << "path" << std::setw(24) << "type"
+                      << "output (input 1x3x" << h << "x" << w << ")\n";
+            for (const auto& l : layers) {
+              std::string shape = l.output_kind;
+              if (l.output_kind == "tensor") {
+                shape.clear();
+                for (size_t i = 0; i < l.shape.size(); ++i) shape += (i ? "x" : "") + std::to_string(l.shape[i]);
+              }
+              std::cout << std::setw(static_cast<int>(width) + 2) << l.path << std::setw(24) << l.type << shape << "\n";
+            }
+            return 0;
+          }};
+}
+
+}  // namespace lumen::cli

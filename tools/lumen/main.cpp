@@ -1,0 +1,61 @@
+#include "commands.h"
+
+#include <lumen/error.h>
+#include <lumen/runtime.h>
+
+#include <c10/util/Exception.h>
+
+#include <opencv2/core.hpp>
+
+#include <filesystem>
+#include <iostream>
+
+namespace lumen::cli {
+
+std::vector<std::string> split_list(const std::vector<std::string>& items) {
+  std::vector<std::string> out;
+  for (const auto& item : items) {
+    size_t start = 0;
+    while (start <= item.size()) {
+      size_t comma = item.find(',', start);
+      std::string part = item.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      if (!part.empty()) out.push_back(part);
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+  }
+  return out;
+}
+
+std::string stem_of(const std::string& path) { return std::filesystem::path(path).stem().string(); }
+
+}  // namespace lumen::cli
+
+int main(int argc, char** argv) {
+  lumen::ensure_passive_openmp(argv);
+
+  CLI::App app{"lumen: why a deep network decided what it decided"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "lumen 0.1.0");
+  std::vector<lumen::cli::Command> commands{lumen::cli::add_layers(app), lumen::cli::add_explain(app),
+                                            lumen::cli::add_demo(app)};
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    for (auto& c : commands)
+      if (c.app->parsed()) return c.run();
+    return 1;
+  } catch (const lumen::Error& e) {
+    std::cerr << "lumen: error: " << e.what() << "\n";
+  } catch (const c10::Error& e) {
+    std::cerr << "lumen: error: " << lumen::first_line(e.what_without_backtrace()) << "\n";
+  } catch (const cv::Exception& e) {
+    std::cerr << "lumen: error: " << lumen::first_line(e.what()) << "\n";
+  } catch (const std::exception& e) {
+    std::cerr << "lumen: error: " << lumen::first_line(e.what()) << "\n";
+  }
+  return 2;
+}
