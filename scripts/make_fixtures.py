@@ -257,6 +257,7 @@ def small_models():
     d.load_state_dict(m.state_dict())
     torch.jit.script(d).save(os.path.join(OUT, "dict_out_scripted.pt"))
     torch.jit.script(ZeroHead().eval()).save(os.path.join(OUT, "zero_head.pt"))
+    torch.jit.script(GeluNet().eval()).save(os.path.join(OUT, "gelu_net.pt"))
     # conv2's output is ReLU'd in place right after the layer; conv1's through F.relu.
     add_cases("tuple_out_scripted", "tuple_out_scripted.pt", m, "small_card.json", card, ["conv2", "conv1"], [SHARED_IMAGES])
     add_cases("tuple_out_traced", "tuple_out_traced.pt", m, "small_card.json", card, ["conv2"], [SHARED_IMAGES])
@@ -269,6 +270,224 @@ def small_models():
         png = f.read()
     with open(os.path.join(OUT, "truncated.png"), "wb") as f:
         f.write(png[: len(png) // 40])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pixel-space references: plain gradients, and ReLU backward rules swapped in eager PyTorch with a
+# Python autograd Function on the activation modules (not lumen's graph rewrite).
+
+class RuleClampFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, lo, hi, rule):
+        ctx.save_for_backward(x)
+        ctx.lo, ctx.hi, ctx.rule = lo, hi, rule
+        return x.clamp(min=lo, max=hi)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        pos = g.clamp(min=0)
+        if ctx.rule == "guided":
+            hi = float("inf") if ctx.hi is None else ctx.hi
+            pos = pos * ((x > ctx.lo) & (x < hi)).to(pos.dtype)
+        return pos, None, None, None
+
+
+class RuleAct(nn.Module):
+    def __init__(self, lo, hi):
+        super().__init__()
+        self.lo, self.hi, self.rule = lo, hi, "plain"
+
+    def forward(self, x):
+        if self.rule == "plain":
+            return x.clamp(min=self.lo, max=self.hi)
+        return RuleClampFn.apply(x, self.lo, self.hi, self.rule)
+
+
+def swap_activations(model):
+    """Replaces nn.ReLU / nn.ReLU6 / nn.Hardtanh modules by RuleAct; returns the new modules."""
+    acts = []
+    for name, module in list(model.named_modules()):
+        for cname, child in list(module.named_children()):
+            if isinstance(child, (nn.ReLU, nn.ReLU6, nn.Hardtanh)):
+                lo, hi = (0.0, None) if isinstance(child, nn.ReLU) else (float(child.min_val), float(child.max_val))
+                act = RuleAct(lo, hi)
+                setattr(module, cname, act)
+                acts.append(act)
+    return acts
+
+
+class SharedMobileNetV2(nn.Module):
+    """Eager re-implementation of ../shared's MobileNetV2 (TF 'SAME' padding, ReLU6), weights copied
+    from the TorchScript file; checked against its logits before use."""
+
+    def __init__(self, scripted):
+        super().__init__()
+        sd = scripted.state_dict()
+        self.sd = {k: v.clone() for k, v in sd.items()}
+        self.blocks = []
+        for i in range(19):
+            p = f"features.{i}."
+            if i == 0 or i == 18:
+                self.blocks.append(("convact", [p]))
+            else:
+                parts = [p + n + "." for n in ("expand", "depthwise", "project") if p + n + ".conv.weight" in sd]
+                self.blocks.append(("block", parts))
+        self.strides = {}
+        for name, mod in scripted.named_modules():
+            if name.endswith(".conv"):
+                self.strides[name + "."] = int(mod.stride[0])
+        self.acts = nn.ModuleList()
+
+    def convact(self, x, prefix, act):
+        w, b = self.sd[prefix + "conv.weight"], self.sd[prefix + "conv.bias"]
+        k, stride = w.shape[-1], self.strides[prefix + "conv."]
+        if k == 3:
+            x = F.pad(x, (0, 1, 0, 1) if stride == 2 else (1, 1, 1, 1))
+        groups = x.shape[1] if w.shape[1] == 1 and x.shape[1] > 1 else 1
+        x = F.conv2d(x, w, b, stride=stride, groups=groups)
+        if act:
+            m = RuleAct(0.0, 6.0)
+            m.rule = self.rule
+            x = m(x)
+        return x
+
+    def forward(self, x):
+        for kind, parts in self.blocks:
+            if kind == "convact":
+                x = self.convact(x, parts[0], True)
+            else:
+                h = x
+                for p in parts:
+                    h = self.convact(h, p, not p.endswith("project."))
+                x = x + h if h.shape == x.shape else h  # residual iff stride 1 and in == out channels
+        x = x.mean((2, 3))
+        return F.linear(x, self.sd["classifier.weight"], self.sd["classifier.bias"])
+
+
+def input_gradient(model, x, classes, set_rule, rule):
+    set_rule(rule)
+    x = x.clone().requires_grad_(True)
+    y = model(x)[torch.arange(x.shape[0]), torch.tensor(classes)]
+    (g,) = torch.autograd.grad(y.sum(), x)
+    set_rule("plain")
+    return g
+
+
+def gauss_legendre01(m):
+    z, w = np.polynomial.legendre.leggauss(m)
+    return (z + 1) / 2, w / 2
+
+
+pixel_cases = []
+
+
+def add_pixel_cases(tag, model_file, model, set_rule, card_file, card, cam_layer, paths, include_rules=True):
+    x, sizes = load_batch(paths, card)
+    with torch.no_grad():
+        classes = model(x).argmax(1).tolist()
+    grads = {r: input_gradient(model, x, classes, set_rule, r) for r in (["plain", "guided", "deconvnet"] if include_rules else ["plain"])}
+    maps = {
+        "saliency": grads["plain"].abs().amax(1),
+        "input-x-gradient": (x * grads["plain"]).sum(1),
+    }
+    if include_rules:
+        maps["guided-backprop"] = grads["guided"].abs().amax(1)
+        maps["deconvnet"] = grads["deconvnet"].abs().amax(1)
+        cam, _ = reference_gradcam(model, x, cam_layer, classes, False) if cam_layer else (None, None)
+        if cam is not None:
+            up = F.interpolate(cam[:, None], size=x.shape[2:], mode="bilinear", align_corners=False)
+            maps["guided-gradcam"] = (grads["guided"] * up).abs().amax(1)
+    # SmoothGrad (base saliency): noise of image i from a generator seeded with seed + i.
+    n, noise, seed = 6, 0.15, 3
+    sg = []
+    for i in range(x.shape[0]):
+        gen = torch.Generator().manual_seed(seed + i)
+        sigma = noise * float(x[i].max() - x[i].min())
+        rows = x[i : i + 1] + sigma * torch.randn((n,) + tuple(x.shape[1:]), generator=gen)
+        g = input_gradient(model, rows, [classes[i]] * n, set_rule, "plain")
+        sg.append(g.mean(0))
+    maps["smoothgrad"] = torch.stack(sg).abs().amax(1)
+    # Integrated gradients, black baseline, Gauss-Legendre and trapezoid.
+    mean = torch.tensor(card["input"]["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(card["input"]["std"]).view(1, 3, 1, 1)
+    base = ((torch.zeros_like(x) - mean) / std)
+    ig_gaps = {}
+    for rule_name, steps in (("gauss-legendre", 16), ("trapezoid", 8)):
+        if rule_name == "gauss-legendre":
+            a, w = gauss_legendre01(steps)
+        else:
+            a = np.linspace(0, 1, steps)
+            w = np.full(steps, 1.0 / (steps - 1))
+            w[0] /= 2
+            w[-1] /= 2
+        attrs, gaps = [], []
+        for i in range(x.shape[0]):
+            diff = x[i] - base[i]
+            rows = base[i : i + 1] + torch.tensor(a, dtype=torch.float32).view(-1, 1, 1, 1) * diff[None]
+            g = input_gradient(model, rows, [classes[i]] * steps, set_rule, "plain")
+            attr = diff * (torch.tensor(w, dtype=torch.float32).view(-1, 1, 1, 1) * g).sum(0)
+            with torch.no_grad():
+                fx = float(model(x[i : i + 1])[0, classes[i]])
+                fb = float(model(base[i : i + 1])[0, classes[i]])
+            gaps.append(abs(float(attr.sum()) - (fx - fb)) / abs(fx - fb))
+            attrs.append(attr)
+        maps["integrated-gradients/" + rule_name] = torch.stack(attrs).sum(1)
+        ig_gaps[rule_name] = gaps
+    entry = {"name": tag, "model": model_file, "card": card_file, "images": paths, "classes": classes,
+             "cam_layer": cam_layer, "smoothgrad": {"samples": n, "noise": noise, "seed": seed},
+             "ig": {"gauss-legendre": 16, "trapezoid": 8, "gaps": ig_gaps}, "maps": {}}
+    for method, mp in maps.items():
+        files = []
+        for i in range(x.shape[0]):
+            f = f"pixel_{tag}_{method.replace('/', '_')}_{i}.npy"
+            np.save(os.path.join(OUT, f), mp[i].detach().numpy().astype(np.float32))
+            files.append(f)
+        entry["maps"][method] = files
+    pixel_cases.append(entry)
+
+
+def pixel_references():
+    paths = SHARED_IMAGES[:2]
+    for arch, layer in (("resnet18", "layer4"), ("vgg11", "features.20"), ("mobilenet_v2", "features.18")):
+        torch.manual_seed(0)
+        model = getattr(torchvision.models, arch)(weights=None).eval()
+        acts = swap_activations(model)
+
+        def set_rule(r, acts=acts):
+            for a in acts:
+                a.rule = r
+
+        kind = "scripted" if arch == "vgg11" else "traced"
+        add_pixel_cases(f"{arch}_{kind}", f"{arch}_{kind}.pt", model, set_rule, "imagenet_card.json", IMAGENET_CARD, layer, paths)
+    # The shared MobileNetV2 through an eager re-implementation.
+    scripted = torch.jit.load(os.path.join(SHARED, "models", "mobilenet_v2_imagenet.pt")).eval()
+    eager = SharedMobileNetV2(scripted)
+    eager.rule = "plain"
+    card_path = os.path.join(SHARED, "models", "mobilenet_v2_imagenet.json")
+    with open(card_path) as f:
+        card = json.load(f)
+    x, _ = load_batch(paths, card)
+    with torch.no_grad():
+        diff = float((eager(x) - scripted(x)).abs().max())
+    assert diff < 1e-3, f"eager MobileNetV2 re-implementation differs from the TorchScript file by {diff}"
+
+    def set_rule(r):
+        eager.rule = r
+
+    add_pixel_cases("shared_mobilenet_v2", os.path.abspath(os.path.join(SHARED, "models", "mobilenet_v2_imagenet.pt")),
+                    eager, set_rule, os.path.abspath(card_path), card, None, paths)
+
+
+class GeluNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.GELU())
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.block(self.stem(x)).mean((2, 3)))
 
 
 def bench_models():
@@ -284,5 +503,6 @@ if __name__ == "__main__":
     small_models()
     torchvision_models()
     shared_model()
-    write_json("manifest.json", {"cases": cases})
-    print(f"fixtures: {len(cases)} Grad-CAM reference cases in {OUT}")
+    pixel_references()
+    write_json("manifest.json", {"cases": cases, "pixel": pixel_cases})
+    print(f"fixtures: {len(cases)} Grad-CAM reference cases, {len(pixel_cases)} pixel-method cases in {OUT}")

@@ -76,6 +76,28 @@ TEST(Cli, ChosenClassAndCounterfactual) {
   EXPECT_TRUE(fs::exists(out + "/pets.gradcam.features.18.c195.cf.overlay.png"));
 }
 
+TEST(Cli, PixelMethodsWriteAttributions) {
+  std::string out = temp_dir("pixel");
+  auto r = run_cli("explain " + kModel + " --image " + q(shared("images/bird.png")) +
+                   " --method saliency,guided-gradcam,integrated-gradients --steps 8 --out " + q(out));
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto maps = read_json(out + "/run.json")["images"][0]["maps"];
+  ASSERT_EQ(maps.size(), 3u);
+  EXPECT_EQ(maps[0]["layer"], "input");
+  EXPECT_EQ(maps[1]["layer"], "features.18");
+  EXPECT_TRUE(maps[2]["extra"].contains("completeness_gap"));
+  for (const auto& m : maps) {
+    EXPECT_TRUE(fs::exists(out + "/" + m["files"]["rgb"].get<std::string>()));
+    cv::Mat attr = read_npy(out + "/" + m["files"]["attribution"].get<std::string>());
+    EXPECT_EQ(attr.channels(), 3);
+    EXPECT_EQ(attr.rows, 224);
+  }
+  std::string cmd = std::string(LUMEN_PYTHON) +
+                    " -c \"import json,sys,jsonschema; jsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))\" " +
+                    q(out + "/run.json") + " " + q(LUMEN_SOURCE_DIR "/docs/explain.schema.json");
+  EXPECT_EQ(std::system(cmd.c_str()), 0);
+}
+
 TEST(Cli, LayersCommandListsPathsTypesShapes) {
   auto r = run_cli("layers " + q(shared("models/mobilenet_v2_imagenet.pt")));
   ASSERT_EQ(r.code, 0) << r.err;

@@ -8,12 +8,31 @@
 #include <lumen/model.h>
 #include <lumen/target.h>
 
+#include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>
 
 #include <string>
 #include <vector>
 
 namespace lumen {
+
+// Settings of particular methods; each method reads only its own.
+struct MethodOptions {
+  int batch_size = 32;                 // rows per extra pass (SmoothGrad samples, IG steps, ...)
+  // guided-backprop / deconvnet: an activation with no rule (SiLU, GELU, ...) is an error naming its
+  // layer; false keeps its ordinary gradient (CLI --nonlinearity plain).
+  bool strict_nonlinearities = true;
+  // smoothgrad
+  int samples = 50;
+  float noise = 0.15f;                 // sigma as a fraction of the input's range (max - min)
+  std::string smooth_base = "saliency";  // saliency | guided-backprop | deconvnet | input-x-gradient
+  uint64_t seed = 0;
+  // integrated-gradients
+  int steps = 50;
+  std::string integration = "gauss-legendre";  // gauss-legendre | trapezoid
+  std::string baseline = "black";      // black | blur | noise | path of an image
+  float blur_sigma = 0.05f;            // blur baseline: Gaussian sigma as a fraction of the input width
+};
 
 struct ExplainOptions {
   std::vector<std::string> methods{"gradcam"};
@@ -28,6 +47,7 @@ struct ExplainOptions {
   std::vector<Target> targets;
   // Fraction of the map's maximum used for the paper's box (largest connected region above it).
   float box_threshold = 0.15f;
+  MethodOptions method;
 };
 
 struct Box {
@@ -43,7 +63,7 @@ struct MapStats {
 };
 
 struct Map {
-  std::string method, layer, target;
+  std::string method, layer, target;   // layer is "input" for pixel-space methods
   int64_t cls = -1;                          // -1 for custom targets
   std::string label;
   bool counterfactual = false;
@@ -54,6 +74,9 @@ struct Map {
   MapStats stats;
   Box box;
   bool empty = false;  // the map is constant (e.g. all-zero gradient): nothing to show
+  bool is_signed = false;  // the map's sign means something (pictures centre it on grey)
+  cv::Mat attribution;     // pixel methods: CV_32FC3 per-channel attribution at the model's input size
+  nlohmann::json extra = nlohmann::json::object();  // method-specific facts (IG completeness gap, ...)
 };
 
 struct Prediction {

@@ -14,6 +14,13 @@
 
 namespace lumen {
 
+// How ReLU-like activations (relu, ReLU6/hardtanh, clamp) pass gradient backward.
+enum class BackwardRule {
+  Plain = 0,      // the true gradient
+  Guided = 1,     // guided backprop: positive gradient where the forward input was in the linear region
+  Deconvnet = 2,  // deconvnet: positive gradient, whatever the forward input
+};
+
 struct LayerInfo {
   std::string path;                 // module path, e.g. "features.18"
   std::string type;                 // class name of the module, e.g. "Conv2d"
@@ -47,7 +54,11 @@ class Model {
 
   // One forward pass. Gradients are recorded only from the captured layers upwards (the model's
   // parameters never require grad in lumen's copy) unless `input` itself requires grad.
-  Capture forward(const torch::Tensor& input, const std::vector<std::string>& layers = {}) const;
+  // With a non-plain `rule` every ReLU-like activation backpropagates by that rule; an activation with
+  // no rule (SiLU, GELU, sigmoid, ...) is an error naming its layer unless `strict` is false, in which
+  // case it keeps its ordinary gradient. The forward values never change.
+  Capture forward(const torch::Tensor& input, const std::vector<std::string>& layers = {},
+                  BackwardRule rule = BackwardRule::Plain, bool strict = true) const;
 
   // The underlying module (lumen's own copy; parameters have requires_grad = false).
   const torch::jit::Module& module() const;

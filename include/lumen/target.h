@@ -26,6 +26,7 @@ struct Target {
   std::vector<int64_t> classes;     // the class explained for each image; empty for custom targets
   Score score = Score::Logit;
   bool counterfactual = false;
+  OutputSelector select;            // class targets: where the class scores are
   TargetFn fn;                      // output -> [N]
 
   torch::Tensor operator()(const torch::IValue& output) const { return fn(output); }

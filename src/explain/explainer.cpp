@@ -7,8 +7,12 @@
 
 #include <opencv2/imgproc.hpp>
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <set>
 
 namespace lumen {
 namespace {
@@ -54,11 +58,53 @@ void finish_map(Map& m, const torch::Tensor& raw_hw, int width, int height, floa
   }
 }
 
+// [C,H,W] tensor -> H x W matrix with C channels.
+cv::Mat to_mat_hwc(const torch::Tensor& chw) {
+  auto t = chw.detach().to(torch::kFloat32).permute({1, 2, 0}).contiguous();
+  cv::Mat m(static_cast<int>(t.size(0)), static_cast<int>(t.size(1)), CV_32FC(static_cast<int>(t.size(2))));
+  std::memcpy(m.data, t.data_ptr<float>(), sizeof(float) * t.numel());
+  return m;
+}
+
+// The target for `rows` copies of image `image` (extra passes of SmoothGrad, IG, perturbations).
+// A custom target has no per-image classes and is called on the copies as they are.
+Target for_rows(const Target& t, int64_t image, int64_t rows) {
+  if (t.classes.empty()) return t;
+  return class_target(std::vector<int64_t>(rows, t.classes.at(image)), t.score, t.counterfactual, t.select);
+}
+
+// Integrated-gradients baselines in model-input space.
+torch::Tensor make_baseline(const torch::Tensor& x, const MethodOptions& o, const Preprocess& p) {
+  auto mean = torch::tensor(p.mean).view({1, 3, 1, 1}), std = torch::tensor(p.std).view({1, 3, 1, 1});
+  if (o.baseline == "black") return ((torch::zeros_like(x) - mean) / std);
+  if (o.baseline == "noise") {
+    auto gen = at::detail::createCPUGenerator(o.seed);
+    return (torch::rand(x.sizes(), gen) * 255.0 - mean) / std;
+  }
+  if (o.baseline == "blur") {
+    // Separable Gaussian, sigma a fraction of the input width, reflect-padded.
+    double sigma = std::max(0.5, static_cast<double>(o.blur_sigma) * x.size(3));
+    int radius = static_cast<int>(std::ceil(3 * sigma));
+    auto k = torch::arange(-radius, radius + 1, torch::kFloat32);
+    k = torch::exp(-k * k / (2 * sigma * sigma));
+    k = k / k.sum();
+    const int64_t c = x.size(1);
+    auto kx = k.view({1, 1, 1, -1}).repeat({c, 1, 1, 1}), ky = k.view({1, 1, -1, 1}).repeat({c, 1, 1, 1});
+    auto padded = torch::reflection_pad2d(x, {radius, radius, radius, radius});
+    const torch::Tensor no_bias;
+    const std::vector<int64_t> ones{1, 1}, zeros{0, 0};
+    auto h = at::conv2d(padded, kx, no_bias, at::IntArrayRef(ones), at::IntArrayRef(zeros), at::IntArrayRef(ones), c);
+    return at::conv2d(h, ky, no_bias, at::IntArrayRef(ones), at::IntArrayRef(zeros), at::IntArrayRef(ones), c);
+  }
+  cv::Mat img = read_image(o.baseline);  // a user's image
+  return to_input(img, p).unsqueeze(0).expand_as(x).contiguous();
+}
+
 }  // namespace
 
 std::vector<std::string> method_names() {
   std::vector<std::string> names;
-  for (const auto& m : detail::cam_methods()) names.push_back(m.name);
+  for (const auto& m : detail::methods()) names.push_back(m.name);
   return names;
 }
 
@@ -101,25 +147,37 @@ std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& bat
   if (batch.dim() != 4 || batch.size(0) < 1) throw Error("model input must be a non-empty [N,C,H,W] batch");
   if (!sizes.empty() && static_cast<int64_t>(sizes.size()) != batch.size(0))
     throw Error("one image size per batch row is needed");
-  if (opt.layers.empty()) throw Error("no layer given to explain (use --layer; `lumen layers MODEL` lists them)");
   if (opt.methods.empty()) throw Error("no method given");
-  std::vector<const detail::CamMethod*> methods;
-  bool need_grad = false;
+
+  // Plan: the union of what the requested methods need decides which passes run.
+  std::vector<const detail::Method*> methods;
+  bool need_layers = false, any_per_layer = false;
+  std::set<BackwardRule> rules;
   for (const auto& name : opt.methods) {
-    methods.push_back(&detail::find_cam_method(name));
-    need_grad |= methods.back()->needs_gradients;
+    methods.push_back(&detail::find_method(name));
+    need_layers |= methods.back()->needs.layer_gradients;
+    any_per_layer |= methods.back()->per_layer;
+    for (auto r : methods.back()->needs.input_gradients) rules.insert(r);
   }
+  if (any_per_layer && opt.layers.empty())
+    throw Error("no layer given to explain (use --layer; `lumen layers MODEL` lists them)");
   for (const auto& l : opt.layers) model_.check_layer(l);
   if (opt.targets.empty() && opt.classes.empty() && opt.top_k < 1) throw Error("top-k must be at least 1");
-
+  const MethodOptions& mo = opt.method;
   const int64_t n = batch.size(0);
+  const std::vector<std::string> taps = any_per_layer ? opt.layers : std::vector<std::string>{};
 
+  // Pass 1: forward with the layers captured. When plain input gradients are needed the input requires
+  // grad here, so one backward per target serves both the layers and the input.
   torch::AutoGradMode grad_mode(true);
-  Capture cap = model_.forward(batch, opt.layers);
-  for (size_t i = 0; i < opt.layers.size(); ++i) {
+  const bool plain_input = rules.count(BackwardRule::Plain) > 0;
+  torch::Tensor x = batch.detach();
+  if (plain_input) x = x.clone().requires_grad_(true);
+  Capture cap = model_.forward(x, taps);
+  for (size_t i = 0; i < taps.size(); ++i) {
     const auto& a = cap.layers[i];
     if (a.dim() != 4)
-      throw Error("layer '" + opt.layers[i] + "' outputs shape " + c10::str(a.sizes()) +
+      throw Error("layer '" + taps[i] + "' outputs shape " + c10::str(a.sizes()) +
                   ", not a [N,C,H,W] feature map; pick a convolutional layer");
   }
 
@@ -183,43 +241,98 @@ std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& bat
     }
   }
 
+  // Pass 2 (only for guided backprop / deconvnet): the same forward on a copy of the graph whose
+  // ReLU-like units backpropagate by the rule. Its forward values are the plain ones.
+  std::map<BackwardRule, std::pair<torch::Tensor, torch::IValue>> rule_passes;
+  for (auto rule : rules) {
+    if (rule == BackwardRule::Plain) continue;
+    auto xr = batch.detach().clone().requires_grad_(true);
+    rule_passes[rule] = {xr, model_.forward(xr, {}, rule, mo.strict_nonlinearities).output};
+  }
+
+  // Extra passes on demand, for methods that probe other inputs of one image.
+  auto gradient_at = [&](const Target& target, const torch::Tensor& rows, int64_t image, BackwardRule rule) {
+    torch::AutoGradMode enable(true);  // methods run under no-grad; their extra passes need it back
+    return detail::in_chunks(rows, mo.batch_size, [&](const torch::Tensor& chunk) {
+      auto xr = chunk.detach().clone().requires_grad_(true);
+      auto out = model_.forward(xr, {}, rule, mo.strict_nonlinearities).output;
+      auto y = for_rows(target, image, chunk.size(0))(out);
+      return torch::autograd::grad({y.sum()}, {xr})[0];
+    });
+  };
+  auto score_at = [&](const Target& target, const torch::Tensor& rows, int64_t image) {
+    torch::NoGradGuard no_grad;
+    return detail::in_chunks(rows, mo.batch_size, [&](const torch::Tensor& chunk) {
+      return for_rows(target, image, chunk.size(0))(model_.forward(chunk.detach()).output);
+    });
+  };
+  torch::Tensor baseline;
+  for (const auto* m : methods)
+    if (m->name == "integrated-gradients") baseline = make_baseline(batch.detach(), mo, preprocess_);
+
   for (size_t ti = 0; ti < targets.size(); ++ti) {
     const Target& target = targets[ti];
+    const bool last = ti + 1 == targets.size();
     torch::Tensor y = target(cap.output);
     if (y.dim() != 1 || y.size(0) != n)
       throw Error("target '" + target.name + "' must give one value per image ([" + std::to_string(n) + "]), got shape " +
                   c10::str(y.sizes()));
     check_finite(y.detach(), "target '" + target.name + "'");
-    std::vector<torch::Tensor> grads(opt.layers.size());
-    if (need_grad) {
+
+    detail::Evidence ev;
+    ev.input = batch.detach();
+    ev.target_values = y.detach();
+    ev.baseline = baseline;
+    ev.options = &mo;
+    ev.gradient = [&](const torch::Tensor& rows, int64_t image, BackwardRule rule) { return gradient_at(target, rows, image, rule); };
+    ev.score = [&](const torch::Tensor& rows, int64_t image) { return score_at(target, rows, image); };
+    for (size_t l = 0; l < taps.size(); ++l) ev.layers.push_back({cap.layers[l].detach(), torch::Tensor()});
+
+    // One backward per target: through the head down to the layers (and to the input when asked).
+    std::vector<torch::Tensor> wrt;
+    if (need_layers) wrt = cap.layers;
+    if (plain_input) wrt.push_back(x);
+    if (!wrt.empty()) {
       if (!y.requires_grad())
         throw Error("target '" + target.name + "' does not depend on the captured layers (no gradient path)");
-      // Only d y / d A at the captured layers: parameters never require grad in lumen's copy, so this
-      // backward runs through the network's head and stops at the layers.
-      auto g = torch::autograd::grad({y.sum()}, cap.layers, {}, /*retain_graph=*/ti + 1 < targets.size(),
-                                     /*create_graph=*/false, /*allow_unused=*/true);
-      for (size_t l = 0; l < g.size(); ++l) grads[l] = g[l].defined() ? g[l] : torch::zeros_like(cap.layers[l]);
+      // Parameters never require grad in lumen's copy, so this backward runs through the network's
+      // head only and stops at the layers.
+      auto g = torch::autograd::grad({y.sum()}, wrt, {}, /*retain_graph=*/!last, /*create_graph=*/false, /*allow_unused=*/true);
+      size_t k = 0;
+      if (need_layers)
+        for (size_t l = 0; l < taps.size(); ++l, ++k) ev.layers[l].gradients = g[k].defined() ? g[k] : torch::zeros_like(cap.layers[l]);
+      if (plain_input) ev.input_gradients[BackwardRule::Plain] = g[k].defined() ? g[k] : torch::zeros_like(x);
     }
+    for (auto& [rule, pass] : rule_passes) {
+      auto yr = target(pass.second);
+      auto g = torch::autograd::grad({yr.sum()}, {pass.first}, {}, /*retain_graph=*/!last, false, /*allow_unused=*/true)[0];
+      ev.input_gradients[rule] = g.defined() ? g : torch::zeros_like(pass.first);
+    }
+
     auto y_values = y.detach();
-    for (size_t l = 0; l < opt.layers.size(); ++l) {
-      detail::LayerTensors lt{cap.layers[l].detach(), grads[l]};
-      for (const auto* method : methods) {
-        torch::Tensor maps;
+    for (const auto* method : methods) {
+      const size_t layers_for_method = method->per_layer ? taps.size() : 1;
+      for (size_t l = 0; l < layers_for_method; ++l) {
+        detail::Result res;
         {
           torch::NoGradGuard no_grad;
-          maps = method->compute(lt);
+          res = method->compute(ev, l);
         }
-        check_finite(maps, method->name + " map at layer '" + opt.layers[l] + "'");
+        const std::string layer = method->per_layer ? taps[l] : "input";
+        check_finite(res.maps, method->name + " map at " + (method->per_layer ? "layer '" + layer + "'" : "the input"));
         for (int64_t i = 0; i < n; ++i) {
           Map m;
           m.method = method->name;
-          m.layer = opt.layers[l];
+          m.layer = layer;
           m.target = target.name;
           m.cls = target.classes.empty() ? -1 : target.classes[i];
           m.label = label_of(m.cls);
           m.counterfactual = target.counterfactual;
           m.target_value = y_values[i].item<float>();
-          finish_map(m, maps[i], results[i].width, results[i].height, opt.box_threshold);
+          m.is_signed = res.is_signed;
+          finish_map(m, res.maps[i], results[i].width, results[i].height, opt.box_threshold);
+          if (res.attribution.defined()) m.attribution = to_mat_hwc(res.attribution[i]);
+          if (i < static_cast<int64_t>(res.extra.size())) m.extra = res.extra[i];
           results[i].maps.push_back(std::move(m));
         }
       }

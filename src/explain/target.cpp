@@ -26,6 +26,7 @@ Target class_target(std::vector<int64_t> classes, Score score, bool counterfactu
   t.classes = classes;
   t.score = score;
   t.counterfactual = counterfactual;
+  t.select = select;
   t.fn = [classes, score, counterfactual, select](const torch::IValue& output) {
     torch::Tensor logits = select(output);
     if (logits.dim() != 2) throw Error("class scores must be [N, classes], got shape " + c10::str(logits.sizes()));

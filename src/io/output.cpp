@@ -17,10 +17,11 @@ namespace fs = std::filesystem;
 // .npy by hand: the format is a 10-byte preamble plus a Python-dict header (NumPy's NEP 1); no Debian
 // C++ package writes it, and OpenCV's FileStorage writes its own YAML/XML formats instead.
 std::string encode_npy(const cv::Mat& map) {
-  if (map.type() != CV_32F || map.dims != 2) throw Error("npy export needs a 2-D float32 map");
+  if (map.depth() != CV_32F || map.dims != 2) throw Error("npy export needs a 2-D float32 map");
   cv::Mat m = map.isContinuous() ? map : map.clone();
-  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + std::to_string(m.rows) + ", " +
-                       std::to_string(m.cols) + "), }";
+  std::string shape = std::to_string(m.rows) + ", " + std::to_string(m.cols);
+  if (m.channels() > 1) shape += ", " + std::to_string(m.channels());
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + shape + "), }";
   // Preamble (10 bytes) + header + '\n' must be a multiple of 64.
   size_t total = 10 + header.size() + 1;
   header.append((64 - total % 64) % 64, ' ');
@@ -31,7 +32,7 @@ std::string encode_npy(const cv::Mat& map) {
   out.push_back(static_cast<char>(header.size() & 0xff));
   out.push_back(static_cast<char>(header.size() >> 8));
   out += header;
-  out.append(reinterpret_cast<const char*>(m.data), m.total() * sizeof(float));
+  out.append(reinterpret_cast<const char*>(m.data), m.total() * m.channels() * sizeof(float));
   return out;
 }
 
@@ -61,11 +62,13 @@ cv::Mat decode_npy(const std::string& bytes) {
     shape.push_back(std::stoll(item));
   }
   if (shape.size() == 1) shape.insert(shape.begin(), 1);
-  if (shape.size() != 2 || shape[0] < 0 || shape[1] < 0 || shape[0] * shape[1] > (1LL << 31))
-    throw Error(".npy must hold a 2-D array of sane size");
-  size_t data = start + hlen, need = static_cast<size_t>(shape[0] * shape[1]) * sizeof(float);
+  if (shape.size() == 2) shape.push_back(1);
+  if (shape.size() != 3 || shape[0] < 0 || shape[1] < 0 || shape[2] < 1 || shape[2] > 4 ||
+      shape[0] * shape[1] * shape[2] > (1LL << 31))
+    throw Error(".npy must hold a 2-D array (or H x W x C with C <= 4) of sane size");
+  size_t data = start + hlen, need = static_cast<size_t>(shape[0] * shape[1] * shape[2]) * sizeof(float);
   if (bytes.size() - data != need) throw Error(".npy data size does not match its shape");
-  cv::Mat m(static_cast<int>(shape[0]), static_cast<int>(shape[1]), CV_32F);
+  cv::Mat m(static_cast<int>(shape[0]), static_cast<int>(shape[1]), CV_32FC(static_cast<int>(shape[2])));
   std::memcpy(m.data, bytes.data() + data, need);
   return m;
 }
@@ -92,6 +95,30 @@ cv::Mat heatmap(const cv::Mat& normalized, Colormap cmap) {
   cv::Mat u8, out;
   normalized.convertTo(u8, CV_8U, 255.0);
   cv::applyColorMap(u8, out, cmap == Colormap::Jet ? cv::COLORMAP_JET : cv::COLORMAP_TURBO);
+  return out;
+}
+
+cv::Mat signed_picture(const cv::Mat& map) {
+  double lo, hi;
+  cv::minMaxLoc(map, &lo, &hi);
+  double scale = std::max(std::abs(lo), std::abs(hi));
+  cv::Mat out;
+  // 0 -> mid grey, +max|m| -> white, -max|m| -> black.
+  map.convertTo(out, CV_8U, scale > 0 ? 127.5 / scale : 0.0, 127.5);
+  return out;
+}
+
+cv::Mat attribution_picture(const cv::Mat& attribution, cv::Size size, bool rgb_order) {
+  cv::Mat resized;
+  cv::resize(attribution, resized, size, 0, 0, cv::INTER_LINEAR);
+  std::vector<cv::Mat> planes;
+  cv::split(resized, planes);
+  double scale = 0;
+  for (const auto& p : planes) scale = std::max(scale, cv::norm(p, cv::NORM_INF));
+  cv::Mat merged, out;
+  if (rgb_order && planes.size() == 3) std::swap(planes[0], planes[2]);
+  cv::merge(planes, merged);
+  merged.convertTo(out, CV_8U, scale > 0 ? 127.5 / scale : 0.0, 127.5);
   return out;
 }
 
@@ -167,6 +194,8 @@ nlohmann::json map_json(const Map& m) {
   j["counterfactual"] = m.counterfactual;
   j["target_value"] = m.target_value;
   j["empty"] = m.empty;
+  j["signed"] = m.is_signed;
+  if (!m.extra.empty()) j["extra"] = m.extra;
   j["raw_shape"] = {m.raw.rows, m.raw.cols};
   j["stats"] = {{"raw_min", m.stats.min}, {"raw_max", m.stats.max}, {"raw_mean", m.stats.mean},
                 {"peak", {m.stats.peak_x, m.stats.peak_y}}};
@@ -194,12 +223,18 @@ nlohmann::json write_maps(OutputDir& out, const std::vector<cv::Mat>& images, co
       const std::string base = map_file_stem(stems.at(i), m);
       cv::Mat over = overlay(images[i], m.normalized, options.colormap, options.alpha);
       if (options.draw_box) draw_box(over, m.box, cv::Scalar(255, 255, 255), 2);
-      out.write(base + ".heat.png", encode_png(heatmap(m.normalized, options.colormap)));
+      out.write(base + ".heat.png", encode_png(m.is_signed ? signed_picture(m.upsampled) : heatmap(m.normalized, options.colormap)));
       out.write(base + ".overlay.png", encode_png(over));
       out.write(base + ".npy", encode_npy(m.normalized));
       out.write(base + ".raw.npy", encode_npy(m.raw));
       entries[i]["maps"][k]["files"] = {{"heat", base + ".heat.png"}, {"overlay", base + ".overlay.png"},
                                         {"map", base + ".npy"}, {"raw", base + ".raw.npy"}};
+      if (!m.attribution.empty()) {
+        out.write(base + ".attr.npy", encode_npy(m.attribution));
+        out.write(base + ".rgb.png", encode_png(attribution_picture(m.attribution, images[i].size(), options.rgb_input)));
+        entries[i]["maps"][k]["files"]["attribution"] = base + ".attr.npy";
+        entries[i]["maps"][k]["files"]["rgb"] = base + ".rgb.png";
+      }
     }
   }
   return entries;

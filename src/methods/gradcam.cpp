@@ -5,11 +5,18 @@
 
 namespace lumen::detail {
 
-CamMethod gradcam() {
-  return {"gradcam", "Selvaraju et al. 2017, Grad-CAM", true, [](const LayerTensors& t) {
-            auto alpha = t.gradients.mean({2, 3}, /*keepdim=*/true);
-            return torch::relu((alpha * t.activations).sum(1));
-          }};
+torch::Tensor gradcam_maps(const LayerTensors& t) {
+  auto alpha = t.gradients.mean({2, 3}, /*keepdim=*/true);
+  return torch::relu((alpha * t.activations).sum(1));
+}
+
+Method gradcam() {
+  Method m;
+  m.name = "gradcam";
+  m.paper = "Selvaraju et al. 2017, Grad-CAM";
+  m.needs.layer_gradients = true;
+  m.compute = [](const Evidence& e, size_t layer) { return Result{gradcam_maps(e.layers[layer])}; };
+  return m;
 }
 
 }  // namespace lumen::detail

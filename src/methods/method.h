@@ -1,11 +1,16 @@
-// Internal: what a map method is. A method says only what makes it different — here, how it turns a
-// layer's activations A and gradients G ([N,C,h,w]) into maps ([N,h,w]); capture, targets, batching,
-// upsampling, normalisation and output are shared (src/explain).
+// Internal: what a map method is. A method says only what makes it different — which tensors it needs
+// and the arithmetic that turns them into maps. Capture, targets, batching, extra passes, upsampling,
+// normalisation and output are shared (src/explain).
 #pragma once
 
+#include <lumen/explain.h>
+#include <lumen/model.h>
+
+#include <nlohmann/json.hpp>
 #include <torch/script.h>
 
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -13,20 +18,62 @@ namespace lumen::detail {
 
 struct LayerTensors {
   torch::Tensor activations;  // A, [N,C,h,w]
-  torch::Tensor gradients;    // G = d y / d A, [N,C,h,w]; undefined for gradient-free methods
+  torch::Tensor gradients;    // G = d y / d A (plain rule), [N,C,h,w]; undefined if no method needs it
 };
 
-struct CamMethod {
+// What the planner computed for one target, and a way to ask for more passes.
+struct Evidence {
+  torch::Tensor input;                                     // x, [N,C,H,W] (model input space)
+  torch::Tensor target_values;                             // y, [N]
+  std::vector<LayerTensors> layers;                        // one per requested layer
+  std::map<BackwardRule, torch::Tensor> input_gradients;   // d y / d x per rule, [N,C,H,W]
+  torch::Tensor baseline;                                  // x_b, [N,C,H,W] (integrated gradients only)
+  // d y / d x at other inputs, all rows belonging to image `image` (batched by the planner).
+  std::function<torch::Tensor(const torch::Tensor& x, int64_t image, BackwardRule rule)> gradient;
+  // y at other inputs of image `image`, without gradients (batched by the planner).
+  std::function<torch::Tensor(const torch::Tensor& x, int64_t image)> score;
+  const MethodOptions* options = nullptr;
+};
+
+struct Result {
+  Result() = default;
+  explicit Result(torch::Tensor m, torch::Tensor attr = {}) : maps(std::move(m)), attribution(std::move(attr)) {}
+  torch::Tensor maps;          // [N,h,w]: raw, as the method's formula gives it
+  torch::Tensor attribution;   // optional, [N,C,H,W]: per-channel attribution in input space
+  bool is_signed = false;      // the sign of the map means something (drawn around grey)
+  std::vector<nlohmann::json> extra;  // optional, per image: method-specific facts for run.json
+};
+
+struct Needs {
+  bool layer_gradients = false;                 // plain d y / d A at the requested layers
+  std::vector<BackwardRule> input_gradients;    // d y / d x under these rules
+};
+
+struct Method {
   std::string name;
   std::string paper;
-  bool needs_gradients = true;
-  std::function<torch::Tensor(const LayerTensors&)> compute;  // -> [N,h,w], raw (unnormalised)
+  Needs needs;
+  bool per_layer = true;  // one map per requested layer; false: one map in input space
+  std::function<Result(const Evidence&, size_t layer)> compute;
 };
 
 // One factory per method file.
-CamMethod gradcam();
+Method gradcam();
+Method saliency();
+Method input_x_gradient();
+Method guided_backprop();
+Method deconvnet();
+Method guided_gradcam();
+Method smoothgrad();
+Method integrated_gradients();
 
-const std::vector<CamMethod>& cam_methods();
-const CamMethod& find_cam_method(const std::string& name);  // throws lumen::Error listing the known names
+const std::vector<Method>& methods();
+const Method& find_method(const std::string& name);  // throws lumen::Error listing the known names
+
+// Shared arithmetic.
+torch::Tensor gradcam_maps(const LayerTensors& t);                           // [N,h,w]
+torch::Tensor max_abs_over_channels(const torch::Tensor& attribution);      // [N,C,H,W] -> [N,H,W]
+// Runs `fn` over `rows` in chunks of at most `batch` rows and concatenates the results.
+torch::Tensor in_chunks(const torch::Tensor& rows, int batch, const std::function<torch::Tensor(const torch::Tensor&)>& fn);
 
 }  // namespace lumen::detail

@@ -4,18 +4,28 @@
 
 namespace lumen::detail {
 
-const std::vector<CamMethod>& cam_methods() {
-  static const std::vector<CamMethod> methods{gradcam()};
-  return methods;
+const std::vector<Method>& methods() {
+  static const std::vector<Method> all{gradcam(),         saliency(),        input_x_gradient(),
+                                       guided_backprop(), deconvnet(),       guided_gradcam(),
+                                       smoothgrad(),      integrated_gradients()};
+  return all;
 }
 
-const CamMethod& find_cam_method(const std::string& name) {
+const Method& find_method(const std::string& name) {
   std::string known;
-  for (const auto& m : cam_methods()) {
+  for (const auto& m : methods()) {
     if (m.name == name) return m;
     known += (known.empty() ? "" : ", ") + m.name;
   }
   throw Error("unknown method '" + name + "' (available: " + known + ")");
+}
+
+torch::Tensor in_chunks(const torch::Tensor& rows, int batch, const std::function<torch::Tensor(const torch::Tensor&)>& fn) {
+  if (batch < 1) throw Error("batch size must be at least 1");
+  std::vector<torch::Tensor> parts;
+  for (int64_t start = 0; start < rows.size(0); start += batch)
+    parts.push_back(fn(rows.slice(0, start, std::min<int64_t>(rows.size(0), start + batch))));
+  return torch::cat(parts);
 }
 
 }  // namespace lumen::detail

@@ -48,13 +48,14 @@ struct Model::Impl {
   std::mutex mutex;  // guards `cache` only; the module itself is never mutated after load
   std::map<std::string, std::shared_ptr<Compiled>> cache;
 
-  std::shared_ptr<Compiled> compiled(const std::vector<std::string>& layers, bool lenient) {
-    std::string key = lenient ? "?" : "";
-    for (const auto& l : layers) key += l + "\n";
+  std::shared_ptr<Compiled> compiled(const detail::RewriteOptions& options) {
+    std::string key = std::to_string(options.lenient) + std::to_string(static_cast<int>(options.rule)) +
+                      std::to_string(options.strict_nonlinearities) + "\n";
+    for (const auto& l : options.taps) key += l + "\n";
     std::lock_guard<std::mutex> lock(mutex);
     auto it = cache.find(key);
     if (it != cache.end()) return it->second;
-    auto result = detail::tapped_graph(module, layers, lenient);
+    auto result = detail::rewrite_forward(module, options);
     auto c = std::make_shared<Compiled>();
     c->graph = result.graph;
     c->code = std::make_unique<torch::jit::Code>(result.graph, "lumen_forward");
@@ -129,9 +130,14 @@ void Model::check_layer(const std::string& path) const {
   throw Error("unknown layer '" + path + "'; closest: " + close + " (lumen layers MODEL lists all)");
 }
 
-Capture Model::forward(const torch::Tensor& input, const std::vector<std::string>& layers) const {
+Capture Model::forward(const torch::Tensor& input, const std::vector<std::string>& layers, BackwardRule rule,
+                       bool strict) const {
   for (const auto& l : layers) check_layer(l);
-  auto compiled = impl_->compiled(layers, false);
+  detail::RewriteOptions options;
+  options.taps = layers;
+  options.rule = rule;
+  options.strict_nonlinearities = strict;
+  auto compiled = impl_->compiled(options);
   auto out = impl_->run(*compiled, input).toTuple();
   Capture cap;
   cap.output = out->elements().at(0);
@@ -140,7 +146,10 @@ Capture Model::forward(const torch::Tensor& input, const std::vector<std::string
 }
 
 std::vector<LayerInfo> Model::layers(const std::vector<int64_t>& input_shape) const {
-  auto compiled = impl_->compiled(impl_->paths, true);
+  detail::RewriteOptions options;
+  options.taps = impl_->paths;
+  options.lenient = true;
+  auto compiled = impl_->compiled(options);
   torch::NoGradGuard no_grad;
   auto out = impl_->run(*compiled, torch::zeros(input_shape)).toTuple();
   std::map<std::string, torch::Tensor> shapes;

@@ -11,9 +11,13 @@
 #include <torch/csrc/jit/api/function_impl.h>
 #include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/jit/ir/constants.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <map>
 #include <set>
 #include <unordered_map>
@@ -34,9 +38,43 @@ at::Tensor tap(const at::Tensor& x) {
   return x.detach().requires_grad_(true);
 }
 
-TORCH_LIBRARY(lumen, m) { m.def("tap(Tensor x) -> Tensor", tap); }
+// clamp(x, lo, hi) whose backward follows a rule (Springenberg et al. 2015; Zeiler & Fergus 2013):
+//   guided:    g_in = max(g_out, 0) * [lo < x < hi]   (positive gradient, and only where the unit passed)
+//   deconvnet: g_in = max(g_out, 0)                   (positive gradient, whatever the forward input)
+// relu is clamp(x, 0, inf), ReLU6 / hardtanh(0, 6) is clamp(x, 0, 6).
+class RuleClamp : public torch::autograd::Function<RuleClamp> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, double lo, double hi, int64_t rule) {
+    ctx->saved_data["lo"] = lo;
+    ctx->saved_data["hi"] = hi;
+    ctx->saved_data["rule"] = rule;
+    ctx->save_for_backward({x});
+    return at::clamp(x, std::isinf(lo) ? c10::optional<at::Scalar>() : c10::optional<at::Scalar>(lo),
+                     std::isinf(hi) ? c10::optional<at::Scalar>() : c10::optional<at::Scalar>(hi));
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list g) {
+    auto x = ctx->get_saved_variables()[0];
+    double lo = ctx->saved_data["lo"].toDouble(), hi = ctx->saved_data["hi"].toDouble();
+    auto positive = g[0].clamp_min(0);
+    at::Tensor grad;
+    if (ctx->saved_data["rule"].toInt() == static_cast<int64_t>(BackwardRule::Guided)) {
+      grad = positive * ((x > lo) & (x < hi)).to(positive.scalar_type());
+    } else {
+      grad = positive;
+    }
+    return {grad, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor rule_clamp(const at::Tensor& x, double lo, double hi, int64_t rule) { return RuleClamp::apply(x, lo, hi, rule); }
+
+TORCH_LIBRARY(lumen, m) {
+  m.def("tap(Tensor x) -> Tensor", tap);
+  m.def("rule_clamp(Tensor x, float lo, float hi, int rule) -> Tensor", rule_clamp);
+}
 
 const c10::Symbol kTap = c10::Symbol::fromQualString("lumen::tap");
+const c10::Symbol kRuleClamp = c10::Symbol::fromQualString("lumen::rule_clamp");
 
 bool is_scalar_type(const c10::TypePtr& t) {
   return t->kind() == c10::TypeKind::BoolType || t->kind() == c10::TypeKind::IntType ||
@@ -49,9 +87,9 @@ std::string join(const std::string& parent, const std::string& name) {
 
 class Rewriter {
  public:
-  Rewriter(const torch::jit::Module& root, const std::vector<std::string>& paths, bool lenient)
-      : root_(root), lenient_(lenient) {
-    for (const auto& p : paths) {
+  Rewriter(const torch::jit::Module& root, const RewriteOptions& options)
+      : root_(root), lenient_(options.lenient), rule_(options.rule), strict_(options.strict_nonlinearities) {
+    for (const auto& p : options.taps) {
       targets_.insert(p);
       // Every proper prefix of a target is a call that must be inlined to reach it.
       for (size_t i = p.find('.'); i != std::string::npos; i = p.find('.', i + 1)) ancestors_.insert(p.substr(0, i));
@@ -63,6 +101,7 @@ class Rewriter {
     auto graph = root_.get_method("forward").graph()->copy();
     paths_[graph->inputs().at(0)] = "";
     scan(graph->block());
+    if (rule_ != BackwardRule::Plain) apply_rule(graph->block());
     // Module attributes folded to constants above make `if self.use_res_connect:` branches constant;
     // constant propagation removes them, which lifts taps out of those blocks.
     torch::jit::ConstantPropagation(graph);
@@ -109,6 +148,8 @@ class Rewriter {
         get_attr(n);
       } else if (n->kind() == c10::prim::CallMethod) {
         next = call_method(n, next);
+      } else if (n->kind() == c10::prim::CallFunction && rule_ != BackwardRule::Plain) {
+        next = call_function(n, next);
       } else {
         for (Block* b : n->blocks()) scan(b);
       }
@@ -142,17 +183,36 @@ class Rewriter {
     const bool is_target = method == "forward" && targets_.count(path);
     // The root's own helpers (torchvision's scripted ResNet calls self._forward_impl) and every call on
     // the way down to a target are inlined; everything else stays a call.
-    if (path.empty() || ancestors_.count(path)) {
+    if (path.empty() || ancestors_.count(path) || rule_ != BackwardRule::Plain) {
       Node* before = n->prev();
       auto& fn = submodule(root_, path).get_method(method).function();
       auto* graph_fn = torch::jit::tryToGraphFunction(fn);
       if (!graph_fn) throw Error("cannot inline module '" + path + "' (method " + method + " is not a graph)");
       auto outs = torch::jit::inlineCallTo(n, graph_fn, graph_fn->graph().get());
+      // Remember which module each inlined node came from, to name layers in messages; deeper inlines
+      // later overwrite this with the deeper path.
+      for (Node* m = before->next(); m != next; m = m->next()) set_scope(m, path);
       if (is_target && outs.size() == 1) insert_tap(path, outs[0], next);
       return before->next();  // scan the inlined body too
     }
     if (is_target) insert_tap(path, n->output(), next);
     return next;
+  }
+
+  // Scripted activations often sit in functions (nn.ReLU6 -> F.relu6 -> hardtanh); a backward rule
+  // must reach them, so those calls are inlined too.
+  Node* call_function(Node* n, Node* next) {
+    auto fn_type = n->input(0)->type()->cast<c10::FunctionType>();
+    if (!fn_type) return next;
+    auto* graph_fn = torch::jit::tryToGraphFunction(*fn_type->function());
+    if (!graph_fn) return next;
+    Node* before = n->prev();
+    auto it = scope_.find(n);
+    const std::string scope = it == scope_.end() ? "" : it->second;
+    n->removeInput(0);  // the function value; what remains are the arguments (as JIT's Inliner does)
+    torch::jit::inlineCallTo(n, graph_fn, graph_fn->graph().get());
+    for (Node* m = before->next(); m != next; m = m->next()) set_scope(m, scope);
+    return before->next();
   }
 
   void insert_tap(const std::string& path, Value* y, Node* insert_before) {
@@ -168,8 +228,72 @@ class Rewriter {
     taps_[path].push_back(t->node());
   }
 
+  void set_scope(Node* n, const std::string& path) {
+    scope_[n] = path;
+    for (Block* b : n->blocks())
+      for (Node* m : b->nodes()) set_scope(m, path);
+  }
+
+  // Swaps every ReLU-like activation for lumen::rule_clamp, whose backward follows the rule. Runs on
+  // the fully inlined graph, so every activation of every submodule is reached.
+  void apply_rule(Block* block) {
+    for (Node* n = block->nodes().front(); n != block->return_node();) {
+      Node* next = n->next();
+      for (Block* b : n->blocks()) apply_rule(b);
+      replace_activation(n);
+      n = next;
+    }
+  }
+
+  void replace_activation(Node* n) {
+    const std::string kind = n->kind().toQualString();
+    double lo = 0, hi = std::numeric_limits<double>::infinity();
+    bool in_place = !kind.empty() && kind.back() == '_';
+    const std::string base = in_place ? kind.substr(0, kind.size() - 1) : kind;
+    if (base == "aten::relu") {
+    } else if (base == "aten::relu6") {
+      hi = 6;
+    } else if (base == "aten::hardtanh" || base == "aten::clamp") {
+      auto lo_v = torch::jit::toIValue(n->input(1)), hi_v = torch::jit::toIValue(n->input(2));
+      if (n->inputs().size() != 3 || !lo_v || !hi_v) return unsupported(n, kind + " with bounds computed at run time");
+      if (lo_v->isTensor() || hi_v->isTensor()) return unsupported(n, kind + " with tensor bounds");
+      lo = lo_v->isNone() ? -std::numeric_limits<double>::infinity() : lo_v->toScalar().toDouble();
+      hi = hi_v->isNone() ? std::numeric_limits<double>::infinity() : hi_v->toScalar().toDouble();
+    } else if (base == "aten::clamp_min" || base == "aten::threshold") {
+      return unsupported(n, kind);
+    } else {
+      static const std::set<std::string> no_rule{
+          "aten::silu", "aten::gelu", "aten::sigmoid", "aten::tanh", "aten::hardswish", "aten::hardsigmoid",
+          "aten::leaky_relu", "aten::elu", "aten::selu", "aten::celu", "aten::softplus", "aten::mish",
+          "aten::prelu", "aten::glu", "aten::log_sigmoid", "aten::rrelu"};
+      if (no_rule.count(base)) unsupported(n, kind);
+      return;
+    }
+    Graph* g = n->owningGraph();
+    torch::jit::WithInsertPoint guard(n);
+    Value* x = n->input(0);
+    Value* out = g->insert(kRuleClamp, {x, lo, hi, static_cast<int64_t>(rule_)});
+    if (in_place) {
+      // The in-place op changed x for everything after it; point those uses at the new value instead.
+      x->replaceAllUsesAfterNodeWith(n, out);
+    }
+    n->output()->replaceAllUsesWith(out);
+    n->destroy();
+  }
+
+  void unsupported(Node* n, const std::string& what) {
+    if (!strict_) return;
+    auto it = scope_.find(n);
+    std::string where = it == scope_.end() || it->second.empty() ? "the model's own forward" : "layer '" + it->second + "'";
+    throw Error(where + " uses " + what + ", which has no " + (rule_ == BackwardRule::Guided ? "guided-backprop" : "deconvnet") +
+                " rule; pass --nonlinearity plain to keep its ordinary gradient");
+  }
+
   const torch::jit::Module& root_;
   bool lenient_;
+  BackwardRule rule_;
+  bool strict_;
+  std::unordered_map<Node*, std::string> scope_;
   std::map<std::string, std::string> kinds_;
   std::set<std::string> targets_, ancestors_;
   std::unordered_map<Value*, std::string> paths_;
@@ -191,8 +315,8 @@ torch::jit::Module submodule(const torch::jit::Module& root, const std::string& 
   return m;
 }
 
-TapResult tapped_graph(const torch::jit::Module& root, const std::vector<std::string>& paths, bool lenient) {
-  return Rewriter(root, paths, lenient).run(paths);
+TapResult rewrite_forward(const torch::jit::Module& root, const RewriteOptions& options) {
+  return Rewriter(root, options).run(options.taps);
 }
 
 }  // namespace lumen::detail

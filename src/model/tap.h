@@ -4,6 +4,8 @@
 #include <torch/csrc/jit/ir/ir.h>
 #include <torch/script.h>
 
+#include <lumen/model.h>
+
 #include <map>
 #include <memory>
 #include <string>
@@ -18,12 +20,20 @@ namespace lumen::detail {
 // requested paths. Throws lumen::Error when a path is never called, returns something other than a
 // tensor, or is called inside input-dependent control flow — unless `lenient`, which instead leaves
 // such paths out of the outputs and says why in `skipped` (used to list layers).
+struct RewriteOptions {
+  std::vector<std::string> taps;
+  bool lenient = false;
+  // Non-plain rules inline the whole network and swap its ReLU-like activations for lumen::rule_clamp.
+  BackwardRule rule = BackwardRule::Plain;
+  bool strict_nonlinearities = true;   // an activation without a rule is an error (else left as it is)
+};
+
 struct TapResult {
   std::shared_ptr<torch::jit::Graph> graph;
   std::vector<std::string> tapped;                 // paths in output order (after the model's output)
   std::map<std::string, std::string> skipped;      // path -> reason / output type
 };
-TapResult tapped_graph(const torch::jit::Module& root, const std::vector<std::string>& paths, bool lenient = false);
+TapResult rewrite_forward(const torch::jit::Module& root, const RewriteOptions& options);
 
 // Module at a dotted path below root ("" = root).
 torch::jit::Module submodule(const torch::jit::Module& root, const std::string& path);

@@ -29,6 +29,8 @@ struct Args {
   int top_k = 1, batch = 8, threads = 0;
   bool counterfactual = false, allow_empty = false, no_box = false;
   float box_threshold = 0.15f, alpha = 0.5f;
+  std::string nonlinearity = "strict";
+  MethodOptions method;
 };
 
 // Unique file stems: cat.jpg and other/cat.png become cat and cat-2.
@@ -60,7 +62,6 @@ int run(const Args& a) {
   if (!a.std.empty()) pre.std = a.std;
   if (!a.color_order.empty()) pre.rgb = a.color_order == "RGB";
   if (!a.labels.empty()) labels = load_labels(a.labels);
-  if (layers.empty()) throw Error("no layer: pass --layer (or a --card with cam_target_layer); `lumen layers MODEL` lists them");
   if (a.batch < 1) throw Error("--batch must be at least 1");
   for (const auto& img : a.images)
     if (!fs::exists(img)) throw Error("image not found: " + img);
@@ -73,7 +74,10 @@ int run(const Args& a) {
   opt.score = parse_score(a.target);
   opt.counterfactual = a.counterfactual;
   opt.box_threshold = a.box_threshold;
+  opt.method = a.method;
+  opt.method.strict_nonlinearities = a.nonlinearity == "strict";
   RenderOptions render;
+  render.rgb_input = pre.rgb;
   render.colormap = parse_colormap(a.colormap);
   render.alpha = a.alpha;
   render.draw_box = !a.no_box;
@@ -116,6 +120,15 @@ int run(const Args& a) {
                               {"color_order", pre.rgb ? "RGB" : "BGR"},
                               {"resize", "stretch (bilinear, whole image, aspect ratio not kept)"}}},
                             {"box_threshold", opt.box_threshold},
+                            {"method_options",
+                             {{"nonlinearity", a.nonlinearity},
+                              {"samples", opt.method.samples},
+                              {"noise", opt.method.noise},
+                              {"smooth_base", opt.method.smooth_base},
+                              {"seed", opt.method.seed},
+                              {"steps", opt.method.steps},
+                              {"integration", opt.method.integration},
+                              {"baseline", opt.method.baseline}}},
                             {"normalisation", "min-max of the map upsampled to the image"},
                             {"seconds", seconds},
                             {"images", images_json}};
@@ -148,7 +161,9 @@ Command add_explain(CLI::App& app) {
   sub->add_option("--card", a->card, "model card JSON: input size, mean/std, colour order, labels, CAM layer");
   sub->add_option("--image,-i", a->images, "image file(s)")->required();
   sub->add_option("--layer,-l", a->layers, "module path(s) to explain at, e.g. features.18 (default: the card's)");
-  sub->add_option("--method", a->methods, "method(s), comma-separated (gradcam)");
+  std::string names;
+  for (const auto& n : method_names()) names += (names.empty() ? "" : ", ") + n;
+  sub->add_option("--method", a->methods, "method(s), comma-separated (default gradcam): " + names);
   sub->add_option("--class,-c", a->classes, "class index(es) to explain (default: the top-k predictions)");
   sub->add_option("--top-k,-k", a->top_k, "explain the k best predicted classes (default 1)");
   sub->add_option("--target", a->target, "score to explain: logit (default), prob, logprob");
@@ -165,6 +180,19 @@ Command add_explain(CLI::App& app) {
   sub->add_option("--color-order", a->color_order, "RGB or BGR")->check(CLI::IsMember({"RGB", "BGR"}));
   sub->add_option("--labels", a->labels, "labels file, one class name per line");
   sub->add_flag("--allow-empty", a->allow_empty, "exit 0 even when a map is empty");
+  sub->add_option("--nonlinearity", a->nonlinearity,
+                  "guided-backprop/deconvnet on activations without a rule (SiLU, GELU, ...): strict (error) or plain")
+      ->check(CLI::IsMember({"strict", "plain"}));
+  sub->add_option("--samples", a->method.samples, "smoothgrad: noisy copies (50)")->check(CLI::Range(1, 100000));
+  sub->add_option("--noise", a->method.noise, "smoothgrad: sigma as a fraction of the input range (0.15)");
+  sub->add_option("--smooth-base", a->method.smooth_base, "smoothgrad: base method (saliency)")
+      ->check(CLI::IsMember({"saliency", "guided-backprop", "deconvnet", "input-x-gradient"}));
+  sub->add_option("--seed", a->method.seed, "seed of random methods (0)");
+  sub->add_option("--steps", a->method.steps, "integrated-gradients: steps (50)")->check(CLI::Range(1, 100000));
+  sub->add_option("--integration", a->method.integration, "integrated-gradients: gauss-legendre or trapezoid")
+      ->check(CLI::IsMember({"gauss-legendre", "trapezoid"}));
+  sub->add_option("--baseline", a->method.baseline, "integrated-gradients: black, blur, noise or an image path");
+  sub->add_option("--method-batch", a->method.batch_size, "rows per extra pass of smoothgrad/IG (32)")->check(CLI::Range(1, 100000));
   sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
   return {sub, [a] { return run(*a); }};
 }
