@@ -88,7 +88,7 @@ int main(int argc, char** argv) {
   }
   for (const std::string m : {"smoothgrad", "integrated-gradients"}) {
     auto t = reporter.seconds.find(m + "/batch:1/iterations:2");
-    if (t != reporter.seconds.end()) std::printf("  %-20s n=m=50  %.2f images/s\n", m.c_str(), 1.0 / t->second);
+    if (t != reporter.seconds.end()) std::printf("  %-20s n=m=50  %.3f images/s\n", m.c_str(), 1000.0 / t->second);  // times in ms
   }
   benchmark::Shutdown();
   return 0;

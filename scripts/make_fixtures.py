@@ -479,6 +479,196 @@ def pixel_references():
                     eager, set_rule, os.path.abspath(card_path), card, None, paths)
 
 
+# ---------------------------------------------------------------------------------------------------
+# CAM-family and perturbation references, written from the papers' formulas (see docs/methods.md).
+
+def hooked_split(model, layer):
+    """(x -> (A leaf, logits), (x_row, acts) -> logits) for an eager model, through forward hooks that
+    hand a clone downstream or replace the layer's output."""
+
+    def run(x):
+        store = {}
+
+        def hook(module, inputs, output):
+            a = output.detach().requires_grad_(True)
+            store["a"] = a
+            return a.clone()
+
+        handle = module_at(model, layer).register_forward_hook(hook)
+        try:
+            logits = model(x)
+        finally:
+            handle.remove()
+        return store["a"], logits
+
+    def head(x_row, acts):
+        handle = module_at(model, layer).register_forward_hook(lambda m, i, o: acts)
+        try:
+            return model(x_row.expand(acts.shape[0], -1, -1, -1))
+        finally:
+            handle.remove()
+
+    return run, head
+
+
+def shared_split(scripted, idx=18):
+    """The same for the shared TorchScript MobileNetV2 (no hooks on ScriptModules): its children are
+    called one by one from Python."""
+
+    def run(x):
+        h = x
+        a = None
+        for name, child in scripted.features.named_children():
+            h = child(h)
+            if int(name) == idx:
+                a = h.detach().requires_grad_(True)
+                h = a.clone()
+        return a, scripted.classifier(scripted.pool(h))
+
+    def head(x_row, acts):
+        return scripted.classifier(scripted.pool(acts))
+
+    return run, head
+
+
+def projection(stack):
+    maps = []
+    for s in stack:
+        m = s.reshape(s.shape[0], -1).t().double()
+        m = m - m.mean(0, keepdim=True)
+        _, _, vt = torch.linalg.svd(m, full_matrices=False)
+        p = m @ vt[0]
+        if float((p * m.sum(1)).sum()) < 0:
+            p = -p
+        maps.append(p.reshape(s.shape[1:]).float())
+    return torch.stack(maps)
+
+
+cam_cases = []
+
+
+def add_cam_cases(tag, model_file, model, split, card_file, card, layer, paths, heavy=True, scorecam=True):
+    run, head = split
+    x, _ = load_batch(paths, card)
+    a, logits = run(x)
+    classes = logits.argmax(1)
+    y = logits[torch.arange(x.shape[0]), classes]
+    (g,) = torch.autograd.grad(y.sum(), a)
+    a = a.detach()
+    y = y.detach()
+    relu = torch.relu
+    wsum = lambda w: relu((w[:, :, None, None] * a).sum(1))
+    maps = {}
+    maps["gradcam"] = wsum(g.mean((2, 3)))
+    g2, g3 = g ** 2, g ** 3
+    alpha = g2 / (2 * g2 + a.sum((2, 3), keepdim=True) * g3 + 1e-7)
+    alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
+    maps["gradcam++"] = wsum((alpha * relu(g)).sum((2, 3)))
+    maps["hirescam"] = relu((g * a).sum(1))
+    maps["xgradcam"] = wsum((g * a).sum((2, 3)) / (a.sum((2, 3)) + 1e-7))
+    maps["layercam"] = relu((relu(g) * a).sum(1))
+    maps["gradcam-elementwise"] = relu(g * a).sum(1)
+    maps["eigencam"] = relu(projection(a))
+    maps["eigengradcam"] = relu(projection(g * a))
+    if heavy:
+        # Score-CAM: masks from min-max normalised upsampled channels, weight = f(x o H_k) - f(0).
+        sc, ab = [], []
+        for i in range(x.shape[0]):
+            c = int(classes[i])
+            up = F.interpolate(a[i : i + 1], size=x.shape[2:], mode="bilinear", align_corners=False)[0]
+            lo = up.amin((1, 2), keepdim=True)
+            hi = up.amax((1, 2), keepdim=True)
+            w = torch.zeros(a.shape[1])
+            if scorecam:
+                with torch.no_grad():
+                    fb = float(model(torch.zeros_like(x[i : i + 1]))[0, c])
+                    live = [k for k in range(a.shape[1]) if float(hi[k] - lo[k]) > 0]
+                    for s0 in range(0, len(live), 16):
+                        ks = live[s0 : s0 + 16]
+                        masks = (up[ks] - lo[ks]) / (hi[ks] - lo[ks])
+                        w[ks] = model(x[i : i + 1] * masks[:, None])[:, c] - fb
+                sc.append(relu((w[:, None, None] * a[i]).sum(0)))
+            # Ablation-CAM: channel k zeroed, network re-run from the layer (forward hook).
+            rows = a[i : i + 1].repeat(a.shape[1], 1, 1, 1)
+            rows[torch.arange(a.shape[1]), torch.arange(a.shape[1])] = 0
+            with torch.no_grad():
+                yk = torch.cat([head(x[i : i + 1], rows[k : k + 64])[:, c] for k in range(0, rows.shape[0], 64)])
+            wa = (float(y[i]) - yk) / float(y[i])
+            ab.append(relu((wa[:, None, None] * a[i]).sum(0)))
+        if scorecam:
+            maps["scorecam"] = torch.stack(sc)
+        maps["ablationcam"] = torch.stack(ab)
+    entry = {"name": tag, "model": model_file, "card": card_file, "images": paths, "layer": layer,
+             "classes": classes.tolist(), "maps": {}}
+    for method, mp in maps.items():
+        files = []
+        for i in range(x.shape[0]):
+            f = f"cam_{tag}_{method}_{i}.npy"
+            np.save(os.path.join(OUT, f), mp[i].detach().numpy().astype(np.float32))
+            files.append(f)
+        entry["maps"][method] = files
+    cam_cases.append(entry)
+
+
+def perturbation_references():
+    """Occlusion by brute force on a small model and image; RISE with the documented mask recipe."""
+    card = {"name": "small", "input": {"size": [32, 32], "color_order": "RGB", "mean": [127.5] * 3, "std": [127.5] * 3}}
+    torch.manual_seed(1)
+    m = TupleOut().eval()
+    m.load_state_dict(torch.jit.load(os.path.join(OUT, "tuple_out_scripted.pt")).state_dict())
+    x, _ = load_batch(SHARED_IMAGES[:1], card)
+    with torch.no_grad():
+        logits = m(x)[0]
+        c = int(logits[0].argmax())
+        y0 = float(logits[0, c])
+        # Occlusion: patch 8, stride 6 -> positions 0,6,12,18,24 per axis (24 = 32 - 8 is on the grid).
+        patch, stride, fill_pixel = 8, 6, 0.0
+        fill = (fill_pixel - 127.5) / 127.5
+        total = torch.zeros(32, 32)
+        count = torch.zeros(32, 32)
+        for py in range(0, 32 - patch + 1, stride):
+            for px in range(0, 32 - patch + 1, stride):
+                xo = x.clone()
+                xo[:, :, py : py + patch, px : px + patch] = fill
+                d = y0 - float(m(xo)[0][0, c])
+                total[py : py + patch, px : px + patch] += d
+                count[py : py + patch, px : px + patch] += 1
+        occ = total / count.clamp(min=1)
+        # RISE: 300 masks, 4 cells, keep 0.5, seed 5.
+        n_masks, cells, keep, seed = 300, 4, 0.5, 5
+        gen = torch.Generator().manual_seed(seed)
+        grids = (torch.rand((n_masks, 1, cells, cells), generator=gen) < keep).float()
+        cell = (32 + cells - 1) // cells
+        shifts = torch.stack([torch.randint(0, cell, (n_masks,), generator=gen), torch.randint(0, cell, (n_masks,), generator=gen)], 1)
+        up = F.interpolate(grids, size=((cells + 1) * cell, (cells + 1) * cell), mode="bilinear", align_corners=False)
+        sal = torch.zeros(32, 32)
+        for k in range(n_masks):
+            mk = up[k, 0, shifts[k, 0] : shifts[k, 0] + 32, shifts[k, 1] : shifts[k, 1] + 32]
+            sal += float(m(x * mk)[0][0, c]) * mk
+        sal /= n_masks * keep
+    np.save(os.path.join(OUT, "perturb_occlusion.npy"), occ.numpy().astype(np.float32))
+    np.save(os.path.join(OUT, "perturb_rise.npy"), sal.numpy().astype(np.float32))
+    write_json("perturbation.json", {"model": "tuple_out_scripted.pt", "card": "small_card.json", "image": SHARED_IMAGES[0],
+                                     "class": c, "occlusion": {"patch": patch, "stride": stride, "fill": "0"},
+                                     "rise": {"masks": n_masks, "cells": cells, "keep": keep, "seed": seed}})
+
+
+def cam_references():
+    paths = SHARED_IMAGES[:2]
+    for arch, layer, heavy in (("resnet18", "layer4", True), ("vgg11", "features.20", False), ("mobilenet_v2", "features.18", False)):
+        torch.manual_seed(0)
+        model = getattr(torchvision.models, arch)(weights=None).eval()
+        add_cam_cases(f"{arch}_traced", f"{arch}_traced.pt", model, hooked_split(model, layer), "imagenet_card.json",
+                      IMAGENET_CARD, layer, paths[:1] if heavy else paths, heavy)
+    scripted = torch.jit.load(os.path.join(SHARED, "models", "mobilenet_v2_imagenet.pt")).eval()
+    card_path = os.path.join(SHARED, "models", "mobilenet_v2_imagenet.json")
+    with open(card_path) as f:
+        card = json.load(f)
+    add_cam_cases("shared_mobilenet_v2", os.path.abspath(os.path.join(SHARED, "models", "mobilenet_v2_imagenet.pt")), scripted,
+                  shared_split(scripted), os.path.abspath(card_path), card, "features.18", SHARED_IMAGES[1:2], True,
+                  scorecam=False)  # Score-CAM's reference runs on resnet18 only: 1280 masked forwards cost ~1 min
+
+
 class GeluNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -499,10 +689,12 @@ def bench_models():
 
 
 if __name__ == "__main__":
-    bench_models()
-    small_models()
-    torchvision_models()
-    shared_model()
-    pixel_references()
-    write_json("manifest.json", {"cases": cases, "pixel": pixel_cases})
-    print(f"fixtures: {len(cases)} Grad-CAM reference cases, {len(pixel_cases)} pixel-method cases in {OUT}")
+    import time
+
+    for step in (bench_models, small_models, torchvision_models, shared_model, pixel_references, cam_references,
+                 perturbation_references):
+        t0 = time.time()
+        step()
+        print(f"  {step.__name__}: {time.time() - t0:.1f} s", flush=True)
+    write_json("manifest.json", {"cases": cases, "pixel": pixel_cases, "cam": cam_cases})
+    print(f"fixtures: {len(cases)} Grad-CAM, {len(pixel_cases)} pixel-method and {len(cam_cases)} CAM-family reference cases in {OUT}")

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,14 @@ struct MethodOptions {
   std::string integration = "gauss-legendre";  // gauss-legendre | trapezoid
   std::string baseline = "black";      // black | blur | noise | path of an image
   float blur_sigma = 0.05f;            // blur baseline: Gaussian sigma as a fraction of the input width
+  // occlusion
+  int patch = 32, stride = 16;         // input pixels
+  std::string fill = "0";              // pixel value 0..255 (before normalisation), or "blur"
+  // rise
+  int masks = 2000, cells = 7;
+  float keep = 0.5f;                   // probability that a cell is kept
+  // long methods report here (may be empty): what, done, total
+  std::function<void(const std::string&, int64_t, int64_t)> progress;
 };
 
 struct ExplainOptions {

@@ -60,6 +60,14 @@ class Model {
   Capture forward(const torch::Tensor& input, const std::vector<std::string>& layers = {},
                   BackwardRule rule = BackwardRule::Plain, bool strict = true) const;
 
+  // Runs the network from `layer` on, with `activation` in place of that layer's output ([M,...]).
+  // Only what depends on the layer (or on `input`, for connections that skip over it) is computed;
+  // `input` ([M,C,H,W] or broadcastable) is used only where the network reads it after the layer.
+  torch::IValue forward_from(const std::string& layer, const torch::Tensor& activation, const torch::Tensor& input) const;
+
+  // Number of graph executions so far (forward, forward_from) — how tests count the planner's passes.
+  int64_t passes() const;
+
   // The underlying module (lumen's own copy; parameters have requires_grad = false).
   const torch::jit::Module& module() const;
 

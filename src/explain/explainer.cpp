@@ -77,6 +77,8 @@ Target for_rows(const Target& t, int64_t image, int64_t rows) {
 torch::Tensor make_baseline(const torch::Tensor& x, const MethodOptions& o, const Preprocess& p) {
   auto mean = torch::tensor(p.mean).view({1, 3, 1, 1}), std = torch::tensor(p.std).view({1, 3, 1, 1});
   if (o.baseline == "black") return ((torch::zeros_like(x) - mean) / std);
+  if (!o.baseline.empty() && o.baseline.find_first_not_of("0123456789.") == std::string::npos)
+    return ((torch::full_like(x, std::stod(o.baseline)) - mean) / std);  // a pixel value
   if (o.baseline == "noise") {
     auto gen = at::detail::createCPUGenerator(o.seed);
     return (torch::rand(x.sizes(), gen) * 255.0 - mean) / std;
@@ -286,6 +288,19 @@ std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& bat
     ev.options = &mo;
     ev.gradient = [&](const torch::Tensor& rows, int64_t image, BackwardRule rule) { return gradient_at(target, rows, image, rule); };
     ev.score = [&](const torch::Tensor& rows, int64_t image) { return score_at(target, rows, image); };
+    ev.score_from_layer = [&](size_t layer, const torch::Tensor& acts, int64_t image) {
+      torch::NoGradGuard no_grad;
+      return detail::in_chunks(acts, mo.batch_size, [&](const torch::Tensor& chunk) {
+        auto input = batch[image].unsqueeze(0).expand({chunk.size(0), -1, -1, -1});
+        return for_rows(target, image, chunk.size(0))(model_.forward_from(taps.at(layer), chunk, input));
+      });
+    };
+    ev.progress = mo.progress;
+    ev.reference = [&](const std::string& kind) {
+      MethodOptions o = mo;
+      o.baseline = kind;
+      return make_baseline(batch.detach(), o, preprocess_);
+    };
     for (size_t l = 0; l < taps.size(); ++l) ev.layers.push_back({cap.layers[l].detach(), torch::Tensor()});
 
     // One backward per target: through the head down to the layers (and to the input when asked).

@@ -28,10 +28,18 @@ struct Evidence {
   std::vector<LayerTensors> layers;                        // one per requested layer
   std::map<BackwardRule, torch::Tensor> input_gradients;   // d y / d x per rule, [N,C,H,W]
   torch::Tensor baseline;                                  // x_b, [N,C,H,W] (integrated gradients only)
+  // A reference input of the given kind ("black", "blur", "noise", a pixel value "0".."255", an image
+  // path) for the whole batch, [N,C,H,W] in model-input space.
+  std::function<torch::Tensor(const std::string& kind)> reference;
   // d y / d x at other inputs, all rows belonging to image `image` (batched by the planner).
   std::function<torch::Tensor(const torch::Tensor& x, int64_t image, BackwardRule rule)> gradient;
   // y at other inputs of image `image`, without gradients (batched by the planner).
   std::function<torch::Tensor(const torch::Tensor& x, int64_t image)> score;
+  // y when the network runs on from requested layer `layer` with `activations` ([M,C,h,w]) of image
+  // `image` in place of the layer's output; nothing before the layer is recomputed.
+  std::function<torch::Tensor(size_t layer, const torch::Tensor& activations, int64_t image)> score_from_layer;
+  // Progress of long methods (may be empty).
+  std::function<void(const std::string& what, int64_t done, int64_t total)> progress;
   const MethodOptions* options = nullptr;
 };
 
@@ -66,6 +74,17 @@ Method deconvnet();
 Method guided_gradcam();
 Method smoothgrad();
 Method integrated_gradients();
+Method gradcam_plus_plus();
+Method hirescam();
+Method xgradcam();
+Method layercam();
+Method gradcam_elementwise();
+Method eigencam();
+Method eigengradcam();
+Method scorecam();
+Method ablationcam();
+Method occlusion();
+Method rise();
 
 const std::vector<Method>& methods();
 const Method& find_method(const std::string& name);  // throws lumen::Error listing the known names

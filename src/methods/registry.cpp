@@ -5,9 +5,14 @@
 namespace lumen::detail {
 
 const std::vector<Method>& methods() {
-  static const std::vector<Method> all{gradcam(),         saliency(),        input_x_gradient(),
-                                       guided_backprop(), deconvnet(),       guided_gradcam(),
-                                       smoothgrad(),      integrated_gradients()};
+  static const std::vector<Method> all{
+      // CAM family: maps at a layer
+      gradcam(), gradcam_plus_plus(), hirescam(), xgradcam(), layercam(), gradcam_elementwise(), eigengradcam(), eigencam(),
+      scorecam(), ablationcam(),
+      // perturbation
+      occlusion(), rise(),
+      // pixel space
+      saliency(), input_x_gradient(), guided_backprop(), deconvnet(), guided_gradcam(), smoothgrad(), integrated_gradients()};
   return all;
 }
 

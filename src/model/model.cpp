@@ -6,6 +6,7 @@
 #include <torch/csrc/jit/runtime/interpreter.h>
 
 #include <algorithm>
+#include <atomic>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -47,10 +48,11 @@ struct Model::Impl {
   std::vector<std::string> paths;
   std::mutex mutex;  // guards `cache` only; the module itself is never mutated after load
   std::map<std::string, std::shared_ptr<Compiled>> cache;
+  mutable std::atomic<int64_t> passes{0};
 
   std::shared_ptr<Compiled> compiled(const detail::RewriteOptions& options) {
     std::string key = std::to_string(options.lenient) + std::to_string(static_cast<int>(options.rule)) +
-                      std::to_string(options.strict_nonlinearities) + "\n";
+                      std::to_string(options.strict_nonlinearities) + options.replace + "\n";
     for (const auto& l : options.taps) key += l + "\n";
     std::lock_guard<std::mutex> lock(mutex);
     auto it = cache.find(key);
@@ -65,9 +67,11 @@ struct Model::Impl {
     return c;
   }
 
-  torch::IValue run(const Compiled& c, const torch::Tensor& input) const {
+  torch::IValue run(const Compiled& c, const torch::Tensor& input, const torch::Tensor& extra = {}) const {
     torch::jit::Stack stack{module._ivalue(), input};
+    if (extra.defined()) stack.push_back(extra);
     torch::jit::InterpreterState state(*c.code);
+    ++passes;
     try {
       state.run(stack);
     } catch (const c10::Error& e) {
@@ -114,6 +118,7 @@ Model Model::load(const std::string& path) {
 }
 
 const std::string& Model::name() const { return impl_->name; }
+int64_t Model::passes() const { return impl_->passes.load(); }
 const torch::jit::Module& Model::module() const { return impl_->module; }
 std::vector<std::string> Model::module_paths() const { return impl_->paths; }
 
@@ -143,6 +148,14 @@ Capture Model::forward(const torch::Tensor& input, const std::vector<std::string
   cap.output = out->elements().at(0);
   for (size_t i = 0; i < layers.size(); ++i) cap.layers.push_back(out->elements().at(i + 1).toTensor());
   return cap;
+}
+
+torch::IValue Model::forward_from(const std::string& layer, const torch::Tensor& activation, const torch::Tensor& input) const {
+  check_layer(layer);
+  detail::RewriteOptions options;
+  options.replace = layer;
+  auto compiled = impl_->compiled(options);
+  return impl_->run(*compiled, input, activation).toTuple()->elements().at(0);
 }
 
 std::vector<LayerInfo> Model::layers(const std::vector<int64_t>& input_shape) const {

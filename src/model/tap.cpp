@@ -88,8 +88,11 @@ std::string join(const std::string& parent, const std::string& name) {
 class Rewriter {
  public:
   Rewriter(const torch::jit::Module& root, const RewriteOptions& options)
-      : root_(root), lenient_(options.lenient), rule_(options.rule), strict_(options.strict_nonlinearities) {
-    for (const auto& p : options.taps) {
+      : root_(root), lenient_(options.lenient), rule_(options.rule), strict_(options.strict_nonlinearities),
+        replace_(options.replace) {
+    std::vector<std::string> all = options.taps;
+    if (!replace_.empty()) all.push_back(replace_);
+    for (const auto& p : all) {
       targets_.insert(p);
       // Every proper prefix of a target is a call that must be inlined to reach it.
       for (size_t i = p.find('.'); i != std::string::npos; i = p.find('.', i + 1)) ancestors_.insert(p.substr(0, i));
@@ -106,6 +109,18 @@ class Rewriter {
     // constant propagation removes them, which lifts taps out of those blocks.
     torch::jit::ConstantPropagation(graph);
 
+    if (!replace_.empty()) {
+      Node* last = nullptr;
+      for (Node* n : taps_[replace_])
+        if (n->owningBlock() == graph->block() && (!last || last->isBefore(n))) last = n;
+      if (!last) throw Error("layer '" + replace_ + "' is not called at the top level of forward(); cannot run the network from it");
+      // `last` is the tap inserted after the layer; its clone feeds the rest of the network.
+      Value* clone = nullptr;
+      for (const auto& use : last->output()->uses())
+        if (use.user->kind() == c10::aten::clone) clone = use.user->output();
+      Value* input = graph->addInput("lumen_replacement")->setType(c10::TensorType::get());
+      clone->replaceAllUsesWith(input);
+    }
     std::vector<Value*> outputs{graph->outputs().at(0)};
     for (const auto& p : paths) {
       // A module called several times (e.g. a shared ReLU) is captured at its last call, like a forward
@@ -136,6 +151,22 @@ class Rewriter {
     torch::jit::WithInsertPoint guard(graph->return_node());
     graph->registerOutput(graph->insertNode(graph->createTuple(outputs))->output());
     torch::jit::EliminateDeadCode(graph);
+    if (!replace_.empty()) {
+      // DCE keeps method calls (they could mutate module state). A module's forward in eval mode is
+      // pure, so calls whose results nobody reads any more — the network before the layer — go too.
+      for (bool removed = true; removed;) {
+        removed = false;
+        for (Node* n = graph->block()->return_node()->prev(); n != graph->block()->param_node();) {
+          Node* prev = n->prev();
+          if ((n->kind() == c10::prim::CallMethod || n->kind() == c10::prim::CallFunction) && !n->hasUses()) {
+            n->destroy();
+            removed = true;
+          }
+          n = prev;
+        }
+        torch::jit::EliminateDeadCode(graph);
+      }
+    }
     result.graph = graph;
     return result;
   }
@@ -180,7 +211,7 @@ class Rewriter {
     if (it == paths_.end()) return next;
     const std::string path = it->second;
     const std::string method = n->s(c10::attr::name);
-    const bool is_target = method == "forward" && targets_.count(path);
+    const bool is_target = method == "forward" && (targets_.count(path) || path == replace_);
     // The root's own helpers (torchvision's scripted ResNet calls self._forward_impl) and every call on
     // the way down to a target are inlined; everything else stays a call.
     if (path.empty() || ancestors_.count(path) || rule_ != BackwardRule::Plain) {
@@ -293,6 +324,7 @@ class Rewriter {
   bool lenient_;
   BackwardRule rule_;
   bool strict_;
+  std::string replace_;
   std::unordered_map<Node*, std::string> scope_;
   std::map<std::string, std::string> kinds_;
   std::set<std::string> targets_, ancestors_;

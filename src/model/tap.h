@@ -26,6 +26,9 @@ struct RewriteOptions {
   // Non-plain rules inline the whole network and swap its ReLU-like activations for lumen::rule_clamp.
   BackwardRule rule = BackwardRule::Plain;
   bool strict_nonlinearities = true;   // an activation without a rule is an error (else left as it is)
+  // Suffix mode: the output of this layer's (last) call is replaced by an extra graph input, and what
+  // only fed it is removed — the graph then runs the network from the layer on (Ablation-CAM).
+  std::string replace;
 };
 
 struct TapResult {

@@ -76,6 +76,15 @@ int run(const Args& a) {
   opt.box_threshold = a.box_threshold;
   opt.method = a.method;
   opt.method.strict_nonlinearities = a.nonlinearity == "strict";
+  // Long methods (Score-CAM over thousands of channels, occlusion, RISE) report progress, at most
+  // every half second.
+  auto last_report = std::make_shared<std::chrono::steady_clock::time_point>();
+  opt.method.progress = [last_report](const std::string& what, int64_t done, int64_t total) {
+    auto now = std::chrono::steady_clock::now();
+    if (done < total && now - *last_report < std::chrono::milliseconds(500)) return;
+    *last_report = now;
+    std::cerr << "\r  " << what << " " << done << "/" << total << (done >= total ? "\n" : "") << std::flush;
+  };
   RenderOptions render;
   render.rgb_input = pre.rgb;
   render.colormap = parse_colormap(a.colormap);
@@ -128,7 +137,13 @@ int run(const Args& a) {
                               {"seed", opt.method.seed},
                               {"steps", opt.method.steps},
                               {"integration", opt.method.integration},
-                              {"baseline", opt.method.baseline}}},
+                              {"baseline", opt.method.baseline},
+                              {"patch", opt.method.patch},
+                              {"stride", opt.method.stride},
+                              {"fill", opt.method.fill},
+                              {"masks", opt.method.masks},
+                              {"cells", opt.method.cells},
+                              {"keep", opt.method.keep}}},
                             {"normalisation", "min-max of the map upsampled to the image"},
                             {"seconds", seconds},
                             {"images", images_json}};
@@ -192,6 +207,12 @@ Command add_explain(CLI::App& app) {
   sub->add_option("--integration", a->method.integration, "integrated-gradients: gauss-legendre or trapezoid")
       ->check(CLI::IsMember({"gauss-legendre", "trapezoid"}));
   sub->add_option("--baseline", a->method.baseline, "integrated-gradients: black, blur, noise or an image path");
+  sub->add_option("--patch", a->method.patch, "occlusion: patch size in input pixels (32)")->check(CLI::Range(1, 100000));
+  sub->add_option("--stride", a->method.stride, "occlusion: stride in input pixels (16)")->check(CLI::Range(1, 100000));
+  sub->add_option("--fill", a->method.fill, "occlusion: fill pixel value 0-255 or blur (0)");
+  sub->add_option("--masks", a->method.masks, "rise: number of masks (2000)")->check(CLI::Range(1, 10000000));
+  sub->add_option("--cells", a->method.cells, "rise: grid cells per side (7)")->check(CLI::Range(1, 1000));
+  sub->add_option("--keep", a->method.keep, "rise: probability a cell is kept (0.5)");
   sub->add_option("--method-batch", a->method.batch_size, "rows per extra pass of smoothgrad/IG (32)")->check(CLI::Range(1, 100000));
   sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
   return {sub, [a] { return run(*a); }};

@@ -1,0 +1,20 @@
+// EigenGradCAM (pytorch-grad-cam): the first principal component of G * A (class-discriminative, unlike
+// EigenCAM), then ReLU.
+#include "methods/cam_family.h"
+#include "methods/method.h"
+
+namespace lumen::detail {
+
+Method eigengradcam() {
+  Method m;
+  m.name = "eigengradcam";
+  m.paper = "pytorch-grad-cam (Gildenblat et al.), Eigen-Grad-CAM";
+  m.needs.layer_gradients = true;
+  m.compute = [](const Evidence& e, size_t layer) {
+    const auto& t = e.layers[layer];
+    return Result{torch::relu(first_component(t.gradients * t.activations))};
+  };
+  return m;
+}
+
+}  // namespace lumen::detail

@@ -1,0 +1,43 @@
+// Score-CAM (Wang et al., CVPR workshops 2020, eq. 4-6): each channel A_k, bilinearly upsampled to the
+// input and min-max normalised to H_k, masks the input; its weight is the increase of the target score
+// over a baseline input, C(A_k) = f(X o H_k) - f(X_b), with X_b = 0 in model-input space (no softmax
+// over channels: the paper's score increase). map = ReLU(sum_k C(A_k) A_k). Channels whose activation
+// is constant (all zero, typically) have no mask and are skipped: their weight is exactly 0.
+#include "methods/cam_family.h"
+#include "methods/method.h"
+
+namespace lumen::detail {
+
+Method scorecam() {
+  Method m;
+  m.name = "scorecam";
+  m.paper = "Wang et al. 2020, Score-CAM";
+  m.compute = [](const Evidence& e, size_t layer) {
+    const auto& a = e.layers[layer].activations;
+    const int64_t n = a.size(0), c = a.size(1), batch = e.options->batch_size;
+    std::vector<torch::Tensor> weights;
+    for (int64_t i = 0; i < n; ++i) {
+      auto x = e.input[i];
+      auto up = at::upsample_bilinear2d(a[i].unsqueeze(0), {x.size(1), x.size(2)}, /*align_corners=*/false)[0];
+      auto lo = up.amin({1, 2}, true), hi = up.amax({1, 2}, true);
+      auto live = (hi - lo).view({c}) > 0;
+      auto idx = live.nonzero().view({-1});
+      auto f_base = e.score(torch::zeros_like(x).unsqueeze(0), i)[0];
+      auto w = torch::zeros({c});
+      for (int64_t start = 0; start < idx.size(0); start += batch) {
+        auto k = idx.slice(0, start, std::min<int64_t>(idx.size(0), start + batch));
+        auto masks = (up.index_select(0, k) - lo.index_select(0, k)) / (hi.index_select(0, k) - lo.index_select(0, k));
+        auto scores = e.score(x.unsqueeze(0) * masks.unsqueeze(1), i);
+        w.index_put_({k}, scores - f_base);
+        if (e.progress) e.progress("scorecam", i * c + start + k.size(0), n * c);
+      }
+      weights.push_back(w);
+      if (e.progress) e.progress("scorecam", (i + 1) * c, n * c);  // skipped channels count as done
+    }
+    auto r = Result{weighted_sum(torch::stack(weights), a)};
+    return r;
+  };
+  return m;
+}
+
+}  // namespace lumen::detail

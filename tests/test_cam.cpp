@@ -1,0 +1,100 @@
+// CAM-family and perturbation methods against independent references (scripts/make_fixtures.py), and
+// the planner's pass counts.
+#include "common.h"
+
+#include <map>
+
+namespace lumen::test {
+namespace {
+
+TEST(Cam, EveryMethodMatchesReference) {
+  const auto manifest = read_json(fixture("manifest.json"));
+  ASSERT_EQ(manifest["cam"].size(), 4u);
+  std::map<std::string, double> worst_r, worst_rel;
+  for (const auto& c : manifest["cam"]) {
+    std::string model_path = c["model"], card_path = c["card"];
+    if (model_path[0] != '/') model_path = fixture(model_path);
+    if (card_path[0] != '/') card_path = fixture(card_path);
+    Model model = Model::load(model_path);
+    Explainer ex(model, load_card(card_path).preprocess);
+    std::vector<cv::Mat> images;
+    for (const auto& p : c["images"]) images.push_back(read_image(p));
+    for (const auto& [method, files] : c["maps"].items()) {
+      SCOPED_TRACE(c["name"].get<std::string>() + " " + method);
+      ExplainOptions opt;
+      opt.methods = {method};
+      opt.layers = {c["layer"].get<std::string>()};
+      opt.targets = {class_target(c["classes"].get<std::vector<int64_t>>())};
+      auto result = ex.explain(images, opt);
+      for (size_t i = 0; i < images.size(); ++i) {
+        cv::Mat ref = read_npy(fixture(files[i]));
+        const cv::Mat& got = result[i].maps.at(0).raw;
+        ASSERT_EQ(got.size(), ref.size());
+        double r = pearson(got, ref), rel = max_abs_diff(got, ref) / std::max(1e-12, cv::norm(ref, cv::NORM_INF));
+        EXPECT_GE(r, 0.999);
+        EXPECT_LE(rel, 1e-3);
+        worst_r.try_emplace(method, 1.0);
+        worst_rel.try_emplace(method, 0.0);
+        worst_r[method] = std::min(worst_r[method], r);
+        worst_rel[method] = std::max(worst_rel[method], rel);
+      }
+    }
+  }
+  for (const auto& [k, r] : worst_r) std::printf("cam parity %-20s min r %.7f  max |diff|/max %.2e\n", k.c_str(), r, worst_rel[k]);
+}
+
+TEST(Cam, OcclusionMatchesBruteForceAndRiseMatchesReference) {
+  const auto spec = read_json(fixture("perturbation.json"));
+  Model model = Model::load(fixture(spec["model"]));
+  Explainer ex(model, load_card(fixture(spec["card"])).preprocess);
+  ExplainOptions opt;
+  opt.classes = {spec["class"].get<int64_t>()};
+  opt.methods = {"occlusion"};
+  opt.method.patch = spec["occlusion"]["patch"];
+  opt.method.stride = spec["occlusion"]["stride"];
+  opt.method.fill = spec["occlusion"]["fill"];
+  opt.method.batch_size = 7;  // a batch size that does not divide the positions
+  cv::Mat img = read_image(spec["image"]);
+  auto occ = ex.explain({img}, opt)[0].maps[0].raw;
+  cv::Mat occ_ref = read_npy(fixture("perturb_occlusion.npy"));
+  EXPECT_LE(max_abs_diff(occ, occ_ref), 1e-5 * std::max(1.0, cv::norm(occ_ref, cv::NORM_INF)));
+  opt.methods = {"rise"};
+  opt.method.masks = spec["rise"]["masks"];
+  opt.method.cells = spec["rise"]["cells"];
+  opt.method.keep = spec["rise"]["keep"];
+  opt.method.seed = spec["rise"]["seed"];
+  auto rise = ex.explain({img}, opt)[0].maps[0].raw;
+  cv::Mat rise_ref = read_npy(fixture("perturb_rise.npy"));
+  double r = pearson(rise, rise_ref);
+  std::printf("occlusion max |diff| %.2e; RISE Pearson r %.6f\n", max_abs_diff(occ, occ_ref), r);
+  EXPECT_GE(r, 0.99);
+}
+
+TEST(Planner, MethodsShareOneForwardAndOneBackward) {
+  ModelCard card = load_card(shared("models/mobilenet_v2_imagenet.json"));
+  Model model = Model::load(shared("models/mobilenet_v2_imagenet.pt"));
+  Explainer ex(model, card.preprocess);
+  auto img = read_image(shared("images/cat.png"));
+  ExplainOptions opt;
+  opt.layers = {"features.18", "features.14"};
+  opt.methods = {"gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigengradcam", "gradcam-elementwise", "eigencam"};
+  int64_t before = model.passes();
+  auto r = ex.explain({img}, opt);
+  EXPECT_EQ(model.passes() - before, 1) << "eight CAM methods at two layers need one forward";
+  EXPECT_EQ(r[0].maps.size(), 16u);
+  // Plain input gradients come from the same forward and backward.
+  opt.methods.push_back("saliency");
+  opt.methods.push_back("input-x-gradient");
+  before = model.passes();
+  ex.explain({img}, opt);
+  EXPECT_EQ(model.passes() - before, 1);
+  // A backward rule needs its own graph: one more forward.
+  opt.methods.push_back("guided-backprop");
+  opt.methods.push_back("guided-gradcam");
+  before = model.passes();
+  ex.explain({img}, opt);
+  EXPECT_EQ(model.passes() - before, 2);
+}
+
+}  // namespace
+}  // namespace lumen::test
