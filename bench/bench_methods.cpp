@@ -3,7 +3,9 @@
 //
 //   build/bench/lumen_bench_methods [--benchmark_min_time=1]
 //
-// SmoothGrad (n=50) and Integrated Gradients (m=50) run at batch 1 only and are reported in images/s.
+// SmoothGrad (n=50), Integrated Gradients (m=50), Score-CAM, Ablation-CAM and occlusion (32 px patch,
+// 16 px stride) run at batch 1 and are reported in images/s; six gradient-weighted CAMs in one request
+// are compared with Grad-CAM alone.
 #include <lumen/lumen.h>
 #include <lumen/runtime.h>
 
@@ -38,7 +40,13 @@ void method(benchmark::State& state, std::string name, int batch) {
   auto x = input(batch);
   lumen::Explainer ex(*model, lumen::Preprocess{});
   lumen::ExplainOptions opt;
-  opt.methods = {name};
+  opt.methods.clear();
+  for (size_t start = 0; start <= name.size();) {  // comma-separated list
+    size_t comma = name.find(',', start);
+    opt.methods.push_back(name.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
   opt.layers = {kLayer};
   for (auto _ : state) benchmark::DoNotOptimize(ex.explain_tensor(x, opt));
   state.counters["img/s"] = benchmark::Counter(batch * state.iterations(), benchmark::Counter::kIsRate);
@@ -73,8 +81,11 @@ int main(int argc, char** argv) {
     for (const auto& m : per_batch)
       benchmark::RegisterBenchmark((m + "/batch:" + std::to_string(batch)).c_str(), method, m, batch)->Unit(benchmark::kMillisecond);
   }
-  for (const std::string m : {"smoothgrad", "integrated-gradients"})
+  for (const std::string m : {"smoothgrad", "integrated-gradients", "scorecam", "ablationcam", "occlusion"})
     benchmark::RegisterBenchmark((m + "/batch:1").c_str(), method, m, 1)->Unit(benchmark::kMillisecond)->Iterations(2);
+  // All six gradient-weighted CAM methods in one request, against Grad-CAM alone.
+  benchmark::RegisterBenchmark("six-cams/batch:8", method, std::string("gradcam,gradcam++,hirescam,xgradcam,layercam,eigengradcam"), 8)
+      ->Unit(benchmark::kMillisecond);
   Collect reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
   std::printf("\nratio to one forward + backward to the input (same run, %d threads):\n", at::get_num_threads());
@@ -86,10 +97,13 @@ int main(int argc, char** argv) {
       if (t != reporter.seconds.end()) std::printf("  %-20s batch %d  %6.3f\n", m.c_str(), batch, t->second / base->second);
     }
   }
-  for (const std::string m : {"smoothgrad", "integrated-gradients"}) {
+  for (const std::string m : {"smoothgrad", "integrated-gradients", "scorecam", "ablationcam", "occlusion"}) {
     auto t = reporter.seconds.find(m + "/batch:1/iterations:2");
-    if (t != reporter.seconds.end()) std::printf("  %-20s n=m=50  %.3f images/s\n", m.c_str(), 1000.0 / t->second);  // times in ms
+    if (t != reporter.seconds.end()) std::printf("  %-20s %.3f images/s\n", m.c_str(), 1000.0 / t->second);  // times in ms
   }
+  auto six = reporter.seconds.find("six-cams/batch:8"), one = reporter.seconds.find("gradcam/batch:8");
+  if (six != reporter.seconds.end() && one != reporter.seconds.end())
+    std::printf("  six gradient CAMs together / Grad-CAM alone, batch 8: %.3f\n", six->second / one->second);
   benchmark::Shutdown();
   return 0;
 }

