@@ -15,6 +15,8 @@
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
 
+#include "reporter.h"
+
 #include <filesystem>
 #include <iostream>
 #include <map>
@@ -64,15 +66,6 @@ void naive(benchmark::State& state, Subject* s, int batch) {
   state.counters["img/s"] = benchmark::Counter(batch * state.iterations(), benchmark::Counter::kIsRate);
 }
 
-class RatioReporter : public benchmark::ConsoleReporter {
- public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    for (const auto& r : runs)
-      if (r.run_type == Run::RT_Iteration && !r.error_occurred) seconds[r.benchmark_name()] = r.GetAdjustedRealTime();
-    ConsoleReporter::ReportRuns(runs);
-  }
-  std::map<std::string, double> seconds;
-};
 
 }  // namespace
 
@@ -106,7 +99,7 @@ int main(int argc, char** argv) {
     }
     subjects.push_back(std::move(s));
   }
-  RatioReporter reporter;
+  lumen::bench::RatioReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
   std::printf("\nratios (same run, %d threads):\n%-14s %6s %16s %16s\n", at::get_num_threads(), "model", "batch",
               "gradcam/forward", "naive/forward");

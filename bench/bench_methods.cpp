@@ -11,6 +11,8 @@
 
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
+
+#include "reporter.h"
 #include <torch/csrc/autograd/autograd.h>
 
 #include <map>
@@ -52,15 +54,6 @@ void method(benchmark::State& state, std::string name, int batch) {
   state.counters["img/s"] = benchmark::Counter(batch * state.iterations(), benchmark::Counter::kIsRate);
 }
 
-class Collect : public benchmark::ConsoleReporter {
- public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    for (const auto& r : runs)
-      if (r.run_type == Run::RT_Iteration && !r.error_occurred) seconds[r.benchmark_name()] = r.GetAdjustedRealTime();
-    ConsoleReporter::ReportRuns(runs);
-  }
-  std::map<std::string, double> seconds;
-};
 
 }  // namespace
 
@@ -86,7 +79,7 @@ int main(int argc, char** argv) {
   // All six gradient-weighted CAM methods in one request, against Grad-CAM alone.
   benchmark::RegisterBenchmark("six-cams/batch:8", method, std::string("gradcam,gradcam++,hirescam,xgradcam,layercam,eigengradcam"), 8)
       ->Unit(benchmark::kMillisecond);
-  Collect reporter;
+  lumen::bench::RatioReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
   std::printf("\nratio to one forward + backward to the input (same run, %d threads):\n", at::get_num_threads());
   for (int batch : {1, 8}) {

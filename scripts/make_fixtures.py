@@ -64,9 +64,10 @@ def module_at(model, path):
     return m
 
 
-def reference_gradcam(model, x, layer, classes, counterfactual):
-    """Eager Grad-CAM with a forward hook. The hook hands a clone downstream so that an in-place op after
-    the layer (vgg's ReLU(inplace=True)) cannot overwrite the captured activation."""
+def capture_layer(model, x, layer):
+    """The layer's output as a leaf that requires grad, and the model's output, through a forward hook.
+    The hook hands a clone downstream so that an in-place op after the layer (vgg's ReLU(inplace=True))
+    cannot overwrite the captured activation."""
     store = {}
 
     def hook(module, inputs, output):
@@ -76,16 +77,22 @@ def reference_gradcam(model, x, layer, classes, counterfactual):
 
     handle = module_at(model, layer).register_forward_hook(hook)
     try:
-        logits = model(x)
+        out = model(x)
     finally:
         handle.remove()
+    return store["a"], out
+
+
+def reference_gradcam(model, x, layer, classes, counterfactual):
+    """Eager Grad-CAM from the paper's formula."""
+    a, logits = capture_layer(model, x, layer)
     if isinstance(logits, (tuple, list)):
         logits = logits[0]
     y = logits[torch.arange(x.shape[0]), torch.tensor(classes)]
     if counterfactual:
         y = -y
-    (g,) = torch.autograd.grad(y.sum(), store["a"])
-    a = store["a"].detach()
+    (g,) = torch.autograd.grad(y.sum(), a)
+    a = a.detach()
     alpha = g.mean(dim=(2, 3), keepdim=True)
     return torch.relu((alpha * a).sum(1)), logits.detach()
 
@@ -160,26 +167,16 @@ def shared_model():
         card = json.load(f)
     model = torch.jit.load(os.path.join(SHARED, "models", "mobilenet_v2_imagenet.pt")).eval()
 
-    # The shared file is TorchScript; the reference calls its submodules one by one from Python.
+    # The shared file is TorchScript (no hooks): shared_split calls its submodules one by one.
     def ref(x, layer, classes, cf):
-        store = {}
-        feats = model.features
         parts = layer.split(".")
         assert parts[0] == "features"
-        idx = int(parts[1])
-        h = x
-        for name, child in feats.named_children():
-            h = child(h)
-            if int(name) == idx:
-                a = h.detach().requires_grad_(True)
-                store["a"] = a
-                h = a.clone()
-        logits = model.classifier(model.pool(h))
+        a, logits = shared_split(model, int(parts[1]))[0](x)
         y = logits[torch.arange(x.shape[0]), torch.tensor(classes)]
         y = -y if cf else y
-        (g,) = torch.autograd.grad(y.sum(), store["a"])
+        (g,) = torch.autograd.grad(y.sum(), a)
         alpha = g.mean(dim=(2, 3), keepdim=True)
-        return torch.relu((alpha * store["a"].detach()).sum(1))
+        return torch.relu((alpha * a.detach()).sum(1))
 
     images = SHARED_IMAGES + [os.path.join(SHARED, "images", n) for n in ("grace_hopper.png", "parrot.jpg")]
     for layer in ("features.18", "features.16"):
@@ -487,19 +484,7 @@ def hooked_split(model, layer):
     hand a clone downstream or replace the layer's output."""
 
     def run(x):
-        store = {}
-
-        def hook(module, inputs, output):
-            a = output.detach().requires_grad_(True)
-            store["a"] = a
-            return a.clone()
-
-        handle = module_at(model, layer).register_forward_hook(hook)
-        try:
-            logits = model(x)
-        finally:
-            handle.remove()
-        return store["a"], logits
+        return capture_layer(model, x, layer)
 
     def head(x_row, acts):
         handle = module_at(model, layer).register_forward_hook(lambda m, i, o: acts)
