@@ -73,17 +73,18 @@ Target for_rows(const Target& t, int64_t image, int64_t rows) {
   return class_target(std::vector<int64_t>(rows, t.classes.at(image)), t.score, t.counterfactual, t.select);
 }
 
-// Integrated-gradients baselines in model-input space.
-torch::Tensor make_baseline(const torch::Tensor& x, const MethodOptions& o, const Preprocess& p) {
+// Reference inputs in model-input space (IG baselines, occlusion fills): "black", a pixel value
+// "0".."255", "noise", "blur", or the path of an image.
+torch::Tensor make_reference(const torch::Tensor& x, const std::string& kind, const MethodOptions& o, const Preprocess& p) {
   auto mean = torch::tensor(p.mean).view({1, 3, 1, 1}), std = torch::tensor(p.std).view({1, 3, 1, 1});
-  if (o.baseline == "black") return ((torch::zeros_like(x) - mean) / std);
-  if (!o.baseline.empty() && o.baseline.find_first_not_of("0123456789.") == std::string::npos)
-    return ((torch::full_like(x, std::stod(o.baseline)) - mean) / std);  // a pixel value
-  if (o.baseline == "noise") {
+  if (kind == "black") return ((torch::zeros_like(x) - mean) / std);
+  if (!kind.empty() && kind.find_first_not_of("0123456789.") == std::string::npos)
+    return ((torch::full_like(x, std::stod(kind)) - mean) / std);  // a pixel value
+  if (kind == "noise") {
     auto gen = at::detail::createCPUGenerator(o.seed);
     return (torch::rand(x.sizes(), gen) * 255.0 - mean) / std;
   }
-  if (o.baseline == "blur") {
+  if (kind == "blur") {
     // Separable Gaussian, sigma a fraction of the input width, reflect-padded.
     double sigma = std::max(0.5, static_cast<double>(o.blur_sigma) * x.size(3));
     int radius = static_cast<int>(std::ceil(3 * sigma));
@@ -98,7 +99,7 @@ torch::Tensor make_baseline(const torch::Tensor& x, const MethodOptions& o, cons
     auto h = at::conv2d(padded, kx, no_bias, at::IntArrayRef(ones), at::IntArrayRef(zeros), at::IntArrayRef(ones), c);
     return at::conv2d(h, ky, no_bias, at::IntArrayRef(ones), at::IntArrayRef(zeros), at::IntArrayRef(ones), c);
   }
-  cv::Mat img = read_image(o.baseline);  // a user's image
+  cv::Mat img = read_image(kind);  // a user's image
   return to_input(img, p).unsqueeze(0).expand_as(x).contiguous();
 }
 
@@ -275,9 +276,6 @@ std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& bat
       return for_rows(target, image, chunk.size(0))(model_.forward(chunk.detach()).output);
     });
   };
-  torch::Tensor baseline;
-  for (const auto* m : methods)
-    if (m->name == "integrated-gradients") baseline = make_baseline(batch.detach(), mo, preprocess_);
 
   for (size_t ti = 0; ti < targets.size(); ++ti) {
     const Target& target = targets[ti];
@@ -291,7 +289,6 @@ std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& bat
     detail::Evidence ev;
     ev.input = batch.detach();
     ev.target_values = y.detach();
-    ev.baseline = baseline;
     ev.options = &mo;
     ev.gradient = [&](const torch::Tensor& rows, int64_t image, BackwardRule rule) { return gradient_at(target, rows, image, rule); };
     ev.score = [&](const torch::Tensor& rows, int64_t image) { return score_at(target, rows, image); };
@@ -303,11 +300,7 @@ std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& bat
       });
     };
     ev.progress = mo.progress;
-    ev.reference = [&](const std::string& kind) {
-      MethodOptions o = mo;
-      o.baseline = kind;
-      return make_baseline(batch.detach(), o, preprocess_);
-    };
+    ev.reference = [&](const std::string& kind) { return make_reference(batch.detach(), kind, mo, preprocess_); };
     for (size_t l = 0; l < taps.size(); ++l) ev.layers.push_back({cap.layers[l].detach(), torch::Tensor()});
 
     // One backward per target: through the head down to the layers (and to the input when asked).

@@ -64,7 +64,7 @@ Method integrated_gradients() {
       throw Error("unknown integration rule '" + o.integration + "' (gauss-legendre or trapezoid)");
     }
     auto alphas = torch::tensor(nodes, torch::kFloat32), w = torch::tensor(weights, torch::kFloat32);
-    const auto& b = e.baseline;
+    const auto b = e.reference(o.baseline);
     Result r;
     std::vector<torch::Tensor> attrs;
     for (int64_t i = 0; i < e.input.size(0); ++i) {

@@ -27,7 +27,6 @@ struct Evidence {
   torch::Tensor target_values;                             // y, [N]
   std::vector<LayerTensors> layers;                        // one per requested layer
   std::map<BackwardRule, torch::Tensor> input_gradients;   // d y / d x per rule, [N,C,H,W]
-  torch::Tensor baseline;                                  // x_b, [N,C,H,W] (integrated gradients only)
   // A reference input of the given kind ("black", "blur", "noise", a pixel value "0".."255", an image
   // path) for the whole batch, [N,C,H,W] in model-input space.
   std::function<torch::Tensor(const std::string& kind)> reference;
