@@ -654,6 +654,209 @@ def cam_references():
                   scorecam=False)  # Score-CAM's reference runs on resnet18 only: 1280 masked forwards cost ~1 min
 
 
+# ---------------------------------------------------------------------------------------------------
+# Options shared by the CAM methods (--eigen-smooth, --aug-smooth), FullGrad, and pytorch-grad-cam's
+# pipeline (--compat pytorch-grad-cam), written from that library's documented behaviour: ReLU, scale
+# (m - min) / (max(m - min) + 1e-7) at the layer, resize to the input (bilinear; cv2.resize and
+# interpolate(align_corners=False) agree when enlarging), scale again.
+
+variant_cases = []
+
+
+def pgc_scale(m):
+    m = m - m.amin((-2, -1), keepdim=True)
+    return m / (1e-7 + m.amax((-2, -1), keepdim=True))
+
+
+def pgc_finish(cam, size):
+    up = F.interpolate(pgc_scale(torch.relu(cam))[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return pgc_scale(up)
+
+
+def add_variant(name, model_file, card_file, layer, paths, classes, method, options, compare, maps):
+    files = []
+    for i in range(maps.shape[0]):
+        f = f"variant_{name}_{i}.npy"
+        np.save(os.path.join(OUT, f), maps[i].detach().numpy().astype(np.float32))
+        files.append(f)
+    variant_cases.append({"name": name, "model": model_file, "card": card_file, "layer": layer, "images": paths,
+                          "classes": [int(c) for c in classes], "method": method, "options": options,
+                          "compare": compare, "files": files})
+
+
+class BiasNet(nn.Module):
+    """Conv layers with biases, batch norm with a non-default eps, in-place ReLUs (FullGrad's cases)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8, eps=1e-3)
+        self.conv2 = nn.Conv2d(8, 12, 3, stride=2, padding=1)
+        self.fc = nn.Linear(12, 6)
+
+    def forward(self, x):
+        x = torch.relu_(self.bn1(self.conv1(x)))
+        x = F.relu(self.conv2(x), inplace=True)
+        return self.fc(x.mean((2, 3)))
+
+
+def randomise_biases(model):
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.normal_(0, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.normal_(1, 0.3)
+                mod.bias.normal_(0, 0.5)
+            elif isinstance(mod, nn.Conv2d) and mod.bias is not None:
+                mod.bias.normal_(0, 0.5)
+
+
+def fullgrad_reference(model, x, classes, per_channel):
+    """Input term plus every Conv2d/BatchNorm2d bias term; forward hooks keep each layer's output (and
+    hand a clone downstream so in-place ReLUs cannot change it)."""
+    outs, biases, handles = [], [], []
+    for mod in model.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            biases.append(mod.bias - mod.running_mean * mod.weight / torch.sqrt(mod.running_var + mod.eps))
+        elif isinstance(mod, nn.Conv2d) and mod.bias is not None:
+            biases.append(mod.bias)
+        else:
+            continue
+        handles.append(mod.register_forward_hook(lambda m, i, o: (outs.append(o), o.clone())[1]))
+    x = x.clone().requires_grad_(True)
+    try:
+        logits = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    y = logits[torch.arange(x.shape[0]), classes].sum()
+    grads = torch.autograd.grad(y, [x] + outs)
+
+    def psi(t):
+        t = t.abs()
+        dims = (2, 3) if per_channel else (1, 2, 3)
+        t = t - t.amin(dims, keepdim=True)
+        hi = t.amax(dims, keepdim=True)
+        t = t / (hi + 1e-7) if per_channel else t / torch.where(hi > 0, hi, torch.ones_like(hi))
+        return F.interpolate(t, size=x.shape[2:], mode="bilinear", align_corners=False).sum(1)
+
+    total = psi(x.detach() * grads[0])
+    for g, b in zip(grads[1:], biases):
+        total = total + psi(g * b.detach()[None, :, None, None])
+    return total.detach()
+
+
+def variant_references():
+    torch.manual_seed(0)
+    r18 = torchvision.models.resnet18(weights=None).eval()
+    path = [SHARED_IMAGES[0]]
+    x, _ = load_batch(path, IMAGENET_CARD)
+    a, logits = capture_layer(r18, x, "layer4")
+    c = logits.argmax(1)
+
+    def layer_tensors(xx):
+        aa, ll = capture_layer(r18, xx, "layer4")
+        (gg,) = torch.autograd.grad(ll[torch.arange(xx.shape[0]), c].sum(), aa)
+        return aa.detach(), gg
+
+    a, g = layer_tensors(x)
+    relu = torch.relu
+    alpha_a = g.mean((2, 3), keepdim=True) * a
+    add_variant("gradcam_eigen", "resnet18_traced.pt", "imagenet_card.json", "layer4", path, c, "gradcam",
+                {"eigen_smooth": True}, "raw", relu(projection(alpha_a)))
+    add_variant("layercam_eigen", "resnet18_traced.pt", "imagenet_card.json", "layer4", path, c, "layercam",
+                {"eigen_smooth": True}, "raw", relu(projection(relu(g) * a)))
+    # Test-time augmentation: flip x scale 0.9/1/1.1 of the model input, same class, maps flipped back.
+    raws, scaled = [], []
+    for flip in (False, True):
+        for factor in (0.9, 1.0, 1.1):
+            xa = x * factor
+            if flip:
+                xa = xa.flip(3)
+            aa, gg = layer_tensors(xa)
+            cam = relu((gg.mean((2, 3), keepdim=True) * aa).sum(1))
+            fin = pgc_finish(cam, x.shape[2:])
+            if flip:
+                cam, fin = cam.flip(-1), fin.flip(-1)
+            raws.append(cam)
+            scaled.append(fin)
+    add_variant("gradcam_aug", "resnet18_traced.pt", "imagenet_card.json", "layer4", path, c, "gradcam",
+                {"aug_smooth": True}, "raw", torch.stack(raws).mean(0))
+    add_variant("gradcam_aug_compat", "resnet18_traced.pt", "imagenet_card.json", "layer4", path, c, "gradcam",
+                {"aug_smooth": True, "compat": True}, "normalized", torch.stack(scaled).mean(0))
+    # pytorch-grad-cam's Grad-CAM++ (eps 1e-6) and its scaling.
+    g2, g3 = g ** 2, g ** 3
+    alpha = g2 / (2 * g2 + a.sum((2, 3), keepdim=True) * g3 + 1e-6)
+    alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
+    cam = ((alpha * relu(g)).sum((2, 3))[:, :, None, None] * a).sum(1)
+    add_variant("gradcampp_compat", "resnet18_traced.pt", "imagenet_card.json", "layer4", path, c, "gradcam++",
+                {"compat": True}, "normalized", pgc_finish(cam, x.shape[2:]))
+
+    # FullGrad on resnet18 (batch norm, eps from the scripted module) and a small traced net (conv biases,
+    # eps 1e-3 baked into the traced graph), with non-trivial biases.
+    torch.manual_seed(3)
+    randomise_biases(r18)
+    torch.jit.script(r18).save(os.path.join(OUT, "resnet18_bn_scripted.pt"))
+    c18 = r18(x).argmax(1)
+    for compat in (False, True):
+        add_variant(f"fullgrad_resnet18{'_compat' if compat else ''}", "resnet18_bn_scripted.pt", "imagenet_card.json", None,
+                    path, c18, "fullgrad", {"compat": compat}, "raw", fullgrad_reference(r18, x, c18, compat))
+    small_card = {"name": "small", "input": {"size": [32, 32], "color_order": "RGB", "mean": [127.5] * 3, "std": [127.5] * 3}}
+    # No conv or batch-norm bias anywhere: FullGrad must refuse it.
+    torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                   nn.Linear(4, 3)).eval()).save(os.path.join(OUT, "no_bias_net.pt"))
+    bn = BiasNet().eval()
+    randomise_biases(bn)
+    torch.jit.trace(bn, torch.randn(1, 3, 32, 32)).save(os.path.join(OUT, "bias_net_traced.pt"))
+    paths = SHARED_IMAGES[:2]
+    xs, _ = load_batch(paths, small_card)
+    cs = bn(xs).argmax(1)
+    for compat in (False, True):
+        add_variant(f"fullgrad_biasnet{'_compat' if compat else ''}", "bias_net_traced.pt", "small_card.json", None, paths, cs,
+                    "fullgrad", {"compat": compat}, "raw", fullgrad_reference(bn, xs, cs, compat))
+
+    # pytorch-grad-cam's Score-CAM and Ablation-CAM on the small tuple-output model: conv1's output is
+    # not yet ReLU'd (negative minimum: the large negative ablation fill, cascading within batches of 32).
+    torch.manual_seed(1)
+    m = TupleOut().eval()
+    m.load_state_dict(torch.jit.load(os.path.join(OUT, "tuple_out_scripted.pt")).state_dict())
+    xs, _ = load_batch(paths, small_card)
+    with torch.no_grad():
+        for layer in ("conv1", "conv2"):
+            acts = []
+            h = module_at(m, layer).register_forward_hook(lambda mod, i, o: (acts.append(o.clone()), o)[1])
+            logits = m(xs)[0]
+            h.remove()
+            a = acts[0]
+            cls = logits.argmax(1)
+            sc, ab = [], []
+            for i in range(xs.shape[0]):
+                ci = int(cls[i])
+                up = F.interpolate(a[i : i + 1], size=xs.shape[2:], mode="bilinear", align_corners=True)[0]
+                lo = up.amin((1, 2), keepdim=True)
+                hi = up.amax((1, 2), keepdim=True)
+                masks = (up - lo) / (hi - lo + 1e-8)
+                scores = torch.cat([m(xs[i : i + 1] * masks[k : k + 16, None])[0][:, ci] for k in range(0, a.shape[1], 16)])
+                sc.append((torch.softmax(scores, 0)[:, None, None] * a[i]).sum(0))
+                y0 = float(logits[i, ci])
+                lowest = float(a[i].min())
+                yk = []
+                for start in range(0, a.shape[1], 32):
+                    ks = list(range(start, min(a.shape[1], start + 32)))
+                    rows = a[i : i + 1].repeat(len(ks), 1, 1, 1)
+                    for r, k in enumerate(ks):
+                        rows[r, k] = 0.0 if lowest == 0 else lowest - (r + 1) * 1e7
+                    h = module_at(m, layer).register_forward_hook(lambda mod, inp, o, rows=rows: rows)
+                    yk.append(m(xs[i : i + 1].expand(len(ks), -1, -1, -1))[0][:, ci])
+                    h.remove()
+                w = (y0 - torch.cat(yk)) / y0
+                ab.append((w[:, None, None] * a[i]).sum(0))
+            for method, cams in (("scorecam", sc), ("ablationcam", ab)):
+                add_variant(f"{method}_compat_{layer}", "tuple_out_scripted.pt", "small_card.json", layer, paths, cls, method,
+                            {"compat": True}, "normalized", pgc_finish(torch.stack(cams), xs.shape[2:]))
+
+
 class GeluNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -677,9 +880,9 @@ if __name__ == "__main__":
     import time
 
     for step in (bench_models, small_models, torchvision_models, shared_model, pixel_references, cam_references,
-                 perturbation_references):
+                 perturbation_references, variant_references):
         t0 = time.time()
         step()
         print(f"  {step.__name__}: {time.time() - t0:.1f} s", flush=True)
-    write_json("manifest.json", {"cases": cases, "pixel": pixel_cases, "cam": cam_cases})
+    write_json("manifest.json", {"cases": cases, "pixel": pixel_cases, "cam": cam_cases, "variants": variant_cases})
     print(f"fixtures: {len(cases)} Grad-CAM, {len(pixel_cases)} pixel-method and {len(cam_cases)} CAM-family reference cases in {OUT}")

@@ -43,6 +43,44 @@ TEST(Cam, EveryMethodMatchesReference) {
   for (const auto& [k, r] : worst_r) std::printf("cam parity %-20s min r %.7f  max |diff|/max %.2e\n", k.c_str(), r, worst_rel[k]);
 }
 
+// --eigen-smooth, --aug-smooth, FullGrad, and --compat pytorch-grad-cam against the fixture script's
+// references (raw maps, or the final scaled map at the input size for the compat pipeline).
+TEST(Cam, SmoothingFullGradAndCompatMatchReferences) {
+  const auto manifest = read_json(fixture("manifest.json"));
+  ASSERT_GE(manifest["variants"].size(), 13u);
+  for (const auto& c : manifest["variants"]) {
+    const std::string name = c["name"];
+    SCOPED_TRACE(name);
+    Model model = Model::load(fixture(c["model"]));
+    ModelCard card = load_card(fixture(c["card"]));
+    Explainer ex(model, card.preprocess);
+    std::vector<cv::Mat> images;
+    for (const auto& p : c["images"]) images.push_back(read_image(p));
+    ExplainOptions opt;
+    opt.methods = {c["method"].get<std::string>()};
+    if (!c["layer"].is_null()) opt.layers = {c["layer"].get<std::string>()};
+    opt.targets = {class_target(c["classes"].get<std::vector<int64_t>>())};
+    const auto& o = c["options"];
+    opt.method.eigen_smooth = o.value("eigen_smooth", false);
+    opt.method.aug_smooth = o.value("aug_smooth", false);
+    opt.method.compat = o.value("compat", false) ? Compat::PytorchGradCam : Compat::Papers;
+    // Maps at the model's input size, where pytorch-grad-cam's pipeline leaves them.
+    auto result = ex.explain_tensor(to_batch(images, card.preprocess), opt);
+    const bool normalized = c["compare"] == "normalized";
+    for (size_t i = 0; i < images.size(); ++i) {
+      cv::Mat ref = read_npy(fixture(c["files"][i]));
+      const Map& m = result[i].maps.at(0);
+      const cv::Mat& got = normalized ? m.normalized : m.raw;
+      ASSERT_EQ(got.size(), ref.size());
+      double r = pearson(got, ref), rel = max_abs_diff(got, ref) / std::max(1e-12, cv::norm(ref, cv::NORM_INF));
+      std::printf("variant %-28s image %zu  r %.7f  max |diff|/max %.2e\n", name.c_str(), i, r, rel);
+      EXPECT_GE(r, 0.999);
+      EXPECT_LE(rel, normalized ? 1e-4 : 1e-3);
+      EXPECT_FALSE(m.empty);
+    }
+  }
+}
+
 TEST(Cam, OcclusionMatchesBruteForceAndRiseMatchesReference) {
   const auto spec = read_json(fixture("perturbation.json"));
   Model model = Model::load(fixture(spec["model"]));

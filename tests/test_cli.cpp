@@ -136,6 +136,9 @@ TEST(Cli, BadInputMatrix) {
       {"negative class", kModel + " --class -3 --image " + img, "class index -3 out of range"},
       {"layer not 4-D", kModel + " --layer classifier --image " + img, "not a [N,C,H,W] feature map"},
       {"unknown method", kModel + " --method gradcam9 --image " + img, "unknown method 'gradcam9'"},
+      {"eigen-smooth without a CAM", kModel + " --method saliency --eigen-smooth --image " + img, "--eigen-smooth changes only"},
+      {"fullgrad without biases", "--model " + q(fixture("no_bias_net.pt")) + " --card " + q(fixture("small_card.json")) +
+                                     " --method fullgrad --image " + img, "fullgrad needs layers with biases"},
       {"unwritable output", kModel + " --image " + img + " --out " + q(file + "/out"), "cannot create output directory"},
       {"bad card", "--model " + q(shared("models/mobilenet_v2_imagenet.pt")) + " --card " + q(fixture("not_a_model.pt")) +
                        " --image " + img,

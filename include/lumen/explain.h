@@ -17,8 +17,19 @@
 
 namespace lumen {
 
+// Whose formulas: the papers' (default), or pytorch-grad-cam's pipeline reproduced for people who
+// move from it (docs/methods.md lists every difference).
+enum class Compat { Papers, PytorchGradCam };
+
 // Settings of particular methods; each method reads only its own.
 struct MethodOptions {
+  Compat compat = Compat::Papers;
+  // CAM methods whose map is a channel sum: project the weighted activations on their first principal
+  // component instead (pytorch-grad-cam's eigen_smooth).
+  bool eigen_smooth = false;
+  // Test-time augmentation: every map is averaged over the horizontal flip x input scaled by
+  // 0.9 / 1 / 1.1 (pytorch-grad-cam's aug_smooth), mapped back to the original orientation.
+  bool aug_smooth = false;
   // Rows per extra pass (SmoothGrad samples, IG steps, masks, ...). Small batches were faster here:
   // SmoothGrad on MobileNetV2 took 5.7 s at 4, 6.2 s at 8 and 8.3 s at 32 rows (and 4x the memory).
   int batch_size = 8;
@@ -119,6 +130,10 @@ class Explainer {
   const std::vector<std::string>& labels() const { return labels_; }
 
  private:
+  // One explanation of `batch`; `targets_used` (if given) receives the resolved targets, so that
+  // augmented copies (aug_smooth) explain the same classes.
+  std::vector<ImageExplanation> run(const torch::Tensor& batch, const ExplainOptions& options, const std::vector<cv::Size>& sizes,
+                                    const std::vector<std::string>& sources, std::vector<Target>* targets_used) const;
   const Model& model_;
   Preprocess preprocess_;
   std::vector<std::string> labels_;

@@ -1,6 +1,7 @@
 #include <lumen/error.h>
 #include <lumen/explain.h>
 
+#include "methods/cam_family.h"
 #include "methods/method.h"
 
 #include <torch/csrc/autograd/autograd.h>
@@ -28,8 +29,18 @@ void check_finite(const torch::Tensor& t, const std::string& what) {
   if (!torch::isfinite(t).all().item<bool>()) throw Error(what + " contains NaN or infinity");
 }
 
-// Raw map -> upsampled, normalised, stats, box.
-void finish_map(Map& m, const torch::Tensor& raw_hw, int width, int height, float box_threshold) {
+// pytorch-grad-cam's scale_cam_image: (t - min) / (max(t - min) + 1e-7).
+cv::Mat scale_like_pgc(const cv::Mat& t) {
+  double mn, mx;
+  cv::minMaxLoc(t, &mn, &mx);
+  cv::Mat out;
+  t.convertTo(out, CV_32F, 1.0, -mn);
+  return out / (mx - mn + 1e-7);
+}
+
+// Raw map -> upsampled, normalised, stats, box. `input` is the model input's size (where
+// pytorch-grad-cam's pipeline resizes to).
+void finish_map(Map& m, const torch::Tensor& raw_hw, int width, int height, cv::Size input, float box_threshold, bool compat) {
   m.raw = to_mat(raw_hw);
   // Half-pixel-centre bilinear, as torch's interpolate(align_corners=False) and pytorch-grad-cam's resize.
   auto up = at::upsample_bilinear2d(raw_hw.detach().view({1, 1, raw_hw.size(0), raw_hw.size(1)}), {height, width}, false);
@@ -50,7 +61,15 @@ void finish_map(Map& m, const torch::Tensor& raw_hw, int width, int height, floa
   if (m.empty) {
     m.normalized = cv::Mat::zeros(height, width, CV_32F);
   } else {
-    m.upsampled.convertTo(m.normalized, CV_32F, 1.0 / (umx - umn), -umn / (umx - umn));
+    if (compat) {
+      // Per layer: scale, resize to the input (cv2.resize, bilinear), scale again after "aggregating".
+      cv::Mat at_input;
+      cv::resize(scale_like_pgc(m.raw), at_input, input, 0, 0, cv::INTER_LINEAR);
+      m.normalized = scale_like_pgc(at_input);
+      if (m.normalized.size() != cv::Size(width, height)) cv::resize(m.normalized, m.normalized, {width, height}, 0, 0, cv::INTER_LINEAR);
+    } else {
+      m.upsampled.convertTo(m.normalized, CV_32F, 1.0 / (umx - umn), -umn / (umx - umn));
+    }
     // Rounding in the affine map can leave -1e-10 or 1+1e-7; the documented range is [0, 1].
     cv::max(m.normalized, 0.0, m.normalized);
     cv::min(m.normalized, 1.0, m.normalized);
@@ -147,6 +166,57 @@ std::vector<ImageExplanation> Explainer::explain(const std::vector<cv::Mat>& ima
 std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& batch, const ExplainOptions& opt,
                                                         const std::vector<cv::Size>& sizes,
                                                         const std::vector<std::string>& sources) const {
+  if (!opt.method.aug_smooth) return run(batch, opt, sizes, sources, nullptr);
+  // Test-time augmentation (pytorch-grad-cam's aug_smooth): horizontal flip x input scaled by 0.9, 1,
+  // 1.1 in model-input space. Every augmented copy explains the targets resolved on the original, and
+  // each map is flipped back before averaging. Papers mode averages the raw maps (same targets, so
+  // their scales are comparable) and normalises once; compat averages the normalised maps, as that
+  // library does.
+  std::vector<Target> used;
+  auto results = run(batch, opt, sizes, sources, &used);
+  ExplainOptions fixed = opt;
+  fixed.targets = used;
+  fixed.method.aug_smooth = false;
+  const bool compat = opt.method.compat == Compat::PytorchGradCam;
+  int count = 1;
+  for (bool flip : {false, true}) {
+    for (double factor : {0.9, 1.0, 1.1}) {
+      if (!flip && factor == 1.0) continue;  // the original, already explained
+      auto xb = batch * factor;
+      if (flip) xb = xb.flip({3});
+      auto aug = run(xb, fixed, sizes, sources, nullptr);
+      ++count;
+      for (size_t i = 0; i < results.size(); ++i) {
+        for (size_t j = 0; j < results[i].maps.size(); ++j) {
+          Map& into = results[i].maps[j];
+          Map& from = aug[i].maps[j];
+          auto back = [&](cv::Mat& m) {
+            if (flip && !m.empty()) cv::flip(m, m, 1);
+            return m;
+          };
+          into.raw += back(from.raw);
+          if (!into.attribution.empty()) into.attribution += back(from.attribution);
+          if (compat) into.normalized += back(from.normalized);
+        }
+      }
+    }
+  }
+  const cv::Size input(static_cast<int>(batch.size(3)), static_cast<int>(batch.size(2)));
+  for (auto& r : results) {
+    for (auto& m : r.maps) {
+      cv::Mat raw = m.raw / count, normalized = m.normalized / count;
+      if (!m.attribution.empty()) m.attribution /= count;
+      auto t = torch::from_blob(raw.data, {raw.rows, raw.cols}, torch::kFloat32).clone();
+      finish_map(m, t, r.width, r.height, input, opt.box_threshold, compat);
+      if (compat) m.normalized = normalized;
+      m.extra["aug_smooth"] = count;
+    }
+  }
+  return results;
+}
+
+std::vector<ImageExplanation> Explainer::run(const torch::Tensor& batch, const ExplainOptions& opt, const std::vector<cv::Size>& sizes,
+                                             const std::vector<std::string>& sources, std::vector<Target>* targets_used) const {
   if (batch.dim() != 4 || batch.size(0) < 1) throw Error("model input must be a non-empty [N,C,H,W] batch");
   if (!sizes.empty() && static_cast<int64_t>(sizes.size()) != batch.size(0))
     throw Error("one image size per batch row is needed");
@@ -154,13 +224,21 @@ std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& bat
 
   // Plan: the union of what the requested methods need decides which passes run.
   std::vector<const detail::Method*> methods;
-  bool need_layers = false, any_per_layer = false;
+  bool need_layers = false, any_per_layer = false, need_biases = false, any_weighted = false;
   std::set<BackwardRule> rules;
   for (const auto& name : opt.methods) {
     methods.push_back(&detail::find_method(name));
     need_layers |= methods.back()->needs.layer_gradients;
+    need_biases |= methods.back()->needs.bias_gradients;
     any_per_layer |= methods.back()->per_layer;
+    any_weighted |= methods.back()->weighted;
     for (auto r : methods.back()->needs.input_gradients) rules.insert(r);
+  }
+  if (opt.method.eigen_smooth && !any_weighted) {
+    std::string names;
+    for (const auto& m : detail::methods())
+      if (m.weighted) names += (names.empty() ? "" : ", ") + m.name;
+    throw Error("--eigen-smooth changes only CAM methods that weight activations (" + names + "); none was asked for");
   }
   if (any_per_layer && opt.layers.empty())
     throw Error("no layer given to explain (use --layer; `lumen layers MODEL` lists them)");
@@ -168,7 +246,13 @@ std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& bat
   if (opt.targets.empty() && opt.classes.empty() && opt.top_k < 1) throw Error("top-k must be at least 1");
   const MethodOptions& mo = opt.method;
   const int64_t n = batch.size(0);
+  const cv::Size input_size(static_cast<int>(batch.size(3)), static_cast<int>(batch.size(2)));
+  const bool compat = mo.compat == Compat::PytorchGradCam;
   const std::vector<std::string> taps = any_per_layer ? opt.layers : std::vector<std::string>{};
+  // FullGrad also needs every bias layer's output gradient; those layers are captured after the user's.
+  const auto bias_layers = need_biases ? detail::bias_layers(model_) : std::vector<std::pair<std::string, torch::Tensor>>{};
+  std::vector<std::string> captured = taps;
+  for (const auto& b : bias_layers) captured.push_back(b.first);
 
   // Pass 1: forward with the layers captured. When plain input gradients are needed the input requires
   // grad here, so one backward per target serves both the layers and the input.
@@ -176,10 +260,10 @@ std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& bat
   const bool plain_input = rules.count(BackwardRule::Plain) > 0;
   // When the only thing needed is one rule's input gradient (guided-backprop alone, say), the rule's
   // graph also gives the predictions — its forward values are the plain ones — and pass 1 is skipped.
-  const bool rule_only = taps.empty() && !plain_input && rules.size() == 1;
+  const bool rule_only = captured.empty() && !plain_input && rules.size() == 1;
   torch::Tensor x = batch.detach();
   if (plain_input || rule_only) x = x.clone().requires_grad_(true);
-  Capture cap = rule_only ? model_.forward(x, {}, *rules.begin(), mo.strict_nonlinearities) : model_.forward(x, taps);
+  Capture cap = rule_only ? model_.forward(x, {}, *rules.begin(), mo.strict_nonlinearities) : model_.forward(x, captured);
   for (size_t i = 0; i < taps.size(); ++i) {
     const auto& a = cap.layers[i];
     if (a.dim() != 4)
@@ -246,6 +330,7 @@ std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& bat
       }
     }
   }
+  if (targets_used) *targets_used = targets;
 
   // Pass 2 (only for guided backprop / deconvnet): the same forward on a copy of the graph whose
   // ReLU-like units backpropagate by the rule. Its forward values are the plain ones.
@@ -305,7 +390,8 @@ std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& bat
 
     // One backward per target: through the head down to the layers (and to the input when asked).
     std::vector<torch::Tensor> wrt;
-    if (need_layers) wrt = cap.layers;
+    if (need_layers) wrt.assign(cap.layers.begin(), cap.layers.begin() + static_cast<int64_t>(taps.size()));
+    if (need_biases) wrt.insert(wrt.end(), cap.layers.begin() + static_cast<int64_t>(taps.size()), cap.layers.end());
     if (plain_input) wrt.push_back(x);
     if (!wrt.empty()) {
       if (!y.requires_grad())
@@ -316,6 +402,12 @@ std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& bat
       size_t k = 0;
       if (need_layers)
         for (size_t l = 0; l < taps.size(); ++l, ++k) ev.layers[l].gradients = g[k].defined() ? g[k] : torch::zeros_like(cap.layers[l]);
+      if (need_biases) {
+        for (size_t b = 0; b < bias_layers.size(); ++b, ++k) {
+          const auto& z = cap.layers[taps.size() + b];
+          ev.biases.push_back({bias_layers[b].first, g[k].defined() ? g[k] : torch::zeros_like(z), bias_layers[b].second});
+        }
+      }
       if (plain_input) ev.input_gradients[BackwardRule::Plain] = g[k].defined() ? g[k] : torch::zeros_like(x);
     }
     for (auto& [rule, pass] : rule_passes) {
@@ -332,6 +424,8 @@ std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& bat
         {
           torch::NoGradGuard no_grad;
           res = method->compute(ev, l);
+          if (res.weighted.defined())
+            res.maps = torch::relu(mo.eigen_smooth ? detail::first_component(res.weighted) : res.weighted.sum(1));
         }
         const std::string layer = method->per_layer ? taps[l] : "input";
         check_finite(res.maps, method->name + " map at " + (method->per_layer ? "layer '" + layer + "'" : "the input"));
@@ -345,9 +439,11 @@ std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& bat
           m.counterfactual = target.counterfactual;
           m.target_value = y_values[i].item<float>();
           m.is_signed = res.is_signed;
-          finish_map(m, res.maps[i], results[i].width, results[i].height, opt.box_threshold);
+          finish_map(m, res.maps[i], results[i].width, results[i].height, input_size, opt.box_threshold, compat);
           if (res.attribution.defined()) m.attribution = to_mat_hwc(res.attribution[i]);
           if (i < static_cast<int64_t>(res.extra.size())) m.extra = res.extra[i];
+          if (res.weighted.defined() && mo.eigen_smooth) m.extra["eigen_smooth"] = true;
+          if (compat) m.extra["compat"] = "pytorch-grad-cam";
           results[i].maps.push_back(std::move(m));
         }
       }

@@ -2,6 +2,11 @@
 // channel k of the layer is set to zero; map = ReLU(sum_k w_k A_k). The ablated copies run only the part
 // of the network after the layer (Model::forward_from). A channel that is already all zero cannot change
 // anything when ablated: its weight is exactly 0 and it is not run.
+//
+// --compat pytorch-grad-cam: when the layer's minimum is not 0 (no ReLU before it), that library fills
+// the ablated channel with a large negative value instead of 0, and because it modifies its batch in
+// place, row r of each batch of 32 gets min - (r + 1) * 1e7. lumen reproduces this, batches included,
+// and then runs every channel (a zero channel filled that way is not a no-op).
 #include "methods/cam_family.h"
 #include "methods/method.h"
 
@@ -11,26 +16,34 @@ Method ablationcam() {
   Method m;
   m.name = "ablationcam";
   m.paper = "Desai & Ramaswamy 2020, Ablation-CAM";
+  m.weighted = true;
   m.compute = [](const Evidence& e, size_t layer) {
     const auto& a = e.layers[layer].activations;
-    const int64_t n = a.size(0), c = a.size(1), batch = e.options->batch_size;
+    const bool compat = e.options->compat == Compat::PytorchGradCam;
+    const int64_t n = a.size(0), c = a.size(1), batch = compat ? 32 : e.options->batch_size;
     std::vector<torch::Tensor> weights;
     for (int64_t i = 0; i < n; ++i) {
       auto y = e.target_values[i].item<double>();
-      auto idx = (a[i].abs().amax({1, 2}) > 0).nonzero().view({-1});
+      const double lowest = a[i].min().item<double>();
+      const bool fill_negative = compat && lowest != 0;
+      auto idx = fill_negative ? torch::arange(c) : (a[i].abs().amax({1, 2}) > 0).nonzero().view({-1});
       auto w = torch::zeros({c});
       for (int64_t start = 0; start < idx.size(0); start += batch) {
         auto k = idx.slice(0, start, std::min<int64_t>(idx.size(0), start + batch));
         auto rows = a[i].unsqueeze(0).repeat({k.size(0), 1, 1, 1});
-        rows.index_put_({torch::arange(k.size(0)), k}, 0.0);
+        auto row = torch::arange(k.size(0));
+        if (fill_negative)
+          rows.index_put_({row, k}, (lowest - (row.to(torch::kFloat64) + 1) * 1e7).to(a.scalar_type()).view({-1, 1, 1}));
+        else
+          rows.index_put_({row, k}, 0.0);
         auto yk = e.score_from_layer(layer, rows, i);
-        w.index_put_({k}, (y - yk) / (std::abs(y) > 1e-12 ? y : 1e-12));
+        w.index_put_({k}, (y - yk) / (std::abs(y) > 1e-12 || compat ? y : 1e-12));
         if (e.progress) e.progress("ablationcam", i * c + start + k.size(0), n * c);
       }
       weights.push_back(w);
       if (e.progress) e.progress("ablationcam", (i + 1) * c, n * c);  // skipped channels count as done
     }
-    return Result{weighted_sum(torch::stack(weights), a)};
+    return Result::cam(weighted(torch::stack(weights), a));
   };
   return m;
 }

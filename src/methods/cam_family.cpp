@@ -17,8 +17,8 @@ torch::Tensor first_component(const torch::Tensor& stack) {
   return torch::stack(maps);
 }
 
-torch::Tensor weighted_sum(const torch::Tensor& weights, const torch::Tensor& activations) {
-  return torch::relu((weights.unsqueeze(-1).unsqueeze(-1) * activations).sum(1));
+torch::Tensor weighted(const torch::Tensor& weights, const torch::Tensor& activations) {
+  return weights.unsqueeze(-1).unsqueeze(-1) * activations;
 }
 
 }  // namespace lumen::detail

@@ -11,7 +11,7 @@ namespace lumen::detail {
 // channel sum, so maps are reproducible across LAPACK builds.
 torch::Tensor first_component(const torch::Tensor& stack);  // [N,C,h,w] -> [N,h,w]
 
-// ReLU(sum_k w_k A_k) with weights [N,C].
-torch::Tensor weighted_sum(const torch::Tensor& weights, const torch::Tensor& activations);
+// The per-channel evidence w_k A_k for weights [N,C] (the map is ReLU of its channel sum).
+torch::Tensor weighted(const torch::Tensor& weights, const torch::Tensor& activations);
 
 }  // namespace lumen::detail

@@ -15,7 +15,11 @@ Method gradcam() {
   m.name = "gradcam";
   m.paper = "Selvaraju et al. 2017, Grad-CAM";
   m.needs.layer_gradients = true;
-  m.compute = [](const Evidence& e, size_t layer) { return Result{gradcam_maps(e.layers[layer])}; };
+  m.weighted = true;
+  m.compute = [](const Evidence& e, size_t layer) {
+    const auto& t = e.layers[layer];
+    return Result::cam(t.gradients.mean({2, 3}, /*keepdim=*/true) * t.activations);
+  };
   return m;
 }
 

@@ -8,9 +8,10 @@ Method gradcam_elementwise() {
   m.name = "gradcam-elementwise";
   m.paper = "pytorch-grad-cam (Gildenblat et al.), element-wise Grad-CAM";
   m.needs.layer_gradients = true;
+  m.weighted = true;
   m.compute = [](const Evidence& e, size_t layer) {
     const auto& t = e.layers[layer];
-    return Result{torch::relu(t.gradients * t.activations).sum(1)};
+    return Result::cam(torch::relu(t.gradients * t.activations));
   };
   return m;
 }

@@ -9,9 +9,10 @@ Method hirescam() {
   m.name = "hirescam";
   m.paper = "Draelos & Carin 2020, HiResCAM";
   m.needs.layer_gradients = true;
+  m.weighted = true;
   m.compute = [](const Evidence& e, size_t layer) {
     const auto& t = e.layers[layer];
-    return Result{torch::relu((t.gradients * t.activations).sum(1))};
+    return Result::cam(t.gradients * t.activations);
   };
   return m;
 }

@@ -9,9 +9,10 @@ Method layercam() {
   m.name = "layercam";
   m.paper = "Jiang et al. 2021, LayerCAM";
   m.needs.layer_gradients = true;
+  m.weighted = true;
   m.compute = [](const Evidence& e, size_t layer) {
     const auto& t = e.layers[layer];
-    return Result{torch::relu((torch::relu(t.gradients) * t.activations).sum(1))};
+    return Result::cam(torch::relu(t.gradients) * t.activations);
   };
   return m;
 }

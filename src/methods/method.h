@@ -21,12 +21,20 @@ struct LayerTensors {
   torch::Tensor gradients;    // G = d y / d A (plain rule), [N,C,h,w]; undefined if no method needs it
 };
 
+// A layer with a bias (Conv2d, BatchNorm2d) for FullGrad: its output's gradient and its effective bias.
+struct BiasTensors {
+  std::string path;
+  torch::Tensor gradients;  // d y / d output, [N,C,h,w]
+  torch::Tensor bias;       // [C]; for batch norm beta - mean * gamma / sqrt(var + eps)
+};
+
 // What the planner computed for one target, and a way to ask for more passes.
 struct Evidence {
   torch::Tensor input;                                     // x, [N,C,H,W] (model input space)
   torch::Tensor target_values;                             // y, [N]
   std::vector<LayerTensors> layers;                        // one per requested layer
   std::map<BackwardRule, torch::Tensor> input_gradients;   // d y / d x per rule, [N,C,H,W]
+  std::vector<BiasTensors> biases;                         // every bias layer, if a method asked
   // A reference input of the given kind ("black", "blur", "noise", a pixel value "0".."255", an image
   // path) for the whole batch, [N,C,H,W] in model-input space.
   std::function<torch::Tensor(const std::string& kind)> reference;
@@ -45,8 +53,16 @@ struct Evidence {
 struct Result {
   Result() = default;
   explicit Result(torch::Tensor m, torch::Tensor attr = {}) : maps(std::move(m)), attribution(std::move(attr)) {}
+  static Result cam(torch::Tensor weighted_activations) {
+    Result r;
+    r.weighted = std::move(weighted_activations);
+    return r;
+  }
   torch::Tensor maps;          // [N,h,w]: raw, as the method's formula gives it
   torch::Tensor attribution;   // optional, [N,C,H,W]: per-channel attribution in input space
+  // CAM methods whose map is ReLU(sum_k E_k) give the per-channel evidence E [N,C,h,w] instead of a map;
+  // the planner sums it, or (--eigen-smooth) projects it on its first principal component.
+  torch::Tensor weighted;
   bool is_signed = false;      // the sign of the map means something (drawn around grey)
   std::vector<nlohmann::json> extra;  // optional, per image: method-specific facts for run.json
 };
@@ -54,6 +70,7 @@ struct Result {
 struct Needs {
   bool layer_gradients = false;                 // plain d y / d A at the requested layers
   std::vector<BackwardRule> input_gradients;    // d y / d x under these rules
+  bool bias_gradients = false;                  // d y / d output of every bias layer (FullGrad)
 };
 
 struct Method {
@@ -61,6 +78,7 @@ struct Method {
   std::string paper;
   Needs needs;
   bool per_layer = true;  // one map per requested layer; false: one map in input space
+  bool weighted = false;  // returns Result::cam (so --eigen-smooth applies)
   std::function<Result(const Evidence&, size_t layer)> compute;
 };
 
@@ -84,9 +102,13 @@ Method scorecam();
 Method ablationcam();
 Method occlusion();
 Method rise();
+Method fullgrad();
 
 const std::vector<Method>& methods();
 const Method& find_method(const std::string& name);  // throws lumen::Error listing the known names
+
+// FullGrad's bias layers: module path and the bias each adds per channel. Throws when there are none.
+std::vector<std::pair<std::string, torch::Tensor>> bias_layers(const Model& model);
 
 // Shared arithmetic.
 torch::Tensor gradcam_maps(const LayerTensors& t);                           // [N,h,w]

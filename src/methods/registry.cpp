@@ -8,7 +8,7 @@ const std::vector<Method>& methods() {
   static const std::vector<Method> all{
       // CAM family: maps at a layer
       gradcam(), gradcam_plus_plus(), hirescam(), xgradcam(), layercam(), gradcam_elementwise(), eigengradcam(), eigencam(),
-      scorecam(), ablationcam(),
+      scorecam(), ablationcam(), fullgrad(),
       // perturbation
       occlusion(), rise(),
       // pixel space

@@ -3,6 +3,10 @@
 // over a baseline input, C(A_k) = f(X o H_k) - f(X_b), with X_b = 0 in model-input space (no softmax
 // over channels: the paper's score increase). map = ReLU(sum_k C(A_k) A_k). Channels whose activation
 // is constant (all zero, typically) have no mask and are skipped: their weight is exactly 0.
+//
+// --compat pytorch-grad-cam: upsampling with align_corners=True, H_k = (up - min) / (max - min + 1e-8),
+// weights = softmax over channels of f(X o H_k). A constant channel's mask is then 0 and its score is
+// f(0), computed once for all of them.
 #include "methods/cam_family.h"
 #include "methods/method.h"
 
@@ -12,30 +16,33 @@ Method scorecam() {
   Method m;
   m.name = "scorecam";
   m.paper = "Wang et al. 2020, Score-CAM";
+  m.weighted = true;
   m.compute = [](const Evidence& e, size_t layer) {
     const auto& a = e.layers[layer].activations;
     const int64_t n = a.size(0), c = a.size(1), batch = e.options->batch_size;
+    const bool compat = e.options->compat == Compat::PytorchGradCam;
     std::vector<torch::Tensor> weights;
     for (int64_t i = 0; i < n; ++i) {
       auto x = e.input[i];
-      auto up = at::upsample_bilinear2d(a[i].unsqueeze(0), {x.size(1), x.size(2)}, /*align_corners=*/false)[0];
+      auto up = at::upsample_bilinear2d(a[i].unsqueeze(0), {x.size(1), x.size(2)}, /*align_corners=*/compat)[0];
       auto lo = up.amin({1, 2}, true), hi = up.amax({1, 2}, true);
       auto live = (hi - lo).view({c}) > 0;
       auto idx = live.nonzero().view({-1});
       auto f_base = e.score(torch::zeros_like(x).unsqueeze(0), i)[0];
-      auto w = torch::zeros({c});
+      // Skipped channels: weight 0 (papers), or the score of the all-zero input (compat, before softmax).
+      auto w = compat ? torch::full({c}, f_base.item<float>()) : torch::zeros({c});
       for (int64_t start = 0; start < idx.size(0); start += batch) {
         auto k = idx.slice(0, start, std::min<int64_t>(idx.size(0), start + batch));
-        auto masks = (up.index_select(0, k) - lo.index_select(0, k)) / (hi.index_select(0, k) - lo.index_select(0, k));
+        auto range = hi.index_select(0, k) - lo.index_select(0, k);
+        auto masks = (up.index_select(0, k) - lo.index_select(0, k)) / (compat ? range + 1e-8 : range);
         auto scores = e.score(x.unsqueeze(0) * masks.unsqueeze(1), i);
-        w.index_put_({k}, scores - f_base);
+        w.index_put_({k}, compat ? scores : scores - f_base);
         if (e.progress) e.progress("scorecam", i * c + start + k.size(0), n * c);
       }
-      weights.push_back(w);
+      weights.push_back(compat ? torch::softmax(w, 0) : w);
       if (e.progress) e.progress("scorecam", (i + 1) * c, n * c);  // skipped channels count as done
     }
-    auto r = Result{weighted_sum(torch::stack(weights), a)};
-    return r;
+    return Result::cam(weighted(torch::stack(weights), a));
   };
   return m;
 }

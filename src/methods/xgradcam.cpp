@@ -10,10 +10,11 @@ Method xgradcam() {
   m.name = "xgradcam";
   m.paper = "Fu et al. 2020, Axiom-based Grad-CAM";
   m.needs.layer_gradients = true;
+  m.weighted = true;
   m.compute = [](const Evidence& e, size_t layer) {
     const auto& t = e.layers[layer];
     auto w = (t.gradients * t.activations).sum({2, 3}) / (t.activations.sum({2, 3}) + 1e-7);
-    return Result{weighted_sum(w, t.activations)};
+    return Result::cam(weighted(w, t.activations));
   };
   return m;
 }

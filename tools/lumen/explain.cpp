@@ -29,7 +29,7 @@ struct Args {
   int top_k = 1, batch = 8, threads = 0;
   bool counterfactual = false, allow_empty = false, no_box = false;
   float box_threshold = 0.15f, alpha = 0.5f;
-  std::string nonlinearity = "strict";
+  std::string nonlinearity = "strict", compat = "papers";
   MethodOptions method;
 };
 
@@ -76,6 +76,7 @@ int run(const Args& a) {
   opt.box_threshold = a.box_threshold;
   opt.method = a.method;
   opt.method.strict_nonlinearities = a.nonlinearity == "strict";
+  opt.method.compat = a.compat == "pytorch-grad-cam" ? Compat::PytorchGradCam : Compat::Papers;
   // Long methods (Score-CAM over thousands of channels, occlusion, RISE) report progress, at most
   // every half second.
   auto last_report = std::make_shared<std::chrono::steady_clock::time_point>();
@@ -143,8 +144,13 @@ int run(const Args& a) {
                               {"fill", opt.method.fill},
                               {"masks", opt.method.masks},
                               {"cells", opt.method.cells},
-                              {"keep", opt.method.keep}}},
-                            {"normalisation", "min-max of the map upsampled to the image"},
+                              {"keep", opt.method.keep},
+                              {"eigen_smooth", opt.method.eigen_smooth},
+                              {"aug_smooth", opt.method.aug_smooth},
+                              {"compat", a.compat}}},
+                            {"normalisation", opt.method.compat == Compat::PytorchGradCam
+                                                  ? "pytorch-grad-cam: (m - min) / (max + 1e-7) at the layer, resized to the input, scaled again"
+                                                  : "min-max of the map upsampled to the image"},
                             {"seconds", seconds},
                             {"images", images_json}};
   out.write("run.json", run_doc.dump(2) + "\n");
@@ -214,6 +220,11 @@ Command add_explain(CLI::App& app) {
   sub->add_option("--cells", a->method.cells, "rise: grid cells per side (7)")->check(CLI::Range(1, 1000));
   sub->add_option("--keep", a->method.keep, "rise: probability a cell is kept (0.5)");
   sub->add_option("--method-batch", a->method.batch_size, "rows per extra pass of smoothgrad, IG, scorecam, ablationcam, occlusion, rise (8)")->check(CLI::Range(1, 100000));
+  sub->add_flag("--eigen-smooth", a->method.eigen_smooth,
+                "CAM methods: first principal component of the weighted activations instead of their sum");
+  sub->add_flag("--aug-smooth", a->method.aug_smooth, "average each map over flip x input scale 0.9/1/1.1 (6 passes)");
+  sub->add_option("--compat", a->compat, "papers (default) or pytorch-grad-cam: reproduce that library's formulas and scaling")
+      ->check(CLI::IsMember({"papers", "pytorch-grad-cam"}));
   sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
   return {sub, [a] { return run(*a); }};
 }
