@@ -857,6 +857,88 @@ def variant_references():
                             {"compat": True}, "normalized", pgc_finish(torch.stack(cams), xs.shape[2:]))
 
 
+# ---------------------------------------------------------------------------------------------------
+# `lumen eval` cross-check: Grad-CAM's localisation (the paper's protocol) and pointing game on the first
+# 20 images of the shared localisation set, computed here with eager PyTorch, numpy and a flood fill.
+
+def largest_component_box(mask):
+    """Bounding box [x0, y0, x1, y1) of the largest 8-connected True region (first found on ties)."""
+    h, w = mask.shape
+    seen = np.zeros_like(mask, dtype=bool)
+    best, best_box = 0, None
+    for y0 in range(h):
+        for x0 in range(w):
+            if not mask[y0, x0] or seen[y0, x0]:
+                continue
+            stack, area = [(y0, x0)], 0
+            seen[y0, x0] = True
+            bx0, by0, bx1, by1 = x0, y0, x0, y0
+            while stack:
+                y, x = stack.pop()
+                area += 1
+                bx0, bx1, by0, by1 = min(bx0, x), max(bx1, x), min(by0, y), max(by1, y)
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        yy, xx = y + dy, x + dx
+                        if 0 <= yy < h and 0 <= xx < w and mask[yy, xx] and not seen[yy, xx]:
+                            seen[yy, xx] = True
+                            stack.append((yy, xx))
+            if area > best:
+                best, best_box = area, (bx0, by0, bx1 + 1, by1 + 1)
+    return best_box
+
+
+def box_iou(a, b):
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def eval_references(count=20):
+    root = os.path.join(SHARED, "data", "imagenet-loc-dev")
+    with open(os.path.join(root, "labels.csv")) as f:
+        rows = [line.strip().split(",") for line in f.readlines()[1:] if line.strip()][:count]
+    boxes = {}
+    with open(os.path.join(root, "boxes.csv")) as f:
+        for line in f.readlines()[1:]:
+            name, label, *xy = line.strip().split(",")
+            boxes.setdefault(name, []).append((int(label), [float(v) for v in xy]))
+    scripted = torch.jit.load(os.path.join(SHARED, "models", "mobilenet_v2_imagenet.pt")).eval()
+    with open(os.path.join(SHARED, "models", "mobilenet_v2_imagenet.json")) as f:
+        card = json.load(f)
+    run, _ = shared_split(scripted)
+    paths = [os.path.join(root, "images", r[0]) for r in rows]
+    labels = torch.tensor([int(r[1]) for r in rows])
+    x, sizes = load_batch(paths, card)
+    a, logits = run(x)
+    (g,) = torch.autograd.grad(logits[torch.arange(len(rows)), labels].sum(), a)
+    cam = torch.relu((g.mean((2, 3), keepdim=True) * a.detach()).sum(1))
+    top5 = logits.detach().topk(5, 1).indices
+    out, n1, n5, npoint = [], 0, 0, 0
+    for i, (name, label) in enumerate(rows):
+        label = int(label)
+        h, w = sizes[i]
+        up = F.interpolate(cam[i : i + 1, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
+        own = [xy for lab, xy in boxes.get(name, []) if lab == label]
+        mx = float(up.max())
+        iou = 0.0
+        if mx > 0:
+            box = largest_component_box(up >= float(np.float32(0.15)) * mx)
+            iou = max([box_iou(box, b) for b in own], default=0.0)
+        py, px = np.unravel_index(int(np.argmax(up)), up.shape)
+        cx, cy = px + 0.5, py + 0.5
+        point = any(np.hypot(max(b[0] - cx, 0, cx - b[2]), max(b[1] - cy, 0, cy - b[3])) <= 15 for b in own)
+        t1 = int(top5[i, 0]) == label
+        t5 = label in top5[i].tolist()
+        rec = {"image": name, "top1_correct": t1, "top5_correct": t5, "iou": iou, "loc_top1": t1 and iou >= 0.5,
+               "loc_top5": t5 and iou >= 0.5, "pointing": bool(point)}
+        n1, n5, npoint = n1 + rec["loc_top1"], n5 + rec["loc_top5"], npoint + rec["pointing"]
+        out.append(rec)
+    write_json("eval_reference.json", {"images": out, "loc_top1": n1, "loc_top5": n5, "pointing": npoint})
+
+
 class GeluNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -880,7 +962,7 @@ if __name__ == "__main__":
     import time
 
     for step in (bench_models, small_models, torchvision_models, shared_model, pixel_references, cam_references,
-                 perturbation_references, variant_references):
+                 perturbation_references, variant_references, eval_references):
         t0 = time.time()
         step()
         print(f"  {step.__name__}: {time.time() - t0:.1f} s", flush=True)

@@ -139,6 +139,10 @@ class Explainer {
   std::vector<std::string> labels_;
 };
 
+// A reference input for `x` ([N,C,H,W], model-input space): "black", a pixel value "0".."255",
+// "noise" (seeded by o.seed), "blur" (Gaussian, sigma o.blur_sigma x width), or an image path.
+torch::Tensor reference_input(const torch::Tensor& x, const std::string& kind, const MethodOptions& o, const Preprocess& p);
+
 // Names accepted in ExplainOptions::methods.
 std::vector<std::string> method_names();
 

@@ -52,6 +52,10 @@ class OutputDir {
   bool committed_ = false;
 };
 
+// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so readers never
+// see a half-written file.
+void write_file_atomic(const std::string& path, const std::string& bytes);
+
 // File-name-safe stem: letters, digits, '-', '_' and '.' kept, everything else '_'.
 std::string safe_name(const std::string& s);
 

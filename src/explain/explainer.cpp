@@ -92,9 +92,11 @@ Target for_rows(const Target& t, int64_t image, int64_t rows) {
   return class_target(std::vector<int64_t>(rows, t.classes.at(image)), t.score, t.counterfactual, t.select);
 }
 
+}  // namespace
+
 // Reference inputs in model-input space (IG baselines, occlusion fills): "black", a pixel value
 // "0".."255", "noise", "blur", or the path of an image.
-torch::Tensor make_reference(const torch::Tensor& x, const std::string& kind, const MethodOptions& o, const Preprocess& p) {
+torch::Tensor reference_input(const torch::Tensor& x, const std::string& kind, const MethodOptions& o, const Preprocess& p) {
   auto mean = torch::tensor(p.mean).view({1, 3, 1, 1}), std = torch::tensor(p.std).view({1, 3, 1, 1});
   if (kind == "black") return ((torch::zeros_like(x) - mean) / std);
   if (!kind.empty() && kind.find_first_not_of("0123456789.") == std::string::npos)
@@ -121,8 +123,6 @@ torch::Tensor make_reference(const torch::Tensor& x, const std::string& kind, co
   cv::Mat img = read_image(kind);  // a user's image
   return to_input(img, p).unsqueeze(0).expand_as(x).contiguous();
 }
-
-}  // namespace
 
 std::vector<std::string> method_names() {
   std::vector<std::string> names;
@@ -385,7 +385,7 @@ std::vector<ImageExplanation> Explainer::run(const torch::Tensor& batch, const E
       });
     };
     ev.progress = mo.progress;
-    ev.reference = [&](const std::string& kind) { return make_reference(batch.detach(), kind, mo, preprocess_); };
+    ev.reference = [&](const std::string& kind) { return reference_input(batch.detach(), kind, mo, preprocess_); };
     for (size_t l = 0; l < taps.size(); ++l) ev.layers.push_back({cap.layers[l].detach(), torch::Tensor()});
 
     // One backward per target: through the head down to the layers (and to the input when asked).

@@ -11,6 +11,8 @@
 #include <random>
 #include <sstream>
 
+#include <unistd.h>
+
 namespace lumen {
 namespace fs = std::filesystem;
 
@@ -256,6 +258,31 @@ nlohmann::json run_json(const std::vector<ImageExplanation>& images, const nlohm
     j["images"].push_back(std::move(ji));
   }
   return j;
+}
+
+}  // namespace lumen
+
+namespace lumen {
+
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  const fs::path target(path);
+  const fs::path tmp = target.parent_path() / ("." + target.filename().string() + ".tmp" + std::to_string(::getpid()));
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.close();
+    if (!out) {
+      std::error_code ec;
+      fs::remove(tmp, ec);
+      throw Error("cannot write " + path);
+    }
+  }
+  std::error_code ec;
+  fs::rename(tmp, target, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    throw Error("cannot write " + path + ": " + ec.message());
+  }
 }
 
 }  // namespace lumen

@@ -1,0 +1,101 @@
+#include <lumen/dataset.h>
+#include <lumen/error.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+namespace lumen {
+namespace fs = std::filesystem;
+namespace {
+
+std::vector<std::string> split_csv(const std::string& line) {
+  std::vector<std::string> out;
+  std::stringstream ss(line);
+  std::string field;
+  while (std::getline(ss, field, ',')) out.push_back(field);
+  if (!line.empty() && line.back() == ',') out.emplace_back();
+  for (auto& f : out) {
+    while (!f.empty() && (f.back() == '\r' || f.back() == ' ')) f.pop_back();
+    while (!f.empty() && f.front() == ' ') f.erase(f.begin());
+  }
+  return out;
+}
+
+double number(const std::string& s, const std::string& where) {
+  try {
+    size_t used = 0;
+    double v = std::stod(s, &used);
+    if (used != s.size() || !std::isfinite(v)) throw std::invalid_argument(s);
+    return v;
+  } catch (const std::exception&) {
+    throw Error(where + ": '" + s + "' is not a number");
+  }
+}
+
+// Rows of a CSV file after checking its header.
+std::vector<std::pair<int, std::vector<std::string>>> read_csv(const fs::path& path, const std::vector<std::string>& header) {
+  std::ifstream in(path);
+  if (!in) throw Error("dataset file not found: " + path.string());
+  std::string line;
+  if (!std::getline(in, line) || split_csv(line) != header) {
+    std::string want;
+    for (const auto& h : header) want += (want.empty() ? "" : ",") + h;
+    throw Error(path.string() + ": the first line must be the header '" + want + "'");
+  }
+  std::vector<std::pair<int, std::vector<std::string>>> rows;
+  for (int n = 2; std::getline(in, line); ++n) {
+    if (line.empty() || line == "\r") continue;
+    auto f = split_csv(line);
+    if (f.size() != header.size())
+      throw Error(path.string() + ":" + std::to_string(n) + ": expected " + std::to_string(header.size()) + " fields, found " +
+                  std::to_string(f.size()));
+    rows.emplace_back(n, std::move(f));
+  }
+  return rows;
+}
+
+}  // namespace
+
+Dataset load_dataset(const std::string& dir) {
+  if (!fs::is_directory(dir)) throw Error("dataset folder not found: " + dir);
+  Dataset d;
+  d.root = dir;
+  std::map<std::string, size_t> index;
+  const fs::path labels = fs::path(dir) / "labels.csv";
+  for (const auto& [n, f] : read_csv(labels, {"image", "label"})) {
+    const std::string where = labels.string() + ":" + std::to_string(n);
+    if (index.count(f[0])) throw Error(where + ": image '" + f[0] + "' is listed twice");
+    double label = number(f[1], where);
+    if (label < 0 || label != std::floor(label)) throw Error(where + ": label '" + f[1] + "' is not a class index");
+    Sample s;
+    s.name = f[0];
+    s.path = (fs::path(dir) / "images" / f[0]).string();
+    if (!fs::exists(s.path)) throw Error(where + ": image not found: " + s.path);
+    s.label = static_cast<int64_t>(label);
+    const fs::path mask = fs::path(dir) / "masks" / (fs::path(f[0]).stem().string() + ".png");
+    if (fs::exists(mask)) s.mask = mask.string();
+    index[s.name] = d.samples.size();
+    d.samples.push_back(std::move(s));
+  }
+  if (d.samples.empty()) throw Error(labels.string() + " lists no images");
+  const fs::path boxes = fs::path(dir) / "boxes.csv";
+  if (fs::exists(boxes)) {
+    for (const auto& [n, f] : read_csv(boxes, {"image", "label", "x0", "y0", "x1", "y1"})) {
+      const std::string where = boxes.string() + ":" + std::to_string(n);
+      auto it = index.find(f[0]);
+      if (it == index.end()) throw Error(where + ": image '" + f[0] + "' is not in labels.csv");
+      metrics::GtBox b;
+      b.label = static_cast<int64_t>(number(f[1], where));
+      b.x0 = number(f[2], where), b.y0 = number(f[3], where), b.x1 = number(f[4], where), b.y1 = number(f[5], where);
+      if (!(b.x1 > b.x0 && b.y1 > b.y0 && b.x0 >= 0 && b.y0 >= 0))
+        throw Error(where + ": box (" + f[2] + "," + f[3] + ")-(" + f[4] + "," + f[5] + ") is empty or negative");
+      d.samples[it->second].boxes.push_back(b);
+    }
+  }
+  return d;
+}
+
+}  // namespace lumen

@@ -1,0 +1,170 @@
+#include <lumen/error.h>
+#include <lumen/evaluate.h>
+
+#include <opencv2/imgproc.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <numeric>
+
+namespace lumen {
+namespace {
+
+const std::vector<double> kV2Ious{0.3, 0.5, 0.7};
+
+torch::Tensor class_probability(const Model& model, const torch::Tensor& batch, int64_t cls) {
+  torch::NoGradGuard no_grad;
+  auto logits = default_logits(model.forward(batch).output);
+  return torch::softmax(logits.to(torch::kFloat64), 1).select(1, cls);
+}
+
+torch::Tensor gaussian_blur(const torch::Tensor& x, double sigma) {
+  MethodOptions o;
+  o.blur_sigma = static_cast<float>(sigma / static_cast<double>(x.size(2)));
+  return reference_input(x.unsqueeze(0), "blur", o, Preprocess{})[0];
+}
+
+double mean_of(const std::vector<nlohmann::json>& records, const std::string& key) {
+  double s = 0;
+  int64_t n = 0;
+  for (const auto& r : records)
+    if (r.contains(key) && r[key].is_number()) s += r[key].get<double>(), ++n;
+  return n ? s / static_cast<double>(n) : std::nan("");
+}
+
+}  // namespace
+
+bool EvalOptions::has(const std::string& m) const { return std::find(metrics.begin(), metrics.end(), m) != metrics.end(); }
+
+nlohmann::json measure_image(const Model& model, const Preprocess& pre, const Sample& sample, const ImageExplanation& explained,
+                             const Map& map, const torch::Tensor& x, const EvalOptions& o) {
+  nlohmann::json r;
+  r["image"] = sample.name;
+  r["label"] = sample.label;
+  std::vector<int64_t> top;
+  for (const auto& p : explained.top) top.push_back(p.cls);
+  r["top5"] = top;
+  const bool top1 = !top.empty() && top[0] == sample.label;
+  const bool top5 = std::find(top.begin(), top.end(), sample.label) != top.end();
+  r["top1_correct"] = top1;
+  r["top5_correct"] = top5;
+  r["empty"] = map.empty;
+
+  if (o.has("loc")) {
+    // The paper's protocol on the ground-truth class's map: top-1 needs the top class to be right,
+    // top-5 needs the true class among the five (only its map can then match a box of its class).
+    const double iou = map.empty ? 0.0 : metrics::best_iou(map.box, sample.boxes, sample.label);
+    r["iou"] = iou;
+    r["box"] = map.box.valid ? nlohmann::json{map.box.x0, map.box.y0, map.box.x1, map.box.y1} : nlohmann::json(nullptr);
+    r["loc_top1"] = top1 && iou >= 0.5;
+    r["loc_top5"] = top5 && iou >= 0.5;
+    // MaxBoxAcc V1 / V2: best IoU at each of the 100 map thresholds (ground truth known).
+    std::vector<metrics::GtBox> own;
+    for (const auto& b : sample.boxes)
+      if (b.label == sample.label) own.push_back(b);
+    for (bool multi : {false, true}) {
+      metrics::MaxBoxAcc acc(multi, multi ? kV2Ious : std::vector<double>{0.5});
+      acc.add(map.normalized, own);
+      std::vector<double> rounded;
+      for (double v : acc.last_ious()) rounded.push_back(std::round(v * 1e6) / 1e6);
+      r[multi ? "maxbox_v2" : "maxbox_v1"] = rounded;
+    }
+  }
+  if (o.has("pointing"))
+    r["pointing"] = !map.empty && metrics::pointing_hit(map.stats.peak_x, map.stats.peak_y, sample.boxes, sample.label, o.pointing_tolerance);
+
+  // Faithfulness metrics work on the model input: the map is resized to it.
+  const bool causal = o.has("deletion") || o.has("insertion") || o.has("drop");
+  if (causal) {
+    cv::Mat m;
+    cv::resize(map.normalized, m, cv::Size(static_cast<int>(x.size(2)), static_cast<int>(x.size(1))), 0, 0, cv::INTER_LINEAR);
+    auto score = [&](const torch::Tensor& b) { return class_probability(model, b, sample.label); };
+    if (o.has("deletion")) {
+      auto black = reference_input(x.unsqueeze(0), "black", MethodOptions{}, pre)[0];
+      auto curve = metrics::causal_curve(x, black, m, o.steps, score, o.curve_batch);
+      r["deletion"] = metrics::auc(curve);
+    }
+    if (o.has("insertion")) {
+      auto curve = metrics::causal_curve(gaussian_blur(x, o.insertion_blur_sigma), x, m, o.steps, score, o.curve_batch);
+      r["insertion"] = metrics::auc(curve);
+    }
+    if (o.has("drop")) {
+      // The image's pixels (0-255) times the map, then normalised again.
+      auto mean = torch::tensor(pre.mean).view({-1, 1, 1}), std = torch::tensor(pre.std).view({-1, 1, 1});
+      auto mt = torch::from_blob(m.data, {1, m.rows, m.cols}, torch::kFloat32).clone();
+      auto masked = ((x * std + mean) * mt - mean) / std;
+      auto p = score(torch::stack({x, masked}));
+      const double y = p[0].item<double>(), out = p[1].item<double>();
+      r["y"] = y;
+      r["o"] = out;
+      r["drop"] = metrics::drop(y, out);
+      r["increase"] = metrics::increase(y, out);
+    }
+  }
+  return r;
+}
+
+nlohmann::json summarize(const std::vector<nlohmann::json>& records, const std::vector<nlohmann::json>& sanity, const EvalOptions& o) {
+  nlohmann::json s;
+  const auto n = static_cast<double>(records.size());
+  s["images"] = records.size();
+  if (records.empty()) return s;
+  auto rate = [&](const std::string& key) {
+    double k = 0;
+    for (const auto& r : records) k += r.value(key, false) ? 1 : 0;
+    return 100.0 * k / n;
+  };
+  s["cls_top1_error"] = 100.0 - rate("top1_correct");
+  s["cls_top5_error"] = 100.0 - rate("top5_correct");
+  int64_t empty = 0;
+  for (const auto& r : records) empty += r.value("empty", false);
+  s["empty_maps"] = empty;
+  if (o.has("loc")) {
+    s["loc_top1_error"] = 100.0 - rate("loc_top1");
+    s["loc_top5_error"] = 100.0 - rate("loc_top5");
+    metrics::MaxBoxAcc v1(false, {0.5}), v2(true, kV2Ious);
+    for (const auto& r : records) {
+      v1.add_ious(r.at("maxbox_v1").get<std::vector<double>>());
+      v2.add_ious(r.at("maxbox_v2").get<std::vector<double>>());
+    }
+    s["maxboxacc"] = v1.accuracy()[0];
+    auto per = v2.accuracy();
+    s["maxboxacc_v2"] = v2.mean_accuracy();
+    s["maxboxacc_v2_at"] = {{"0.3", per[0]}, {"0.5", per[1]}, {"0.7", per[2]}};
+  }
+  if (o.has("pointing")) s["pointing_accuracy"] = rate("pointing");
+  if (o.has("deletion")) s["deletion_auc"] = mean_of(records, "deletion");
+  if (o.has("insertion")) s["insertion_auc"] = mean_of(records, "insertion");
+  if (o.has("drop")) {
+    s["average_drop"] = 100.0 * mean_of(records, "drop");
+    s["increase_in_confidence"] = rate("increase");
+  }
+  if (o.has("sanity") && !sanity.empty()) {
+    // Per cascade step: mean Spearman / SSIM between the original and the randomised maps.
+    std::map<int, std::pair<std::vector<double>, std::vector<double>>> steps;
+    std::map<int, std::string> names;
+    for (const auto& r : sanity) {
+      int k = r.at("step");
+      steps[k].first.push_back(r.at("spearman"));
+      steps[k].second.push_back(r.at("ssim"));
+      names[k] = r.at("block");
+    }
+    nlohmann::json curve = nlohmann::json::array();
+    for (const auto& [k, v] : steps) {
+      auto avg = [](const std::vector<double>& a) { return std::accumulate(a.begin(), a.end(), 0.0) / static_cast<double>(a.size()); };
+      curve.push_back({{"step", k}, {"randomised_down_to", names[k]}, {"spearman", avg(v.first)}, {"ssim", avg(v.second)}});
+    }
+    s["sanity"] = curve;
+    // Adebayo et al.: a map that stays the same while the top half of the network is random does not
+    // depend on what the model learned (guided backprop's edge maps are the known case).
+    const size_t half = (curve.size() + 1) / 2 - 1;
+    s["sanity_top_spearman"] = curve.front()["spearman"];
+    s["sanity_half_spearman"] = curve[half]["spearman"];
+    s["sanity_final_spearman"] = curve.back()["spearman"];
+    s["sanity_flag"] = curve[half]["spearman"].get<double>() > 0.5;
+  }
+  return s;
+}
+
+}  // namespace lumen

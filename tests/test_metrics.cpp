@@ -1,0 +1,333 @@
+// Every metric on hand-made inputs whose answer is known in closed form, the dataset reader's errors,
+// and `lumen eval` end to end: Grad-CAM's localisation and pointing on 20 images against the fixture
+// script's independent Python computation, the other metrics' ranges, and resuming.
+#include "common.h"
+
+#include <lumen/dataset.h>
+#include <lumen/evaluate.h>
+#include <lumen/metrics.h>
+
+#include <opencv2/imgproc.hpp>
+
+#include <fstream>
+
+namespace lumen::test {
+namespace {
+
+using metrics::GtBox;
+
+cv::Mat blob(int w, int h, double cx, double cy, double sigma) {
+  cv::Mat m(h, w, CV_32F);
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x) m.at<float>(y, x) = static_cast<float>(std::exp(-((x - cx) * (x - cx) + (y - cy) * (y - cy)) / (2 * sigma * sigma)));
+  return m;
+}
+
+TEST(Metrics, IouOfKnownBoxes) {
+  EXPECT_DOUBLE_EQ(metrics::iou({-1, 0, 0, 10, 10}, {-1, 5, 5, 15, 15}), 25.0 / 175.0);
+  EXPECT_DOUBLE_EQ(metrics::iou({-1, 0, 0, 10, 10}, {-1, 0, 0, 10, 10}), 1.0);
+  EXPECT_DOUBLE_EQ(metrics::iou({-1, 0, 0, 10, 10}, {-1, 10, 0, 20, 10}), 0.0);
+  Box b;
+  b.x0 = 0, b.y0 = 0, b.x1 = 10, b.y1 = 10, b.valid = true;
+  // Only boxes of the asked class count.
+  std::vector<GtBox> gt{{3, 0, 0, 10, 10}, {4, 0, 0, 10, 20}};
+  EXPECT_DOUBLE_EQ(metrics::best_iou(b, gt, 4), 0.5);
+  EXPECT_DOUBLE_EQ(metrics::best_iou(b, gt, 3), 1.0);
+  EXPECT_DOUBLE_EQ(metrics::best_iou(b, gt, 5), 0.0);
+}
+
+TEST(Metrics, PaperBoxOfAGaussianBlob) {
+  // exp(-r^2 / 2 s^2) >= 0.15 inside r = s * sqrt(2 ln(1/0.15)) = 19.48 for s = 10.
+  cv::Mat m = blob(128, 100, 60, 40, 10);
+  Box b = threshold_box(m, 0.15f);
+  ASSERT_TRUE(b.valid);
+  const double r = 10 * std::sqrt(2 * std::log(1 / 0.15));
+  EXPECT_EQ(b.x0, static_cast<int>(std::ceil(60 - r)));
+  EXPECT_EQ(b.x1, static_cast<int>(std::floor(60 + r)) + 1);
+  EXPECT_EQ(b.y0, static_cast<int>(std::ceil(40 - r)));
+  EXPECT_EQ(b.y1, static_cast<int>(std::floor(40 + r)) + 1);
+  // A ground-truth box equal to it localises; one shifted by its own width does not.
+  std::vector<GtBox> gt{{1, double(b.x0), double(b.y0), double(b.x1), double(b.y1)}};
+  EXPECT_DOUBLE_EQ(metrics::best_iou(b, gt, 1), 1.0);
+  gt[0].x0 += b.width(), gt[0].x1 += b.width();
+  EXPECT_DOUBLE_EQ(metrics::best_iou(b, gt, 1), 0.0);
+}
+
+TEST(Metrics, PointingGameTolerance) {
+  std::vector<GtBox> gt{{7, 50, 50, 60, 60}};
+  EXPECT_TRUE(metrics::pointing_hit(55, 55, gt, 7));
+  EXPECT_TRUE(metrics::pointing_hit(60 + 14, 55, gt, 7));   // centre 74.5: 14.5 px right of the box
+  EXPECT_FALSE(metrics::pointing_hit(60 + 15, 55, gt, 7));  // 15.5 px
+  EXPECT_FALSE(metrics::pointing_hit(55, 55, gt, 8));       // another class's box
+  // Diagonal: 10.5 px right and 10.5 px below is 14.85 px away.
+  EXPECT_TRUE(metrics::pointing_hit(70, 70, gt, 7));
+  EXPECT_FALSE(metrics::pointing_hit(71, 71, gt, 7));       // 16.3 px
+}
+
+TEST(Metrics, WsolIouAndBoxesFollowTheReferenceConventions) {
+  EXPECT_DOUBLE_EQ(metrics::wsol_iou({0, 0, 9, 9}, {0, 0, 9, 9}), 1.0);
+  EXPECT_DOUBLE_EQ(metrics::wsol_iou({0, 0, 9, 9}, {10, 0, 19, 9}), 0.0);
+  EXPECT_DOUBLE_EQ(metrics::wsol_iou({0, 0, 9, 9}, {5, 0, 14, 9}), 50.0 / 150.0);  // +1-pixel inclusive areas
+  cv::Mat u8 = cv::Mat::zeros(50, 60, CV_8U);
+  u8(cv::Rect(10, 5, 20, 10)) = 200;  // x 10..29, y 5..14
+  u8(cv::Rect(40, 30, 5, 5)) = 100;   // x 40..44, y 30..34
+  auto one = metrics::wsol_boxes(u8, 50, false);
+  ASSERT_EQ(one.size(), 1u);
+  EXPECT_EQ(one[0], (std::array<int, 4>{10, 5, 30, 15}));  // x + w, as boundingRect gives
+  EXPECT_EQ(metrics::wsol_boxes(u8, 50, true).size(), 2u);
+  EXPECT_EQ(metrics::wsol_boxes(u8, 150, true).size(), 1u);  // strictly above the threshold
+  EXPECT_EQ(metrics::wsol_boxes(u8, 200, false)[0], (std::array<int, 4>{0, 0, 0, 0}));
+  // Clipped to size - 1 at the border.
+  cv::Mat edge = cv::Mat::zeros(20, 20, CV_8U);
+  edge(cv::Rect(10, 10, 10, 10)) = 255;
+  EXPECT_EQ(metrics::wsol_boxes(edge, 0, false)[0], (std::array<int, 4>{10, 10, 19, 19}));
+}
+
+TEST(Metrics, MaxBoxAccSingleAndMultiContour) {
+  // Two plateaus: the big one is not the object, the small one is.
+  cv::Mat m = cv::Mat::zeros(100, 100, CV_32F);
+  m(cv::Rect(0, 0, 50, 50)) = 0.9f;
+  m(cv::Rect(70, 70, 20, 20)) = 1.0f;
+  std::vector<GtBox> gt{{1, 70, 70, 90, 90}};
+  metrics::MaxBoxAcc v1(false, {0.5}), v2(true, {0.3, 0.5, 0.7});
+  v1.add(m, gt);
+  v2.add(m, gt);
+  // Above 0.9 * 255 only the small plateau remains, so the best threshold finds it even with one contour.
+  EXPECT_DOUBLE_EQ(v1.accuracy()[0], 100.0);
+  // Its box is x 70..90 against the truncated truth 70..90: IoU (21*21)/(21*21) = 1.
+  EXPECT_DOUBLE_EQ(*std::max_element(v1.last_ious().begin(), v1.last_ious().end()), 1.0);
+  // With the plateaus equal, a single contour is always the big one; every contour finds the object.
+  m(cv::Rect(70, 70, 20, 20)) = 0.9f;
+  metrics::MaxBoxAcc w1(false, {0.5}), w2(true, {0.3, 0.5, 0.7});
+  w1.add(m, gt);
+  w2.add(m, gt);
+  EXPECT_DOUBLE_EQ(w1.accuracy()[0], 0.0);
+  EXPECT_DOUBLE_EQ(w2.mean_accuracy(), 100.0);
+  // Accuracy is over images: a second image that fails halves it.
+  w2.add(cv::Mat::zeros(100, 100, CV_32F), gt);
+  EXPECT_DOUBLE_EQ(w2.mean_accuracy(), 50.0);
+}
+
+TEST(Metrics, CausalCurvesAndAuc) {
+  EXPECT_DOUBLE_EQ(metrics::auc({1, 0}), 0.5);
+  EXPECT_DOUBLE_EQ(metrics::auc({1, 0.75, 0.5, 0.25, 0}), 0.5);
+  EXPECT_DOUBLE_EQ(metrics::auc({1, 0, 0, 0, 0}), 0.125);
+  auto x = torch::ones({1, 4, 4}), zero = torch::zeros({1, 4, 4});
+  cv::Mat map = cv::Mat::zeros(4, 4, CV_32F);
+  map.at<float>(0, 0) = 1;  // the most important pixel is (0, 0)
+  // Score = mean of all pixels: the curve falls linearly whatever the order.
+  auto mean_score = [](const torch::Tensor& b) { return b.mean({1, 2, 3}); };
+  auto c = metrics::causal_curve(x, zero, map, 4, mean_score, 3);
+  ASSERT_EQ(c.size(), 5u);
+  for (size_t i = 0; i < c.size(); ++i) EXPECT_NEAR(c[i], 1.0 - 0.25 * static_cast<double>(i), 1e-12);
+  // Score = pixel (0, 0): removed in the first step.
+  auto corner = [](const torch::Tensor& b) { return b.select(3, 0).select(2, 0).select(1, 0); };
+  EXPECT_DOUBLE_EQ(metrics::auc(metrics::causal_curve(x, zero, map, 4, corner, 2)), 0.125);
+  // Insertion is the mirror: start empty, the key pixel arrives first.
+  EXPECT_DOUBLE_EQ(metrics::auc(metrics::causal_curve(zero, x, map, 4, corner, 2)), 0.875);
+  EXPECT_DOUBLE_EQ(metrics::drop(0.8, 0.6), 0.25);
+  EXPECT_DOUBLE_EQ(metrics::drop(0.8, 0.9), 0.0);
+  EXPECT_TRUE(metrics::increase(0.8, 0.9));
+}
+
+TEST(Metrics, RankCorrelationAndSsim) {
+  cv::Mat a = blob(40, 30, 10, 10, 6), b;
+  cv::exp(a * 3, b);  // a monotone transform keeps every rank
+  EXPECT_NEAR(metrics::spearman(a, b), 1.0, 1e-6);  // float exp merges a few near-ties
+  EXPECT_NEAR(metrics::spearman(a, -a), -1.0, 1e-12);
+  EXPECT_NEAR(metrics::ssim(a, a), 1.0, 1e-9);
+  cv::Mat far = blob(40, 30, 30, 20, 6);
+  EXPECT_LT(metrics::ssim(a, far), 0.5);
+  EXPECT_LT(metrics::spearman(a, far), 0.0);
+}
+
+TEST(Metrics, CascadeRandomisesFromTheOutputBack) {
+  Model model = Model::load(shared("models/mobilenet_v2_imagenet.pt"));
+  auto blocks = metrics::cascade_blocks(model);
+  ASSERT_EQ(blocks.size(), 20u);
+  EXPECT_EQ(blocks.front(), "classifier");
+  EXPECT_EQ(blocks[1], "features.18");
+  EXPECT_EQ(blocks.back(), "features.0");
+  auto x = torch::randn({1, 3, 224, 224});
+  torch::NoGradGuard no_grad;
+  auto before = model.forward(x).output.toTensor();
+  Model random = metrics::randomized(model, {"classifier"}, 1);
+  auto after = random.forward(x).output.toTensor();
+  EXPECT_GT((after - before).abs().max().item<double>(), 1e-3);
+  // The original is untouched, and the features below the classifier are the same.
+  EXPECT_TRUE(torch::equal(model.forward(x).output.toTensor(), before));
+  EXPECT_TRUE(torch::equal(model.forward(x, {"features.18"}).layers[0], random.forward(x, {"features.18"}).layers[0]));
+}
+
+void write(const std::string& path, const std::string& text) { std::ofstream(path) << text; }
+
+TEST(Dataset, ReadsTheSharedSetAndNamesEveryMalformedLine) {
+  Dataset d = load_dataset(shared("data/imagenet-loc-dev"));
+  ASSERT_EQ(d.samples.size(), 300u);
+  size_t boxes = 0, multi = 0;
+  for (const auto& s : d.samples) boxes += s.boxes.size(), multi += s.boxes.size() > 1;
+  EXPECT_EQ(boxes, 420u);
+  EXPECT_EQ(multi, 55u);
+  EXPECT_EQ(d.samples[0].name, "ILSVRC2012_val_00000580.JPEG");
+  EXPECT_EQ(d.samples[0].label, 480);
+
+  const std::string dir = temp_dir("dataset");
+  std::filesystem::create_directories(dir + "/images");
+  std::filesystem::copy_file(shared("images/cat.png"), dir + "/images/a.png");
+  auto expect_error = [&](const std::string& labels, const std::string& boxes_csv, const std::string& needle) {
+    write(dir + "/labels.csv", labels);
+    write(dir + "/boxes.csv", boxes_csv);
+    try {
+      load_dataset(dir);
+      ADD_FAILURE() << "no error for: " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  const std::string head = "image,label,x0,y0,x1,y1\n";
+  expect_error("name,label\na.png,3\n", head, "header 'image,label'");
+  expect_error("image,label\na.png,three\n", head, "labels.csv:2: 'three' is not a number");
+  expect_error("image,label\nb.png,3\n", head, "image not found");
+  expect_error("image,label\na.png,3\na.png,4\n", head, "listed twice");
+  expect_error("image,label\na.png,3\n", head + "a.png,3,10,10,5,20\n", "boxes.csv:2: box (10,10)-(5,20) is empty");
+  expect_error("image,label\na.png,3\n", head + "c.png,3,1,1,5,5\n", "image 'c.png' is not in labels.csv");
+  expect_error("image,label\na.png,3\n", head + "a.png,3,1,1,5\n", "expected 6 fields");
+  expect_error("image,label\n", head, "lists no images");
+  EXPECT_THROW(load_dataset(dir + "/nope"), Error);
+}
+
+std::string q(const std::string& s) { return "'" + s + "'"; }
+
+// Same structure, numbers equal to 1e-6 relative (an image re-measured in a smaller batch may differ in
+// the last bits: batched float reductions).
+void expect_close(const nlohmann::json& a, const nlohmann::json& b, const std::string& path = "") {
+  if (a.is_number() && b.is_number()) {
+    const double x = a.get<double>(), y = b.get<double>();
+    EXPECT_LE(std::abs(x - y), 1e-6 * std::max(1.0, std::abs(y))) << path;
+    return;
+  }
+  ASSERT_EQ(a.type(), b.type()) << path;
+  if (a.is_object()) {
+    ASSERT_EQ(a.size(), b.size()) << path;
+    for (const auto& [k, v] : a.items()) expect_close(v, b.at(k), path + "." + k);
+  } else if (a.is_array()) {
+    ASSERT_EQ(a.size(), b.size()) << path;
+    for (size_t i = 0; i < a.size(); ++i) expect_close(a[i], b[i], path + "[" + std::to_string(i) + "]");
+  } else {
+    EXPECT_EQ(a, b) << path;
+  }
+}
+const std::string kEval = "eval --model " + q(LUMEN_SHARED_DIR "/models/mobilenet_v2_imagenet.pt") + " --card " +
+                          q(LUMEN_SHARED_DIR "/models/mobilenet_v2_imagenet.json") + " --data " +
+                          q(LUMEN_SHARED_DIR "/data/imagenet-loc-dev");
+
+TEST(Eval, GradCamLocalisationAndPointingMatchPython) {
+  const auto ref = read_json(fixture("eval_reference.json"));
+  const std::string out = temp_dir("eval-loc");
+  auto r = run_cli(kEval + " --limit 20 --methods gradcam --metrics loc,pointing --out " + q(out));
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::cout << r.out;
+  std::map<std::string, nlohmann::json> got;
+  std::ifstream in(out + "/records.jsonl");
+  std::string line;
+  std::getline(in, line);  // configuration
+  while (std::getline(in, line)) {
+    auto j = nlohmann::json::parse(line);
+    got[j["image"]] = j;
+  }
+  ASSERT_EQ(got.size(), 20u);
+  int loc1 = 0, loc5 = 0, point = 0;
+  double worst = 0;
+  for (const auto& e : ref["images"]) {
+    SCOPED_TRACE(e["image"].get<std::string>());
+    const auto& g = got.at(e["image"]);
+    EXPECT_EQ(g["top1_correct"], e["top1_correct"]);
+    EXPECT_EQ(g["top5_correct"], e["top5_correct"]);
+    EXPECT_EQ(g["loc_top1"], e["loc_top1"]);
+    EXPECT_EQ(g["loc_top5"], e["loc_top5"]);
+    EXPECT_EQ(g["pointing"], e["pointing"]);
+    worst = std::max(worst, std::abs(g["iou"].get<double>() - e["iou"].get<double>()));
+    loc1 += g["loc_top1"].get<bool>(), loc5 += g["loc_top5"].get<bool>(), point += g["pointing"].get<bool>();
+  }
+  std::printf("20 images: top-1 loc %d, top-5 loc %d, pointing %d (python: %d, %d, %d); max |IoU diff| %.2e\n", loc1, loc5, point,
+              ref["loc_top1"].get<int>(), ref["loc_top5"].get<int>(), ref["pointing"].get<int>(), worst);
+  EXPECT_LE(worst, 1e-6);
+  const auto results = read_json(out + "/results.json");
+  EXPECT_NEAR(results["summary"]["gradcam"]["loc_top1_error"].get<double>(), 100.0 - 5.0 * ref["loc_top1"].get<int>(), 1e-9);
+  EXPECT_NEAR(results["summary"]["gradcam"]["pointing_accuracy"].get<double>(), 5.0 * ref["pointing"].get<int>(), 1e-9);
+}
+
+TEST(Eval, AllMetricsWriteTheReportAndResume) {
+  const std::string out = temp_dir("eval-all");
+  const std::string args = kEval + " --limit 3 --methods gradcam,saliency --metrics loc,pointing,deletion,insertion,drop,sanity"
+                                   " --steps 8 --sanity-images 2 --out " + q(out);
+  auto r = run_cli(args);
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* f : {"table.md", "results.csv", "results.json", "index.html", "records.jsonl"})
+    EXPECT_TRUE(std::filesystem::exists(out + "/" + f)) << f;
+  EXPECT_NE(r.out.find("| gradcam |"), std::string::npos) << r.out;
+  const auto first = read_json(out + "/results.json");
+  for (const std::string m : {"gradcam", "saliency"}) {
+    const auto& s = first["summary"][m];
+    SCOPED_TRACE(m);
+    for (const char* k : {"deletion_auc", "insertion_auc"}) {
+      EXPECT_GE(s[k].get<double>(), 0.0);
+      EXPECT_LE(s[k].get<double>(), 1.0);
+    }
+    EXPECT_GE(s["average_drop"].get<double>(), 0.0);
+    EXPECT_LE(s["average_drop"].get<double>(), 100.0);
+    EXPECT_EQ(s["sanity"].size(), 20u);
+    EXPECT_GE(s["sanity_half_spearman"].get<double>(), -1.0);
+    EXPECT_TRUE(s.contains("maxboxacc_v2_at"));
+  }
+  // Grad-CAM depends on the classifier: randomising it changes the map.
+  EXPECT_LT(first["summary"]["gradcam"]["sanity_top_spearman"].get<double>(), 0.9);
+  // A second run finds every record and recomputes nothing; the numbers are the same.
+  auto again = run_cli(args);
+  ASSERT_EQ(again.code, 0) << again.err;
+  EXPECT_NE(again.err.find("resuming: 6 image record(s)"), std::string::npos) << again.err;
+  EXPECT_EQ(read_json(out + "/results.json")["summary"], first["summary"]);
+  // An interrupted run: the file ends in the middle of the last image record. That line is skipped, the
+  // image (and the sanity steps after it) are measured again, and the table is the same.
+  {
+    std::ifstream in(out + "/records.jsonl");
+    std::string all((std::istreambuf_iterator<char>(in)), {});
+    auto cut = all.rfind("\n{\"box\"");
+    ASSERT_NE(cut, std::string::npos);
+    auto end = all.find('\n', cut + 1);
+    std::ofstream(out + "/records.jsonl") << all.substr(0, cut + 1) + all.substr(cut + 1, (end - cut) / 2);
+  }
+  auto resumed = run_cli(args);
+  ASSERT_EQ(resumed.code, 0) << resumed.err;
+  EXPECT_NE(resumed.err.find("resuming: 5 image record(s)"), std::string::npos) << resumed.err;
+  expect_close(read_json(out + "/results.json")["summary"], first["summary"]);
+  // Another configuration in the same folder is refused, not mixed in.
+  auto other = run_cli(kEval + " --limit 4 --methods gradcam --metrics loc --out " + q(out));
+  EXPECT_NE(other.code, 0);
+  EXPECT_NE(other.err.find("belongs to a different run"), std::string::npos) << other.err;
+}
+
+TEST(Eval, BadInputs) {
+  const std::string out = temp_dir("eval-bad");
+  struct Case {
+    std::string args, needle;
+  };
+  const std::vector<Case> cases{
+      {kEval + " --metrics loc,speed", "unknown metric 'speed'"},
+      {kEval + " --methods gradcam7", "unknown method 'gradcam7'"},
+      {"eval --model " + q(LUMEN_SHARED_DIR "/models/mobilenet_v2_imagenet.pt") + " --card " +
+           q(LUMEN_SHARED_DIR "/models/mobilenet_v2_imagenet.json") + " --data /nonexistent",
+       "dataset folder not found: /nonexistent"},
+      {kEval + " --layer features.81", "unknown layer 'features.81'"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.needle);
+    auto r = run_cli(c.args + " --out " + q(out + "/o"));
+    EXPECT_NE(r.code, 0);
+    EXPECT_NE(r.err.find(c.needle), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  }
+}
+
+}  // namespace
+}  // namespace lumen::test
