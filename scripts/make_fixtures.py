@@ -532,7 +532,7 @@ def projection(stack):
 cam_cases = []
 
 
-def add_cam_cases(tag, model_file, model, split, card_file, card, layer, paths, heavy=True, scorecam=True):
+def add_cam_cases(tag, model_file, model, split, card_file, card, layer, paths, heavy=True, scorecam=True, fc=None):
     run, head = split
     x, _ = load_batch(paths, card)
     a, logits = run(x)
@@ -544,17 +544,28 @@ def add_cam_cases(tag, model_file, model, split, card_file, card, layer, paths, 
     relu = torch.relu
     wsum = lambda w: relu((w[:, :, None, None] * a).sum(1))
     maps = {}
-    maps["gradcam"] = wsum(g.mean((2, 3)))
-    g2, g3 = g ** 2, g ** 3
-    alpha = g2 / (2 * g2 + a.sum((2, 3), keepdim=True) * g3 + 1e-7)
-    alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
-    maps["gradcam++"] = wsum((alpha * relu(g)).sum((2, 3)))
-    maps["hirescam"] = relu((g * a).sum(1))
-    maps["xgradcam"] = wsum((g * a).sum((2, 3)) / (a.sum((2, 3)) + 1e-7))
-    maps["layercam"] = relu((relu(g) * a).sum(1))
-    maps["gradcam-elementwise"] = relu(g * a).sum(1)
+
+    def gradient_weighted(g, suffix):
+        maps["gradcam" + suffix] = wsum(g.mean((2, 3)))
+        g2, g3 = g ** 2, g ** 3
+        alpha = g2 / (2 * g2 + a.sum((2, 3), keepdim=True) * g3 + 1e-7)
+        alpha = torch.where(g != 0, alpha, torch.zeros_like(alpha))
+        maps["gradcam++" + suffix] = wsum((alpha * relu(g)).sum((2, 3)))
+        maps["hirescam" + suffix] = relu((g * a).sum(1))
+        maps["xgradcam" + suffix] = wsum((g * a).sum((2, 3)) / (a.sum((2, 3)) + 1e-7))
+        maps["layercam" + suffix] = relu((relu(g) * a).sum(1))
+        maps["gradcam-elementwise" + suffix] = relu(g * a).sum(1)
+        maps["eigengradcam" + suffix] = relu(projection(g * a))
+
+    gradient_weighted(g, "")
+    # Counterfactual (the Grad-CAM paper's section 5.2): the same formulas with negated gradients.
+    if heavy:
+        gradient_weighted(-g, ":counterfactual")
     maps["eigencam"] = relu(projection(a))
-    maps["eigengradcam"] = relu(projection(g * a))
+    if fc is not None:  # CAM (Zhou et al.): the classifier's weight rows for the classes, on the activations
+        maps["cam"] = relu((fc.weight.detach()[classes][:, :, None, None] * a).sum(1))
+        if heavy:
+            maps["cam:counterfactual"] = relu((-fc.weight.detach()[classes][:, :, None, None] * a).sum(1))
     if heavy:
         # Score-CAM: masks from min-max normalised upsampled channels, weight = f(x o H_k) - f(0).
         sc, ab = [], []
@@ -588,7 +599,7 @@ def add_cam_cases(tag, model_file, model, split, card_file, card, layer, paths, 
     for method, mp in maps.items():
         files = []
         for i in range(x.shape[0]):
-            f = f"cam_{tag}_{method}_{i}.npy"
+            f = f"cam_{tag}_{method.replace(':', '_')}_{i}.npy"
             np.save(os.path.join(OUT, f), mp[i].detach().numpy().astype(np.float32))
             files.append(f)
         entry["maps"][method] = files
@@ -643,15 +654,16 @@ def cam_references():
     for arch, layer, heavy in (("resnet18", "layer4", True), ("vgg11", "features.20", False), ("mobilenet_v2", "features.18", False)):
         torch.manual_seed(0)
         model = getattr(torchvision.models, arch)(weights=None).eval()
+        fc = {"resnet18": lambda: model.fc, "mobilenet_v2": lambda: model.classifier[1]}.get(arch, lambda: None)()
         add_cam_cases(f"{arch}_traced", f"{arch}_traced.pt", model, hooked_split(model, layer), "imagenet_card.json",
-                      IMAGENET_CARD, layer, paths[:1] if heavy else paths, heavy)
+                      IMAGENET_CARD, layer, paths[:1] if heavy else paths, heavy, fc=fc)
     scripted = torch.jit.load(os.path.join(SHARED, "models", "mobilenet_v2_imagenet.pt")).eval()
     card_path = os.path.join(SHARED, "models", "mobilenet_v2_imagenet.json")
     with open(card_path) as f:
         card = json.load(f)
     add_cam_cases("shared_mobilenet_v2", os.path.abspath(os.path.join(SHARED, "models", "mobilenet_v2_imagenet.pt")), scripted,
                   shared_split(scripted), os.path.abspath(card_path), card, "features.18", SHARED_IMAGES[1:2], True,
-                  scorecam=False)  # Score-CAM's reference runs on resnet18 only: 1280 masked forwards cost ~1 min
+                  scorecam=False, fc=scripted.classifier)  # Score-CAM's reference runs on resnet18 only: 1280 masked forwards cost ~1 min
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -19,12 +19,14 @@ TEST(Cam, EveryMethodMatchesReference) {
     Explainer ex(model, load_card(card_path).preprocess);
     std::vector<cv::Mat> images;
     for (const auto& p : c["images"]) images.push_back(read_image(p));
-    for (const auto& [method, files] : c["maps"].items()) {
-      SCOPED_TRACE(c["name"].get<std::string>() + " " + method);
+    for (const auto& [key, files] : c["maps"].items()) {
+      SCOPED_TRACE(c["name"].get<std::string>() + " " + key);
+      // "method:counterfactual": the reference negated the gradients; lumen negates the target.
+      const std::string method = key.substr(0, key.find(':'));
       ExplainOptions opt;
       opt.methods = {method};
       opt.layers = {c["layer"].get<std::string>()};
-      opt.targets = {class_target(c["classes"].get<std::vector<int64_t>>())};
+      opt.targets = {class_target(c["classes"].get<std::vector<int64_t>>(), Score::Logit, key != method)};
       auto result = ex.explain(images, opt);
       for (size_t i = 0; i < images.size(); ++i) {
         cv::Mat ref = read_npy(fixture(files[i]));
@@ -33,10 +35,10 @@ TEST(Cam, EveryMethodMatchesReference) {
         double r = pearson(got, ref), rel = max_abs_diff(got, ref) / std::max(1e-12, cv::norm(ref, cv::NORM_INF));
         EXPECT_GE(r, 0.999);
         EXPECT_LE(rel, 1e-3);
-        worst_r.try_emplace(method, 1.0);
-        worst_rel.try_emplace(method, 0.0);
-        worst_r[method] = std::min(worst_r[method], r);
-        worst_rel[method] = std::max(worst_rel[method], rel);
+        worst_r.try_emplace(key, 1.0);
+        worst_rel.try_emplace(key, 0.0);
+        worst_r[key] = std::min(worst_r[key], r);
+        worst_rel[key] = std::max(worst_rel[key], rel);
       }
     }
   }
@@ -106,6 +108,47 @@ TEST(Cam, OcclusionMatchesBruteForceAndRiseMatchesReference) {
   double r = pearson(rise, rise_ref);
   std::printf("occlusion max |diff| %.2e; RISE Pearson r %.6f\n", max_abs_diff(occ, occ_ref), r);
   EXPECT_GE(r, 0.99);
+}
+
+// The Grad-CAM paper's claim: with global average pooling + one linear layer, alpha^c_k = w^c_k / Z, so
+// Grad-CAM is CAM divided by Z = h * w. And CAM is refused where that head is absent.
+TEST(Cam, CamIsGradCamTimesPositionsAndNeedsAPoolingHead) {
+  ModelCard card = load_card(shared("models/mobilenet_v2_imagenet.json"));
+  Model model = Model::load(shared("models/mobilenet_v2_imagenet.pt"));
+  Explainer ex(model, card.preprocess);
+  ExplainOptions opt;
+  opt.layers = {"features.18"};
+  opt.methods = {"cam", "gradcam"};
+  opt.top_k = 2;
+  for (bool cf : {false, true}) {
+    opt.counterfactual = cf;
+    auto r = ex.explain({read_image(shared("images/pets.jpg"))}, opt);
+    ASSERT_EQ(r[0].maps.size(), 4u);
+    for (size_t t = 0; t < 2; ++t) {
+      const cv::Mat& camm = r[0].maps[2 * t].raw;
+      const cv::Mat& grad = r[0].maps[2 * t + 1].raw;
+      ASSERT_EQ(r[0].maps[2 * t].method, "cam");
+      const double z = camm.rows * camm.cols;
+      EXPECT_LE(max_abs_diff(camm, grad * z), 1e-4 * cv::norm(camm, cv::NORM_INF)) << "target " << t << " cf " << cf;
+      EXPECT_GT(cv::norm(camm, cv::NORM_INF), 0);
+    }
+  }
+  opt.methods = {"cam"};
+  opt.counterfactual = false;
+  opt.layers = {"features.17"};  // 320 channels: no linear layer takes them
+  EXPECT_THROW(ex.explain({read_image(shared("images/cat.png"))}, opt), Error);
+  Model resnet = Model::load(fixture("resnet18_traced.pt"));
+  Explainer rx(resnet, load_card(fixture("imagenet_card.json")).preprocess);
+  opt.layers = {"layer4.1.conv2"};  // 512 channels like fc's input, but batch norm and a residual follow
+  try {
+    rx.explain({read_image(shared("images/cat.png"))}, opt);
+    ADD_FAILURE() << "CAM accepted a layer that is not followed by pooling + linear";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no global-average-pooling + linear head"), std::string::npos) << e.what();
+  }
+  opt.layers = {"layer4"};
+  opt.score = Score::Probability;
+  EXPECT_THROW(rx.explain({read_image(shared("images/cat.png"))}, opt), Error);
 }
 
 TEST(Planner, MethodsShareOneForwardAndOneBackward) {

@@ -52,6 +52,8 @@ struct MethodOptions {
   // rise
   int masks = 2000, cells = 7;
   float keep = 0.5f;                   // probability that a cell is kept
+  // cam: module path of the linear classifier after global average pooling (default: found)
+  std::string classifier;
   // long methods report here (may be empty): what, done, total
   std::function<void(const std::string&, int64_t, int64_t)> progress;
 };

@@ -375,6 +375,8 @@ std::vector<ImageExplanation> Explainer::run(const torch::Tensor& batch, const E
     ev.input = batch.detach();
     ev.target_values = y.detach();
     ev.options = &mo;
+    ev.target = &target;
+    ev.model = &model_;
     ev.gradient = [&](const torch::Tensor& rows, int64_t image, BackwardRule rule) { return gradient_at(target, rows, image, rule); };
     ev.score = [&](const torch::Tensor& rows, int64_t image) { return score_at(target, rows, image); };
     ev.score_from_layer = [&](size_t layer, const torch::Tensor& acts, int64_t image) {

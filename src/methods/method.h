@@ -48,6 +48,8 @@ struct Evidence {
   // Progress of long methods (may be empty).
   std::function<void(const std::string& what, int64_t done, int64_t total)> progress;
   const MethodOptions* options = nullptr;
+  const Target* target = nullptr;   // what y is (classes, score, sign)
+  const Model* model = nullptr;     // for methods that read the model's weights (CAM)
 };
 
 struct Result {
@@ -103,6 +105,7 @@ Method ablationcam();
 Method occlusion();
 Method rise();
 Method fullgrad();
+Method cam();
 
 const std::vector<Method>& methods();
 const Method& find_method(const std::string& name);  // throws lumen::Error listing the known names

@@ -7,7 +7,7 @@ namespace lumen::detail {
 const std::vector<Method>& methods() {
   static const std::vector<Method> all{
       // CAM family: maps at a layer
-      gradcam(), gradcam_plus_plus(), hirescam(), xgradcam(), layercam(), gradcam_elementwise(), eigengradcam(), eigencam(),
+      cam(), gradcam(), gradcam_plus_plus(), hirescam(), xgradcam(), layercam(), gradcam_elementwise(), eigengradcam(), eigencam(),
       scorecam(), ablationcam(), fullgrad(),
       // perturbation
       occlusion(), rise(),
