@@ -71,6 +71,14 @@ struct ExplainOptions {
   std::vector<Target> targets;
   // Fraction of the map's maximum used for the paper's box (largest connected region above it).
   float box_threshold = 0.15f;
+  // Multi-layer aggregation (Shimoda & Yanai 2016): with several layers, each method's per-layer maps
+  // are upsampled to the image, min-max normalised and combined into one more map whose layer is
+  // "a+b+c": "mean", "max", "product" or "weighted" (by layer_weights, normalised to sum 1). Empty: off.
+  std::string aggregate;
+  std::vector<float> layer_weights;
+  // Class-difference maps (Shimoda & Yanai): for each target c, one more map
+  // sum over the other targets c' of max(M_c - M_c', 0), from the raw maps of the same method and layer.
+  bool contrast = false;
   MethodOptions method;
 };
 
@@ -91,6 +99,7 @@ struct Map {
   int64_t cls = -1;                          // -1 for custom targets
   std::string label;
   bool counterfactual = false;
+  bool contrastive = false;                  // a class-difference map (ExplainOptions::contrast)
   float target_value = 0;                    // y for this image
   cv::Mat raw;         // CV_32F, layer resolution, exactly as the method's formula gives it
   cv::Mat upsampled;   // CV_32F, original image size, bilinear (half-pixel centres) from raw

@@ -41,6 +41,9 @@ cv::Mat scale_like_pgc(const cv::Mat& t) {
 // Raw map -> upsampled, normalised, stats, box. `input` is the model input's size (where
 // pytorch-grad-cam's pipeline resizes to).
 void finish_map(Map& m, const torch::Tensor& raw_hw, int width, int height, cv::Size input, float box_threshold, bool compat) {
+  // A Map copied from another shares its matrices; writing into them would change both.
+  m.normalized = cv::Mat();
+  m.box = Box();
   m.raw = to_mat(raw_hw);
   // Half-pixel-centre bilinear, as torch's interpolate(align_corners=False) and pytorch-grad-cam's resize.
   auto up = at::upsample_bilinear2d(raw_hw.detach().view({1, 1, raw_hw.size(0), raw_hw.size(1)}), {height, width}, false);
@@ -123,6 +126,114 @@ torch::Tensor reference_input(const torch::Tensor& x, const std::string& kind, c
   cv::Mat img = read_image(kind);  // a user's image
   return to_input(img, p).unsqueeze(0).expand_as(x).contiguous();
 }
+
+namespace {
+
+cv::Mat minmax(const cv::Mat& m) {
+  double lo, hi;
+  cv::minMaxLoc(m, &lo, &hi);
+  if (!(hi > lo)) return cv::Mat::zeros(m.size(), CV_32F);
+  cv::Mat out;
+  m.convertTo(out, CV_32F, 1.0 / (hi - lo), -lo / (hi - lo));
+  return out;
+}
+
+torch::Tensor to_tensor(const cv::Mat& m) {
+  cv::Mat c = m.isContinuous() ? m : m.clone();
+  return torch::from_blob(c.data, {c.rows, c.cols}, torch::kFloat32).clone();
+}
+
+// Multi-layer aggregation and class-difference maps, appended after the maps they are made from.
+void derive_maps(std::vector<ImageExplanation>& results, const ExplainOptions& opt, const std::vector<std::string>& layers,
+                 cv::Size input) {
+  const bool compat = opt.method.compat == Compat::PytorchGradCam;
+  if (!opt.aggregate.empty()) {
+    static const std::set<std::string> modes{"mean", "max", "product", "weighted"};
+    if (!modes.count(opt.aggregate)) throw Error("unknown aggregation '" + opt.aggregate + "' (mean, max, product, weighted)");
+    if (layers.size() < 2) throw Error("--aggregate needs at least two layers");
+    std::vector<double> w(layers.size(), 1.0 / static_cast<double>(layers.size()));
+    if (opt.aggregate == "weighted") {
+      if (opt.layer_weights.size() != layers.size())
+        throw Error("--aggregate weighted needs one weight per layer (" + std::to_string(layers.size()) + ")");
+      double sum = 0;
+      for (float v : opt.layer_weights) {
+        if (!(v >= 0)) throw Error("layer weights must be non-negative");
+        sum += v;
+      }
+      if (!(sum > 0)) throw Error("layer weights sum to zero");
+      for (size_t l = 0; l < layers.size(); ++l) w[l] = opt.layer_weights[l] / sum;
+    }
+    std::string joined;
+    for (const auto& l : layers) joined += (joined.empty() ? "" : "+") + l;
+    for (auto& r : results) {
+      // Group the per-layer maps of each (method, target).
+      std::map<std::pair<std::string, std::string>, std::vector<const Map*>> groups;
+      std::vector<std::pair<std::string, std::string>> order;
+      for (const auto& m : r.maps) {
+        if (std::find(layers.begin(), layers.end(), m.layer) == layers.end()) continue;
+        auto key = std::make_pair(m.method, m.target);
+        if (!groups.count(key)) order.push_back(key);
+        groups[key].push_back(&m);
+      }
+      std::vector<Map> added;
+      for (const auto& key : order) {
+        const auto& g = groups[key];
+        if (g.size() != layers.size()) continue;
+        cv::Mat acc;
+        for (size_t l = 0; l < g.size(); ++l) {
+          cv::Mat n = minmax(g[l]->upsampled);
+          if (l == 0) acc = opt.aggregate == "product" ? n : (opt.aggregate == "max" ? n : n * w[0]);
+          else if (opt.aggregate == "max") acc = cv::max(acc, n);
+          else if (opt.aggregate == "product") acc = acc.mul(n);
+          else acc += n * w[l];
+        }
+        Map m = *g[0];
+        m.layer = joined;
+        m.attribution = cv::Mat();
+        m.extra = {{"aggregate", opt.aggregate}, {"layers", layers}};
+        if (opt.aggregate == "weighted") m.extra["weights"] = w;
+        finish_map(m, to_tensor(acc), r.width, r.height, input, opt.box_threshold, compat);
+        added.push_back(std::move(m));
+      }
+      for (auto& m : added) r.maps.push_back(std::move(m));
+    }
+  }
+  if (opt.contrast) {
+    for (auto& r : results) {
+      std::map<std::pair<std::string, std::string>, std::vector<const Map*>> groups;  // (method, layer) -> targets
+      std::vector<std::pair<std::string, std::string>> order;
+      for (const auto& m : r.maps) {
+        auto key = std::make_pair(m.method, m.layer);
+        if (!groups.count(key)) order.push_back(key);
+        groups[key].push_back(&m);
+      }
+      std::vector<Map> added;
+      for (const auto& key : order) {
+        const auto& g = groups[key];
+        if (g.size() < 2) throw Error("--contrast needs at least two targets (use --top-k 2 or more, or several classes)");
+        for (const Map* mc : g) {
+          cv::Mat acc = cv::Mat::zeros(mc->raw.size(), CV_32F);
+          std::vector<int64_t> against;
+          for (const Map* other : g) {
+            if (other == mc) continue;
+            acc += cv::max(mc->raw - other->raw, 0.0);
+            against.push_back(other->cls);
+          }
+          Map m = *mc;
+          m.contrastive = true;
+          m.attribution = cv::Mat();
+          m.is_signed = false;
+          m.extra["contrast_against"] = against;
+          finish_map(m, to_tensor(acc), r.width, r.height, input, opt.box_threshold, compat);
+          added.push_back(std::move(m));
+        }
+      }
+      for (auto& m : added) r.maps.push_back(std::move(m));
+    }
+  }
+}
+
+}  // namespace
 
 std::vector<std::string> method_names() {
   std::vector<std::string> names;
@@ -451,6 +562,7 @@ std::vector<ImageExplanation> Explainer::run(const torch::Tensor& batch, const E
       }
     }
   }
+  derive_maps(results, opt, taps, input_size);
   return results;
 }
 

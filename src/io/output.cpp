@@ -194,6 +194,7 @@ nlohmann::json map_json(const Map& m) {
   j["class"] = m.cls;
   j["label"] = m.label;
   j["counterfactual"] = m.counterfactual;
+  if (m.contrastive) j["contrastive"] = true;
   j["target_value"] = m.target_value;
   j["empty"] = m.empty;
   j["signed"] = m.is_signed;
@@ -213,7 +214,7 @@ std::string map_file_stem(const std::string& image_stem, const Map& m) {
   std::string target = m.target;
   if (target.rfind("top-", 0) == 0) target = "top" + target.substr(4);
   if (target.rfind("class ", 0) == 0) target = "c" + target.substr(6);
-  return safe_name(image_stem + "." + m.method + "." + m.layer + "." + target + (m.counterfactual ? ".cf" : ""));
+  return safe_name(image_stem + "." + m.method + "." + m.layer + "." + target + (m.counterfactual ? ".cf" : "") + (m.contrastive ? ".contrast" : ""));
 }
 
 nlohmann::json write_maps(OutputDir& out, const std::vector<cv::Mat>& images, const std::vector<ImageExplanation>& explained,

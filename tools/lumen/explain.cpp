@@ -29,7 +29,9 @@ struct Args {
   int top_k = 1, batch = 8, threads = 0;
   bool counterfactual = false, allow_empty = false, no_box = false;
   float box_threshold = 0.15f, alpha = 0.5f;
-  std::string nonlinearity = "strict", compat = "papers";
+  std::string nonlinearity = "strict", compat = "papers", aggregate;
+  std::vector<float> layer_weights;
+  bool contrast = false;
   MethodOptions method;
 };
 
@@ -74,6 +76,9 @@ int run(const Args& a) {
   opt.score = parse_score(a.target);
   opt.counterfactual = a.counterfactual;
   opt.box_threshold = a.box_threshold;
+  opt.aggregate = a.aggregate;
+  opt.layer_weights = a.layer_weights;
+  opt.contrast = a.contrast;
   opt.method = a.method;
   opt.method.strict_nonlinearities = a.nonlinearity == "strict";
   opt.method.compat = a.compat == "pytorch-grad-cam" ? Compat::PytorchGradCam : Compat::Papers;
@@ -220,6 +225,11 @@ Command add_explain(CLI::App& app) {
   sub->add_option("--cells", a->method.cells, "rise: grid cells per side (7)")->check(CLI::Range(1, 1000));
   sub->add_option("--keep", a->method.keep, "rise: probability a cell is kept (0.5)");
   sub->add_option("--method-batch", a->method.batch_size, "rows per extra pass of smoothgrad, IG, scorecam, ablationcam, occlusion, rise (8)")->check(CLI::Range(1, 100000));
+  sub->add_option("--aggregate", a->aggregate, "with several --layer: also combine them: mean, max, product or weighted")
+      ->check(CLI::IsMember({"mean", "max", "product", "weighted"}));
+  sub->add_option("--layer-weights", a->layer_weights, "--aggregate weighted: one weight per layer");
+  sub->add_flag("--contrast", a->contrast,
+                "also write class-difference maps: each target against the other targets (--top-k K or several --class)");
   sub->add_flag("--eigen-smooth", a->method.eigen_smooth,
                 "CAM methods: first principal component of the weighted activations instead of their sum");
   sub->add_flag("--aug-smooth", a->method.aug_smooth, "average each map over flip x input scale 0.9/1/1.1 (6 passes)");
