@@ -951,6 +951,76 @@ def eval_references(count=20):
     write_json("eval_reference.json", {"images": out, "loc_top1": n1, "loc_top5": n5, "pointing": npoint})
 
 
+# ---------------------------------------------------------------------------------------------------
+# Targets beyond one class logit: a model with a nested dict/tuple of heads, and a tiny captioner that
+# emits [N, T, V] logits. References are eager Grad-CAM at conv2 for each head / token / caption.
+
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.species = nn.Linear(16, 5)
+        self.pose = nn.Linear(16, 7)
+
+    def forward(self, x):
+        a = F.relu(self.conv2(F.relu(self.conv1(x))))
+        f = a.mean((2, 3))
+        return {"heads": (self.species(f), self.pose(f)), "feature": f}
+
+
+class TinyCaptioner(nn.Module):
+    def __init__(self, vocab: int = 11, steps: int = 4):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.init = nn.Linear(16, 12)
+        self.cell = nn.GRUCell(16, 12)
+        self.out = nn.Linear(12, vocab)
+        self.steps = steps
+
+    def forward(self, x):
+        a = F.relu(self.conv2(F.relu(self.conv1(x))))
+        f = a.mean((2, 3))
+        h = torch.tanh(self.init(f))
+        outs = []
+        for _ in range(self.steps):
+            h = self.cell(f, h)
+            outs.append(self.out(h))
+        return torch.stack(outs, 1)
+
+
+target_cases = []
+
+
+def target_references():
+    card = {"name": "small", "input": {"size": [32, 32], "color_order": "RGB", "mean": [127.5] * 3, "std": [127.5] * 3}}
+    paths = SHARED_IMAGES[:2]
+    x, _ = load_batch(paths, card)
+    torch.manual_seed(7)
+    heads = TwoHeads().eval()
+    cap = TinyCaptioner().eval()
+    torch.jit.script(heads).save(os.path.join(OUT, "two_heads.pt"))
+    torch.jit.script(cap).save(os.path.join(OUT, "tiny_captioner.pt"))
+    cases = [
+        ("head_pose_3", "two_heads.pt", heads, ["--output", "heads.1", "--class", "3"], "c3", lambda o: o["heads"][1][:, 3]),
+        ("head_species_0", "two_heads.pt", heads, ["--output", "heads.0", "--class", "0"], "c0", lambda o: o["heads"][0][:, 0]),
+        ("token_1_class_4", "tiny_captioner.pt", cap, ["--token", "1", "--class", "4"], "c4", lambda o: o[:, 1, 4]),
+        ("caption_2_5_7", "tiny_captioner.pt", cap, ["--sequence", "2,5,7"], "sequence-2-5-7",
+         lambda o: torch.log_softmax(o[:, :3], 2)[:, torch.arange(3), torch.tensor([2, 5, 7])].sum(1)),
+    ]
+    for name, file, model, args, target, fn in cases:
+        a, out = capture_layer(model, x, "conv2")
+        (g,) = torch.autograd.grad(fn(out).sum(), a)
+        cam = torch.relu((g.mean((2, 3), keepdim=True) * a.detach()).sum(1))
+        files = []
+        for i in range(x.shape[0]):
+            f = f"target_{name}_{i}.npy"
+            np.save(os.path.join(OUT, f), cam[i].numpy().astype(np.float32))
+            files.append(f)
+        target_cases.append({"name": name, "model": file, "args": args, "target": target, "images": paths, "files": files})
+
+
 class GeluNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -974,9 +1044,10 @@ if __name__ == "__main__":
     import time
 
     for step in (bench_models, small_models, torchvision_models, shared_model, pixel_references, cam_references,
-                 perturbation_references, variant_references, eval_references):
+                 perturbation_references, variant_references, eval_references, target_references):
         t0 = time.time()
         step()
         print(f"  {step.__name__}: {time.time() - t0:.1f} s", flush=True)
-    write_json("manifest.json", {"cases": cases, "pixel": pixel_cases, "cam": cam_cases, "variants": variant_cases})
+    write_json("manifest.json", {"cases": cases, "pixel": pixel_cases, "cam": cam_cases, "variants": variant_cases,
+                                 "targets": target_cases})
     print(f"fixtures: {len(cases)} Grad-CAM, {len(pixel_cases)} pixel-method and {len(cam_cases)} CAM-family reference cases in {OUT}")

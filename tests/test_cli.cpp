@@ -117,6 +117,30 @@ struct BadCase {
   std::string name, args, needle;
 };
 
+// The target language: a head of a nested dict/tuple output, one step of a captioner's [N,T,V] output,
+// and a whole teacher-forced caption, each against eager Grad-CAM of the same scalar.
+TEST(Cli, TargetLanguageMatchesReferences) {
+  const auto manifest = read_json(fixture("manifest.json"));
+  ASSERT_EQ(manifest["targets"].size(), 4u);
+  for (const auto& c : manifest["targets"]) {
+    SCOPED_TRACE(c["name"].get<std::string>());
+    std::string out = temp_dir("target");
+    std::string args = "explain --model " + q(fixture(c["model"])) + " --card " + q(fixture("small_card.json")) + " --layer conv2";
+    for (const auto& p : c["images"]) args += " --image " + q(p);
+    for (const auto& a : c["args"]) args += " " + q(a);
+    auto r = run_cli(args + " --out " + q(out));
+    ASSERT_EQ(r.code, 0) << r.err;
+    for (size_t i = 0; i < c["images"].size(); ++i) {
+      const std::string stem = std::filesystem::path(c["images"][i].get<std::string>()).stem().string();
+      cv::Mat got = read_npy(out + "/" + stem + ".gradcam.conv2." + c["target"].get<std::string>() + ".raw.npy");
+      cv::Mat ref = read_npy(fixture(c["files"][i]));
+      ASSERT_EQ(got.size(), ref.size());
+      EXPECT_GE(pearson(got, ref), 0.9999);
+      EXPECT_LE(max_abs_diff(got, ref), 1e-4 * cv::norm(ref, cv::NORM_INF));
+    }
+  }
+}
+
 TEST(Cli, BadInputMatrix) {
   const std::string img = q(shared("images/cat.png"));
   const std::string file = temp_dir("afile") + "/plain";
@@ -136,6 +160,10 @@ TEST(Cli, BadInputMatrix) {
       {"negative class", kModel + " --class -3 --image " + img, "class index -3 out of range"},
       {"layer not 4-D", kModel + " --layer classifier --image " + img, "not a [N,C,H,W] feature map"},
       {"unknown method", kModel + " --method gradcam9 --image " + img, "unknown method 'gradcam9'"},
+      {"missing output key", "--model " + q(fixture("two_heads.pt")) + " --card " + q(fixture("small_card.json")) +
+                                 " --layer conv2 --output nope --image " + img, "has no key 'nope' (keys: heads, feature)"},
+      {"token out of range", "--model " + q(fixture("tiny_captioner.pt")) + " --card " + q(fixture("small_card.json")) +
+                                 " --layer conv2 --token 9 --class 1 --image " + img, "token position 9 out of range"},
       {"eigen-smooth without a CAM", kModel + " --method saliency --eigen-smooth --image " + img, "--eigen-smooth changes only"},
       {"fullgrad without biases", "--model " + q(fixture("no_bias_net.pt")) + " --card " + q(fixture("small_card.json")) +
                                      " --method fullgrad --image " + img, "fullgrad needs layers with biases"},

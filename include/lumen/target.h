@@ -38,4 +38,14 @@ Target class_target(std::vector<int64_t> classes, Score score = Score::Logit,
                     bool counterfactual = false, OutputSelector select = {});
 Target custom_target(std::string name, TargetFn fn);
 
+// The CLI's small target language, also usable from C++.
+// An output path picks a tensor out of nested tuples, lists and dicts: components separated by '.',
+// each an index ("1") or a key ("logits"): "", "1", "logits", "heads.1". Empty: default_logits.
+OutputSelector output_path(const std::string& path);
+// Position `t` of a [N, T, V] sequence output (a captioner's step t), as [N, V] class scores.
+OutputSelector at_position(OutputSelector select, int64_t t);
+// A teacher-forced sequence: y = sum_t log_softmax(select(output)[:, t, :])[tokens[t]], the same tokens
+// for every image (the log-probability of a whole caption).
+Target sequence_target(std::vector<int64_t> tokens, OutputSelector select = {});
+
 }  // namespace lumen

@@ -390,6 +390,8 @@ std::vector<ImageExplanation> Explainer::run(const torch::Tensor& batch, const E
   } catch (const Error&) {
     if (opt.targets.empty()) throw;  // a custom target may explain an output without class scores
   }
+  // Custom targets (a caption's tokens, say) may explain an output that is not [N, classes]: no top-5 then.
+  if (logits.defined() && !opt.targets.empty() && logits.dim() != 2) logits = torch::Tensor();
   if (logits.defined()) {
     if (logits.dim() != 2 || logits.size(0) != n)
       throw Error("model output has shape " + c10::str(logits.sizes()) + ", expected [" + std::to_string(n) + ", classes]");

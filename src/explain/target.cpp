@@ -47,6 +47,84 @@ Target class_target(std::vector<int64_t> classes, Score score, bool counterfactu
   return t;
 }
 
+OutputSelector output_path(const std::string& path) {
+  if (path.empty()) return default_logits;
+  std::vector<std::string> parts;
+  for (size_t start = 0;;) {
+    size_t dot = path.find('.', start);
+    parts.push_back(path.substr(start, dot == std::string::npos ? std::string::npos : dot - start));
+    if (dot == std::string::npos) break;
+    start = dot + 1;
+  }
+  for (const auto& p : parts)
+    if (p.empty()) throw Error("output path '" + path + "' has an empty component");
+  return [parts, path](const torch::IValue& output) {
+    torch::IValue v = output;
+    std::string at = "output";
+    for (const auto& p : parts) {
+      const bool index = p.find_first_not_of("0123456789") == std::string::npos;
+      if (v.isTuple() || v.isList()) {
+        std::vector<torch::IValue> items;
+        if (v.isTuple()) items = v.toTuple()->elements();
+        else for (const auto& e : v.toList()) items.push_back(e);
+        if (!index) throw Error(at + " is a " + v.tagKind() + "; '" + p + "' is not an index (output path '" + path + "')");
+        size_t i = std::stoul(p);
+        if (i >= items.size())
+          throw Error(at + " has " + std::to_string(items.size()) + " elements, no element " + p + " (output path '" + path + "')");
+        v = items[i];
+      } else if (v.isGenericDict()) {
+        auto dict = v.toGenericDict();
+        torch::IValue found;
+        bool ok = false;
+        std::string keys;
+        for (const auto& e : dict) {
+          std::string k = e.key().isString() ? e.key().toStringRef() : e.key().isInt() ? std::to_string(e.key().toInt()) : "?";
+          keys += (keys.empty() ? "" : ", ") + k;
+          if (k == p) found = e.value(), ok = true;
+        }
+        if (!ok) throw Error(at + " has no key '" + p + "' (keys: " + keys + ")");
+        v = found;
+      } else {
+        throw Error(at + " is a " + v.tagKind() + ", not a tuple, list or dict (output path '" + path + "')");
+      }
+      at += "." + p;
+    }
+    if (!v.isTensor()) throw Error(at + " is a " + v.tagKind() + ", not a tensor");
+    return v.toTensor();
+  };
+}
+
+OutputSelector at_position(OutputSelector select, int64_t t) {
+  if (!select) select = default_logits;
+  return [select, t](const torch::IValue& output) {
+    auto s = select(output);
+    if (s.dim() != 3) throw Error("a sequence output must be [N, T, V], got shape " + c10::str(s.sizes()));
+    if (t < 0 || t >= s.size(1))
+      throw Error("token position " + std::to_string(t) + " out of range: the sequence has " + std::to_string(s.size(1)) + " steps");
+    return s.select(1, t);
+  };
+}
+
+Target sequence_target(std::vector<int64_t> tokens, OutputSelector select) {
+  if (!select) select = default_logits;
+  if (tokens.empty()) throw Error("a sequence target needs at least one token");
+  std::string name = "sequence";
+  for (auto k : tokens) name += "-" + std::to_string(k);
+  return custom_target(name, [tokens, select](const torch::IValue& output) {
+    auto s = select(output);
+    if (s.dim() != 3) throw Error("a sequence output must be [N, T, V], got shape " + c10::str(s.sizes()));
+    const int64_t steps = static_cast<int64_t>(tokens.size());
+    if (steps > s.size(1))
+      throw Error(std::to_string(steps) + " tokens given but the model emits " + std::to_string(s.size(1)) + " steps");
+    for (auto k : tokens)
+      if (k < 0 || k >= s.size(2))
+        throw Error("token " + std::to_string(k) + " out of range: the vocabulary has " + std::to_string(s.size(2)) + " entries");
+    auto lp = torch::log_softmax(s.slice(1, 0, steps), 2);
+    auto idx = torch::tensor(tokens).view({1, steps, 1}).expand({s.size(0), steps, 1});
+    return lp.gather(2, idx).sum({1, 2});
+  });
+}
+
 Target custom_target(std::string name, TargetFn fn) {
   Target t;
   t.name = std::move(name);

@@ -32,6 +32,9 @@ struct Args {
   std::string nonlinearity = "strict", compat = "papers", aggregate;
   std::vector<float> layer_weights;
   bool contrast = false;
+  std::string output;              // output path: tuple index / dict key, '.'-separated
+  int64_t token = -1;              // position of a [N,T,V] output
+  std::vector<int64_t> sequence;   // teacher-forced tokens
   MethodOptions method;
 };
 
@@ -79,6 +82,13 @@ int run(const Args& a) {
   opt.aggregate = a.aggregate;
   opt.layer_weights = a.layer_weights;
   opt.contrast = a.contrast;
+  opt.select = output_path(a.output);
+  if (a.token >= 0) opt.select = at_position(opt.select, a.token);
+  if (!a.sequence.empty()) {
+    if (a.token >= 0 || !a.classes.empty()) throw Error("--sequence explains the whole caption; it does not take --token or --class");
+    opt.targets = {sequence_target(a.sequence, output_path(a.output))};
+    if (a.counterfactual) throw Error("--sequence has no counterfactual");
+  }
   opt.method = a.method;
   opt.method.strict_nonlinearities = a.nonlinearity == "strict";
   opt.method.compat = a.compat == "pytorch-grad-cam" ? Compat::PytorchGradCam : Compat::Papers;
@@ -230,6 +240,12 @@ Command add_explain(CLI::App& app) {
   sub->add_option("--layer-weights", a->layer_weights, "--aggregate weighted: one weight per layer");
   sub->add_flag("--contrast", a->contrast,
                 "also write class-difference maps: each target against the other targets (--top-k K or several --class)");
+  sub->add_option("--output", a->output,
+                  "which model output holds the scores: tuple/list index or dict key, '.'-separated (e.g. 1, logits, heads.0)");
+  sub->add_option("--token", a->token, "with a [N,T,V] output: explain step T (with --class / --top-k)");
+  sub->add_option("--sequence", a->sequence,
+                  "with a [N,T,V] output: explain the sum of log-softmax scores of these tokens (a teacher-forced caption)")
+      ->delimiter(',');
   sub->add_flag("--eigen-smooth", a->method.eigen_smooth,
                 "CAM methods: first principal component of the weighted activations instead of their sum");
   sub->add_flag("--aug-smooth", a->method.aug_smooth, "average each map over flip x input scale 0.9/1/1.1 (6 passes)");
