@@ -141,6 +141,42 @@ TEST(Cli, TargetLanguageMatchesReferences) {
   }
 }
 
+// Activation maximisation: the printed increase is the curve's, the saved input really scores what
+// the curve says (recomputed here), the class is then top-1; a unit's input keeps the norm constraint.
+TEST(Cli, VisualizeRaisesTheClassScoreToTop1) {
+  const std::string out = temp_dir("visualize");
+  auto r = run_cli("visualize " + kModel + " --class 88 --steps 40 --out " + q(out));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto curve = read_json(out + "/class-88.curve.json");
+  const double initial = curve["initial"], final = curve["final"];
+  ASSERT_EQ(curve["scores"].size(), 41u);
+  EXPECT_GT(final - initial, 5.0);
+  char printed[64];
+  std::snprintf(printed, sizeof printed, "(increase %g)", final - initial);
+  EXPECT_NE(r.out.find(printed), std::string::npos) << r.out << " lacks " << printed;
+  EXPECT_NE(r.out.find("top-1 class of the result: 88 macaw"), std::string::npos) << r.out;
+  // Independently: the saved model input, run through the model.
+  cv::Mat x = read_npy(out + "/class-88.npy");
+  auto t = torch::from_blob(x.data, {x.rows, x.cols, 3}, torch::kFloat32).permute({2, 0, 1}).unsqueeze(0).clone();
+  Model model = Model::load(shared("models/mobilenet_v2_imagenet.pt"));
+  torch::NoGradGuard no_grad;
+  auto logits = model.forward(t).output.toTensor();
+  EXPECT_EQ(logits.argmax(1).item<int64_t>(), 88);
+  EXPECT_NEAR(logits[0][88].item<double>(), final, 1e-3 * std::abs(final));
+  EXPECT_TRUE(std::filesystem::exists(out + "/class-88.png"));
+
+  const std::string unit = temp_dir("visualize-unit");
+  r = run_cli("visualize " + kModel + " --layer features.18 --channel 7 --steps 20 --rho 100 --out " + q(unit));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto uc = read_json(unit + "/features.18.channel-7.curve.json");
+  EXPECT_GT(uc["final"].get<double>(), uc["initial"].get<double>());
+  cv::Mat ux = read_npy(unit + "/features.18.channel-7.npy");
+  EXPECT_NEAR(cv::norm(ux), 100.0, 1.0);  // ||x|| = rho (up to the clamp to valid pixels)
+  auto bad = run_cli("visualize " + kModel + " --layer features.18 --channel 5000 --steps 2 --out " + q(unit + "/b"));
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.err.find("channel 5000 does not exist"), std::string::npos) << bad.err;
+}
+
 TEST(Cli, BadInputMatrix) {
   const std::string img = q(shared("images/cat.png"));
   const std::string file = temp_dir("afile") + "/plain";

@@ -1,0 +1,87 @@
+// lumen visualize: activation maximisation for a class or a unit; writes the image and the score curve.
+#include "commands.h"
+
+#include <lumen/error.h>
+#include <lumen/image.h>
+#include <lumen/model.h>
+#include <lumen/output.h>
+#include <lumen/visualize.h>
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <iostream>
+
+namespace lumen::cli {
+
+Command add_visualize(CLI::App& app) {
+  auto* sub = app.add_subcommand("visualize", "Activation maximisation: the input a class or a unit responds to most");
+  struct Args {
+    std::string model, card, out = "lumen-visualize";
+    std::vector<int> size;
+    int threads = 0;
+    VisualizeOptions v;
+  };
+  auto a = std::make_shared<Args>();
+  sub->add_option("--model,-m", a->model, "TorchScript model file")->required();
+  sub->add_option("--card", a->card, "model card JSON: input size, mean/std, colour order, labels");
+  sub->add_option("--class,-c", a->v.cls, "class to visualise (its logit)");
+  sub->add_option("--layer,-l", a->v.layer, "layer of the unit to visualise (with --channel)");
+  sub->add_option("--channel", a->v.channel, "channel of --layer");
+  sub->add_option("--steps", a->v.steps, "gradient-ascent steps (200)")->check(CLI::Range(1, 1000000));
+  sub->add_option("--lr", a->v.lr, "step size (0.05)");
+  sub->add_option("--l2", a->v.l2, "class objective: lambda of -lambda ||x||^2 (1e-4)");
+  sub->add_option("--rho", a->v.rho, "unit objective: the input norm ||x|| (default sqrt(numel)/2)");
+  sub->add_option("--jitter", a->v.jitter, "random shift in pixels before each step (4; 0 off)");
+  sub->add_option("--blur-every", a->v.blur_every, "Gaussian blur every N steps (4; 0 off)");
+  sub->add_option("--blur-sigma", a->v.blur_sigma, "blur sigma in pixels (0.5)");
+  sub->add_option("--tv", a->v.tv, "total-variation penalty weight (0)");
+  sub->add_option("--seed", a->v.seed, "seed of the start image and the jitter (0)");
+  sub->add_option("--input-size", a->size, "model input H W (overrides the card)")->expected(2);
+  sub->add_option("--out,-o", a->out, "output directory (default lumen-visualize)");
+  sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
+  return {sub, [a] {
+            set_threads(a->threads);
+            Preprocess pre;
+            std::vector<std::string> labels;
+            if (!a->card.empty()) {
+              auto card = load_card(a->card);
+              pre = card.preprocess;
+              labels = card.labels;
+            }
+            if (a->size.size() == 2) pre.height = a->size[0], pre.width = a->size[1];
+            Model model = Model::load(a->model);
+            OutputDir out(a->out);
+            VisualizeOptions o = a->v;
+            o.progress = [&](int step, double score) {
+              if (step % 10 == 0 || step == o.steps) std::cerr << "\r  step " << step << "/" << o.steps << "  score " << score << std::flush;
+            };
+            auto v = visualize(model, pre, o);
+            std::cerr << "\n";
+            const std::string what = a->v.layer.empty() ? "class-" + std::to_string(a->v.cls)
+                                                         : safe_name(a->v.layer) + ".channel-" + std::to_string(a->v.channel);
+            nlohmann::json curve = {{"objective", a->v.layer.empty() ? "logit of class " + std::to_string(a->v.cls)
+                                                                       : "mean activation of " + a->v.layer + " channel " +
+                                                                             std::to_string(a->v.channel)},
+                                    {"initial", v.initial}, {"final", v.final}, {"increase", v.final - v.initial},
+                                    {"scores", v.scores}, {"top1", v.top1}};
+            out.write(what + ".png", encode_png(to_image(v.input, pre)));
+            out.write(what + ".npy", encode_npy([&] {
+                        auto t = v.input[0].permute({1, 2, 0}).contiguous();
+                        cv::Mat m(static_cast<int>(t.size(0)), static_cast<int>(t.size(1)), CV_32FC3);
+                        std::memcpy(m.data, t.data_ptr<float>(), sizeof(float) * static_cast<size_t>(t.numel()));
+                        return m;
+                      }()));
+            out.write(what + ".curve.json", curve.dump(2) + "\n");
+            out.commit();
+            std::cout << curve["objective"].get<std::string>() << ": " << v.initial << " -> " << v.final << " (increase "
+                      << v.final - v.initial << ") in " << o.steps << " steps\n";
+            if (v.top1 >= 0)
+              std::cout << "top-1 class of the result: " << v.top1
+                        << (v.top1 < static_cast<int64_t>(labels.size()) ? " " + labels[v.top1] : "") << "\n";
+            std::cout << "wrote " << a->out << "/" << what << ".png, .npy (model input), .curve.json\n";
+            return 0;
+          }};
+}
+
+}  // namespace lumen::cli
