@@ -177,6 +177,31 @@ TEST(Cli, VisualizeRaisesTheClassScoreToTop1) {
   EXPECT_NE(bad.err.find("channel 5000 does not exist"), std::string::npos) << bad.err;
 }
 
+// The bias audit on a model that learned a shortcut: the demo trains on scenes where most circles carry
+// a white corner mark; on held-out scenes the audit must rank the marked ones first (their Grad-CAM
+// evidence sits on the mark, not on the circle).
+TEST(Cli, AuditRanksSpuriousEvidenceFirst) {
+  const std::string dir = temp_dir("audit-demo");
+  auto r = run_cli("demo --out " + q(dir) + " --spurious-cue 0.9 --steps 200 --scenes 80 --show 0 --write-dataset");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string out = temp_dir("audit");
+  r = run_cli("audit --model " + q(dir + "/shapes_cnn_cue.pt") + " --card " + q(dir + "/card_cue.json") + " --data " +
+              q(dir + "/dataset") + " --out " + q(out));
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::cout << r.out;
+  const auto doc = read_json(out + "/audit.json");
+  size_t cues = 0;
+  for (const auto& e : doc["images"]) cues += e["image"].get<std::string>().find("-cue") != std::string::npos;
+  ASSERT_GE(cues, 5u);
+  size_t cue_first = 0;
+  for (size_t i = 0; i < cues; ++i) cue_first += doc["images"][i]["image"].get<std::string>().find("-cue") != std::string::npos;
+  std::printf("%zu marked scenes; %zu of the %zu lowest shares on the object are marked\n", cues, cue_first, cues);
+  EXPECT_GE(cue_first, cues * 8 / 10);
+  for (size_t i = 0; i < 5; ++i) EXPECT_NE(doc["images"][i]["image"].get<std::string>().find("-cue"), std::string::npos) << i;
+  EXPECT_TRUE(std::filesystem::exists(out + "/index.html"));
+  EXPECT_TRUE(std::filesystem::exists(out + "/flagged"));
+}
+
 TEST(Cli, BadInputMatrix) {
   const std::string img = q(shared("images/cat.png"));
   const std::string file = temp_dir("afile") + "/plain";

@@ -53,6 +53,19 @@ TEST(Metrics, PaperBoxOfAGaussianBlob) {
   EXPECT_DOUBLE_EQ(metrics::best_iou(b, gt, 1), 0.0);
 }
 
+TEST(Metrics, EnergyInsideBoxes) {
+  cv::Mat uniform(40, 50, CV_32F, cv::Scalar(2.0f));
+  std::vector<GtBox> gt{{1, 10, 10, 20, 30}, {1, 15, 10, 25, 30}, {2, 0, 0, 50, 40}};
+  // The union of the two class-1 boxes is 15 x 20 = 300 of 2000 pixels.
+  EXPECT_DOUBLE_EQ(metrics::energy_inside(uniform, gt, 1), 300.0 / 2000.0);
+  EXPECT_DOUBLE_EQ(metrics::energy_inside(uniform, gt, 2), 1.0);
+  EXPECT_DOUBLE_EQ(metrics::energy_inside(uniform, gt, 3), 0.0);
+  cv::Mat spot = cv::Mat::zeros(40, 50, CV_32F);
+  spot.at<float>(35, 45) = 1;  // all the mass outside the class-1 boxes
+  EXPECT_DOUBLE_EQ(metrics::energy_inside(spot, gt, 1), 0.0);
+  EXPECT_DOUBLE_EQ(metrics::energy_inside(cv::Mat::zeros(40, 50, CV_32F), gt, 1), 0.0);
+}
+
 TEST(Metrics, PointingGameTolerance) {
   std::vector<GtBox> gt{{7, 50, 50, 60, 60}};
   EXPECT_TRUE(metrics::pointing_hit(55, 55, gt, 7));

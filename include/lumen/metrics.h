@@ -65,6 +65,10 @@ class MaxBoxAcc {
 std::vector<std::array<int, 4>> wsol_boxes(const cv::Mat& map_u8, int threshold, bool multi_contour);
 double wsol_iou(const std::array<int, 4>& a, const std::array<int, 4>& b);
 
+// Share of a map's mass (sum of a non-negative map, e.g. the normalised one) inside the union of the
+// boxes of `cls`: the bias audit's "is the evidence on the object?". 0 for an all-zero map.
+double energy_inside(const cv::Mat& map, const std::vector<GtBox>& gt, int64_t cls);
+
 // Deletion / insertion (Petsiuk et al. 2018). Pixels of `x` ([C,H,W], model input) are moved, in
 // decreasing order of `map` (H x W, ties by raster order), from `start` to `finish` in `steps` equal
 // steps; `score` gives the class probability for a batch of inputs. Returns the steps + 1 scores.

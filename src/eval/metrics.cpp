@@ -39,6 +39,19 @@ bool pointing_hit(int peak_x, int peak_y, const std::vector<GtBox>& gt, int64_t 
   return false;
 }
 
+double energy_inside(const cv::Mat& map, const std::vector<GtBox>& gt, int64_t cls) {
+  cv::Mat mask = cv::Mat::zeros(map.size(), CV_32F);
+  for (const auto& g : gt) {
+    if (g.label != cls) continue;
+    // Pixels whose centre lies inside the box.
+    const int x0 = std::max(0, static_cast<int>(std::ceil(g.x0 - 0.5))), y0 = std::max(0, static_cast<int>(std::ceil(g.y0 - 0.5)));
+    const int x1 = std::min(map.cols, static_cast<int>(std::ceil(g.x1 - 0.5))), y1 = std::min(map.rows, static_cast<int>(std::ceil(g.y1 - 0.5)));
+    if (x1 > x0 && y1 > y0) mask(cv::Rect(x0, y0, x1 - x0, y1 - y0)) = 1.0f;
+  }
+  const double total = cv::sum(map)[0];
+  return total > 0 ? cv::sum(map.mul(mask))[0] / total : 0.0;
+}
+
 // --- MaxBoxAcc ---------------------------------------------------------------------------------------
 
 std::vector<std::array<int, 4>> wsol_boxes(const cv::Mat& map_u8, int threshold, bool multi_contour) {

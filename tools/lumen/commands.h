@@ -22,6 +22,7 @@ Command add_explain(CLI::App& app);
 Command add_demo(CLI::App& app);
 Command add_eval(CLI::App& app);
 Command add_visualize(CLI::App& app);
+Command add_audit(CLI::App& app);
 
 // Helpers shared by the subcommands.
 std::vector<std::string> split_list(const std::vector<std::string>& items);  // "a,b" "c" -> a b c

@@ -21,7 +21,8 @@ namespace {
 struct Args {
   std::string out = "lumen-demo";
   int scenes = 100, steps = 400, threads = 0, show = 24;
-  bool retrain = false;
+  bool retrain = false, write_dataset = false;
+  double cue = 0;
 };
 
 void write_text(const fs::path& path, const std::string& text) {
@@ -44,7 +45,11 @@ int run(const Args& a) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw Error("cannot create " + a.out + ": " + ec.message());
-  const fs::path model_path = dir / "shapes_cnn.pt";
+  // The bias-audit variant is a different model: it gets its own file.
+  const std::string model_file = a.cue > 0 ? "shapes_cnn_cue.pt" : "shapes_cnn.pt";
+  const fs::path model_path = dir / model_file;
+  demo::SceneOptions scene_options;
+  scene_options.spurious_cue = a.cue;
   const auto& names = demo::class_names();
 
   if (a.retrain || !fs::exists(model_path)) {
@@ -53,6 +58,7 @@ int run(const Args& a) {
     auto net = demo::make_network(static_cast<int>(names.size()));
     demo::TrainOptions topt;
     topt.steps = a.steps;
+    topt.scenes = scene_options;
     auto report = demo::train(net, topt, [&](int step, float loss) {
       std::cout << "\r  step " << std::setw(4) << step << "/" << a.steps << "  loss " << std::fixed << std::setprecision(3)
                 << loss << std::flush;
@@ -64,7 +70,7 @@ int run(const Args& a) {
     std::ostringstream labels;
     for (const auto& n : names) labels << n << "\n";
     write_text(dir / "labels.txt", labels.str());
-    write_text(dir / "card.json", demo::card_json("shapes_cnn.pt", "labels.txt"));
+    write_text(dir / (a.cue > 0 ? "card_cue.json" : "card.json"), demo::card_json(model_file, "labels.txt"));
   } else {
     std::cout << "demo: using the trained model in " << model_path.string() << " (--retrain to train again)\n";
   }
@@ -76,8 +82,28 @@ int run(const Args& a) {
   std::vector<demo::Scene> scenes;
   std::vector<cv::Mat> images;
   for (int i = 0; i < a.scenes; ++i) {
-    scenes.push_back(demo::make_scene(rng));
+    scenes.push_back(demo::make_scene(rng, scene_options));
     images.push_back(scenes.back().image);
+  }
+  if (a.write_dataset) {
+    // The held-out scenes as a dataset folder (lumen eval / lumen audit read it); scenes carrying the
+    // spurious mark say so in their file name.
+    const fs::path ds = dir / "dataset";
+    fs::create_directories(ds / "images");
+    std::ostringstream labels_csv, boxes_csv;
+    labels_csv << "image,label\n";
+    boxes_csv << "image,label,x0,y0,x1,y1\n";
+    for (int i = 0; i < a.scenes; ++i) {
+      std::ostringstream name;
+      name << "scene-" << std::setw(4) << std::setfill('0') << i << (scenes[i].cue ? "-cue" : "") << ".png";
+      write_file_atomic((ds / "images" / name.str()).string(), encode_png(scenes[i].image));
+      labels_csv << name.str() << "," << scenes[i].label << "\n";
+      const auto& b = scenes[i].box;
+      boxes_csv << name.str() << "," << scenes[i].label << "," << b.x0 << "," << b.y0 << "," << b.x1 << "," << b.y1 << "\n";
+    }
+    write_text(ds / "labels.csv", labels_csv.str());
+    write_text(ds / "boxes.csv", boxes_csv.str());
+    std::cout << "demo: wrote the held-out scenes as a dataset: " << ds.string() << "\n";
   }
   ExplainOptions opt;
   opt.layers = {"features.block4"};
@@ -138,6 +164,10 @@ Command add_demo(CLI::App& app) {
   sub->add_option("--steps", a->steps, "training steps (400)")->check(CLI::Range(1, 1000000));
   sub->add_option("--show", a->show, "scenes shown on the page (24)");
   sub->add_flag("--retrain", a->retrain, "train again even if the model exists");
+  sub->add_option("--spurious-cue", a->cue,
+                  "bias-audit variant: this share of class-0 scenes (training and held-out) carries a corner mark (0)")
+      ->check(CLI::Range(0.0, 1.0));
+  sub->add_flag("--write-dataset", a->write_dataset, "also write the held-out scenes as a dataset folder (OUT/dataset)");
   sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
   return {sub, [a] { return run(*a); }};
 }

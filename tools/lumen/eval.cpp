@@ -32,7 +32,7 @@ namespace {
 const std::vector<std::string> kMetrics{"loc", "pointing", "deletion", "insertion", "drop", "sanity"};
 
 struct Args {
-  std::string model, card, data, layer, out = "lumen-eval";
+  std::string model, card, data, layer, out = "lumen-eval", aggregate;
   std::vector<std::string> methods{"gradcam"}, metrics{"loc,pointing,deletion,insertion,drop"};
   int limit = 0, batch = 8, threads = 0, steps = 50, sanity_images = 8, method_batch = 8;
   uint64_t seed = 0;
@@ -93,16 +93,20 @@ int run(const Args& a) {
   }
   if (a.card.empty()) throw Error("--card is required: eval needs the model's preprocessing");
   ModelCard card = load_card(a.card);
-  std::string layer = a.layer.empty() ? card.cam_layer : a.layer;
+  std::vector<std::string> layers = split_list({a.layer});
+  if (layers.empty() && !card.cam_layer.empty()) layers.push_back(card.cam_layer);
+  if (layers.size() > 1 && a.aggregate.empty()) throw Error("several layers need --aggregate (mean, max, product): eval scores one map per image");
+  std::string layer;
+  for (const auto& l : layers) layer += (layer.empty() ? "" : ",") + l;
   Dataset data = load_dataset(a.data);
   if (a.limit > 0 && static_cast<size_t>(a.limit) < data.samples.size()) data.samples.resize(static_cast<size_t>(a.limit));
   Model model = Model::load(a.model);
-  if (!layer.empty()) model.check_layer(layer);
+  for (const auto& l : layers) model.check_layer(l);
   Explainer explainer(model, card.preprocess, card.labels);
 
   // Resume: the first line of records.jsonl is the run's configuration; a different run is refused.
   nlohmann::json config = {{"model", fs::weakly_canonical(a.model).string()}, {"card", fs::weakly_canonical(a.card).string()},
-                           {"data", fs::weakly_canonical(a.data).string()}, {"layer", layer},
+                           {"data", fs::weakly_canonical(a.data).string()}, {"layer", layer}, {"aggregate", a.aggregate},
                            {"metrics", eo.metrics},   {"steps", eo.steps},
                            {"limit", a.limit},        {"seed", a.seed}};
   fs::create_directories(a.out);
@@ -142,7 +146,8 @@ int run(const Args& a) {
   };
 
   ExplainOptions base;
-  base.layers = layer.empty() ? std::vector<std::string>{} : std::vector<std::string>{layer};
+  base.layers = layers;
+  base.aggregate = a.aggregate;
   base.box_threshold = eo.box_threshold;
   base.method.batch_size = a.method_batch;
   base.method.seed = a.seed;
@@ -189,7 +194,9 @@ int run(const Args& a) {
       opt.targets[0].name = "truth";
       auto explained = explainer.explain(imgs, opt, names);
       for (size_t k = 0; k < rows.size(); ++k) {
-        auto r = measure_image(model, card.preprocess, *samples[rows[k]], explained[k], explained[k].maps.at(0), inputs[static_cast<int64_t>(rows[k])], eo);
+        // With --aggregate the combined map comes last; otherwise there is one map.
+        auto r = measure_image(model, card.preprocess, *samples[rows[k]], explained[k], explained[k].maps.back(),
+                               inputs[static_cast<int64_t>(rows[k])], eo);
         r["method"] = m;
         append(r);
         done[m][r["image"]] = r;
@@ -214,7 +221,7 @@ int run(const Args& a) {
       opt.methods = {m};
       opt.targets = {class_target(labels)};
       std::vector<cv::Mat> out;
-      for (auto& e : ex.explain(imgs, opt, names)) out.push_back(cv::abs(e.maps.at(0).upsampled));
+      for (auto& e : ex.explain(imgs, opt, names)) out.push_back(cv::abs(e.maps.back().upsampled));
       return out;
     };
     for (size_t step = 1; step <= blocks.size(); ++step) {
@@ -324,9 +331,10 @@ int run(const Args& a) {
       opt.methods = {m};
       opt.targets = {class_target({s.label})};
       auto e = explainer.explain({img}, opt, {s.name});
-      cv::Mat pic = overlay(img, e[0].maps.at(0).normalized, Colormap::Jet);
+      const Map& shown = e[0].maps.back();
+      cv::Mat pic = overlay(img, shown.normalized, Colormap::Jet);
       for (const auto& b : s.boxes) cv::rectangle(pic, cv::Point(int(b.x0), int(b.y0)), cv::Point(int(b.x1), int(b.y1)), {0, 255, 0}, 1);
-      if (e[0].maps[0].box.valid) draw_box(pic, e[0].maps[0].box, {255, 255, 255}, 1);
+      if (shown.box.valid) draw_box(pic, shown.box, {255, 255, 255}, 1);
       const std::string file = "examples/" + safe_name(m) + "." + safe_name(stem_of(s.name)) + ".png";
       write_file_atomic((fs::path(a.out) / file).string(), encode_png(pic));
       html << (i == 0 ? "<h3>best</h3>" : i == show ? "<h3>worst</h3>" : "") << "<figure><img src='" << file << "'><figcaption>"
@@ -352,7 +360,9 @@ Command add_eval(CLI::App& app) {
   for (const auto& n : method_names()) names += (names.empty() ? "" : ", ") + n;
   sub->add_option("--methods,--method", a->methods, "method(s), comma-separated (default gradcam): " + names);
   sub->add_option("--metrics", a->metrics, "comma-separated: loc, pointing, deletion, insertion, drop, sanity (default all but sanity)");
-  sub->add_option("--layer,-l", a->layer, "layer for CAM methods (default: the card's)");
+  sub->add_option("--layer,-l", a->layer, "layer(s) for CAM methods, comma-separated (default: the card's)");
+  sub->add_option("--aggregate", a->aggregate, "with several layers: score their combination (mean, max, product)")
+      ->check(CLI::IsMember({"mean", "max", "product"}));
   sub->add_option("--out,-o", a->out, "report folder (default lumen-eval); an interrupted run resumes from it");
   sub->add_flag("--fresh", a->fresh, "ignore records of an earlier run in --out");
   sub->add_option("--limit", a->limit, "only the first N images of labels.csv");

@@ -39,7 +39,7 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "lumen 0.1.0");
   std::vector<lumen::cli::Command> commands{lumen::cli::add_layers(app), lumen::cli::add_explain(app),
                                             lumen::cli::add_demo(app), lumen::cli::add_eval(app),
-                                            lumen::cli::add_visualize(app)};
+                                            lumen::cli::add_visualize(app), lumen::cli::add_audit(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
