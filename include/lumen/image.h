@@ -41,5 +41,8 @@ cv::Mat read_image(const std::string& path);
 // torchvision's Resize), then (pixel - mean) / std.
 torch::Tensor to_input(const cv::Mat& bgr, const Preprocess& p);
 torch::Tensor to_batch(const std::vector<cv::Mat>& images, const Preprocess& p);
+// Separable Gaussian blur of an [N,C,H,W] batch, sigma in pixels, reflect-padded (radius ceil(3 sigma)).
+// Torch, not OpenCV: it runs on model inputs, batched, and stays differentiable.
+torch::Tensor gaussian_blur(const torch::Tensor& x, double sigma);
 
 }  // namespace lumen

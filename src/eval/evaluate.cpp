@@ -19,12 +19,6 @@ torch::Tensor class_probability(const Model& model, const torch::Tensor& batch, 
   return torch::softmax(logits.to(torch::kFloat64), 1).select(1, cls);
 }
 
-torch::Tensor gaussian_blur(const torch::Tensor& x, double sigma) {
-  MethodOptions o;
-  o.blur_sigma = static_cast<float>(sigma / static_cast<double>(x.size(2)));
-  return reference_input(x.unsqueeze(0), "blur", o, Preprocess{})[0];
-}
-
 double mean_of(const std::vector<nlohmann::json>& records, const std::string& key) {
   double s = 0;
   int64_t n = 0;
@@ -86,7 +80,7 @@ nlohmann::json measure_image(const Model& model, const Preprocess& pre, const Sa
       r["deletion"] = metrics::auc(curve);
     }
     if (o.has("insertion")) {
-      auto curve = metrics::causal_curve(gaussian_blur(x, o.insertion_blur_sigma), x, m, o.steps, score, o.curve_batch);
+      auto curve = metrics::causal_curve(gaussian_blur(x.unsqueeze(0), o.insertion_blur_sigma)[0], x, m, o.steps, score, o.curve_batch);
       r["insertion"] = metrics::auc(curve);
     }
     if (o.has("drop")) {

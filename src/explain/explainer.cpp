@@ -108,21 +108,7 @@ torch::Tensor reference_input(const torch::Tensor& x, const std::string& kind, c
     auto gen = at::detail::createCPUGenerator(o.seed);
     return (torch::rand(x.sizes(), gen) * 255.0 - mean) / std;
   }
-  if (kind == "blur") {
-    // Separable Gaussian, sigma a fraction of the input width, reflect-padded.
-    double sigma = std::max(0.5, static_cast<double>(o.blur_sigma) * x.size(3));
-    int radius = static_cast<int>(std::ceil(3 * sigma));
-    auto k = torch::arange(-radius, radius + 1, torch::kFloat32);
-    k = torch::exp(-k * k / (2 * sigma * sigma));
-    k = k / k.sum();
-    const int64_t c = x.size(1);
-    auto kx = k.view({1, 1, 1, -1}).repeat({c, 1, 1, 1}), ky = k.view({1, 1, -1, 1}).repeat({c, 1, 1, 1});
-    auto padded = torch::reflection_pad2d(x, {radius, radius, radius, radius});
-    const torch::Tensor no_bias;
-    const std::vector<int64_t> ones{1, 1}, zeros{0, 0};
-    auto h = at::conv2d(padded, kx, no_bias, at::IntArrayRef(ones), at::IntArrayRef(zeros), at::IntArrayRef(ones), c);
-    return at::conv2d(h, ky, no_bias, at::IntArrayRef(ones), at::IntArrayRef(zeros), at::IntArrayRef(ones), c);
-  }
+  if (kind == "blur") return gaussian_blur(x, std::max(0.5, static_cast<double>(o.blur_sigma) * x.size(3)));  // sigma: share of width
   cv::Mat img = read_image(kind);  // a user's image
   return to_input(img, p).unsqueeze(0).expand_as(x).contiguous();
 }

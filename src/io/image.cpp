@@ -5,6 +5,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <cmath>
 #include <cstdio>
 #include <fcntl.h>
 #include <filesystem>
@@ -146,6 +147,21 @@ torch::Tensor to_batch(const std::vector<cv::Mat>& images, const Preprocess& p) 
   ts.reserve(images.size());
   for (const auto& img : images) ts.push_back(to_input(img, p));
   return torch::stack(ts);
+}
+
+torch::Tensor gaussian_blur(const torch::Tensor& x, double sigma) {
+  if (!(sigma > 0)) throw Error("blur sigma must be positive");
+  const int radius = std::max(1, static_cast<int>(std::ceil(3 * sigma)));
+  auto k = torch::arange(-radius, radius + 1, torch::kFloat32);
+  k = torch::exp(-k * k / (2 * sigma * sigma));
+  k = k / k.sum();
+  const int64_t c = x.size(1);
+  auto kx = k.view({1, 1, 1, -1}).repeat({c, 1, 1, 1}), ky = k.view({1, 1, -1, 1}).repeat({c, 1, 1, 1});
+  auto padded = torch::reflection_pad2d(x, {radius, radius, radius, radius});
+  const torch::Tensor no_bias;
+  const std::vector<int64_t> ones{1, 1}, zeros{0, 0};
+  auto h = at::conv2d(padded, kx, no_bias, at::IntArrayRef(ones), at::IntArrayRef(zeros), at::IntArrayRef(ones), c);
+  return at::conv2d(h, ky, no_bias, at::IntArrayRef(ones), at::IntArrayRef(zeros), at::IntArrayRef(ones), c);
 }
 
 }  // namespace lumen

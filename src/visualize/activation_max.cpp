@@ -8,22 +8,6 @@
 #include <cmath>
 
 namespace lumen {
-namespace {
-
-torch::Tensor blur(const torch::Tensor& x, double sigma) {
-  const int radius = std::max(1, static_cast<int>(std::ceil(3 * sigma)));
-  auto k = torch::arange(-radius, radius + 1, torch::kFloat32);
-  k = torch::exp(-k * k / (2 * sigma * sigma));
-  k = k / k.sum();
-  const int64_t c = x.size(1);
-  auto kx = k.view({1, 1, 1, -1}).repeat({c, 1, 1, 1}), ky = k.view({1, 1, -1, 1}).repeat({c, 1, 1, 1});
-  auto p = torch::reflection_pad2d(x, {radius, radius, radius, radius});
-  const std::vector<int64_t> one{1, 1}, zero{0, 0};
-  auto h = at::conv2d(p, kx, {}, at::IntArrayRef(one), at::IntArrayRef(zero), at::IntArrayRef(one), c);
-  return at::conv2d(h, ky, {}, at::IntArrayRef(one), at::IntArrayRef(zero), at::IntArrayRef(one), c);
-}
-
-}  // namespace
 
 cv::Mat to_image(const torch::Tensor& input, const Preprocess& pre) {
   auto x = input.dim() == 4 ? input[0] : input;
@@ -93,7 +77,7 @@ Visualization visualize(const Model& model, const Preprocess& pre, const Visuali
     x = x + o.lr * g / (g.abs().mean() + 1e-12);
     {
       torch::NoGradGuard ng;
-      if (o.blur_every > 0 && step % o.blur_every == 0 && o.blur_sigma > 0) x = blur(x, o.blur_sigma);
+      if (o.blur_every > 0 && step % o.blur_every == 0 && o.blur_sigma > 0) x = gaussian_blur(x, o.blur_sigma);
       if (unit) x = x * (rho / (x.norm().item<double>() + 1e-12));  // Erhan et al.: ||x|| = rho
       x = torch::max(torch::min(x, hi), lo);
       v.scores.push_back(objective(x, nullptr).item<double>());
