@@ -57,6 +57,16 @@ def load_batch(paths, card):
     return torch.cat(xs), sizes
 
 
+def save_maps(prefix, maps):
+    """One float32 .npy per image of a [N, ...] tensor, named <prefix>_<i>.npy; returns the names."""
+    files = []
+    for i in range(maps.shape[0]):
+        f = f"{prefix}_{i}.npy"
+        np.save(os.path.join(OUT, f), maps[i].detach().numpy().astype(np.float32))
+        files.append(f)
+    return files
+
+
 def module_at(model, path):
     m = model
     for part in path.split("."):
@@ -435,12 +445,7 @@ def add_pixel_cases(tag, model_file, model, set_rule, card_file, card, cam_layer
              "cam_layer": cam_layer, "smoothgrad": {"samples": n, "noise": noise, "seed": seed},
              "ig": {"gauss-legendre": 16, "trapezoid": 8, "gaps": ig_gaps}, "maps": {}}
     for method, mp in maps.items():
-        files = []
-        for i in range(x.shape[0]):
-            f = f"pixel_{tag}_{method.replace('/', '_')}_{i}.npy"
-            np.save(os.path.join(OUT, f), mp[i].detach().numpy().astype(np.float32))
-            files.append(f)
-        entry["maps"][method] = files
+        entry["maps"][method] = save_maps(f"pixel_{tag}_{method.replace('/', '_')}", mp)
     pixel_cases.append(entry)
 
 
@@ -597,12 +602,7 @@ def add_cam_cases(tag, model_file, model, split, card_file, card, layer, paths, 
     entry = {"name": tag, "model": model_file, "card": card_file, "images": paths, "layer": layer,
              "classes": classes.tolist(), "maps": {}}
     for method, mp in maps.items():
-        files = []
-        for i in range(x.shape[0]):
-            f = f"cam_{tag}_{method.replace(':', '_')}_{i}.npy"
-            np.save(os.path.join(OUT, f), mp[i].detach().numpy().astype(np.float32))
-            files.append(f)
-        entry["maps"][method] = files
+        entry["maps"][method] = save_maps(f"cam_{tag}_{method.replace(':', '_')}", mp)
     cam_cases.append(entry)
 
 
@@ -686,11 +686,7 @@ def pgc_finish(cam, size):
 
 
 def add_variant(name, model_file, card_file, layer, paths, classes, method, options, compare, maps):
-    files = []
-    for i in range(maps.shape[0]):
-        f = f"variant_{name}_{i}.npy"
-        np.save(os.path.join(OUT, f), maps[i].detach().numpy().astype(np.float32))
-        files.append(f)
+    files = save_maps(f"variant_{name}", maps)
     variant_cases.append({"name": name, "model": model_file, "card": card_file, "layer": layer, "images": paths,
                           "classes": [int(c) for c in classes], "method": method, "options": options,
                           "compare": compare, "files": files})
@@ -1013,11 +1009,7 @@ def target_references():
         a, out = capture_layer(model, x, "conv2")
         (g,) = torch.autograd.grad(fn(out).sum(), a)
         cam = torch.relu((g.mean((2, 3), keepdim=True) * a.detach()).sum(1))
-        files = []
-        for i in range(x.shape[0]):
-            f = f"target_{name}_{i}.npy"
-            np.save(os.path.join(OUT, f), cam[i].numpy().astype(np.float32))
-            files.append(f)
+        files = save_maps(f"target_{name}", cam)
         target_cases.append({"name": name, "model": file, "args": args, "target": target, "images": paths, "files": files})
 
 
