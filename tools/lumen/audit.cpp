@@ -62,7 +62,6 @@ Command add_audit(CLI::App& app) {
               const Sample* s;
               double share;
               int64_t predicted;
-              cv::Mat map;
             };
             std::vector<Row> rows;
             for (size_t first = 0; first < data.samples.size(); first += static_cast<size_t>(a->batch)) {
@@ -78,9 +77,8 @@ Command add_audit(CLI::App& app) {
               for (size_t k = 0; k < ex.size(); ++k) {
                 const Sample& s = data.samples[first + k];
                 const Map& m = ex[k].maps.at(0);
-                // Drawn later only for the flagged few; kept small meanwhile.
-                rows.push_back({&s, metrics::energy_inside(m.normalized, s.boxes, s.label), ex[k].top.empty() ? -1 : ex[k].top[0].cls,
-                                m.normalized});
+                // Maps are not kept: a dataset's worth would not fit; the few drawn are explained again.
+                rows.push_back({&s, metrics::energy_inside(m.normalized, s.boxes, s.label), ex[k].top.empty() ? -1 : ex[k].top[0].cls});
               }
               std::cerr << "\r  audit " << last << "/" << data.samples.size() << std::flush;
             }
@@ -135,7 +133,9 @@ Command add_audit(CLI::App& app) {
               const auto& r = rows[order[rank]];
               if (r.s->boxes.empty() || r.share >= a->threshold) break;
               cv::Mat img = read_image(r.s->path);
-              cv::Mat pic = overlay(img, r.map, Colormap::Jet);
+              ExplainOptions opt = base;
+              opt.targets = {class_target({r.s->label})};
+              cv::Mat pic = overlay(img, explainer.explain({img}, opt, {r.s->name})[0].maps.at(0).normalized, Colormap::Jet);
               for (const auto& b : r.s->boxes)
                 if (b.label == r.s->label) cv::rectangle(pic, cv::Point(int(b.x0), int(b.y0)), cv::Point(int(b.x1) - 1, int(b.y1) - 1), {0, 255, 0}, 1);
               const std::string file = "flagged/" + std::to_string(rank + 1) + "." + safe_name(stem_of(r.s->name)) + ".png";
