@@ -2,7 +2,7 @@
 //
 //   build/bench/lumen_bench [--benchmark_min_time=2] [google-benchmark flags]
 //
-// Models: ../shared MobileNetV2, torchvision resnet50 with random weights (made by the test fixtures:
+// Models: ../shared MobileNetV2 (TorchScript, and its ONNX export against the TorchScript forward), torchvision resnet50 with random weights (made by the test fixtures:
 // run `ctest -R fixtures` once). Per model and batch size (1, 8):
 //   forward      torch::InferenceMode + module.forward: what inference alone costs
 //   gradcam      lumen Explainer: forward with the layer captured, backward to the layer only, map,
@@ -74,10 +74,13 @@ int main(int argc, char** argv) {
   lumen::set_threads(0);
   benchmark::Initialize(&argc, argv);
   const std::string shared = LUMEN_SHARED_DIR, fixtures = LUMEN_FIXTURES_DIR;
-  const std::vector<std::array<std::string, 3>> wanted{
-      {"mobilenet_v2", shared + "/models/mobilenet_v2_imagenet.pt", "features.18"},
-      {"resnet50", fixtures + "/resnet50_traced.pt", "layer4"}};
-  for (const auto& [name, path, layer] : wanted) {
+  // name, model lumen explains, layer, model whose plain forward is the baseline. The ONNX subject is
+  // measured against PyTorch's own forward of the same network, the inference a user would otherwise run.
+  const std::vector<std::array<std::string, 4>> wanted{
+      {"mobilenet_v2", shared + "/models/mobilenet_v2_imagenet.pt", "features.18", shared + "/models/mobilenet_v2_imagenet.pt"},
+      {"mobilenet_onnx", shared + "/models/mobilenet_v2_imagenet.onnx", "features.18", shared + "/models/mobilenet_v2_imagenet.pt"},
+      {"resnet50", fixtures + "/resnet50_traced.pt", "layer4", fixtures + "/resnet50_traced.pt"}};
+  for (const auto& [name, path, layer, baseline] : wanted) {
     if (!std::filesystem::exists(path)) {
       std::cerr << "skipping " << name << ": " << path << " not found (run `ctest -R fixtures` first)\n";
       continue;
@@ -86,9 +89,9 @@ int main(int argc, char** argv) {
     s->name = name;
     s->path = path;
     s->layer = layer;
-    s->plain = torch::jit::load(path);
+    s->plain = torch::jit::load(baseline);
     s->plain.eval();
-    s->trainable = torch::jit::load(path);
+    s->trainable = torch::jit::load(baseline);
     for (auto p : s->trainable.parameters()) p.requires_grad_(true);
     s->model = std::make_unique<lumen::Model>(lumen::Model::load(path));
     for (int batch : {1, 8}) {

@@ -987,6 +987,7 @@ class TinyCaptioner(nn.Module):
 
 
 target_cases = []
+onnx_cases = {}
 
 
 def target_references():
@@ -1023,6 +1024,173 @@ class GeluNet(nn.Module):
     def forward(self, x):
         return self.fc(self.block(self.stem(x)).mean((2, 3)))
 
+# The ONNX zoo: every model's ONNX export must run in lumen like its TorchScript trace. Opsets are
+# spread over 11..17 so that each version-dependent operator form (Clip/Split/Squeeze/ReduceSum inputs,
+# HardSwish at 14, LayerNormalization at 17) is met. The layer is a module path; in the ONNX file the
+# same path names the last node of that module's scope.
+ONNX_ZOO = [
+    ("resnet18", 11, "layer4"), ("resnet50", 12, "layer4"), ("vgg11", 13, "features"),
+    ("mobilenet_v2", 14, "features"), ("mobilenet_v3_small", 15, "features"), ("efficientnet_b0", 16, "features"),
+    ("densenet121", 17, "features"), ("squeezenet1_1", 11, "features"), ("shufflenet_v2_x0_5", 13, "conv5"),
+    ("googlenet", 14, "inception5b"), ("regnet_x_400mf", 15, "trunk_output"), ("convnext_tiny", 17, "features"),
+]
+
+
+def onnx_export(model, x, path, opset):
+    torch.onnx.export(model, x, path, opset_version=opset, input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+
+
+def onnx_references():
+    import warnings
+    warnings.filterwarnings("ignore")
+    paths = SHARED_IMAGES[:2]
+    x, _ = load_batch(paths, IMAGENET_CARD)
+    zoo = []
+    for i, (arch, opset, layer) in enumerate(ONNX_ZOO):
+        torch.manual_seed(100 + i)
+        kw = {"aux_logits": False, "init_weights": True} if arch == "googlenet" else {}
+        model = getattr(torchvision.models, arch)(weights=None, **kw).eval()
+        # Batch-norm statistics of real activations (one training-mode pass over the images), so that
+        # folding them into convolutions is exercised on values of ordinary size. Random statistics on
+        # randomly initialised weights leave channels nearly constant, and max-pool ties then flip on
+        # rounding noise (the gradient of googlenet differed for that reason alone).
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = 1.0
+        model.train()
+        with torch.no_grad():
+            model(x)
+        model.eval()
+        with torch.no_grad():
+            logits = model(x)
+            torch.jit.trace(model, x[:1]).save(os.path.join(OUT, f"zoo_{arch}.pt"))
+            onnx_export(model, x[:1], os.path.join(OUT, f"zoo_{arch}.onnx"), opset)
+        np.save(os.path.join(OUT, f"zoo_{arch}_logits.npy"), logits.numpy().astype(np.float32))
+        zoo.append({"arch": arch, "opset": opset, "layer": layer, "images": paths, "logits": f"zoo_{arch}_logits.npy"})
+    onnx_cases["zoo"] = zoo
+    onnx_ops()
+    bad_onnx_files()
+
+
+class TinyOnnxNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.relu(self.conv(x)).mean((2, 3)))
+
+
+class OnnxOpsNet(nn.Module):
+    """Operators the zoo exports rarely or never, each in its usual PyTorch spelling."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=(1, 2), bias=True)
+        self.c2 = nn.Conv2d(8, 6, 3, stride=2, padding=1, groups=2)
+        self.bn = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        a = F.leaky_relu(self.c1(x), 0.1)
+        b, c = torch.split(a, [3, 5], 1)
+        d = torch.cat([torch.tanh(b), torch.sigmoid(c) * c], 1)
+        d = F.pad(d, (1, 2, 0, 1), mode="reflect")
+        d = F.pad(d, (1, 1, 1, 1), value=0.5)
+        d = F.pad(d, (0, 1, 1, 0), mode="replicate")
+        e = F.interpolate(d, scale_factor=2.0, mode="nearest")
+        f = F.interpolate(e, size=(20, 20), mode="bilinear", align_corners=False)
+        f = f + F.interpolate(e, size=(20, 20), mode="bilinear", align_corners=True)
+        g = self.bn(self.c2(torch.flip(f, [3])[:, :, 2:-1, 1:]))
+        g = F.relu6(g) + F.elu(g) + torch.clamp(g, -0.5, 0.5)
+        p = F.avg_pool2d(g, 3, stride=2, ceil_mode=True, count_include_pad=False)
+        p = F.max_pool2d(p, 2, stride=1, padding=1)
+        q = p.amax((2, 3)) + p.mean((2, 3)).unsqueeze(-1).squeeze(-1)
+        r = torch.softmax(q, 1) * q + F.hardsigmoid(q) + F.hardswish(q) + torch.erf(q) + q.abs().sqrt() - q / 3
+        s = r.reshape(r.shape[0], -1, 2).transpose(1, 2).flatten(1)
+        s = torch.cat([s, s[:, :2]], 1) + torch.zeros(s.shape[0], 8)
+        return F.log_softmax(self.fc(s), 1)
+
+
+def onnx_ops():
+    torch.manual_seed(11)
+    net = OnnxOpsNet().eval()
+    net.bn.running_mean.uniform_(-0.1, 0.1)
+    net.bn.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 16, 16)
+    xg = x.clone().requires_grad_(True)
+    out = net(xg)
+    (grad,) = torch.autograd.grad(out[:, 3].sum(), xg)
+    np.save(os.path.join(OUT, "onnx_ops_input.npy"), x.reshape(-1, 16).numpy())
+    np.save(os.path.join(OUT, "onnx_ops_logits.npy"), out.detach().numpy())
+    np.save(os.path.join(OUT, "onnx_ops_grad.npy"), grad.reshape(-1, 16).numpy())
+    for opset in (11, 13, 17):
+        onnx_export(net, x[:1], os.path.join(OUT, f"onnx_ops_{opset}.onnx"), opset)
+    onnx_cases["ops"] = {"opsets": [11, 13, 17], "input_shape": list(x.shape), "class": 3}
+
+
+def bad_onnx_files():
+    """A tiny valid model and broken variants of it, for the loader's error paths and the fuzz smoke test."""
+    import onnx
+    from onnx import helper, TensorProto
+    torch.manual_seed(5)
+    net = TinyOnnxNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    good = os.path.join(OUT, "onnx_tiny.onnx")
+    onnx_export(net, x[:1], good, 13)
+    with torch.no_grad():
+        np.save(os.path.join(OUT, "onnx_tiny_logits.npy"), net(x).numpy())
+    np.save(os.path.join(OUT, "onnx_tiny_input.npy"), x.reshape(2 * 3 * 16, 16).numpy())
+    raw = open(good, "rb").read()
+    bad = os.path.join(OUT, "onnx_bad")
+    os.makedirs(os.path.join(bad, "inner"), exist_ok=True)
+    open(os.path.join(bad, "truncated.onnx"), "wb").write(raw[: len(raw) // 2])
+    open(os.path.join(bad, "not_onnx.onnx"), "wb").write(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
+    open(os.path.join(bad, "empty.onnx"), "wb").write(b"")
+
+    m = onnx.load(good)
+    nodes = list(m.graph.node)
+    # Two unsupported operators: both must be named in one error.
+    extra = [helper.make_node("TopK", [nodes[-1].output[0], "k"], ["vals", "idx"], name="topk_node", axis=1),
+             helper.make_node("NonMaxSuppression", ["vals", "vals"], ["sel"], name="nms_node")]
+    u = onnx.load(good)
+    u.graph.node.extend(extra)
+    u.graph.initializer.append(helper.make_tensor("k", TensorProto.INT64, [1], [2]))
+    onnx.save(u, os.path.join(bad, "unsupported_ops.onnx"))
+
+    o = onnx.load(good)
+    o.opset_import[0].version = 9
+    onnx.save(o, os.path.join(bad, "opset9.onnx"))
+
+    a = onnx.load(good)
+    t = a.graph.initializer[0]
+    del t.dims[:]
+    t.dims.extend([1 << 40, 1 << 40])
+    onnx.save(a, os.path.join(bad, "absurd_shape.onnx"))
+
+    # Loads, but the first convolution's weight expects 6 input channels: fails when run.
+    from onnx import numpy_helper
+    r = onnx.load(good)
+    w = next(i for i in r.graph.initializer if list(i.dims) == [4, 3, 3, 3])
+    w.CopyFrom(numpy_helper.from_array(np.concatenate([numpy_helper.to_array(w)] * 2, axis=1), w.name))
+    onnx.save(r, os.path.join(bad, "runtime_mismatch.onnx"))
+
+    # External data: inside the folder loads; a location leaving the folder is refused.
+    inside = onnx.load(good)
+    onnx.save(inside, os.path.join(bad, "inner", "external_ok.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin", size_threshold=0)
+    outside = onnx.load(os.path.join(bad, "inner", "external_ok.onnx"), load_external_data=False)
+    for init in outside.graph.initializer:
+        for kv in init.external_data:
+            if kv.key == "location":
+                kv.value = "../secret.bin"
+    open(os.path.join(bad, "secret.bin"), "wb").write(b"\0" * 4096)
+    onnx.save(outside, os.path.join(bad, "inner", "external_escape.onnx"))
+    onnx_cases["bad"] = {"dir": "onnx_bad", "good": "onnx_tiny.onnx"}
+
 
 def bench_models():
     """Random-weight models for bench/ (not compared with references)."""
@@ -1036,10 +1204,10 @@ if __name__ == "__main__":
     import time
 
     for step in (bench_models, small_models, torchvision_models, shared_model, pixel_references, cam_references,
-                 perturbation_references, variant_references, eval_references, target_references):
+                 perturbation_references, variant_references, eval_references, target_references, onnx_references):
         t0 = time.time()
         step()
         print(f"  {step.__name__}: {time.time() - t0:.1f} s", flush=True)
     write_json("manifest.json", {"cases": cases, "pixel": pixel_cases, "cam": cam_cases, "variants": variant_cases,
-                                 "targets": target_cases})
+                                 "targets": target_cases, "onnx": onnx_cases})
     print(f"fixtures: {len(cases)} Grad-CAM, {len(pixel_cases)} pixel-method and {len(cam_cases)} CAM-family reference cases in {OUT}")

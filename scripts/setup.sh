@@ -8,9 +8,9 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 PACKAGES=(
   build-essential cmake ninja-build
-  libtorch-dev libopencv-dev nlohmann-json3-dev libcli11-dev libgtest-dev libbenchmark-dev
+  libtorch-dev libopencv-dev nlohmann-json3-dev libcli11-dev libgtest-dev libbenchmark-dev libonnx-dev
   libopenblas0-openmp                          # LibTorch's default BLAS here is the slow reference one
-  python3-torch python3-torchvision python3-jsonschema   # test tooling only: fixtures and references
+  python3-torch python3-torchvision python3-jsonschema python3-onnx   # test tooling only: fixtures and references
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -26,6 +26,7 @@ struct LayerInfo {
   std::string type;                 // class name of the module, e.g. "Conv2d"
   std::vector<int64_t> shape;       // output shape for the probed input; empty if not a tensor
   std::string output_kind;          // "tensor", "tuple", ..., or "not called"
+  std::string outputs;              // ONNX models: the node's output value names (also usable as layer names)
 };
 
 // What one forward pass returns: the model's own output and, per requested layer, the captured output.
@@ -38,12 +39,18 @@ struct Capture {
 
 class Model {
  public:
-  // Loads a TorchScript file (traced or scripted). Throws lumen::Error on a missing or invalid file.
+  // Loads a TorchScript file (traced or scripted), or an ONNX file (by its .onnx extension), whose
+  // graph is rebuilt on LibTorch ops (see docs/onnx.md). Throws lumen::Error on a missing or invalid file.
+  // In an ONNX model a layer is named by its node name or by its output value's name.
   static Model load(const std::string& path);
   // Wraps a module already in memory (used by the demo, which builds its network in C++).
   static Model from_module(torch::jit::Module module, std::string name = "in-memory");
 
   const std::string& name() const;
+  // A model with the same names and layer aliases running `module` (a modified copy of module()).
+  Model with_module(torch::jit::Module module, std::string name) const;
+  // The input shape the file declares ([1,3,224,224]; -1 where symbolic); empty when it declares none.
+  std::vector<int64_t> declared_input_shape() const;
 
   // Every submodule in definition order, with its output shape for an input of `input_shape`.
   std::vector<LayerInfo> layers(const std::vector<int64_t>& input_shape) const;

@@ -256,7 +256,7 @@ Model randomized(const Model& model, const std::vector<std::string>& blocks, uin
     if (!(s > 0)) s = 0.01;
     t.copy_(torch::randn(t.sizes(), gen) * s);
   }
-  return Model::from_module(copy, model.name() + " (randomised)");
+  return model.with_module(copy, model.name() + " (randomised)");
 }
 
 }  // namespace lumen::metrics

@@ -17,7 +17,7 @@ std::pair<std::string, torch::jit::Module> find_classifier(const Model& model, c
   std::pair<std::string, torch::jit::Module> found{"", torch::jit::Module()};
   for (const auto& sub : model.module().named_modules()) {
     auto type = sub.value.type()->name();
-    const bool linear = type && type->name() == "Linear" && sub.value.hasattr("weight") && sub.value.attr("weight").isTensor();
+    const bool linear = type && (type->name() == "Linear" || type->name() == "Gemm") && sub.value.hasattr("weight") && sub.value.attr("weight").isTensor();
     if (!wanted.empty()) {
       if (sub.name != wanted) continue;
       if (!linear) throw Error("cam: --classifier '" + wanted + "' is not a Linear layer");

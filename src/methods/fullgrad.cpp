@@ -2,7 +2,7 @@
 // term of the network,
 //   S(x) = psi(|x * df/dx|) + sum_l sum_c psi(|b_lc * df/dz_lc|),
 // where z_l is the output of a layer with bias b_l (Conv2d with a bias; BatchNorm2d, whose effective
-// bias is beta - mean * gamma / sqrt(var + eps)) and psi rescales to [0, 1] and upsamples (bilinear,
+// bias is beta - mean * gamma / sqrt(var + eps); ONNX Conv and BatchNormalization nodes likewise) and psi rescales to [0, 1] and upsamples (bilinear,
 // half-pixel centres) to the input. psi rescales each image's term jointly over its channels, as the
 // authors' code does; --compat pytorch-grad-cam rescales every channel on its own ((t - min) /
 // (max + 1e-7)) as that library does. Linear layers' biases have no spatial extent and are left out, as
@@ -46,9 +46,9 @@ std::vector<std::pair<std::string, torch::Tensor>> bias_layers(const Model& mode
     auto type = sub.value.type()->name();
     const std::string kind = type ? type->name() : "";
     const auto& m = sub.value;
-    if (kind == "Conv2d" && m.hasattr("bias") && m.attr("bias").isTensor()) {
+    if ((kind == "Conv2d" || kind == "Conv") && m.hasattr("bias") && m.attr("bias").isTensor()) {
       out.emplace_back(sub.name, m.attr("bias").toTensor().detach());
-    } else if (kind == "BatchNorm2d") {
+    } else if (kind == "BatchNorm2d" || kind == "BatchNormalization") {
       if (!m.hasattr("running_mean") || !m.attr("running_mean").isTensor() || !m.hasattr("weight") || !m.attr("weight").isTensor())
         throw Error("fullgrad: batch-norm layer '" + sub.name + "' has no running statistics or no affine weights");
       auto mean = m.attr("running_mean").toTensor(), var = m.attr("running_var").toTensor();

@@ -1,6 +1,7 @@
 #include <lumen/error.h>
 #include <lumen/model.h>
 
+#include "model/onnx_import.h"
 #include "model/tap.h"
 
 #include <torch/csrc/jit/runtime/interpreter.h>
@@ -11,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <regex>
 #include <sstream>
 
 namespace lumen {
@@ -40,15 +42,34 @@ struct Compiled {
   std::map<std::string, std::string> skipped;
 };
 
+// The submodule whose call failed, from the interpreter's traceback: its first frame marks the failing
+// line of lumen's forward ("v98 = self.pool_ReduceMean.forward(v97)" then "~~~ <--- HERE").
+std::string failing_submodule(const std::string& message) {
+  const auto here = message.find("<--- HERE");
+  if (here == std::string::npos) return "";
+  const auto marker_line = message.rfind('\n', here);
+  if (marker_line == std::string::npos || marker_line == 0) return "";
+  const auto code_line = message.rfind('\n', marker_line - 1);
+  const std::string code = message.substr(code_line == std::string::npos ? 0 : code_line + 1, marker_line - code_line - 1);
+  static const std::regex call(R"(self\.([A-Za-z_][A-Za-z0-9_]*)\.forward)");
+  std::smatch m;
+  return std::regex_search(code, m, call) ? m[1].str() : "";
+}
+
 }  // namespace
 
 struct Model::Impl {
   torch::jit::Module module;
   std::string name;
   std::vector<std::string> paths;
+  std::map<std::string, std::string> aliases;    // ONNX node/value names -> module path
+  std::map<std::string, std::string> described;  // module path -> ONNX output value names
+  std::vector<int64_t> input_shape;
   std::mutex mutex;  // guards `cache` only; the module itself is never mutated after load
   std::map<std::string, std::shared_ptr<Compiled>> cache;
   mutable std::atomic<int64_t> passes{0};
+
+  std::string resolve(const std::string& layer) const;
 
   std::shared_ptr<Compiled> compiled(const detail::RewriteOptions& options) {
     std::string key = std::to_string(options.lenient) + std::to_string(static_cast<int>(options.rule)) +
@@ -75,8 +96,13 @@ struct Model::Impl {
     try {
       state.run(stack);
     } catch (const c10::Error& e) {
-      throw Error("model '" + name + "' failed on an input of shape " + c10::str(input.sizes()) + ": " +
-                  first_line(e.what_without_backtrace()));
+      const std::string where = failing_submodule(e.what_without_backtrace());
+      throw Error("model '" + name + "' failed on an input of shape " + c10::str(input.sizes()) +
+                  (where.empty() ? "" : " in '" + where + "'") + ": " + first_line(e.what_without_backtrace()));
+    } catch (const std::runtime_error& e) {  // the interpreter rethrows kernel errors as JITException
+      const std::string where = failing_submodule(e.what());
+      throw Error("model '" + name + "' failed on an input of shape " + c10::str(input.sizes()) +
+                  (where.empty() ? "" : " in '" + where + "'") + ": " + first_line(e.what()));
     }
     return stack.back();
   }
@@ -105,6 +131,16 @@ Model Model::from_module(torch::jit::Module module, std::string name) {
 Model Model::load(const std::string& path) {
   if (!std::filesystem::exists(path)) throw Error("model file not found: " + path);
   if (std::filesystem::is_directory(path)) throw Error("model path is a directory, not a file: " + path);
+  auto ext = std::filesystem::path(path).extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (ext == ".onnx") {
+    auto imported = detail::import_onnx(path);
+    Model m = from_module(imported.module, std::filesystem::path(path).filename().string());
+    m.impl_->aliases = std::move(imported.aliases);
+    m.impl_->described = std::move(imported.described);
+    m.impl_->input_shape = std::move(imported.input_shape);
+    return m;
+  }
   torch::jit::Module module;
   try {
     module = torch::jit::load(path, torch::kCPU);
@@ -118,28 +154,46 @@ Model Model::load(const std::string& path) {
 }
 
 const std::string& Model::name() const { return impl_->name; }
+std::vector<int64_t> Model::declared_input_shape() const { return impl_->input_shape; }
+
+Model Model::with_module(torch::jit::Module module, std::string name) const {
+  Model m = from_module(std::move(module), std::move(name));
+  m.impl_->aliases = impl_->aliases;
+  m.impl_->described = impl_->described;
+  m.impl_->input_shape = impl_->input_shape;
+  return m;
+}
+
+std::string Model::Impl::resolve(const std::string& layer) const {
+  auto it = aliases.find(layer);
+  return it == aliases.end() ? layer : it->second;
+}
 int64_t Model::passes() const { return impl_->passes.load(); }
 const torch::jit::Module& Model::module() const { return impl_->module; }
 std::vector<std::string> Model::module_paths() const { return impl_->paths; }
 
-void Model::check_layer(const std::string& path) const {
+void Model::check_layer(const std::string& layer) const {
   const auto& paths = impl_->paths;
+  const std::string path = impl_->resolve(layer);
   if (std::find(paths.begin(), paths.end(), path) != paths.end()) return;
   if (paths.empty())
-    throw Error("unknown layer '" + path + "': the model has no submodules (a frozen or fully inlined TorchScript file?)");
+    throw Error("unknown layer '" + layer + "': the model has no submodules (a frozen or fully inlined TorchScript file?)");
   std::vector<std::pair<size_t, std::string>> scored;
-  for (const auto& p : paths) scored.emplace_back(edit_distance(path, p), p);
+  for (const auto& p : paths) scored.emplace_back(edit_distance(layer, p), p);
+  for (const auto& a : impl_->aliases) scored.emplace_back(edit_distance(layer, a.first), a.first);
   std::stable_sort(scored.begin(), scored.end(), [](auto& a, auto& b) { return a.first < b.first; });
   std::string close;
   for (size_t i = 0; i < std::min<size_t>(5, scored.size()); ++i) close += (i ? ", " : "") + scored[i].second;
-  throw Error("unknown layer '" + path + "'; closest: " + close + " (lumen layers MODEL lists all)");
+  throw Error("unknown layer '" + layer + "'; closest: " + close + " (lumen layers MODEL lists all)");
 }
 
 Capture Model::forward(const torch::Tensor& input, const std::vector<std::string>& layers, BackwardRule rule,
                        bool strict) const {
-  for (const auto& l : layers) check_layer(l);
   detail::RewriteOptions options;
-  options.taps = layers;
+  for (const auto& l : layers) {
+    check_layer(l);
+    options.taps.push_back(impl_->resolve(l));
+  }
   options.rule = rule;
   options.strict_nonlinearities = strict;
   auto compiled = impl_->compiled(options);
@@ -153,7 +207,7 @@ Capture Model::forward(const torch::Tensor& input, const std::vector<std::string
 torch::IValue Model::forward_from(const std::string& layer, const torch::Tensor& activation, const torch::Tensor& input) const {
   check_layer(layer);
   detail::RewriteOptions options;
-  options.replace = layer;
+  options.replace = impl_->resolve(layer);
   auto compiled = impl_->compiled(options);
   return impl_->run(*compiled, input, activation).toTuple()->elements().at(0);
 }
@@ -180,6 +234,7 @@ std::vector<LayerInfo> Model::layers(const std::vector<int64_t>& input_shape) co
     } else {
       info.output_kind = compiled->skipped.count(path) ? compiled->skipped.at(path) : "not called";
     }
+    if (auto it = impl_->described.find(path); it != impl_->described.end()) info.outputs = it->second;
     infos.push_back(std::move(info));
   }
   return infos;

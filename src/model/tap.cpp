@@ -32,9 +32,10 @@ using torch::jit::Value;
 
 // The tap op. Under inference mode nothing can require grad, so the value passes through; when the
 // input already requires grad (pixel-space methods ask for input gradients) the value itself is the
-// capture, so gradients still flow through it to the input.
+// capture, so gradients still flow through it to the input. Integer tensors (an ONNX graph's shape
+// arithmetic) have no gradient and pass through too.
 at::Tensor tap(const at::Tensor& x) {
-  if (c10::InferenceMode::is_enabled() || x.requires_grad()) return x;
+  if (c10::InferenceMode::is_enabled() || x.requires_grad() || !x.is_floating_point()) return x;
   return x.detach().requires_grad_(true);
 }
 

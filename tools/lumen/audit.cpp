@@ -31,7 +31,7 @@ Command add_audit(CLI::App& app) {
     int limit = 0, batch = 8, show = 24, threads = 0;
   };
   auto a = std::make_shared<Args>();
-  sub->add_option("--model,-m", a->model, "TorchScript model file")->required();
+  sub->add_option("--model,-m", a->model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
   sub->add_option("--card", a->card, "model card JSON")->required();
   sub->add_option("--data,-d", a->data, "dataset folder: images/, labels.csv, boxes.csv")->required();
   sub->add_option("--method", a->method, "map method (gradcam)");

@@ -353,7 +353,7 @@ int run(const Args& a) {
 Command add_eval(CLI::App& app) {
   auto* sub = app.add_subcommand("eval", "Measure explanations over a dataset: localisation, pointing, deletion/insertion, drop, sanity");
   auto a = std::make_shared<Args>();
-  sub->add_option("--model,-m", a->model, "TorchScript model file")->required();
+  sub->add_option("--model,-m", a->model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
   sub->add_option("--card", a->card, "model card JSON")->required();
   sub->add_option("--data,-d", a->data, "dataset folder: images/, labels.csv, boxes.csv")->required();
   std::string names;

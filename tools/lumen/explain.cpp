@@ -193,7 +193,7 @@ int run(const Args& a) {
 Command add_explain(CLI::App& app) {
   auto* sub = app.add_subcommand("explain", "Explain a model's decision on images");
   auto a = std::make_shared<Args>();
-  sub->add_option("--model,-m", a->model, "TorchScript model file")->required();
+  sub->add_option("--model,-m", a->model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
   sub->add_option("--card", a->card, "model card JSON: input size, mean/std, colour order, labels, CAM layer");
   sub->add_option("--image,-i", a->images, "image file(s)")->required();
   sub->add_option("--layer,-l", a->layers, "module path(s) to explain at, e.g. features.18 (default: the card's)");

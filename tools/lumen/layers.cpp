@@ -12,7 +12,7 @@
 namespace lumen::cli {
 
 Command add_layers(CLI::App& app) {
-  auto* sub = app.add_subcommand("layers", "List a model's layers: module path, type, output shape");
+  auto* sub = app.add_subcommand("layers", "List a model's layers: module path (ONNX: node), type, output shape");
   struct Args {
     std::string model, card;
     std::vector<int> size;
@@ -20,7 +20,7 @@ Command add_layers(CLI::App& app) {
     int threads = 0;
   };
   auto args = std::make_shared<Args>();
-  sub->add_option("model", args->model, "TorchScript model file")->required();
+  sub->add_option("model", args->model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
   sub->add_option("--card", args->card, "model card JSON (gives the input size)");
   sub->add_option("--input-size", args->size, "input H W (default: from the card, else 224 224)")->expected(2);
   sub->add_flag("--json", args->json, "print JSON instead of a table");
@@ -33,27 +33,34 @@ Command add_layers(CLI::App& app) {
               auto card = load_card(args->card);
               h = card.preprocess.height;
               w = card.preprocess.width;
+            } else if (auto d = model.declared_input_shape(); d.size() == 4 && d[2] > 0 && d[3] > 0) {
+              h = static_cast<int>(d[2]);  // an ONNX file says what it takes
+              w = static_cast<int>(d[3]);
             }
             if (args->size.size() == 2) h = args->size[0], w = args->size[1];
             auto layers = model.layers({1, 3, h, w});
             if (args->json) {
               nlohmann::json j = nlohmann::json::array();
               for (const auto& l : layers)
-                j.push_back({{"path", l.path}, {"type", l.type}, {"output", l.output_kind}, {"shape", l.shape}});
+                j.push_back({{"path", l.path}, {"type", l.type}, {"output", l.output_kind}, {"shape", l.shape}, {"onnx_outputs", l.outputs}});
               std::cout << j.dump(2) << "\n";
               return 0;
             }
             size_t width = 4;
             for (const auto& l : layers) width = std::max(width, l.path.size());
+            bool onnx = false;
+            for (const auto& l : layers) onnx |= !l.outputs.empty();
             std::cout << std::left << std::setw(static_cast<int>(width) + 2) << "path" << std::setw(24) << "type"
-                      << "output (input 1x3x" << h << "x" << w << ")\n";
+                      << std::setw(onnx ? 28 : 0) << "output (input 1x3x" + std::to_string(h) + "x" + std::to_string(w) + ")"
+                      << (onnx ? "  ONNX output value" : "") << "\n";
             for (const auto& l : layers) {
               std::string shape = l.output_kind;
               if (l.output_kind == "tensor") {
                 shape.clear();
                 for (size_t i = 0; i < l.shape.size(); ++i) shape += (i ? "x" : "") + std::to_string(l.shape[i]);
               }
-              std::cout << std::setw(static_cast<int>(width) + 2) << l.path << std::setw(24) << l.type << shape << "\n";
+              std::cout << std::setw(static_cast<int>(width) + 2) << l.path << std::setw(24) << l.type << std::setw(onnx ? 28 : 0)
+                        << shape << (onnx ? "  " + l.outputs : "") << "\n";
             }
             return 0;
           }};

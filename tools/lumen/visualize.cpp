@@ -23,7 +23,7 @@ Command add_visualize(CLI::App& app) {
     VisualizeOptions v;
   };
   auto a = std::make_shared<Args>();
-  sub->add_option("--model,-m", a->model, "TorchScript model file")->required();
+  sub->add_option("--model,-m", a->model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
   sub->add_option("--card", a->card, "model card JSON: input size, mean/std, colour order, labels");
   sub->add_option("--class,-c", a->v.cls, "class to visualise (its logit)");
   sub->add_option("--layer,-l", a->v.layer, "layer of the unit to visualise (with --channel)");

@@ -1,0 +1,231 @@
+// ONNX models: the torchvision zoo exported by the fixture script runs like eager PyTorch and explains
+// like its TorchScript trace; broken and hostile files give one clear error each.
+#include "common.h"
+
+#include <torch/csrc/autograd/autograd.h>
+
+#include <random>
+
+namespace lumen::test {
+namespace {
+
+nlohmann::json onnx_manifest() { return read_json(fixture("manifest.json"))["onnx"]; }
+
+torch::Tensor npy_tensor(const std::string& file) {
+  cv::Mat m = read_npy(fixture(file));
+  return torch::from_blob(m.ptr<float>(), {m.rows, m.cols}, torch::kFloat).clone();
+}
+
+std::string expect_error(const std::string& path) {
+  try {
+    Model::load(path);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << path << " loaded without an error";
+  return "";
+}
+
+// One map per (method, image) from the ONNX model and its TorchScript trace, same options.
+// Returns the lowest correlation seen.
+double compare_maps(const Explainer& onnx, const Explainer& script, const std::vector<cv::Mat>& images, ExplainOptions opt,
+                    const std::string& what) {
+  double lowest = 1.0;
+  auto a = onnx.explain(images, opt);
+  auto b = script.explain(images, opt);
+  for (size_t i = 0; i < images.size(); ++i) {
+    EXPECT_EQ(a[i].maps.size(), b[i].maps.size());
+    for (size_t k = 0; k < a[i].maps.size() && k < b[i].maps.size(); ++k) {
+      SCOPED_TRACE(what + " " + a[i].maps[k].method + " image " + std::to_string(i));
+      EXPECT_EQ(a[i].maps[k].cls, b[i].maps[k].cls);
+      EXPECT_EQ(a[i].maps[k].raw.size(), b[i].maps[k].raw.size());
+      if (a[i].maps[k].raw.size() != b[i].maps[k].raw.size()) return 0.0;
+      const double r = pearson(a[i].maps[k].raw, b[i].maps[k].raw);
+      EXPECT_GE(r, 0.999);
+      lowest = std::min(lowest, r);
+    }
+  }
+  return lowest;
+}
+
+TEST(Onnx, ZooForwardMatchesEagerAndMapsMatchTorchScript) {
+  auto zoo = onnx_manifest()["zoo"];
+  ASSERT_EQ(zoo.size(), 12u);
+  ModelCard card = load_card(fixture("imagenet_card.json"));
+  for (const auto& z : zoo) {
+    const std::string arch = z["arch"];
+    SCOPED_TRACE(arch + " opset " + std::to_string(z["opset"].get<int>()));
+    Model onnx = Model::load(fixture("zoo_" + arch + ".onnx"));
+    Model script = Model::load(fixture("zoo_" + arch + ".pt"));
+    std::vector<cv::Mat> images;
+    for (const auto& p : z["images"]) images.push_back(read_image(p));
+    auto x = to_batch(images, card.preprocess);
+    torch::Tensor logits;
+    {
+      torch::NoGradGuard no_grad;
+      logits = default_logits(onnx.forward(x).output);
+    }
+    auto ref = npy_tensor(z["logits"]);
+    ASSERT_EQ(logits.sizes(), ref.sizes());
+    const double rel = ((logits - ref).abs().max() / ref.abs().max()).item<double>();
+    EXPECT_LE(rel, 1e-4) << "max |onnx - eager| / max |eager|";
+
+    Explainer eo(onnx, card.preprocess), es(script, card.preprocess);
+    ExplainOptions opt;
+    opt.layers = {z["layer"].get<std::string>()};
+    opt.methods = {"gradcam"};
+    const double r_cam = compare_maps(eo, es, images, opt, arch);
+    // Guided backprop: ReLU/ReLU6 follow the rule in both; SiLU, hardswish and GELU keep their
+    // ordinary gradient in both (the exports write them as Sigmoid*x, HardSwish, Erf arithmetic).
+    opt.methods = {"guided-backprop"};
+    opt.method.strict_nonlinearities = false;
+    const double r_gbp = compare_maps(eo, es, {images[0]}, opt, arch);
+    std::printf("%-20s opset %d: forward max rel diff %.1e, Grad-CAM r %.7f, guided backprop r %.7f\n", arch.c_str(),
+                z["opset"].get<int>(), rel, r_cam, r_gbp);
+  }
+}
+
+// Split, Slice (negative steps), Pad (three modes), Resize (nearest, two linear), Softmax, Elu, Erf, ...
+// at opsets 11, 13 and 17: outputs and input gradients equal eager PyTorch's.
+TEST(Onnx, RarerOperatorsMatchEagerForwardAndGradient) {
+  auto ops = onnx_manifest()["ops"];
+  auto shape = ops["input_shape"].get<std::vector<int64_t>>();
+  auto x = npy_tensor("onnx_ops_input.npy").reshape(shape);
+  auto ref = npy_tensor("onnx_ops_logits.npy");
+  auto ref_grad = npy_tensor("onnx_ops_grad.npy").reshape(shape);
+  for (int opset : ops["opsets"].get<std::vector<int>>()) {
+    SCOPED_TRACE("opset " + std::to_string(opset));
+    Model m = Model::load(fixture("onnx_ops_" + std::to_string(opset) + ".onnx"));
+    auto xg = x.clone().requires_grad_(true);
+    auto out = default_logits(m.forward(xg).output);
+    EXPECT_LE(((out - ref).abs().max() / ref.abs().max()).item<double>(), 1e-5);
+    auto grad = torch::autograd::grad({out.select(1, ops["class"].get<int64_t>()).sum()}, {xg})[0];
+    EXPECT_LE(((grad - ref_grad).abs().max() / ref_grad.abs().max()).item<double>(), 1e-5);
+  }
+}
+
+TEST(Onnx, SharedMobileNetTop5MatchesTorchScript) {
+  Model onnx = Model::load(shared("models/mobilenet_v2_imagenet.onnx"));
+  Model script = Model::load(shared("models/mobilenet_v2_imagenet.pt"));
+  ModelCard card = load_card(shared("models/mobilenet_v2_imagenet.json"));
+  int images = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(shared("images"))) {
+    const auto ext = entry.path().extension().string();
+    if (ext != ".png" && ext != ".jpg" && ext != ".jpeg") continue;
+    SCOPED_TRACE(entry.path().filename().string());
+    auto x = to_batch({read_image(entry.path().string())}, card.preprocess);
+    torch::NoGradGuard no_grad;
+    auto a = std::get<1>(default_logits(onnx.forward(x).output).topk(5));
+    auto b = std::get<1>(default_logits(script.forward(x).output).topk(5));
+    EXPECT_TRUE(torch::equal(a, b)) << a << " vs " << b;
+    ++images;
+  }
+  EXPECT_GE(images, 3);
+}
+
+TEST(Onnx, LayersAnswerToNodeNamesOutputNamesAndModulePaths) {
+  Model m = Model::load(fixture("zoo_resnet18.onnx"));
+  auto layers = m.layers({1, 3, 224, 224});
+  const LayerInfo* relu = nullptr;
+  for (const auto& l : layers)
+    if (l.path == "layer4_layer4_1_relu_1_Relu") relu = &l;
+  ASSERT_NE(relu, nullptr);
+  EXPECT_EQ(relu->type, "Relu");
+  EXPECT_EQ(relu->shape, (std::vector<int64_t>{1, 512, 7, 7}));
+  ASSERT_FALSE(relu->outputs.empty());
+  auto x = torch::randn({1, 3, 224, 224});
+  torch::NoGradGuard no_grad;
+  auto by_path = m.forward(x, {"layer4_layer4_1_relu_1_Relu"}).layers[0];
+  for (const std::string& name : {std::string("/layer4/layer4.1/relu_1/Relu"), relu->outputs, std::string("layer4")}) {
+    SCOPED_TRACE(name);
+    EXPECT_TRUE(torch::equal(m.forward(x, {name}).layers[0], by_path));
+  }
+  try {
+    m.check_layer("layer44");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("closest: layer4"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Onnx, TinyModelMatchesEagerWithExternalDataInsideItsFolder) {
+  auto x = npy_tensor("onnx_tiny_input.npy").reshape({2, 3, 16, 16});
+  auto ref = npy_tensor("onnx_tiny_logits.npy");
+  for (const char* file : {"onnx_tiny.onnx", "onnx_bad/inner/external_ok.onnx"}) {
+    SCOPED_TRACE(file);
+    Model m = Model::load(fixture(file));
+    torch::NoGradGuard no_grad;
+    auto out = default_logits(m.forward(x).output);  // batch 2 through a batch-1 export: dynamic batch
+    EXPECT_LE((out - ref).abs().max().item<double>(), 1e-5);
+  }
+}
+
+TEST(Onnx, BadFilesGiveOneClearError) {
+  const std::string dir = fixture("onnx_bad/");
+  struct Case {
+    std::string file;
+    std::vector<std::string> says;
+  };
+  const std::vector<Case> cases{
+      {"truncated.onnx", {"not an ONNX model", "truncated"}},
+      {"not_onnx.onnx", {"not an ONNX model"}},
+      {"empty.onnx", {"is empty"}},
+      {"unsupported_ops.onnx", {"2 node(s) lumen cannot run", "TopK at node 'topk_node' (TopK, opset 13)", "NonMaxSuppression at node 'nms_node'"}},
+      {"opset9.onnx", {"opset 9", "opsets 11 to 17"}},
+      {"absurd_shape.onnx", {"impossible shape", "1099511627776"}},
+      {"inner/external_escape.onnx", {"'../secret.bin' lies outside the model's folder"}},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.file);
+    const std::string message = expect_error(dir + c.file);
+    EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+    for (const auto& s : c.says) EXPECT_NE(message.find(s), std::string::npos) << message;
+  }
+  auto r = run_cli("layers " + dir + "unsupported_ops.onnx");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("TopK"), std::string::npos) << r.err;
+  // A file that loads but cannot run names the node that failed.
+  r = run_cli("layers " + dir + "runtime_mismatch.onnx --input-size 16 16");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("in 'conv_Conv': RuntimeError: Given groups=1, weight of size [4, 6, 3, 3]"), std::string::npos) << r.err;
+}
+
+// Not a coverage-guided fuzzer (that is fuzz/, see docs/onnx.md), but the same property on every CI
+// run: random corruptions of a valid file either load or fail with lumen::Error, never anything else.
+TEST(Onnx, CorruptedFilesNeverCrash) {
+  std::ifstream in(fixture("onnx_tiny.onnx"), std::ios::binary);
+  const std::string good((std::istreambuf_iterator<char>(in)), {});
+  const std::string file = temp_dir("fuzz") + "/corrupt.onnx";
+  std::mt19937 rng(12345);
+  int loaded = 0, refused = 0;
+  for (int trial = 0; trial < 400; ++trial) {
+    std::string bytes = good;
+    const int edits = 1 + static_cast<int>(rng() % 8);
+    for (int e = 0; e < edits; ++e) {
+      const size_t at = rng() % bytes.size();
+      switch (rng() % 3) {
+        case 0: bytes[at] = static_cast<char>(rng()); break;
+        case 1: bytes.erase(at, 1 + rng() % 16); break;
+        default: bytes.insert(at, std::string(1 + rng() % 4, static_cast<char>(rng()))); break;
+      }
+      if (bytes.empty()) bytes = "x";
+    }
+    {
+      std::ofstream out(file, std::ios::binary | std::ios::trunc);
+      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    }
+    try {
+      Model m = Model::load(file);
+      torch::NoGradGuard no_grad;
+      m.forward(torch::randn({1, 3, 16, 16}));
+      ++loaded;
+    } catch (const Error&) {
+      ++refused;
+    }
+  }
+  EXPECT_EQ(loaded + refused, 400);
+  EXPECT_GT(refused, 0);
+}
+
+}  // namespace
+}  // namespace lumen::test
