@@ -1115,21 +1115,49 @@ class OnnxOpsNet(nn.Module):
         return F.log_softmax(self.fc(s), 1)
 
 
+class OnnxOpsNet2(nn.Module):
+    """More operators: ConvTranspose, InstanceNormalization, PRelu, GlobalMaxPool, ReduceSum/Min,
+    Expand, Tile, Where/Greater/Equal, Exp, Log, Neg, Reciprocal, Softplus, Max/Min, Cast."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.up = nn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1)
+        self.norm = nn.InstanceNorm2d(4, affine=True)
+        self.prelu = nn.PReLU(4)
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        a = self.prelu(self.norm(self.up(self.c1(x))))
+        a = torch.where(a > 0.1, a, torch.exp(a) - 0.9) + (a == 0).float()
+        g = F.adaptive_max_pool2d(a, 1).flatten(1)
+        h = a.sum((2, 3)) / 1000.0 - a.amin((2, 3)).neg()
+        k = torch.maximum(g, h) + torch.minimum(g, h) + F.softplus(h) + torch.log(1.5 + torch.sigmoid(g))
+        k = k + 1.0 / (2.0 + k.abs()) + (k > 0).to(torch.int64).to(torch.float32)
+        t = torch.cat([k, k.unsqueeze(1).expand(-1, 2, -1).reshape(k.shape[0], 8)[:, :4], k.repeat(1, 2)[:, 3:7]], 1)
+        return self.fc(t)
+
+
 def onnx_ops():
-    torch.manual_seed(11)
-    net = OnnxOpsNet().eval()
-    net.bn.running_mean.uniform_(-0.1, 0.1)
-    net.bn.running_var.uniform_(0.5, 1.5)
-    x = torch.randn(2, 3, 16, 16)
-    xg = x.clone().requires_grad_(True)
-    out = net(xg)
-    (grad,) = torch.autograd.grad(out[:, 3].sum(), xg)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    nets = []
+    for tag, cls in (("ops", OnnxOpsNet), ("ops2", OnnxOpsNet2)):
+        torch.manual_seed(11)
+        net = cls().eval()
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+        xg = x.clone().requires_grad_(True)
+        out = net(xg)
+        (grad,) = torch.autograd.grad(out[:, 3].sum(), xg)
+        np.save(os.path.join(OUT, f"onnx_{tag}_logits.npy"), out.detach().numpy())
+        np.save(os.path.join(OUT, f"onnx_{tag}_grad.npy"), grad.reshape(-1, 16).numpy())
+        for opset in (11, 13, 17):
+            onnx_export(net, x[:1], os.path.join(OUT, f"onnx_{tag}_{opset}.onnx"), opset)
+        nets.append(tag)
     np.save(os.path.join(OUT, "onnx_ops_input.npy"), x.reshape(-1, 16).numpy())
-    np.save(os.path.join(OUT, "onnx_ops_logits.npy"), out.detach().numpy())
-    np.save(os.path.join(OUT, "onnx_ops_grad.npy"), grad.reshape(-1, 16).numpy())
-    for opset in (11, 13, 17):
-        onnx_export(net, x[:1], os.path.join(OUT, f"onnx_ops_{opset}.onnx"), opset)
-    onnx_cases["ops"] = {"opsets": [11, 13, 17], "input_shape": list(x.shape), "class": 3}
+    onnx_cases["ops"] = {"nets": nets, "opsets": [11, 13, 17], "input_shape": list(x.shape), "class": 3}
 
 
 def bad_onnx_files():

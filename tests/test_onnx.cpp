@@ -91,16 +91,18 @@ TEST(Onnx, RarerOperatorsMatchEagerForwardAndGradient) {
   auto ops = onnx_manifest()["ops"];
   auto shape = ops["input_shape"].get<std::vector<int64_t>>();
   auto x = npy_tensor("onnx_ops_input.npy").reshape(shape);
-  auto ref = npy_tensor("onnx_ops_logits.npy");
-  auto ref_grad = npy_tensor("onnx_ops_grad.npy").reshape(shape);
+  for (const std::string net : ops["nets"]) {
+  auto ref = npy_tensor("onnx_" + net + "_logits.npy");
+  auto ref_grad = npy_tensor("onnx_" + net + "_grad.npy").reshape(shape);
   for (int opset : ops["opsets"].get<std::vector<int>>()) {
-    SCOPED_TRACE("opset " + std::to_string(opset));
-    Model m = Model::load(fixture("onnx_ops_" + std::to_string(opset) + ".onnx"));
+    SCOPED_TRACE(net + " opset " + std::to_string(opset));
+    Model m = Model::load(fixture("onnx_" + net + "_" + std::to_string(opset) + ".onnx"));
     auto xg = x.clone().requires_grad_(true);
     auto out = default_logits(m.forward(xg).output);
     EXPECT_LE(((out - ref).abs().max() / ref.abs().max()).item<double>(), 1e-5);
     auto grad = torch::autograd::grad({out.select(1, ops["class"].get<int64_t>()).sum()}, {xg})[0];
     EXPECT_LE(((grad - ref_grad).abs().max() / ref_grad.abs().max()).item<double>(), 1e-5);
+  }
   }
 }
 
