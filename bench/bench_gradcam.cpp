@@ -2,7 +2,8 @@
 //
 //   build/bench/lumen_bench [--benchmark_min_time=2] [google-benchmark flags]
 //
-// Models: ../shared MobileNetV2 (TorchScript, and its ONNX export against the TorchScript forward), torchvision resnet50 with random weights (made by the test fixtures:
+// Models: ../shared MobileNetV2 (TorchScript, and its ONNX export against the TorchScript forward), torchvision resnet50
+// and vgg16 with random weights (made by the test fixtures:
 // run `ctest -R fixtures` once). Per model and batch size (1, 8):
 //   forward      torch::InferenceMode + module.forward: what inference alone costs
 //   gradcam      lumen Explainer: forward with the layer captured, backward to the layer only, map,
@@ -79,7 +80,8 @@ int main(int argc, char** argv) {
   const std::vector<std::array<std::string, 4>> wanted{
       {"mobilenet_v2", shared + "/models/mobilenet_v2_imagenet.pt", "features.18", shared + "/models/mobilenet_v2_imagenet.pt"},
       {"mobilenet_onnx", shared + "/models/mobilenet_v2_imagenet.onnx", "features.18", shared + "/models/mobilenet_v2_imagenet.pt"},
-      {"resnet50", fixtures + "/resnet50_traced.pt", "layer4", fixtures + "/resnet50_traced.pt"}};
+      {"resnet50", fixtures + "/resnet50_traced.pt", "layer4", fixtures + "/resnet50_traced.pt"},
+      {"vgg16", fixtures + "/vgg16_traced.pt", "features.29", fixtures + "/vgg16_traced.pt"}};
   for (const auto& [name, path, layer, baseline] : wanted) {
     if (!std::filesystem::exists(path)) {
       std::cerr << "skipping " << name << ": " << path << " not found (run `ctest -R fixtures` first)\n";

@@ -1223,9 +1223,10 @@ def bad_onnx_files():
 def bench_models():
     """Random-weight models for bench/ (not compared with references)."""
     torch.manual_seed(0)
-    path = os.path.join(OUT, "resnet50_traced.pt")
-    if not os.path.exists(path):
-        torch.jit.trace(torchvision.models.resnet50(weights=None).eval(), torch.randn(1, 3, 224, 224)).save(path)
+    for arch in ("resnet50", "vgg16"):
+        path = os.path.join(OUT, f"{arch}_traced.pt")
+        if not os.path.exists(path):
+            torch.jit.trace(getattr(torchvision.models, arch)(weights=None).eval(), torch.randn(1, 3, 224, 224)).save(path)
 
 
 if __name__ == "__main__":

@@ -273,5 +273,27 @@ TEST(Cli, DemoTrainsExplainsAndScores) {
   EXPECT_NE(layers.out.find("1x64x16x16"), std::string::npos);
 }
 
+TEST(Cli, BenchPrintsRatiosToTheForwardAndWritesJson) {
+  const std::string dir = temp_dir("bench");
+  auto r = run_cli("bench --model " + fixture("resnet18_traced.pt") +
+                   " --layer layer4 --methods gradcam,saliency --together --batch 1,2 --min-time 0.05 --input-size 64 64 --json " +
+                   dir + "/bench.json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("2 methods together"), std::string::npos) << r.out;
+  auto j = read_json(dir + "/bench.json");
+  ASSERT_EQ(j["rows"].size(), 8u);  // per batch: forward, gradcam, saliency, both together
+  for (const auto& row : j["rows"]) {
+    EXPECT_GT(row["seconds"].get<double>(), 0.0);
+    EXPECT_GT(row["peak_rss_mib"].get<double>(), 0.0);
+    if (row["what"] == "forward") continue;
+    EXPECT_GT(row["ratio_to_forward"].get<double>(), 0.0);
+    EXPECT_GT(row["forward_share"].get<double>(), 0.0);
+    EXPECT_LE(row["forward_share"].get<double>(), 1.0);
+  }
+  r = run_cli("bench --model " + fixture("resnet18_traced.pt") + " --layer layer4 --methods gradkam --batch 1 --min-time 0.05");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("gradkam"), std::string::npos) << r.err;
+}
+
 }  // namespace
 }  // namespace lumen::test

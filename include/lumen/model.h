@@ -74,6 +74,8 @@ class Model {
 
   // Number of graph executions so far (forward, forward_from) — how tests count the planner's passes.
   int64_t passes() const;
+  // Wall time spent inside those executions, in seconds: what `lumen bench` calls the forward share.
+  double forward_seconds() const;
 
   // The underlying module (lumen's own copy; parameters have requires_grad = false).
   const torch::jit::Module& module() const;

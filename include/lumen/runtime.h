@@ -12,4 +12,8 @@ void ensure_passive_openmp(char** argv);
 // Intra-op threads for LibTorch and OpenCV; 0 or less = all cores (LibTorch starts with 1 here).
 void set_threads(int threads);
 
+// The process's resident memory now, in MiB (Linux /proc; 0 elsewhere). Long runs print it with their
+// progress, so that flat memory over a dataset can be watched.
+double resident_mib();
+
 }  // namespace lumen

@@ -1,5 +1,8 @@
 #include <lumen/runtime.h>
 
+#include <fstream>
+#include <string>
+
 #include <ATen/Parallel.h>
 #include <opencv2/core.hpp>
 
@@ -20,6 +23,13 @@ void set_threads(int threads) {
   if (threads < 1) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(threads);
   cv::setNumThreads(threads);
+}
+
+double resident_mib() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  return 0.0;
 }
 
 }  // namespace lumen

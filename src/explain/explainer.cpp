@@ -1,6 +1,8 @@
 #include <lumen/error.h>
 #include <lumen/explain.h>
 
+#include <ATen/Parallel.h>
+
 #include "methods/cam_family.h"
 #include "methods/method.h"
 
@@ -461,6 +463,32 @@ std::vector<ImageExplanation> Explainer::run(const torch::Tensor& batch, const E
     });
   };
 
+  // Several targets at one layer: their layer gradients from one backward. The captured activation is
+  // repeated once per target and the network is run from the layer on (the head only), each copy scored
+  // by its own target. One backward then serves all targets, and a large head (VGG's 100M-weight
+  // classifier) is read once per pass instead of once per target. Models whose head cannot be run from
+  // the layer on, and non-tensor outputs, keep one backward per target over the retained graph.
+  std::vector<torch::Tensor> batched_gradients;
+  if (targets.size() > 1 && need_layers && !need_biases && !plain_input && taps.size() == 1 && cap.output.isTensor()) {
+    try {
+      const auto k = static_cast<int64_t>(targets.size());
+      auto a = cap.layers[0].detach().repeat({k, 1, 1, 1}).requires_grad_(true);
+      auto out = model_.forward_from(taps[0], a, batch.detach().repeat({k, 1, 1, 1}));
+      if (out.isTensor() && out.toTensor().size(0) == k * n) {
+        torch::Tensor total;
+        for (int64_t t = 0; t < k; ++t) {
+          auto yt = targets[t](torch::IValue(out.toTensor().narrow(0, t * n, n))).sum();
+          total = total.defined() ? total + yt : yt;
+        }
+        auto g = torch::autograd::grad({total}, {a}, {}, /*retain_graph=*/false, false, /*allow_unused=*/true)[0];
+        if (g.defined())
+          for (int64_t t = 0; t < k; ++t) batched_gradients.push_back(g.narrow(0, t * n, n));
+      }
+    } catch (const Error&) {
+      batched_gradients.clear();
+    }
+  }
+
   for (size_t ti = 0; ti < targets.size(); ++ti) {
     const Target& target = targets[ti];
     const bool last = ti + 1 == targets.size();
@@ -494,7 +522,11 @@ std::vector<ImageExplanation> Explainer::run(const torch::Tensor& batch, const E
     if (need_layers) wrt.assign(cap.layers.begin(), cap.layers.begin() + static_cast<int64_t>(taps.size()));
     if (need_biases) wrt.insert(wrt.end(), cap.layers.begin() + static_cast<int64_t>(taps.size()), cap.layers.end());
     if (plain_input) wrt.push_back(x);
-    if (!wrt.empty()) {
+    if (!batched_gradients.empty()) {
+      if (!y.requires_grad())
+        throw Error("target '" + target.name + "' does not depend on the captured layers (no gradient path)");
+      ev.layers[0].gradients = batched_gradients[ti];
+    } else if (!wrt.empty()) {
       if (!y.requires_grad())
         throw Error("target '" + target.name + "' does not depend on the captured layers (no gradient path)");
       // Parameters never require grad in lumen's copy, so this backward runs through the network's
@@ -530,23 +562,28 @@ std::vector<ImageExplanation> Explainer::run(const torch::Tensor& batch, const E
         }
         const std::string layer = method->per_layer ? taps[l] : "input";
         check_finite(res.maps, method->name + " map at " + (method->per_layer ? "layer '" + layer + "'" : "the input"));
-        for (int64_t i = 0; i < n; ++i) {
-          Map m;
-          m.method = method->name;
-          m.layer = layer;
-          m.target = target.name;
-          m.cls = target.classes.empty() ? -1 : target.classes[i];
-          m.label = label_of(m.cls);
-          m.counterfactual = target.counterfactual;
-          m.target_value = y_values[i].item<float>();
-          m.is_signed = res.is_signed;
-          finish_map(m, res.maps[i], results[i].width, results[i].height, input_size, opt.box_threshold, compat);
-          if (res.attribution.defined()) m.attribution = to_mat_hwc(res.attribution[i]);
-          if (i < static_cast<int64_t>(res.extra.size())) m.extra = res.extra[i];
-          if (res.weighted.defined() && mo.eigen_smooth) m.extra["eigen_smooth"] = true;
-          if (compat) m.extra["compat"] = "pytorch-grad-cam";
-          results[i].maps.push_back(std::move(m));
-        }
+        // Upsampling, normalising and boxing each image's map is independent of the others and, for
+        // several cheap CAM methods at once, a visible share of the cost: spread over the threads.
+        std::vector<Map> finished(static_cast<size_t>(n));
+        at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) {
+            Map& m = finished[static_cast<size_t>(i)];
+            m.method = method->name;
+            m.layer = layer;
+            m.target = target.name;
+            m.cls = target.classes.empty() ? -1 : target.classes[i];
+            m.label = label_of(m.cls);
+            m.counterfactual = target.counterfactual;
+            m.target_value = y_values[i].item<float>();
+            m.is_signed = res.is_signed;
+            finish_map(m, res.maps[i], results[i].width, results[i].height, input_size, opt.box_threshold, compat);
+            if (res.attribution.defined()) m.attribution = to_mat_hwc(res.attribution[i]);
+            if (i < static_cast<int64_t>(res.extra.size())) m.extra = res.extra[i];
+            if (res.weighted.defined() && mo.eigen_smooth) m.extra["eigen_smooth"] = true;
+            if (compat) m.extra["compat"] = "pytorch-grad-cam";
+          }
+        });
+        for (int64_t i = 0; i < n; ++i) results[i].maps.push_back(std::move(finished[static_cast<size_t>(i)]));
       }
     }
   }

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -68,6 +69,7 @@ struct Model::Impl {
   std::mutex mutex;  // guards `cache` only; the module itself is never mutated after load
   std::map<std::string, std::shared_ptr<Compiled>> cache;
   mutable std::atomic<int64_t> passes{0};
+  mutable std::atomic<int64_t> forward_ns{0};
 
   std::string resolve(const std::string& layer) const;
 
@@ -93,6 +95,12 @@ struct Model::Impl {
     if (extra.defined()) stack.push_back(extra);
     torch::jit::InterpreterState state(*c.code);
     ++passes;
+    const auto start = std::chrono::steady_clock::now();
+    struct Clock {  // counts the time also when the run throws
+      std::atomic<int64_t>& total;
+      std::chrono::steady_clock::time_point start;
+      ~Clock() { total += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count(); }
+    } clock{forward_ns, start};
     try {
       state.run(stack);
     } catch (const c10::Error& e) {
@@ -169,6 +177,7 @@ std::string Model::Impl::resolve(const std::string& layer) const {
   return it == aliases.end() ? layer : it->second;
 }
 int64_t Model::passes() const { return impl_->passes.load(); }
+double Model::forward_seconds() const { return static_cast<double>(impl_->forward_ns.load()) * 1e-9; }
 const torch::jit::Module& Model::module() const { return impl_->module; }
 std::vector<std::string> Model::module_paths() const { return impl_->paths; }
 

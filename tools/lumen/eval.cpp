@@ -164,7 +164,8 @@ int run(const Args& a) {
     double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     double eta = computed ? el / static_cast<double>(computed) * static_cast<double>(total - finished) : 0;
     std::cerr << "\r  eval " << finished << "/" << total << " (image x method)  " << what << "  elapsed " << duration(el)
-              << "  eta " << (computed ? duration(eta) : "?") << "      " << std::flush;
+              << "  eta " << (computed ? duration(eta) : "?") << "  rss " << static_cast<int>(resident_mib()) << " MiB      "
+              << std::flush;
   };
 
   for (size_t first = 0; first < data.samples.size(); first += static_cast<size_t>(a.batch)) {

@@ -22,22 +22,13 @@ Command add_layers(CLI::App& app) {
   auto args = std::make_shared<Args>();
   sub->add_option("model", args->model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
   sub->add_option("--card", args->card, "model card JSON (gives the input size)");
-  sub->add_option("--input-size", args->size, "input H W (default: from the card, else 224 224)")->expected(2);
+  sub->add_option("--input-size", args->size, "input H W (default: the card's, else the file's, else 224 224)")->expected(2);
   sub->add_flag("--json", args->json, "print JSON instead of a table");
   sub->add_option("--threads", args->threads, "intra-op threads (default: all cores)");
   return {sub, [args] {
             set_threads(args->threads);
             Model model = Model::load(args->model);
-            int h = 224, w = 224;
-            if (!args->card.empty()) {
-              auto card = load_card(args->card);
-              h = card.preprocess.height;
-              w = card.preprocess.width;
-            } else if (auto d = model.declared_input_shape(); d.size() == 4 && d[2] > 0 && d[3] > 0) {
-              h = static_cast<int>(d[2]);  // an ONNX file says what it takes
-              w = static_cast<int>(d[3]);
-            }
-            if (args->size.size() == 2) h = args->size[0], w = args->size[1];
+            const auto [h, w] = input_size(model, args->card, args->size);
             auto layers = model.layers({1, 3, h, w});
             if (args->json) {
               nlohmann::json j = nlohmann::json::array();

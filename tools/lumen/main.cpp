@@ -1,5 +1,7 @@
 #include "commands.h"
 
+#include <lumen/image.h>
+
 #include <lumen/error.h>
 #include <lumen/runtime.h>
 
@@ -29,6 +31,16 @@ std::vector<std::string> split_list(const std::vector<std::string>& items) {
 
 std::string stem_of(const std::string& path) { return std::filesystem::path(path).stem().string(); }
 
+std::pair<int, int> input_size(const Model& model, const std::string& card, const std::vector<int>& size) {
+  if (size.size() == 2) return {size[0], size[1]};
+  if (!card.empty()) {
+    const auto c = load_card(card);
+    return {c.preprocess.height, c.preprocess.width};
+  }
+  if (auto d = model.declared_input_shape(); d.size() == 4 && d[2] > 0 && d[3] > 0) return {static_cast<int>(d[2]), static_cast<int>(d[3])};
+  return {224, 224};
+}
+
 }  // namespace lumen::cli
 
 int main(int argc, char** argv) {
@@ -39,7 +51,8 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "lumen 0.1.0");
   std::vector<lumen::cli::Command> commands{lumen::cli::add_layers(app), lumen::cli::add_explain(app),
                                             lumen::cli::add_demo(app), lumen::cli::add_eval(app),
-                                            lumen::cli::add_visualize(app), lumen::cli::add_audit(app)};
+                                            lumen::cli::add_visualize(app), lumen::cli::add_audit(app),
+                                            lumen::cli::add_bench(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

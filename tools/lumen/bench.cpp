@@ -1,0 +1,190 @@
+// lumen bench: what each explanation costs next to the model's own inference forward, same process,
+// same input, same threads. Prints one table (and optionally JSON); docs/performance.md explains it.
+#include "commands.h"
+
+#include <lumen/error.h>
+#include <lumen/explain.h>
+#include <lumen/image.h>
+#include <lumen/model.h>
+#include <lumen/output.h>
+
+#include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+namespace lumen::cli {
+namespace {
+
+// Peak resident memory since the last reset, in MiB. Writing 5 to clear_refs resets the kernel's high-water
+// mark (Linux >= 4.0), so each measurement reports its own peak, not the process's.
+void reset_peak_rss() {
+  std::ofstream clear("/proc/self/clear_refs");
+  clear << "5";
+}
+double peak_rss_mib() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  return 0.0;
+}
+
+struct Timing {
+  double seconds = 0;  // median wall time of one call
+  int runs = 0;
+  double peak_mib = 0;
+  double forward_share = 0;  // of the time, the part inside the model's graph executions
+  double baseline_seconds = 0;  // median of the inference forwards run between the calls
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+// Runs `call` once to warm up, then until `min_time` has passed (at least 3 timed runs), each run preceded
+// by one run of `baseline` (the inference forward). The ratio is taken between the interleaved medians, so
+// that the machine's drift (other work on 2 cores, clock changes) hits both sides alike. A first run that
+// alone takes longer than `min_time` (Score-CAM, RISE) is the measurement, between two baseline runs.
+Timing measure(const std::function<void()>& call, double min_time, const Model& model, const std::function<void()>& baseline) {
+  using clock = std::chrono::steady_clock;
+  Timing t;
+  auto timed = [](const std::function<void()>& f) {
+    const auto start = clock::now();
+    f();
+    return std::chrono::duration<double>(clock::now() - start).count();
+  };
+  std::vector<double> times, base;
+  double forward = 0, total = 0;
+  auto once = [&] {
+    base.push_back(timed(baseline));
+    const double f0 = model.forward_seconds();
+    const double s = timed(call);
+    times.push_back(s);
+    total += s;
+    forward += model.forward_seconds() - f0;
+  };
+  reset_peak_rss();
+  once();
+  if (times[0] >= min_time) {
+    base.push_back(timed(baseline));
+  } else {
+    times.clear(), base.clear(), total = forward = 0;  // the warm-up
+    while (times.size() < 3 || total < min_time) once();
+  }
+  t.seconds = median(times);
+  t.baseline_seconds = median(base);
+  t.runs = static_cast<int>(times.size());
+  t.peak_mib = peak_rss_mib();
+  t.forward_share = total > 0 ? forward / total : 0;
+  return t;
+}
+
+}  // namespace
+
+Command add_bench(CLI::App& app) {
+  auto* sub = app.add_subcommand("bench", "Time explanations against the model's own inference forward (same run)");
+  struct Args {
+    std::string model, card, json;
+    std::vector<std::string> methods{"gradcam"}, layers;
+    std::vector<int> batches{1, 16};
+    std::vector<int> size;
+    int top_k = 1, threads = 0;
+    double min_time = 2.0;
+    bool together = false;
+    MethodOptions method;
+  };
+  auto a = std::make_shared<Args>();
+  sub->add_option("--model,-m", a->model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
+  sub->add_option("--card", a->card, "model card JSON (gives the input size)");
+  sub->add_option("--methods", a->methods, "methods to time, comma-separated (gradcam)");
+  sub->add_option("--layer,-l", a->layers, "layer(s) for the CAM methods");
+  sub->add_option("--batch", a->batches, "batch sizes, comma-separated (1,16)")->delimiter(',');
+  sub->add_option("--top-k", a->top_k, "explain the top-k classes of each image (1)")->check(CLI::Range(1, 1000));
+  sub->add_flag("--together", a->together, "also time all --methods in one request (they share the forward)");
+  sub->add_option("--min-time", a->min_time, "seconds of timed runs per row (2)");
+  sub->add_option("--input-size", a->size, "input H W (default: card, else the file's, else 224 224)")->expected(2);
+  sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
+  sub->add_option("--json", a->json, "also write the rows as JSON to this file");
+  sub->add_option("--masks", a->method.masks, "rise: masks (2000)");
+  sub->add_option("--batch-size", a->method.batch_size, "rows per extra pass of perturbation methods (8)");
+  return {sub, [a] {
+            set_threads(a->threads);
+            Model model = Model::load(a->model);
+            const auto [h, w] = input_size(model, a->card, a->size);
+            const auto methods = split_list(a->methods);
+            const auto layers = split_list(a->layers);
+            Explainer explainer(model, Preprocess{});
+            auto options = [&](const std::vector<std::string>& ms) {
+              ExplainOptions o;
+              o.methods = ms;
+              o.layers = layers;
+              o.top_k = a->top_k;
+              o.method = a->method;
+              return o;
+            };
+            nlohmann::json rows = nlohmann::json::array();
+            std::printf(
+                "lumen bench: %s, input %dx%d, %d threads, top-%d; median "
+                "of timed runs after a warm-up\n",
+                model.name().c_str(), h, w, at::get_num_threads(), a->top_k);
+            std::printf("%-22s %5s %12s %10s %12s %14s %10s\n", "what", "batch", "ms/batch", "img/s", "/ forward",
+                        "forward share", "peak MiB");
+            for (int batch : a->batches) {
+              if (batch < 1) throw Error("batch sizes must be positive");
+              torch::manual_seed(0);
+              const auto x = torch::randn({batch, 3, h, w});
+              auto inference = [&] {
+                c10::InferenceMode guard;
+                model.module().get_method("forward")({x});
+              };
+              const auto forward = measure(inference, a->min_time, model, [] {});
+              auto row = [&](const std::string& what, const Timing& t) {
+                const double ratio = t.seconds / t.baseline_seconds;
+                std::printf("%-22s %5d %12.2f %10.2f %12.3f %13.1f%% %10.0f\n", what.c_str(), batch, t.seconds * 1e3,
+                            batch / t.seconds, ratio, 100.0 * t.forward_share, t.peak_mib);
+                std::fflush(stdout);
+                rows.push_back({{"what", what},
+                                {"batch", batch},
+                                {"seconds", t.seconds},
+                                {"runs", t.runs},
+                                {"images_per_second", batch / t.seconds},
+                                {"ratio_to_forward", ratio},
+                                {"forward_share", t.forward_share},
+                                {"peak_rss_mib", t.peak_mib}});
+              };
+              std::printf("%-22s %5d %12.2f %10.2f %12s %14s %10.0f\n", "forward (inference)", batch, forward.seconds * 1e3,
+                          batch / forward.seconds, "1", "", forward.peak_mib);
+              rows.push_back({{"what", "forward"},
+                              {"batch", batch},
+                              {"seconds", forward.seconds},
+                              {"runs", forward.runs},
+                              {"images_per_second", batch / forward.seconds},
+                              {"peak_rss_mib", forward.peak_mib}});
+              std::vector<std::vector<std::string>> requests;
+              for (const auto& m : methods) requests.push_back({m});
+              if (a->together && methods.size() > 1) requests.push_back(methods);
+              for (const auto& ms : requests) {
+                const auto opt = options(ms);
+                const auto t = measure([&] { explainer.explain_tensor(x, opt); }, a->min_time, model, inference);
+                std::string what = ms.size() == 1 ? ms[0] : std::to_string(ms.size()) + " methods together";
+                row(what, t);
+              }
+            }
+            if (!a->json.empty()) {
+              nlohmann::json doc{{"model", model.name()},
+                                 {"input", {h, w}},
+                                 {"threads", at::get_num_threads()},
+                                 {"top_k", a->top_k},
+                                 {"rows", rows}};
+              write_file_atomic(a->json, doc.dump(1) + "\n");
+            }
+            return 0;
+          }};
+}
+
+}  // namespace lumen::cli
