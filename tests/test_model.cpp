@@ -266,6 +266,7 @@ TEST(Model, SeveralTargetsShareOneBatchedBackward) {
     opt.layers = {file.rfind("vgg", 0) == 0 ? "features.18" : "layer4"};
     opt.methods = {"gradcam", "gradcam++"};
     opt.top_k = 3;
+    EXPECT_EQ(m.convolutions_after(opt.layers[0]), 0);
     const auto before = m.passes();
     auto together = ex.explain(images, opt);
     EXPECT_EQ(m.passes() - before, 2);  // the forward, and the head over 3 x 2 rows
@@ -285,6 +286,20 @@ TEST(Model, SeveralTargetsShareOneBatchedBackward) {
       }
     }
   }
+}
+
+// Before a convolutional block, k copies of the rest of the network would cost more than k backward
+// passes through it: one backward per target, and the forward alone.
+TEST(Model, TargetsBeforeConvolutionsKeepOneBackwardEach) {
+  Model m = Model::load(fixture("resnet18_traced.pt"));
+  EXPECT_EQ(m.convolutions_after("layer3"), 5);  // layer4: two blocks of two, and the downsampling one
+  Explainer ex(m, load_card(fixture("imagenet_card.json")).preprocess);
+  ExplainOptions opt;
+  opt.layers = {"layer3"};
+  opt.top_k = 3;
+  const auto before = m.passes();
+  ex.explain({read_image(shared("images/cat.png"))}, opt);
+  EXPECT_EQ(m.passes() - before, 1);
 }
 
 // A long run must not accumulate: cached graphs are built once, tensors are freed per request. The

@@ -72,6 +72,11 @@ class Model {
   // `input` ([M,C,H,W] or broadcastable) is used only where the network reads it after the layer.
   torch::IValue forward_from(const std::string& layer, const torch::Tensor& activation, const torch::Tensor& input) const;
 
+  // Convolutions the network runs after `layer` (in forward_from's graph). The explainer batches
+  // several targets' backward through a head without any: there the copies are cheap, and one pass
+  // reads a large classifier's weights once instead of once per target.
+  int64_t convolutions_after(const std::string& layer) const;
+
   // Number of graph executions so far (forward, forward_from) — how tests count the planner's passes.
   int64_t passes() const;
   // Wall time spent inside those executions, in seconds: what `lumen bench` calls the forward share.

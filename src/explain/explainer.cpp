@@ -466,10 +466,20 @@ std::vector<ImageExplanation> Explainer::run(const torch::Tensor& batch, const E
   // Several targets at one layer: their layer gradients from one backward. The captured activation is
   // repeated once per target and the network is run from the layer on (the head only), each copy scored
   // by its own target. One backward then serves all targets, and a large head (VGG's 100M-weight
-  // classifier) is read once per pass instead of once per target. Models whose head cannot be run from
-  // the layer on, and non-tensor outputs, keep one backward per target over the retained graph.
+  // classifier) is read once per pass instead of once per target. This pays only where the head has no
+  // convolutions: re-running convolutional blocks k times costs more than k backward passes through
+  // them. Elsewhere, and for heads that cannot be run from the layer on or outputs that are not
+  // tensors, each target has its own backward over the retained graph.
+  auto light_head = [&](const std::string& layer) {
+    try {
+      return model_.convolutions_after(layer) == 0;
+    } catch (const Error&) {  // no suffix graph from this layer
+      return false;
+    }
+  };
   std::vector<torch::Tensor> batched_gradients;
-  if (targets.size() > 1 && need_layers && !need_biases && !plain_input && taps.size() == 1 && cap.output.isTensor()) {
+  if (targets.size() > 1 && need_layers && !need_biases && !plain_input && taps.size() == 1 && cap.output.isTensor() &&
+      light_head(taps[0])) {
     try {
       const auto k = static_cast<int64_t>(targets.size());
       auto a = cap.layers[0].detach().repeat({k, 1, 1, 1}).requires_grad_(true);

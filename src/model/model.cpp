@@ -4,6 +4,7 @@
 #include "model/onnx_import.h"
 #include "model/tap.h"
 
+#include <torch/csrc/jit/passes/inliner.h>
 #include <torch/csrc/jit/runtime/interpreter.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <regex>
@@ -68,6 +70,7 @@ struct Model::Impl {
   std::vector<int64_t> input_shape;
   std::mutex mutex;  // guards `cache` only; the module itself is never mutated after load
   std::map<std::string, std::shared_ptr<Compiled>> cache;
+  std::map<std::string, int64_t> convolutions_after;  // by module path; guarded by `mutex`
   mutable std::atomic<int64_t> passes{0};
   mutable std::atomic<int64_t> forward_ns{0};
 
@@ -219,6 +222,31 @@ torch::IValue Model::forward_from(const std::string& layer, const torch::Tensor&
   options.replace = impl_->resolve(layer);
   auto compiled = impl_->compiled(options);
   return impl_->run(*compiled, input, activation).toTuple()->elements().at(0);
+}
+
+int64_t Model::convolutions_after(const std::string& layer) const {
+  check_layer(layer);
+  const std::string path = impl_->resolve(layer);
+  {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    if (auto it = impl_->convolutions_after.find(path); it != impl_->convolutions_after.end()) return it->second;
+  }
+  detail::RewriteOptions options;
+  options.replace = path;
+  auto graph = impl_->compiled(options)->graph->copy();
+  torch::jit::Inline(*graph);  // submodule calls off the rewritten path still hold their convolutions
+  int64_t count = 0;
+  std::function<void(torch::jit::Block*)> visit = [&](torch::jit::Block* block) {
+    for (auto* node : block->nodes()) {
+      const std::string kind = node->kind().toQualString();
+      count += kind.find("conv") != std::string::npos && kind.rfind("aten::", 0) == 0;
+      for (auto* b : node->blocks()) visit(b);
+    }
+  };
+  visit(graph->block());
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  impl_->convolutions_after[path] = count;
+  return count;
 }
 
 std::vector<LayerInfo> Model::layers(const std::vector<int64_t>& input_shape) const {

@@ -34,7 +34,7 @@ namespace {
 // corrupt or hostile file rather than allocated.
 constexpr int64_t kMaxTensorBytes = int64_t{4} << 30;
 constexpr int64_t kMaxRank = 8;
-// Ops whose values are never meant to be explained and the IR versions lumen reads (ONNX 1.6 .. 1.14).
+// The IR versions lumen reads (those of ONNX 1.6 to 1.14).
 constexpr int64_t kMinIr = 3, kMaxIr = 9;
 
 c10::ScalarType scalar_type(int32_t onnx_type, const std::string& what) {
