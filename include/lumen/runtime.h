@@ -15,5 +15,8 @@ void set_threads(int threads);
 // The process's resident memory now, in MiB (Linux /proc; 0 elsewhere). Long runs print it with their
 // progress, so that flat memory over a dataset can be watched.
 double resident_mib();
+// The highest resident memory so far (the kernel's high-water mark, which writing 5 to
+// /proc/self/clear_refs resets), in MiB.
+double peak_resident_mib();
 
 }  // namespace lumen

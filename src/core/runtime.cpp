@@ -25,11 +25,17 @@ void set_threads(int threads) {
   cv::setNumThreads(threads);
 }
 
-double resident_mib() {
+namespace {
+// A "Field:  N kB" line of /proc/self/status, in MiB.
+double status_mib(const std::string& field) {
   std::ifstream status("/proc/self/status");
   for (std::string line; std::getline(status, line);)
-    if (line.rfind("VmRSS:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+    if (line.rfind(field, 0) == 0) return std::stod(line.substr(field.size())) / 1024.0;
   return 0.0;
 }
+}  // namespace
+
+double resident_mib() { return status_mib("VmRSS:"); }
+double peak_resident_mib() { return status_mib("VmHWM:"); }
 
 }  // namespace lumen

@@ -65,10 +65,13 @@ struct Model::Impl {
   torch::jit::Module module;
   std::string name;
   std::vector<std::string> paths;
-  std::map<std::string, std::string> aliases;    // ONNX node/value names -> module path
-  std::map<std::string, std::string> described;  // module path -> ONNX output value names
-  std::vector<int64_t> input_shape;
-  std::mutex mutex;  // guards `cache` only; the module itself is never mutated after load
+  // What an ONNX file adds (empty for TorchScript); models derived from this one keep it.
+  struct Names {
+    std::map<std::string, std::string> aliases;    // ONNX node/value names -> module path
+    std::map<std::string, std::string> described;  // module path -> ONNX output value names
+    std::vector<int64_t> input_shape;
+  } onnx;
+  std::mutex mutex;  // guards `cache` and `convolutions_after`; the module itself is never mutated after load
   std::map<std::string, std::shared_ptr<Compiled>> cache;
   std::map<std::string, int64_t> convolutions_after;  // by module path; guarded by `mutex`
   mutable std::atomic<int64_t> passes{0};
@@ -104,16 +107,17 @@ struct Model::Impl {
       std::chrono::steady_clock::time_point start;
       ~Clock() { total += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count(); }
     } clock{forward_ns, start};
+    auto failure = [&](const std::string& message) {
+      const std::string where = failing_submodule(message);
+      return Error("model '" + name + "' failed on an input of shape " + c10::str(input.sizes()) +
+                   (where.empty() ? "" : " in '" + where + "'") + ": " + first_line(message));
+    };
     try {
       state.run(stack);
     } catch (const c10::Error& e) {
-      const std::string where = failing_submodule(e.what_without_backtrace());
-      throw Error("model '" + name + "' failed on an input of shape " + c10::str(input.sizes()) +
-                  (where.empty() ? "" : " in '" + where + "'") + ": " + first_line(e.what_without_backtrace()));
+      throw failure(e.what_without_backtrace());
     } catch (const std::runtime_error& e) {  // the interpreter rethrows kernel errors as JITException
-      const std::string where = failing_submodule(e.what());
-      throw Error("model '" + name + "' failed on an input of shape " + c10::str(input.sizes()) +
-                  (where.empty() ? "" : " in '" + where + "'") + ": " + first_line(e.what()));
+      throw failure(e.what());
     }
     return stack.back();
   }
@@ -147,9 +151,7 @@ Model Model::load(const std::string& path) {
   if (ext == ".onnx") {
     auto imported = detail::import_onnx(path);
     Model m = from_module(imported.module, std::filesystem::path(path).filename().string());
-    m.impl_->aliases = std::move(imported.aliases);
-    m.impl_->described = std::move(imported.described);
-    m.impl_->input_shape = std::move(imported.input_shape);
+    m.impl_->onnx = {std::move(imported.aliases), std::move(imported.described), std::move(imported.input_shape)};
     return m;
   }
   torch::jit::Module module;
@@ -165,19 +167,17 @@ Model Model::load(const std::string& path) {
 }
 
 const std::string& Model::name() const { return impl_->name; }
-std::vector<int64_t> Model::declared_input_shape() const { return impl_->input_shape; }
+std::vector<int64_t> Model::declared_input_shape() const { return impl_->onnx.input_shape; }
 
 Model Model::with_module(torch::jit::Module module, std::string name) const {
   Model m = from_module(std::move(module), std::move(name));
-  m.impl_->aliases = impl_->aliases;
-  m.impl_->described = impl_->described;
-  m.impl_->input_shape = impl_->input_shape;
+  m.impl_->onnx = impl_->onnx;
   return m;
 }
 
 std::string Model::Impl::resolve(const std::string& layer) const {
-  auto it = aliases.find(layer);
-  return it == aliases.end() ? layer : it->second;
+  auto it = onnx.aliases.find(layer);
+  return it == onnx.aliases.end() ? layer : it->second;
 }
 int64_t Model::passes() const { return impl_->passes.load(); }
 double Model::forward_seconds() const { return static_cast<double>(impl_->forward_ns.load()) * 1e-9; }
@@ -192,7 +192,7 @@ void Model::check_layer(const std::string& layer) const {
     throw Error("unknown layer '" + layer + "': the model has no submodules (a frozen or fully inlined TorchScript file?)");
   std::vector<std::pair<size_t, std::string>> scored;
   for (const auto& p : paths) scored.emplace_back(edit_distance(layer, p), p);
-  for (const auto& a : impl_->aliases) scored.emplace_back(edit_distance(layer, a.first), a.first);
+  for (const auto& a : impl_->onnx.aliases) scored.emplace_back(edit_distance(layer, a.first), a.first);
   std::stable_sort(scored.begin(), scored.end(), [](auto& a, auto& b) { return a.first < b.first; });
   std::string close;
   for (size_t i = 0; i < std::min<size_t>(5, scored.size()); ++i) close += (i ? ", " : "") + scored[i].second;
@@ -271,7 +271,7 @@ std::vector<LayerInfo> Model::layers(const std::vector<int64_t>& input_shape) co
     } else {
       info.output_kind = compiled->skipped.count(path) ? compiled->skipped.at(path) : "not called";
     }
-    if (auto it = impl_->described.find(path); it != impl_->described.end()) info.outputs = it->second;
+    if (auto it = impl_->onnx.described.find(path); it != impl_->onnx.described.end()) info.outputs = it->second;
     infos.push_back(std::move(info));
   }
   return infos;

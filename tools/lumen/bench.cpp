@@ -20,19 +20,12 @@
 namespace lumen::cli {
 namespace {
 
-// Peak resident memory since the last reset, in MiB. Writing 5 to clear_refs resets the kernel's high-water
-// mark (Linux >= 4.0), so each measurement reports its own peak, not the process's.
+// Writing 5 to clear_refs resets the kernel's high-water mark (Linux >= 4.0), so each measurement
+// reports its own peak, not the process's.
 void reset_peak_rss() {
   std::ofstream clear("/proc/self/clear_refs");
   clear << "5";
 }
-double peak_rss_mib() {
-  std::ifstream status("/proc/self/status");
-  for (std::string line; std::getline(status, line);)
-    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
-  return 0.0;
-}
-
 struct Timing {
   double seconds = 0;  // median wall time of one call
   int runs = 0;
@@ -79,7 +72,7 @@ Timing measure(const std::function<void()>& call, double min_time, const Model& 
   t.seconds = median(times);
   t.baseline_seconds = median(base);
   t.runs = static_cast<int>(times.size());
-  t.peak_mib = peak_rss_mib();
+  t.peak_mib = peak_resident_mib();
   t.forward_share = total > 0 ? forward / total : 0;
   return t;
 }
