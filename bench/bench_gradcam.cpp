@@ -72,6 +72,7 @@ void naive(benchmark::State& state, Subject* s, int batch) {
 
 int main(int argc, char** argv) {
   lumen::ensure_passive_openmp(argv);
+  lumen::keep_freed_memory();
   lumen::set_threads(0);
   benchmark::Initialize(&argc, argv);
   const std::string shared = LUMEN_SHARED_DIR, fixtures = LUMEN_FIXTURES_DIR;

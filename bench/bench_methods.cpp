@@ -59,6 +59,7 @@ void method(benchmark::State& state, std::string name, int batch) {
 
 int main(int argc, char** argv) {
   lumen::ensure_passive_openmp(argv);
+  lumen::keep_freed_memory();
   lumen::set_threads(0);
   benchmark::Initialize(&argc, argv);
   const std::string path = std::string(LUMEN_SHARED_DIR) + "/models/mobilenet_v2_imagenet.pt";

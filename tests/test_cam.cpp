@@ -2,6 +2,8 @@
 // the planner's pass counts.
 #include "common.h"
 
+#include <algorithm>
+#include <cmath>
 #include <map>
 
 namespace lumen::test {
@@ -98,6 +100,18 @@ TEST(Cam, OcclusionMatchesBruteForceAndRiseMatchesReference) {
   auto occ = ex.explain({img}, opt)[0].maps[0].raw;
   cv::Mat occ_ref = read_npy(fixture("perturb_occlusion.npy"));
   EXPECT_LE(max_abs_diff(occ, occ_ref), 1e-5 * std::max(1.0, cv::norm(occ_ref, cv::NORM_INF)));
+  // Left to lumen, the rows per pass come from memory: 8 by default, fewer under a 1 MiB budget; the
+  // map is the reference either way.
+  opt.method.batch_size = 0;
+  for (int64_t budget : {int64_t{0}, int64_t{1}}) {
+    opt.method.memory_budget_mib = budget;
+    const Map m = ex.explain({img}, opt)[0].maps[0];
+    const int rows = m.extra.at("rows_per_pass").get<int>();
+    if (budget == 0) EXPECT_EQ(rows, 8);
+    else EXPECT_LT(rows, 8);
+    EXPECT_LE(max_abs_diff(m.raw, occ_ref), 1e-5 * std::max(1.0, cv::norm(occ_ref, cv::NORM_INF))) << budget;
+  }
+  opt.method.memory_budget_mib = 0;
   opt.methods = {"rise"};
   opt.method.masks = spec["rise"]["masks"];
   opt.method.cells = spec["rise"]["cells"];
@@ -108,6 +122,30 @@ TEST(Cam, OcclusionMatchesBruteForceAndRiseMatchesReference) {
   double r = pearson(rise, rise_ref);
   std::printf("occlusion max |diff| %.2e; RISE Pearson r %.6f\n", max_abs_diff(occ, occ_ref), r);
   EXPECT_GE(r, 0.99);
+}
+
+// A forward row of resnet18 at 224x224 is taken as its input (3 x 224 x 224 floats) plus three of its
+// largest layer output (the stem's 64 x 112 x 112 floats): 10,235,904 bytes.
+TEST(Cam, RowsPerPassFollowTheMemoryBudget) {
+  Model model = Model::load(fixture("resnet18_traced.pt"));
+  Explainer ex(model, load_card(fixture("imagenet_card.json")).preprocess);
+  ExplainOptions opt;
+  opt.classes = {1};
+  opt.methods = {"occlusion"};
+  opt.method.patch = opt.method.stride = 112;
+  const cv::Mat img = read_image(shared("images/cat.png"));
+  const double row = 3 * 224 * 224 * 4 + 3 * 64 * 112 * 112 * 4;
+  cv::Mat first;
+  for (int64_t budget : {1, 25, 60, 100000}) {
+    opt.method.memory_budget_mib = budget;
+    const Map m = ex.explain({img}, opt)[0].maps[0];
+    const int want = static_cast<int>(std::clamp(std::floor(static_cast<double>(budget) * 1024 * 1024 / row), 1.0, 8.0));
+    EXPECT_EQ(m.extra.at("rows_per_pass").get<int>(), want) << budget << " MiB";
+    if (first.empty()) first = m.raw;
+    EXPECT_LE(max_abs_diff(m.raw, first), 1e-5 * cv::norm(first, cv::NORM_INF)) << budget << " MiB";
+  }
+  opt.method.batch_size = 3;  // a user's choice is kept
+  EXPECT_EQ(ex.explain({img}, opt)[0].maps[0].extra.at("rows_per_pass").get<int>(), 3);
 }
 
 // The Grad-CAM paper's claim: with global average pooling + one linear layer, alpha^c_k = w^c_k / Z, so

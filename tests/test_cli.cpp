@@ -289,7 +289,13 @@ TEST(Cli, BenchPrintsRatiosToTheForwardAndWritesJson) {
     EXPECT_GT(row["ratio_to_forward"].get<double>(), 0.0);
     EXPECT_GT(row["forward_share"].get<double>(), 0.0);
     EXPECT_LE(row["forward_share"].get<double>(), 1.0);
+    // Only the combined request is also set against its first method alone, timed beside it.
+    EXPECT_EQ(row.contains("ratio_to_first_method"), row["what"] == "2 methods together") << row.dump();
+    if (row.contains("ratio_to_first_method")) {
+      EXPECT_GT(row["ratio_to_first_method"].get<double>(), 0.0);
+    }
   }
+  EXPECT_NE(r.out.find("/ gradcam alone"), std::string::npos) << r.out;
   r = run_cli("bench --model " + fixture("resnet18_traced.pt") + " --layer layer4 --methods gradkam --batch 1 --min-time 0.05");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.err.find("gradkam"), std::string::npos) << r.err;

@@ -38,6 +38,16 @@ TEST(Model, ListsLayersWithShapesForTracedAndScripted) {
   }
 }
 
+TEST(Model, ActivationBytesOfOneRow) {
+  // resnet18 at 64x64: the largest output is the stem's 64 x 32 x 32 floats (conv1, bn1, relu); the
+  // leaves sum every leaf module's output, which counts those three and more.
+  Model m = Model::load(fixture("resnet18_traced.pt"));
+  const auto bytes = m.activation_bytes({1, 3, 64, 64});
+  EXPECT_EQ(bytes.largest, 64 * 32 * 32 * 4);
+  EXPECT_GT(bytes.leaves, 3 * bytes.largest);
+  EXPECT_EQ(m.activation_bytes({1, 3, 128, 128}).largest, 4 * bytes.largest);
+}
+
 TEST(Model, UnknownLayerListsClosestNames) {
   Model m = Model::load(fixture("resnet18_traced.pt"));
   try {
@@ -251,6 +261,29 @@ TEST(Model, MapsAreTheSameWithOneAndTwoThreads) {
   }
   EXPECT_EQ(compared, 2u * 2 * (4 * 2 + 2));  // images x classes x (4 CAM methods x 2 layers + 2 pixel methods)
   for (const auto& [method, rel] : worst) std::printf("1 vs 2 threads, %-16s max |diff| / max |map| = %.2e\n", method.c_str(), rel);
+
+  // In deterministic mode the convolutions no longer depend on the thread count: every method meets
+  // 1e-5 (the pets image is the one whose saliency moved by 2e-3) except Ablation-CAM. Its 8-row
+  // batches through the classifier take OpenBLAS's threaded GEMM, which moves scores by about 1e-7,
+  // and its (y - y_k) / y magnifies that.
+  set_deterministic(true);
+  runs.clear();
+  for (int threads : {1, 2}) {
+    set_threads(threads);
+    runs.push_back(ex.explain(images, opt));
+  }
+  set_threads(0);
+  set_deterministic(false);
+  worst.clear();
+  for (size_t i = 0; i < images.size(); ++i) {
+    for (size_t k = 0; k < runs[0][i].maps.size(); ++k) {
+      const Map& ma = runs[0][i].maps[k];
+      const double rel = max_abs_diff(ma.raw, runs[1][i].maps[k].raw) / std::max(cv::norm(ma.raw, cv::NORM_INF), 1e-30);
+      worst[ma.method] = std::max(worst[ma.method], rel);
+      EXPECT_LE(rel, ma.method == "ablationcam" ? 1e-3 : 1e-5) << "deterministic " << ma.method << " " << ma.layer << " " << ma.target << " image " << i;
+    }
+  }
+  for (const auto& [method, rel] : worst) std::printf("deterministic, 1 vs 2 threads, %-16s max |diff| / max |map| = %.2e\n", method.c_str(), rel);
 }
 
 // Top-k at one layer: one forward, one run of the head over k copies of the layer, one backward. The

@@ -53,6 +53,31 @@ TEST(Box, GaussianBlobMatchesClosedForm) {
   EXPECT_NEAR(b.y1 - 1, cy + r, 1.0);
 }
 
+TEST(Box, MatchesOpenCVsStatsOnUpsampledRandomMaps) {
+  // threshold_box measures its regions itself; OpenCV's connectedComponentsWithStats is the reference.
+  cv::RNG rng(7);
+  for (int trial = 0; trial < 200; ++trial) {
+    cv::Mat small(7, 7, CV_32F), map;
+    rng.fill(small, cv::RNG::UNIFORM, -1.0, 1.0);
+    cv::resize(small, map, {224, 224}, 0, 0, cv::INTER_LINEAR);
+    const float fraction = static_cast<float>(rng.uniform(0.05, 0.9));
+    double mx;
+    cv::minMaxLoc(map, nullptr, &mx);
+    cv::Mat labels, stats, centroids;
+    const int n = cv::connectedComponentsWithStats(map >= fraction * mx, labels, stats, centroids, 8, CV_32S);
+    int best = 1;
+    for (int i = 2; i < n; ++i)
+      if (stats.at<int>(i, cv::CC_STAT_AREA) > stats.at<int>(best, cv::CC_STAT_AREA)) best = i;
+    const Box b = threshold_box(map, fraction);
+    ASSERT_EQ(b.valid, mx > 0) << trial;
+    if (!b.valid) continue;
+    EXPECT_EQ(b.x0, stats.at<int>(best, cv::CC_STAT_LEFT)) << trial;
+    EXPECT_EQ(b.y0, stats.at<int>(best, cv::CC_STAT_TOP)) << trial;
+    EXPECT_EQ(b.x1, b.x0 + stats.at<int>(best, cv::CC_STAT_WIDTH)) << trial;
+    EXPECT_EQ(b.y1, b.y0 + stats.at<int>(best, cv::CC_STAT_HEIGHT)) << trial;
+  }
+}
+
 TEST(Box, ZeroMapHasNoBox) { EXPECT_FALSE(threshold_box(cv::Mat::zeros(10, 10, CV_32F), 0.15f).valid); }
 
 TEST(Box, IoUOfKnownBoxes) {

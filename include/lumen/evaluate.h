@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,28 @@ struct EvalOptions {
 // model input of the image ([C,H,W]). The record is JSON so that runs can be resumed from disk.
 nlohmann::json measure_image(const Model& model, const Preprocess& pre, const Sample& sample, const ImageExplanation& explained,
                              const Map& map, const torch::Tensor& x, const EvalOptions& options);
+
+// One method's table row, built as its records arrive. It keeps counts and sums, not the records (each
+// carries 400 per-threshold IoUs), so a 10,000-image run holds no more memory at the end than at the start.
+class Summary {
+ public:
+  explicit Summary(EvalOptions options);
+  void add(const nlohmann::json& record);
+  void add_sanity(const nlohmann::json& record);
+  nlohmann::json result() const;
+
+ private:
+  struct Mean {
+    double sum = 0;
+    int64_t n = 0;
+  };
+  EvalOptions options_;
+  int64_t images_ = 0;
+  std::map<std::string, int64_t> counts_;  // records where the key is true
+  std::map<std::string, Mean> means_;      // over records where the key is a number
+  metrics::MaxBoxAcc v1_, v2_;
+  std::vector<nlohmann::json> sanity_;  // a few per cascade step
+};
 
 // The table row of one method from its records (and, if given, its sanity-check records).
 nlohmann::json summarize(const std::vector<nlohmann::json>& records, const std::vector<nlohmann::json>& sanity,

@@ -32,7 +32,11 @@ struct MethodOptions {
   bool aug_smooth = false;
   // Rows per extra pass (SmoothGrad samples, IG steps, masks, ...). Small batches were faster here:
   // SmoothGrad on MobileNetV2 took 5.7 s at 4, 6.2 s at 8 and 8.3 s at 32 rows (and 4x the memory).
-  int batch_size = 8;
+  // 0: 8, or fewer when 8 rows of the pass would not fit `memory_budget_mib` (the maps say how many
+  // were used, as "rows_per_pass").
+  int batch_size = 0;
+  // Memory one extra pass may take, in MiB; 0: a quarter of what the system has available.
+  int64_t memory_budget_mib = 0;
   // guided-backprop / deconvnet: an activation with no rule (SiLU, GELU, ...) is an error naming its
   // layer; false keeps its ordinary gradient (CLI --nonlinearity plain).
   bool strict_nonlinearities = true;

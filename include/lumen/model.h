@@ -77,6 +77,14 @@ class Model {
   // reads a large classifier's weights once instead of once per target.
   int64_t convolutions_after(const std::string& layer) const;
 
+  // Bytes of the layer outputs for one input row of shape `row_shape` ([1,C,H,W]): the largest single
+  // output, and the sum over leaf modules (what a pass that records gradients keeps alive). One probe
+  // pass per shape, then cached; perturbation methods size their batches from it.
+  struct ActivationBytes {
+    int64_t largest = 0, leaves = 0;
+  };
+  ActivationBytes activation_bytes(const std::vector<int64_t>& row_shape) const;
+
   // Number of graph executions so far (forward, forward_from) — how tests count the planner's passes.
   int64_t passes() const;
   // Wall time spent inside those executions, in seconds: what `lumen bench` calls the forward share.

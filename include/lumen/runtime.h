@@ -9,8 +9,23 @@ namespace lumen {
 // when no re-exec happened (policy already set, LUMEN_NO_REEXEC set, or exec failed).
 void ensure_passive_openmp(char** argv);
 
+// glibc hands LibTorch's activation buffers (100 KiB to tens of MiB) back to the kernel when they are
+// freed, and every later pass takes page faults to zero fresh pages again: a fifth of a MobileNetV2
+// batch's time went to the kernel here. This keeps buffers up to 32 MiB in the heap and the heap from
+// shrinking, so the process's memory stays at its high-water mark instead. Programs that run many
+// passes (lumen's CLI, its benchmarks) call it at start; it changes allocator settings process-wide.
+void keep_freed_memory();
+
 // Intra-op threads for LibTorch and OpenCV; 0 or less = all cores (LibTorch starts with 1 here).
 void set_threads(int threads);
+
+// Maps that do not depend on the thread count. oneDNN's convolutions split some reductions by thread
+// count: the forward moves by about 1e-6, and a saliency map by up to 2e-3 of its maximum where a
+// ReLU6 sits at a near-tie (the shared pets image). With `on`, convolutions take ATen's own kernels,
+// whose results are the same for any thread count. They are slower: MobileNetV2's forward at batch 8
+// took 807 ms instead of about 200 ms here.
+// Process-wide, like set_threads.
+void set_deterministic(bool on);
 
 // The process's resident memory now, in MiB (Linux /proc; 0 elsewhere). Long runs print it with their
 // progress, so that flat memory over a dataset can be watched.
@@ -18,5 +33,8 @@ double resident_mib();
 // The highest resident memory so far (the kernel's high-water mark, which writing 5 to
 // /proc/self/clear_refs resets), in MiB.
 double peak_resident_mib();
+// Memory the kernel says can be given to new allocations without swapping (MemAvailable), in MiB;
+// 0 when unknown. Perturbation methods size their passes from it.
+double available_mib();
 
 }  // namespace lumen

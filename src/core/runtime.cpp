@@ -3,11 +3,13 @@
 #include <fstream>
 #include <string>
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <opencv2/core.hpp>
 
 #include <algorithm>
 #include <cstdlib>
+#include <malloc.h>
 #include <thread>
 #include <unistd.h>
 
@@ -19,6 +21,16 @@ void ensure_passive_openmp(char** argv) {
   execv("/proc/self/exe", argv);  // returns only on failure; then carry on as we are
 }
 
+void keep_freed_memory() {
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest allowed value on 64-bit
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  mallopt(M_TOP_PAD, 64 << 20);
+#endif
+}
+
+void set_deterministic(bool on) { at::globalContext().setUserEnabledMkldnn(!on); }
+
 void set_threads(int threads) {
   if (threads < 1) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(threads);
@@ -26,16 +38,17 @@ void set_threads(int threads) {
 }
 
 namespace {
-// A "Field:  N kB" line of /proc/self/status, in MiB.
-double status_mib(const std::string& field) {
-  std::ifstream status("/proc/self/status");
+// A "Field:  N kB" line of a /proc file such as /proc/self/status, in MiB.
+double proc_mib(const char* file, const std::string& field) {
+  std::ifstream status(file);
   for (std::string line; std::getline(status, line);)
     if (line.rfind(field, 0) == 0) return std::stod(line.substr(field.size())) / 1024.0;
   return 0.0;
 }
 }  // namespace
 
-double resident_mib() { return status_mib("VmRSS:"); }
-double peak_resident_mib() { return status_mib("VmHWM:"); }
+double resident_mib() { return proc_mib("/proc/self/status", "VmRSS:"); }
+double peak_resident_mib() { return proc_mib("/proc/self/status", "VmHWM:"); }
+double available_mib() { return proc_mib("/proc/meminfo", "MemAvailable:"); }
 
 }  // namespace lumen

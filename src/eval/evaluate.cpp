@@ -19,14 +19,6 @@ torch::Tensor class_probability(const Model& model, const torch::Tensor& batch, 
   return torch::softmax(logits.to(torch::kFloat64), 1).select(1, cls);
 }
 
-double mean_of(const std::vector<nlohmann::json>& records, const std::string& key) {
-  double s = 0;
-  int64_t n = 0;
-  for (const auto& r : records)
-    if (r.contains(key) && r[key].is_number()) s += r[key].get<double>(), ++n;
-  return n ? s / static_cast<double>(n) : std::nan("");
-}
-
 }  // namespace
 
 bool EvalOptions::has(const std::string& m) const { return std::find(metrics.begin(), metrics.end(), m) != metrics.end(); }
@@ -99,46 +91,62 @@ nlohmann::json measure_image(const Model& model, const Preprocess& pre, const Sa
   return r;
 }
 
-nlohmann::json summarize(const std::vector<nlohmann::json>& records, const std::vector<nlohmann::json>& sanity, const EvalOptions& o) {
+Summary::Summary(EvalOptions options) : options_(std::move(options)), v1_(false, {0.5}), v2_(true, kV2Ious) {}
+
+void Summary::add(const nlohmann::json& r) {
+  ++images_;
+  for (const char* key : {"top1_correct", "top5_correct", "empty", "loc_top1", "loc_top5", "pointing", "increase"})
+    counts_[key] += r.value(key, false) ? 1 : 0;
+  for (const char* key : {"deletion", "insertion", "drop"}) {
+    if (r.contains(key) && r[key].is_number()) {
+      means_[key].sum += r[key].get<double>();
+      ++means_[key].n;
+    }
+  }
+  if (options_.has("loc")) {
+    v1_.add_ious(r.at("maxbox_v1").get<std::vector<double>>());
+    v2_.add_ious(r.at("maxbox_v2").get<std::vector<double>>());
+  }
+}
+
+void Summary::add_sanity(const nlohmann::json& r) { sanity_.push_back(r); }
+
+nlohmann::json Summary::result() const {
   nlohmann::json s;
-  const auto n = static_cast<double>(records.size());
-  s["images"] = records.size();
-  if (records.empty()) return s;
+  const auto& o = options_;
+  s["images"] = images_;
+  if (images_ == 0) return s;
   auto rate = [&](const std::string& key) {
-    double k = 0;
-    for (const auto& r : records) k += r.value(key, false) ? 1 : 0;
-    return 100.0 * k / n;
+    auto it = counts_.find(key);
+    return 100.0 * static_cast<double>(it == counts_.end() ? 0 : it->second) / static_cast<double>(images_);
+  };
+  auto mean = [&](const std::string& key) {
+    auto it = means_.find(key);
+    return it == means_.end() || it->second.n == 0 ? std::nan("") : it->second.sum / static_cast<double>(it->second.n);
   };
   s["cls_top1_error"] = 100.0 - rate("top1_correct");
   s["cls_top5_error"] = 100.0 - rate("top5_correct");
-  int64_t empty = 0;
-  for (const auto& r : records) empty += r.value("empty", false);
-  s["empty_maps"] = empty;
+  s["empty_maps"] = counts_.count("empty") ? counts_.at("empty") : 0;
   if (o.has("loc")) {
     s["loc_top1_error"] = 100.0 - rate("loc_top1");
     s["loc_top5_error"] = 100.0 - rate("loc_top5");
-    metrics::MaxBoxAcc v1(false, {0.5}), v2(true, kV2Ious);
-    for (const auto& r : records) {
-      v1.add_ious(r.at("maxbox_v1").get<std::vector<double>>());
-      v2.add_ious(r.at("maxbox_v2").get<std::vector<double>>());
-    }
-    s["maxboxacc"] = v1.accuracy()[0];
-    auto per = v2.accuracy();
-    s["maxboxacc_v2"] = v2.mean_accuracy();
+    s["maxboxacc"] = v1_.accuracy()[0];
+    auto per = v2_.accuracy();
+    s["maxboxacc_v2"] = v2_.mean_accuracy();
     s["maxboxacc_v2_at"] = {{"0.3", per[0]}, {"0.5", per[1]}, {"0.7", per[2]}};
   }
   if (o.has("pointing")) s["pointing_accuracy"] = rate("pointing");
-  if (o.has("deletion")) s["deletion_auc"] = mean_of(records, "deletion");
-  if (o.has("insertion")) s["insertion_auc"] = mean_of(records, "insertion");
+  if (o.has("deletion")) s["deletion_auc"] = mean("deletion");
+  if (o.has("insertion")) s["insertion_auc"] = mean("insertion");
   if (o.has("drop")) {
-    s["average_drop"] = 100.0 * mean_of(records, "drop");
+    s["average_drop"] = 100.0 * mean("drop");
     s["increase_in_confidence"] = rate("increase");
   }
-  if (o.has("sanity") && !sanity.empty()) {
+  if (o.has("sanity") && !sanity_.empty()) {
     // Per cascade step: mean Spearman / SSIM between the original and the randomised maps.
     std::map<int, std::pair<std::vector<double>, std::vector<double>>> steps;
     std::map<int, std::string> names;
-    for (const auto& r : sanity) {
+    for (const auto& r : sanity_) {
       int k = r.at("step");
       steps[k].first.push_back(r.at("spearman"));
       steps[k].second.push_back(r.at("ssim"));
@@ -147,7 +155,7 @@ nlohmann::json summarize(const std::vector<nlohmann::json>& records, const std::
     nlohmann::json curve = nlohmann::json::array();
     for (const auto& [k, v] : steps) {
       auto avg = [](const std::vector<double>& a) { return std::accumulate(a.begin(), a.end(), 0.0) / static_cast<double>(a.size()); };
-      curve.push_back({{"step", k}, {"randomised_down_to", names[k]}, {"spearman", avg(v.first)}, {"ssim", avg(v.second)}});
+      curve.push_back({{"step", k}, {"randomised_down_to", names.at(k)}, {"spearman", avg(v.first)}, {"ssim", avg(v.second)}});
     }
     s["sanity"] = curve;
     // Adebayo et al.: a map that stays the same while the top half of the network is random does not
@@ -159,6 +167,13 @@ nlohmann::json summarize(const std::vector<nlohmann::json>& records, const std::
     s["sanity_flag"] = curve[half]["spearman"].get<double>() > 0.5;
   }
   return s;
+}
+
+nlohmann::json summarize(const std::vector<nlohmann::json>& records, const std::vector<nlohmann::json>& sanity, const EvalOptions& o) {
+  Summary summary(o);
+  for (const auto& r : records) summary.add(r);
+  for (const auto& r : sanity) summary.add_sanity(r);
+  return summary.result();
 }
 
 }  // namespace lumen

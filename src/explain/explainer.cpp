@@ -1,5 +1,6 @@
 #include <lumen/error.h>
 #include <lumen/explain.h>
+#include <lumen/runtime.h>
 
 #include <ATen/Parallel.h>
 
@@ -45,11 +46,14 @@ cv::Mat scale_like_pgc(const cv::Mat& t) {
 void finish_map(Map& m, const torch::Tensor& raw_hw, int width, int height, cv::Size input, float box_threshold, bool compat) {
   // A Map copied from another shares its matrices; writing into them would change both.
   m.normalized = cv::Mat();
+  m.upsampled = cv::Mat();
   m.box = Box();
   m.raw = to_mat(raw_hw);
-  // Half-pixel-centre bilinear, as torch's interpolate(align_corners=False) and pytorch-grad-cam's resize.
-  auto up = at::upsample_bilinear2d(raw_hw.detach().view({1, 1, raw_hw.size(0), raw_hw.size(1)}), {height, width}, false);
-  m.upsampled = to_mat(up.view({height, width}));
+  // Half-pixel-centre bilinear, as torch's interpolate(align_corners=False) and pytorch-grad-cam's
+  // cv2.resize (they agree to 1e-7 of the map's range). OpenCV's vectorised kernel takes ~40 us for a
+  // 7x7 -> 224x224 map where at::upsample_bilinear2d takes ~600 us, which several methods times a batch
+  // of maps makes visible next to the forward.
+  cv::resize(m.raw, m.upsampled, {width, height}, 0, 0, cv::INTER_LINEAR);
   double mn, mx;
   cv::Point peak;
   cv::minMaxLoc(m.raw, &mn, &mx);
@@ -88,6 +92,26 @@ cv::Mat to_mat_hwc(const torch::Tensor& chw) {
   cv::Mat m(static_cast<int>(t.size(0)), static_cast<int>(t.size(1)), CV_32FC(static_cast<int>(t.size(2))));
   std::memcpy(m.data, t.data_ptr<float>(), sizeof(float) * t.numel());
   return m;
+}
+
+// Rows per extra pass when the caller left it to lumen: the preferred count (small batches were the
+// fastest on CPU, see MethodOptions::batch_size), fewer when that many rows of the heaviest requested
+// pass would not fit the budget. A row of a forward pass holds about three of its largest layer output
+// at once (an op's input and output and a skip connection); a row that records gradients also keeps
+// every leaf module's output for the backward.
+int rows_per_pass(const Model& model, const std::vector<const detail::Method*>& methods, const torch::Tensor& batch, int64_t budget_mib) {
+  constexpr int kPreferred = 8;
+  auto heaviest = detail::ExtraPasses::None;
+  for (const auto* m : methods) heaviest = std::max(heaviest, m->extra_passes);
+  if (heaviest == detail::ExtraPasses::None) return kPreferred;
+  auto shape = batch.sizes().vec();
+  shape[0] = 1;
+  const auto bytes = model.activation_bytes(shape);
+  const double row = static_cast<double>(batch[0].numel() * 4 + 3 * bytes.largest +
+                                         (heaviest == detail::ExtraPasses::Gradient ? bytes.leaves : 0));
+  const double budget = (budget_mib > 0 ? static_cast<double>(budget_mib) : available_mib() / 4) * 1024 * 1024;
+  if (!(budget > 0) || !(row > 0)) return kPreferred;
+  return static_cast<int>(std::clamp(std::floor(budget / row), 1.0, static_cast<double>(kPreferred)));
 }
 
 // The target for `rows` copies of image `image` (extra passes of SmoothGrad, IG, perturbations).
@@ -234,19 +258,25 @@ Box threshold_box(const cv::Mat& map, float fraction) {
   double mx;
   cv::minMaxLoc(map, nullptr, &mx);
   if (!(mx > 0)) return box;
-  cv::Mat mask = map >= fraction * mx;
-  cv::Mat labels, stats, centroids;
-  int n = cv::connectedComponentsWithStats(mask, labels, stats, centroids, 8, CV_32S);
-  int best = -1, best_area = 0;
-  for (int i = 1; i < n; ++i) {
-    int area = stats.at<int>(i, cv::CC_STAT_AREA);
-    if (area > best_area) best_area = area, best = i;
+  const cv::Mat mask = map >= fraction * mx;
+  // Labels only: connectedComponentsWithStats also accumulates centroids in double precision, which
+  // tripled the cost of a box. The areas are one counting pass; the largest region's extent is
+  // OpenCV's bounding rectangle of its mask.
+  cv::Mat labels;
+  const int n = cv::connectedComponents(mask, labels, 8, CV_32S);
+  if (n < 2) return box;
+  std::vector<int> area(static_cast<size_t>(n), 0);
+  for (int y = 0; y < labels.rows; ++y) {
+    const int* row = labels.ptr<int>(y);
+    for (int x = 0; x < labels.cols; ++x) ++area[static_cast<size_t>(row[x])];
   }
-  if (best < 0) return box;
-  box.x0 = stats.at<int>(best, cv::CC_STAT_LEFT);
-  box.y0 = stats.at<int>(best, cv::CC_STAT_TOP);
-  box.x1 = box.x0 + stats.at<int>(best, cv::CC_STAT_WIDTH);
-  box.y1 = box.y0 + stats.at<int>(best, cv::CC_STAT_HEIGHT);
+  // The first label of the largest area, as the stats-based version chose.
+  const int best = static_cast<int>(std::max_element(area.begin() + 1, area.end()) - area.begin());
+  const cv::Rect r = cv::boundingRect(labels == best);
+  box.x0 = r.x;
+  box.y0 = r.y;
+  box.x1 = r.x + r.width;
+  box.y1 = r.y + r.height;
   box.valid = true;
   return box;
 }
@@ -343,7 +373,8 @@ std::vector<ImageExplanation> Explainer::run(const torch::Tensor& batch, const E
     throw Error("no layer given to explain (use --layer; `lumen layers MODEL` lists them)");
   for (const auto& l : opt.layers) model_.check_layer(l);
   if (opt.targets.empty() && opt.classes.empty() && opt.top_k < 1) throw Error("top-k must be at least 1");
-  const MethodOptions& mo = opt.method;
+  MethodOptions mo = opt.method;
+  if (mo.batch_size <= 0) mo.batch_size = rows_per_pass(model_, methods, batch, mo.memory_budget_mib);
   const int64_t n = batch.size(0);
   const cv::Size input_size(static_cast<int>(batch.size(3)), static_cast<int>(batch.size(2)));
   const bool compat = mo.compat == Compat::PytorchGradCam;
@@ -560,42 +591,67 @@ std::vector<ImageExplanation> Explainer::run(const torch::Tensor& batch, const E
     }
 
     auto y_values = y.detach();
-    for (const auto* method : methods) {
-      const size_t layers_for_method = method->per_layer ? taps.size() : 1;
-      for (size_t l = 0; l < layers_for_method; ++l) {
-        detail::Result res;
-        {
-          torch::NoGradGuard no_grad;
-          res = method->compute(ev, l);
-          if (res.weighted.defined())
-            res.maps = torch::relu(mo.eigen_smooth ? detail::first_component(res.weighted) : res.weighted.sum(1));
-        }
-        const std::string layer = method->per_layer ? taps[l] : "input";
-        check_finite(res.maps, method->name + " map at " + (method->per_layer ? "layer '" + layer + "'" : "the input"));
-        // Upsampling, normalising and boxing each image's map is independent of the others and, for
-        // several cheap CAM methods at once, a visible share of the cost: spread over the threads.
-        std::vector<Map> finished(static_cast<size_t>(n));
-        at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t i = begin; i < end; ++i) {
-            Map& m = finished[static_cast<size_t>(i)];
-            m.method = method->name;
-            m.layer = layer;
-            m.target = target.name;
-            m.cls = target.classes.empty() ? -1 : target.classes[i];
-            m.label = label_of(m.cls);
-            m.counterfactual = target.counterfactual;
-            m.target_value = y_values[i].item<float>();
-            m.is_signed = res.is_signed;
-            finish_map(m, res.maps[i], results[i].width, results[i].height, input_size, opt.box_threshold, compat);
-            if (res.attribution.defined()) m.attribution = to_mat_hwc(res.attribution[i]);
-            if (i < static_cast<int64_t>(res.extra.size())) m.extra = res.extra[i];
-            if (res.weighted.defined() && mo.eigen_smooth) m.extra["eigen_smooth"] = true;
-            if (compat) m.extra["compat"] = "pytorch-grad-cam";
-          }
-        });
-        for (int64_t i = 0; i < n; ++i) results[i].maps.push_back(std::move(finished[static_cast<size_t>(i)]));
+    struct Job {
+      const detail::Method* method;
+      size_t layer;
+      detail::Result res;
+    };
+    std::vector<Job> jobs;
+    for (const auto* method : methods)
+      for (size_t l = 0; l < (method->per_layer ? taps.size() : 1); ++l) jobs.push_back({method, l, {}});
+    auto compute = [&](Job& job) {
+      torch::NoGradGuard no_grad;  // grad mode is per thread: set it on the worker too
+      job.res = job.method->compute(ev, job.layer);
+      if (job.res.weighted.defined())
+        job.res.maps = torch::relu(mo.eigen_smooth ? detail::first_component(job.res.weighted) : job.res.weighted.sum(1));
+    };
+    // A method without extra passes is a handful of small tensor ops. One after another, every op
+    // wakes both threads for a few hundred microseconds of work, and six CAMs cost 5 ms each beyond
+    // their maps; side by side, each on one thread (ATen runs ops serially inside a parallel region),
+    // they do not. Methods with extra passes run alone, so that their forwards keep every thread.
+    std::vector<size_t> side_by_side;
+    for (size_t j = 0; j < jobs.size(); ++j)
+      if (jobs[j].method->extra_passes == detail::ExtraPasses::None) side_by_side.push_back(j);
+    at::parallel_for(0, static_cast<int64_t>(side_by_side.size()), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) compute(jobs[side_by_side[static_cast<size_t>(k)]]);
+    });
+    for (auto& job : jobs)
+      if (job.method->extra_passes != detail::ExtraPasses::None) compute(job);
+    auto layer_of = [&](const Job& job) { return job.method->per_layer ? taps[job.layer] : std::string("input"); };
+    for (const auto& job : jobs)
+      check_finite(job.res.maps, job.method->name + " map at " +
+                                     (job.method->per_layer ? "layer '" + layer_of(job) + "'" : "the input"));
+
+    // Upsampling, normalising and boxing each map is independent of the others: all maps of all
+    // methods are spread over the threads at once. OpenCV's own loop, because OpenCV runs its nested
+    // parallel calls (connected components) serially there; from ATen's threads each of them spread
+    // over OpenCV's threads as well, and two threads finished maps no faster than one.
+    std::vector<Map> finished(jobs.size() * static_cast<size_t>(n));
+    const cv::Range all_maps(0, static_cast<int>(finished.size()));
+    cv::parallel_for_(all_maps, [&](const cv::Range& range) {
+      for (int64_t f = range.start; f < range.end; ++f) {
+        const Job& job = jobs[static_cast<size_t>(f / n)];
+        const detail::Result& res = job.res;
+        const int64_t i = f % n;
+        Map& m = finished[static_cast<size_t>(f)];
+        m.method = job.method->name;
+        m.layer = layer_of(job);
+        m.target = target.name;
+        m.cls = target.classes.empty() ? -1 : target.classes[i];
+        m.label = label_of(m.cls);
+        m.counterfactual = target.counterfactual;
+        m.target_value = y_values[i].item<float>();
+        m.is_signed = res.is_signed;
+        finish_map(m, res.maps[i], results[i].width, results[i].height, input_size, opt.box_threshold, compat);
+        if (res.attribution.defined()) m.attribution = to_mat_hwc(res.attribution[i]);
+        if (i < static_cast<int64_t>(res.extra.size())) m.extra = res.extra[i];
+        if (res.weighted.defined() && mo.eigen_smooth) m.extra["eigen_smooth"] = true;
+        if (compat) m.extra["compat"] = "pytorch-grad-cam";
+        if (job.method->extra_passes != detail::ExtraPasses::None) m.extra["rows_per_pass"] = mo.batch_size;
       }
-    }
+    }, static_cast<double>(all_maps.end));
+    for (size_t j = 0; j < jobs.size(); ++j)
+      for (int64_t i = 0; i < n; ++i) results[i].maps.push_back(std::move(finished[j * static_cast<size_t>(n) + static_cast<size_t>(i)]));
   }
   derive_maps(results, opt, taps, input_size);
   return results;

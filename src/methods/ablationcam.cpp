@@ -16,6 +16,7 @@ Method ablationcam() {
   Method m;
   m.name = "ablationcam";
   m.paper = "Desai & Ramaswamy 2020, Ablation-CAM";
+  m.extra_passes = ExtraPasses::Forward;
   m.weighted = true;
   m.compute = [](const Evidence& e, size_t layer) {
     const auto& a = e.layers[layer].activations;

@@ -51,6 +51,7 @@ Method integrated_gradients() {
   Method m;
   m.name = "integrated-gradients";
   m.paper = "Sundararajan et al. 2017, Axiomatic Attribution for Deep Networks";
+  m.extra_passes = ExtraPasses::Gradient;
   m.per_layer = false;
   m.compute = [](const Evidence& e, size_t) {
     const MethodOptions& o = *e.options;

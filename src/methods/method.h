@@ -75,10 +75,15 @@ struct Needs {
   bool bias_gradients = false;                  // d y / d output of every bias layer (FullGrad)
 };
 
+// What a method runs beyond the shared forward: its batch size is chosen from the memory one row of
+// such a pass takes.
+enum class ExtraPasses { None, Forward, Gradient };
+
 struct Method {
   std::string name;
   std::string paper;
   Needs needs;
+  ExtraPasses extra_passes = ExtraPasses::None;
   bool per_layer = true;  // one map per requested layer; false: one map in input space
   bool weighted = false;  // returns Result::cam (so --eigen-smooth applies)
   std::function<Result(const Evidence&, size_t layer)> compute;

@@ -13,6 +13,7 @@ Method occlusion() {
   Method m;
   m.name = "occlusion";
   m.paper = "Zeiler & Fergus 2014, occlusion sensitivity";
+  m.extra_passes = ExtraPasses::Forward;
   m.per_layer = false;
   m.compute = [](const Evidence& e, size_t) {
     const MethodOptions& o = *e.options;

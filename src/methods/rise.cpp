@@ -28,6 +28,7 @@ Method rise() {
   Method m;
   m.name = "rise";
   m.paper = "Petsiuk et al. 2018, RISE";
+  m.extra_passes = ExtraPasses::Forward;
   m.per_layer = false;
   m.compute = [](const Evidence& e, size_t) {
     const MethodOptions& o = *e.options;

@@ -16,6 +16,7 @@ Method scorecam() {
   Method m;
   m.name = "scorecam";
   m.paper = "Wang et al. 2020, Score-CAM";
+  m.extra_passes = ExtraPasses::Forward;
   m.weighted = true;
   m.compute = [](const Evidence& e, size_t layer) {
     const auto& a = e.layers[layer].activations;

@@ -14,6 +14,7 @@ Method smoothgrad() {
   Method m;
   m.name = "smoothgrad";
   m.paper = "Smilkov et al. 2017, SmoothGrad";
+  m.extra_passes = ExtraPasses::Gradient;
   m.per_layer = false;
   m.compute = [](const Evidence& e, size_t) {
     const MethodOptions& o = *e.options;

@@ -71,9 +71,10 @@ struct Model::Impl {
     std::map<std::string, std::string> described;  // module path -> ONNX output value names
     std::vector<int64_t> input_shape;
   } onnx;
-  std::mutex mutex;  // guards `cache` and `convolutions_after`; the module itself is never mutated after load
+  std::mutex mutex;  // guards the three caches below; the module itself is never mutated after load
   std::map<std::string, std::shared_ptr<Compiled>> cache;
   std::map<std::string, int64_t> convolutions_after;  // by module path; guarded by `mutex`
+  std::map<std::vector<int64_t>, ActivationBytes> activation_bytes;  // by input shape; guarded by `mutex`
   mutable std::atomic<int64_t> passes{0};
   mutable std::atomic<int64_t> forward_ns{0};
 
@@ -275,6 +276,27 @@ std::vector<LayerInfo> Model::layers(const std::vector<int64_t>& input_shape) co
     infos.push_back(std::move(info));
   }
   return infos;
+}
+
+Model::ActivationBytes Model::activation_bytes(const std::vector<int64_t>& row_shape) const {
+  {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    if (auto it = impl_->activation_bytes.find(row_shape); it != impl_->activation_bytes.end()) return it->second;
+  }
+  ActivationBytes bytes;
+  const auto infos = layers(row_shape);
+  for (const auto& info : infos) {
+    if (info.output_kind != "tensor") continue;
+    int64_t b = 4;  // float32; integer outputs are rare and small
+    for (int64_t d : info.shape) b *= d;
+    bytes.largest = std::max(bytes.largest, b);
+    // A leaf: no other module path lies below this one.
+    const bool leaf = std::none_of(infos.begin(), infos.end(), [&](const LayerInfo& o) { return o.path.rfind(info.path + ".", 0) == 0; });
+    if (leaf) bytes.leaves += b;
+  }
+  std::lock_guard<std::mutex> lock(impl_->mutex);
+  impl_->activation_bytes[row_shape] = bytes;
+  return bytes;
 }
 
 torch::Tensor default_logits(const torch::IValue& output) {

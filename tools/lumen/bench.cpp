@@ -31,7 +31,7 @@ struct Timing {
   int runs = 0;
   double peak_mib = 0;
   double forward_share = 0;  // of the time, the part inside the model's graph executions
-  double baseline_seconds = 0;  // median of the inference forwards run between the calls
+  std::vector<double> ratios;  // per baseline: median over runs of (this call / the baseline run beside it)
 };
 
 double median(std::vector<double> v) {
@@ -40,10 +40,12 @@ double median(std::vector<double> v) {
 }
 
 // Runs `call` once to warm up, then until `min_time` has passed (at least 3 timed runs), each run preceded
-// by one run of `baseline` (the inference forward). The ratio is taken between the interleaved medians, so
-// that the machine's drift (other work on 2 cores, clock changes) hits both sides alike. A first run that
-// alone takes longer than `min_time` (Score-CAM, RISE) is the measurement, between two baseline runs.
-Timing measure(const std::function<void()>& call, double min_time, const Model& model, const std::function<void()>& baseline) {
+// by one run of every baseline (the inference forward; for a combined request also the first method
+// alone). Each ratio is the median of the per-run ratios to the baseline run just before, so that the
+// machine's drift (other work on 2 cores, clock changes) hits both sides of every ratio alike. A first
+// run that alone takes longer than `min_time` (Score-CAM, RISE) is the measurement, between baseline runs.
+Timing measure(const std::function<void()>& call, double min_time, const Model& model,
+               const std::vector<std::function<void()>>& baselines) {
   using clock = std::chrono::steady_clock;
   Timing t;
   auto timed = [](const std::function<void()>& f) {
@@ -51,10 +53,11 @@ Timing measure(const std::function<void()>& call, double min_time, const Model& 
     f();
     return std::chrono::duration<double>(clock::now() - start).count();
   };
-  std::vector<double> times, base;
+  std::vector<double> times;
+  std::vector<std::vector<double>> base(baselines.size()), after(baselines.size());
   double forward = 0, total = 0;
   auto once = [&] {
-    base.push_back(timed(baseline));
+    for (size_t b = 0; b < baselines.size(); ++b) base[b].push_back(timed(baselines[b]));
     const double f0 = model.forward_seconds();
     const double s = timed(call);
     times.push_back(s);
@@ -64,13 +67,22 @@ Timing measure(const std::function<void()>& call, double min_time, const Model& 
   reset_peak_rss();
   once();
   if (times[0] >= min_time) {
-    base.push_back(timed(baseline));
+    for (size_t b = 0; b < baselines.size(); ++b) after[b].push_back(timed(baselines[b]));
   } else {
-    times.clear(), base.clear(), total = forward = 0;  // the warm-up
+    times.clear(), total = forward = 0;  // the warm-up
+    for (auto& b : base) b.clear();
     while (times.size() < 3 || total < min_time) once();
   }
+  for (size_t b = 0; b < baselines.size(); ++b) {
+    std::vector<double> r;
+    for (size_t i = 0; i < times.size(); ++i) {
+      // A single long run is set against the mean of the baseline runs on either side of it.
+      const double reference = after[b].empty() ? base[b][i] : 0.5 * (base[b][i] + after[b][i]);
+      r.push_back(times[i] / reference);
+    }
+    t.ratios.push_back(median(r));
+  }
   t.seconds = median(times);
-  t.baseline_seconds = median(base);
   t.runs = static_cast<int>(times.size());
   t.peak_mib = peak_resident_mib();
   t.forward_share = total > 0 ? forward / total : 0;
@@ -88,7 +100,7 @@ Command add_bench(CLI::App& app) {
     std::vector<int> size;
     int top_k = 1, threads = 0;
     double min_time = 2.0;
-    bool together = false;
+    bool together = false, deterministic = false;
     MethodOptions method;
   };
   auto a = std::make_shared<Args>();
@@ -102,11 +114,16 @@ Command add_bench(CLI::App& app) {
   sub->add_option("--min-time", a->min_time, "seconds of timed runs per row (2)");
   sub->add_option("--input-size", a->size, "input H W (default: card, else the file's, else 224 224)")->expected(2);
   sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
+  sub->add_flag("--deterministic", a->deterministic, "the same maps for any thread count (ATen's convolutions; slower)");
   sub->add_option("--json", a->json, "also write the rows as JSON to this file");
   sub->add_option("--masks", a->method.masks, "rise: masks (2000)");
-  sub->add_option("--batch-size", a->method.batch_size, "rows per extra pass of perturbation methods (8)");
+  sub->add_option("--batch-size", a->method.batch_size, "rows per extra pass of perturbation methods (0: 8, fewer if memory is short)")
+      ->check(CLI::Range(0, 100000));
+  sub->add_option("--memory-budget", a->method.memory_budget_mib, "MiB one extra pass may take (0: a quarter of available memory)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   return {sub, [a] {
             set_threads(a->threads);
+            set_deterministic(a->deterministic);
             Model model = Model::load(a->model);
             const auto [h, w] = input_size(model, a->card, a->size);
             const auto methods = split_list(a->methods);
@@ -135,9 +152,9 @@ Command add_bench(CLI::App& app) {
                 c10::InferenceMode guard;
                 model.module().get_method("forward")({x});
               };
-              const auto forward = measure(inference, a->min_time, model, [] {});
+              const auto forward = measure(inference, a->min_time, model, {});
               auto row = [&](const std::string& what, const Timing& t) {
-                const double ratio = t.seconds / t.baseline_seconds;
+                const double ratio = t.ratios.at(0);
                 std::printf("%-22s %5d %12.2f %10.2f %12.3f %13.1f%% %10.0f\n", what.c_str(), batch, t.seconds * 1e3,
                             batch / t.seconds, ratio, 100.0 * t.forward_share, t.peak_mib);
                 std::fflush(stdout);
@@ -163,9 +180,17 @@ Command add_bench(CLI::App& app) {
               if (a->together && methods.size() > 1) requests.push_back(methods);
               for (const auto& ms : requests) {
                 const auto opt = options(ms);
-                const auto t = measure([&] { explainer.explain_tensor(x, opt); }, a->min_time, model, inference);
-                std::string what = ms.size() == 1 ? ms[0] : std::to_string(ms.size()) + " methods together";
-                row(what, t);
+                const bool combined = ms.size() > 1;
+                const auto first = options({ms[0]});
+                std::vector<std::function<void()>> baselines{inference};
+                if (combined) baselines.push_back([&] { explainer.explain_tensor(x, first); });
+                const auto t = measure([&] { explainer.explain_tensor(x, opt); }, a->min_time, model, baselines);
+                row(combined ? std::to_string(ms.size()) + " methods together" : ms[0], t);
+                if (combined) {
+                  // Against the first method alone, timed beside each combined run: the cost of the extra methods.
+                  std::printf("%-22s %5d %12s %10s %12.3f\n", ("  / " + ms[0] + " alone").c_str(), batch, "", "", t.ratios.at(1));
+                  rows.back()["ratio_to_first_method"] = t.ratios.at(1);
+                }
               }
             }
             if (!a->json.empty()) {

@@ -34,9 +34,9 @@ const std::vector<std::string> kMetrics{"loc", "pointing", "deletion", "insertio
 struct Args {
   std::string model, card, data, layer, out = "lumen-eval", aggregate;
   std::vector<std::string> methods{"gradcam"}, metrics{"loc,pointing,deletion,insertion,drop"};
-  int limit = 0, batch = 8, threads = 0, steps = 50, sanity_images = 8, method_batch = 8;
+  int limit = 0, batch = 8, threads = 0, steps = 50, sanity_images = 8, method_batch = 0;
   uint64_t seed = 0;
-  bool fresh = false;
+  bool fresh = false, deterministic = false;
 };
 
 std::string fmt(double v, int digits = 1) {
@@ -75,6 +75,7 @@ std::string html_escape(const std::string& s) {
 
 int run(const Args& a) {
   set_threads(a.threads);
+  set_deterministic(a.deterministic);
   EvalOptions eo;
   eo.metrics = split_list(a.metrics);
   for (const auto& m : eo.metrics)
@@ -111,7 +112,18 @@ int run(const Args& a) {
                            {"limit", a.limit},        {"seed", a.seed}};
   fs::create_directories(a.out);
   const std::string records_path = (fs::path(a.out) / "records.jsonl").string();
-  std::map<std::string, std::map<std::string, nlohmann::json>> done;      // method -> image -> record
+  // Per method: the images done, the table's counts and sums, and the score that picks the HTML's best
+  // and worst examples. The records themselves live only in records.jsonl, so memory stays flat.
+  std::map<std::string, std::set<std::string>> done;
+  std::map<std::string, Summary> summaries;
+  std::map<std::string, std::map<std::string, double>> example_score;
+  for (const auto& m : methods) summaries.emplace(m, Summary(eo));
+  auto take = [&](const nlohmann::json& r) {
+    const std::string m = r["method"], image = r["image"];
+    if (!summaries.count(m) || !done[m].insert(image).second) return;
+    summaries.at(m).add(r);
+    example_score[m][image] = r.contains("iou") ? r["iou"].get<double>() : r.value("insertion", 0.0) - r.value("deletion", 0.0);
+  };
   std::map<std::string, std::vector<nlohmann::json>> sanity;              // method -> records
   std::set<std::string> sanity_done;
   if (a.fresh) fs::remove(records_path);
@@ -129,7 +141,7 @@ int run(const Args& a) {
         sanity[r["method"]].push_back(r);
         sanity_done.insert(r["method"].get<std::string>() + "\n" + std::to_string(r["step"].get<int>()) + "\n" + r["image"].get<std::string>());
       } else {
-        done[r["method"]][r["image"]] = r;
+        take(r);
       }
     }
     size_t resumed = 0;
@@ -200,7 +212,7 @@ int run(const Args& a) {
                                inputs[static_cast<int64_t>(rows[k])], eo);
         r["method"] = m;
         append(r);
-        done[m][r["image"]] = r;
+        take(r);
         ++finished, ++computed;
       }
     }
@@ -261,9 +273,8 @@ int run(const Args& a) {
   // The table.
   nlohmann::json summary = nlohmann::json::object();
   for (const auto& m : methods) {
-    std::vector<nlohmann::json> recs;
-    for (const auto& s : data.samples) recs.push_back(done[m].at(s.name));
-    summary[m] = summarize(recs, sanity[m], eo);
+    for (const auto& r : sanity[m]) summaries.at(m).add_sanity(r);
+    summary[m] = summaries.at(m).result();
   }
   std::vector<Column> cols;
   for (const auto& c : kColumns)
@@ -315,10 +326,7 @@ int run(const Args& a) {
   for (const auto& m : methods) {
     std::vector<std::pair<double, const Sample*>> scored;
     for (const auto& s : data.samples) {
-      const auto& r = done[m].at(s.name);
-      double key = r.contains("iou") ? r["iou"].get<double>()
-                                     : r.value("insertion", 0.0) - r.value("deletion", 0.0);
-      scored.emplace_back(key, &s);
+      scored.emplace_back(example_score[m].at(s.name), &s);
     }
     std::stable_sort(scored.begin(), scored.end(), [](auto& x, auto& y) { return x.first > y.first; });
     const size_t show = std::min<size_t>(4, scored.size() / 2);
@@ -370,9 +378,11 @@ Command add_eval(CLI::App& app) {
   sub->add_option("--batch", a->batch, "images per explanation pass (8)")->check(CLI::Range(1, 4096));
   sub->add_option("--steps", a->steps, "deletion/insertion: steps of the curve (50)")->check(CLI::Range(1, 1000000));
   sub->add_option("--sanity-images", a->sanity_images, "sanity: images used (8)")->check(CLI::Range(1, 100000));
-  sub->add_option("--method-batch", a->method_batch, "rows per extra pass of perturbation methods (8)")->check(CLI::Range(1, 100000));
+  sub->add_option("--method-batch", a->method_batch, "rows per extra pass of perturbation methods (0: 8, fewer if memory is short)")
+      ->check(CLI::Range(0, 100000));
   sub->add_option("--seed", a->seed, "seed of random methods and of the sanity randomisation (0)");
   sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
+  sub->add_flag("--deterministic", a->deterministic, "the same maps for any thread count (ATen's convolutions; slower)");
   return {sub, [a] { return run(*a); }};
 }
 

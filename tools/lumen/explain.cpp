@@ -31,7 +31,7 @@ struct Args {
   float box_threshold = 0.15f, alpha = 0.5f;
   std::string nonlinearity = "strict", compat = "papers", aggregate;
   std::vector<float> layer_weights;
-  bool contrast = false;
+  bool contrast = false, deterministic = false;
   std::string output;              // output path: tuple index / dict key, '.'-separated
   int64_t token = -1;              // position of a [N,T,V] output
   std::vector<int64_t> sequence;   // teacher-forced tokens
@@ -52,6 +52,7 @@ std::vector<std::string> unique_stems(const std::vector<std::string>& paths) {
 
 int run(const Args& a) {
   set_threads(a.threads);
+  set_deterministic(a.deterministic);
   // Everything that can be checked before any work is checked first, so a typo costs no time.
   Preprocess pre;
   std::vector<std::string> labels;
@@ -234,7 +235,11 @@ Command add_explain(CLI::App& app) {
   sub->add_option("--masks", a->method.masks, "rise: number of masks (2000)")->check(CLI::Range(1, 10000000));
   sub->add_option("--cells", a->method.cells, "rise: grid cells per side (7)")->check(CLI::Range(1, 1000));
   sub->add_option("--keep", a->method.keep, "rise: probability a cell is kept (0.5)");
-  sub->add_option("--method-batch", a->method.batch_size, "rows per extra pass of smoothgrad, IG, scorecam, ablationcam, occlusion, rise (8)")->check(CLI::Range(1, 100000));
+  sub->add_option("--method-batch", a->method.batch_size,
+                  "rows per extra pass of smoothgrad, IG, scorecam, ablationcam, occlusion, rise (0: 8, fewer if memory is short)")
+      ->check(CLI::Range(0, 100000));
+  sub->add_option("--memory-budget", a->method.memory_budget_mib, "MiB one extra pass may take (0: a quarter of available memory)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   sub->add_option("--aggregate", a->aggregate, "with several --layer: also combine them: mean, max, product or weighted")
       ->check(CLI::IsMember({"mean", "max", "product", "weighted"}));
   sub->add_option("--layer-weights", a->layer_weights, "--aggregate weighted: one weight per layer");
@@ -252,6 +257,7 @@ Command add_explain(CLI::App& app) {
   sub->add_option("--compat", a->compat, "papers (default) or pytorch-grad-cam: reproduce that library's formulas and scaling")
       ->check(CLI::IsMember({"papers", "pytorch-grad-cam"}));
   sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
+  sub->add_flag("--deterministic", a->deterministic, "the same maps for any thread count (ATen's convolutions; slower)");
   return {sub, [a] { return run(*a); }};
 }
 

@@ -45,6 +45,7 @@ std::pair<int, int> input_size(const Model& model, const std::string& card, cons
 
 int main(int argc, char** argv) {
   lumen::ensure_passive_openmp(argv);
+  lumen::keep_freed_memory();
 
   CLI::App app{"lumen: why a deep network decided what it decided"};
   app.require_subcommand(1);
