@@ -81,6 +81,7 @@ TEST(Cam, SmoothingFullGradAndCompatMatchReferences) {
       EXPECT_GE(r, 0.999);
       EXPECT_LE(rel, normalized ? 1e-4 : 1e-3);
       EXPECT_FALSE(m.empty);
+      EXPECT_EQ(m.extra.value("eigen_smooth", false), opt.method.eigen_smooth) << name;
     }
   }
 }

@@ -595,15 +595,19 @@ std::vector<ImageExplanation> Explainer::run(const torch::Tensor& batch, const E
       const detail::Method* method;
       size_t layer;
       detail::Result res;
+      bool eigen_smoothed = false;
     };
     std::vector<Job> jobs;
     for (const auto* method : methods)
-      for (size_t l = 0; l < (method->per_layer ? taps.size() : 1); ++l) jobs.push_back({method, l, {}});
+      for (size_t l = 0; l < (method->per_layer ? taps.size() : 1); ++l) jobs.push_back({method, l, {}, false});
     auto compute = [&](Job& job) {
       torch::NoGradGuard no_grad;  // grad mode is per thread: set it on the worker too
       job.res = job.method->compute(ev, job.layer);
-      if (job.res.weighted.defined())
+      if (job.res.weighted.defined()) {
         job.res.maps = torch::relu(mo.eigen_smooth ? detail::first_component(job.res.weighted) : job.res.weighted.sum(1));
+        job.eigen_smoothed = mo.eigen_smooth;
+        job.res.weighted = torch::Tensor();  // [N,C,h,w] per job; the maps are all that is kept until every job is done
+      }
     };
     // A method without extra passes is a handful of small tensor ops. One after another, every op
     // wakes both threads for a few hundred microseconds of work, and six CAMs cost 5 ms each beyond
@@ -645,7 +649,7 @@ std::vector<ImageExplanation> Explainer::run(const torch::Tensor& batch, const E
         finish_map(m, res.maps[i], results[i].width, results[i].height, input_size, opt.box_threshold, compat);
         if (res.attribution.defined()) m.attribution = to_mat_hwc(res.attribution[i]);
         if (i < static_cast<int64_t>(res.extra.size())) m.extra = res.extra[i];
-        if (res.weighted.defined() && mo.eigen_smooth) m.extra["eigen_smooth"] = true;
+        if (job.eigen_smoothed) m.extra["eigen_smooth"] = true;
         if (compat) m.extra["compat"] = "pytorch-grad-cam";
         if (job.method->extra_passes != detail::ExtraPasses::None) m.extra["rows_per_pass"] = mo.batch_size;
       }
