@@ -65,9 +65,10 @@ TEST(Cam, SmoothingFullGradAndCompatMatchReferences) {
     if (!c["layer"].is_null()) opt.layers = {c["layer"].get<std::string>()};
     opt.targets = {class_target(c["classes"].get<std::vector<int64_t>>())};
     const auto& o = c["options"];
-    opt.method.eigen_smooth = o.value("eigen_smooth", false);
-    opt.method.aug_smooth = o.value("aug_smooth", false);
-    opt.method.compat = o.value("compat", false) ? Compat::PytorchGradCam : Compat::Papers;
+    const bool eigen = o.value("eigen_smooth", false);
+    if (eigen) opt.settings.set("eigen_smooth", true);
+    opt.shared.aug_smooth = o.value("aug_smooth", false);
+    opt.shared.compat = o.value("compat", false) ? Compat::PytorchGradCam : Compat::Papers;
     // Maps at the model's input size, where pytorch-grad-cam's pipeline leaves them.
     auto result = ex.explain_tensor(to_batch(images, card.preprocess), opt);
     const bool normalized = c["compare"] == "normalized";
@@ -81,7 +82,7 @@ TEST(Cam, SmoothingFullGradAndCompatMatchReferences) {
       EXPECT_GE(r, 0.999);
       EXPECT_LE(rel, normalized ? 1e-4 : 1e-3);
       EXPECT_FALSE(m.empty);
-      EXPECT_EQ(m.extra.value("eigen_smooth", false), opt.method.eigen_smooth) << name;
+      EXPECT_EQ(m.extra.value("eigen_smooth", false), eigen) << name;
     }
   }
 }
@@ -93,31 +94,27 @@ TEST(Cam, OcclusionMatchesBruteForceAndRiseMatchesReference) {
   ExplainOptions opt;
   opt.classes = {spec["class"].get<int64_t>()};
   opt.methods = {"occlusion"};
-  opt.method.patch = spec["occlusion"]["patch"];
-  opt.method.stride = spec["occlusion"]["stride"];
-  opt.method.fill = spec["occlusion"]["fill"];
-  opt.method.batch_size = 7;  // a batch size that does not divide the positions
+  opt.settings.set("patch", spec["occlusion"]["patch"]).set("stride", spec["occlusion"]["stride"]).set("fill", spec["occlusion"]["fill"]);
+  opt.shared.rows_per_pass = 7;  // a batch size that does not divide the positions
   cv::Mat img = read_image(spec["image"]);
   auto occ = ex.explain({img}, opt)[0].maps[0].raw;
   cv::Mat occ_ref = read_npy(fixture("perturb_occlusion.npy"));
   EXPECT_LE(max_abs_diff(occ, occ_ref), 1e-5 * std::max(1.0, cv::norm(occ_ref, cv::NORM_INF)));
   // Left to lumen, the rows per pass come from memory: 8 by default, fewer under a 1 MiB budget; the
   // map is the reference either way.
-  opt.method.batch_size = 0;
+  opt.shared.rows_per_pass = 0;
   for (int64_t budget : {int64_t{0}, int64_t{1}}) {
-    opt.method.memory_budget_mib = budget;
+    opt.shared.memory_budget_mib = budget;
     const Map m = ex.explain({img}, opt)[0].maps[0];
     const int rows = m.extra.at("rows_per_pass").get<int>();
     if (budget == 0) EXPECT_EQ(rows, 8);
     else EXPECT_LT(rows, 8);
     EXPECT_LE(max_abs_diff(m.raw, occ_ref), 1e-5 * std::max(1.0, cv::norm(occ_ref, cv::NORM_INF))) << budget;
   }
-  opt.method.memory_budget_mib = 0;
+  opt.shared.memory_budget_mib = 0;
   opt.methods = {"rise"};
-  opt.method.masks = spec["rise"]["masks"];
-  opt.method.cells = spec["rise"]["cells"];
-  opt.method.keep = spec["rise"]["keep"];
-  opt.method.seed = spec["rise"]["seed"];
+  opt.settings = Settings();
+  opt.settings.set("masks", spec["rise"]["masks"]).set("cells", spec["rise"]["cells"]).set("keep", spec["rise"]["keep"]).set("seed", spec["rise"]["seed"]);
   auto rise = ex.explain({img}, opt)[0].maps[0].raw;
   cv::Mat rise_ref = read_npy(fixture("perturb_rise.npy"));
   double r = pearson(rise, rise_ref);
@@ -133,19 +130,19 @@ TEST(Cam, RowsPerPassFollowTheMemoryBudget) {
   ExplainOptions opt;
   opt.classes = {1};
   opt.methods = {"occlusion"};
-  opt.method.patch = opt.method.stride = 112;
+  opt.settings.set("patch", 112).set("stride", 112);
   const cv::Mat img = read_image(shared("images/cat.png"));
   const double row = 3 * 224 * 224 * 4 + 3 * 64 * 112 * 112 * 4;
   cv::Mat first;
   for (int64_t budget : {1, 25, 60, 100000}) {
-    opt.method.memory_budget_mib = budget;
+    opt.shared.memory_budget_mib = budget;
     const Map m = ex.explain({img}, opt)[0].maps[0];
     const int want = static_cast<int>(std::clamp(std::floor(static_cast<double>(budget) * 1024 * 1024 / row), 1.0, 8.0));
     EXPECT_EQ(m.extra.at("rows_per_pass").get<int>(), want) << budget << " MiB";
     if (first.empty()) first = m.raw;
     EXPECT_LE(max_abs_diff(m.raw, first), 1e-5 * cv::norm(first, cv::NORM_INF)) << budget << " MiB";
   }
-  opt.method.batch_size = 3;  // a user's choice is kept
+  opt.shared.rows_per_pass = 3;  // a user's choice is kept
   EXPECT_EQ(ex.explain({img}, opt)[0].maps[0].extra.at("rows_per_pass").get<int>(), 3);
 }
 

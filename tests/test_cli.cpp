@@ -225,7 +225,7 @@ TEST(Cli, BadInputMatrix) {
                                  " --layer conv2 --output nope --image " + img, "has no key 'nope' (keys: heads, feature)"},
       {"token out of range", "--model " + q(fixture("tiny_captioner.pt")) + " --card " + q(fixture("small_card.json")) +
                                  " --layer conv2 --token 9 --class 1 --image " + img, "token position 9 out of range"},
-      {"eigen-smooth without a CAM", kModel + " --method saliency --eigen-smooth --image " + img, "--eigen-smooth changes only"},
+      {"eigen-smooth without a CAM", kModel + " --method saliency --eigen-smooth --image " + img, "--eigen-smooth is a setting of"},
       {"fullgrad without biases", "--model " + q(fixture("no_bias_net.pt")) + " --card " + q(fixture("small_card.json")) +
                                      " --method fullgrad --image " + img, "fullgrad needs layers with biases"},
       {"unwritable output", kModel + " --image " + img + " --out " + q(file + "/out"), "cannot create output directory"},

@@ -78,7 +78,7 @@ TEST(Onnx, ZooForwardMatchesEagerAndMapsMatchTorchScript) {
     // Guided backprop: ReLU/ReLU6 follow the rule in both; SiLU, hardswish and GELU keep their
     // ordinary gradient in both (the exports write them as Sigmoid*x, HardSwish, Erf arithmetic).
     opt.methods = {"guided-backprop"};
-    opt.method.strict_nonlinearities = false;
+    opt.shared.strict_nonlinearities = false;
     const double r_gbp = compare_maps(eo, es, {images[0]}, opt, arch);
     std::printf("%-20s opset %d: forward max rel diff %.1e, Grad-CAM r %.7f, guided backprop r %.7f\n", arch.c_str(),
                 z["opset"].get<int>(), rel, r_cam, r_gbp);

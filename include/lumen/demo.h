@@ -3,7 +3,7 @@
 // needs no downloads and its explanations can be scored against ground truth.
 #pragma once
 
-#include <lumen/explain.h>
+#include <lumen/map.h>
 #include <lumen/image.h>
 
 #include <torch/script.h>

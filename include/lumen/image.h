@@ -41,6 +41,11 @@ cv::Mat read_image(const std::string& path);
 // torchvision's Resize), then (pixel - mean) / std.
 torch::Tensor to_input(const cv::Mat& bgr, const Preprocess& p);
 torch::Tensor to_batch(const std::vector<cv::Mat>& images, const Preprocess& p);
+// A reference input for `x` ([N,C,H,W], model-input space), for IG baselines and occlusion fills:
+// "black", a pixel value "0".."255", "noise" (uniform pixels from a CPU generator seeded with `seed`),
+// "blur" (Gaussian, sigma = blur_sigma x width, at least half a pixel), or the path of an image.
+torch::Tensor reference_input(const torch::Tensor& x, const std::string& kind, const Preprocess& p, uint64_t seed = 0,
+                              double blur_sigma = static_cast<double>(0.05f));
 // Separable Gaussian blur of an [N,C,H,W] batch, sigma in pixels, reflect-padded (radius ceil(3 sigma)).
 // Torch, not OpenCV: it runs on model inputs, batched, and stays differentiable.
 torch::Tensor gaussian_blur(const torch::Tensor& x, double sigma);

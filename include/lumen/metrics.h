@@ -3,7 +3,7 @@
 // (tools/lumen/eval.cpp) runs them over datasets; docs/evaluation.md gives the protocols.
 #pragma once
 
-#include <lumen/explain.h>
+#include <lumen/map.h>
 #include <lumen/model.h>
 
 #include <opencv2/core.hpp>

@@ -3,7 +3,7 @@
 // moved into place at the end, so a failed run leaves no partial files.
 #pragma once
 
-#include <lumen/explain.h>
+#include <lumen/map.h>
 
 #include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>

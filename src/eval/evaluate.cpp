@@ -67,7 +67,7 @@ nlohmann::json measure_image(const Model& model, const Preprocess& pre, const Sa
     cv::resize(map.normalized, m, cv::Size(static_cast<int>(x.size(2)), static_cast<int>(x.size(1))), 0, 0, cv::INTER_LINEAR);
     auto score = [&](const torch::Tensor& b) { return class_probability(model, b, sample.label); };
     if (o.has("deletion")) {
-      auto black = reference_input(x.unsqueeze(0), "black", MethodOptions{}, pre)[0];
+      auto black = reference_input(x.unsqueeze(0), "black", pre)[0];
       auto curve = metrics::causal_curve(x, black, m, o.steps, score, o.curve_batch);
       r["deletion"] = metrics::auc(curve);
     }

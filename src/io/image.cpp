@@ -1,6 +1,7 @@
 #include <lumen/error.h>
 #include <lumen/image.h>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -162,6 +163,20 @@ torch::Tensor gaussian_blur(const torch::Tensor& x, double sigma) {
   const std::vector<int64_t> ones{1, 1}, zeros{0, 0};
   auto h = at::conv2d(padded, kx, no_bias, at::IntArrayRef(ones), at::IntArrayRef(zeros), at::IntArrayRef(ones), c);
   return at::conv2d(h, ky, no_bias, at::IntArrayRef(ones), at::IntArrayRef(zeros), at::IntArrayRef(ones), c);
+}
+
+torch::Tensor reference_input(const torch::Tensor& x, const std::string& kind, const Preprocess& p, uint64_t seed, double blur_sigma) {
+  auto mean = torch::tensor(p.mean).view({1, 3, 1, 1}), std = torch::tensor(p.std).view({1, 3, 1, 1});
+  if (kind == "black") return ((torch::zeros_like(x) - mean) / std);
+  if (!kind.empty() && kind.find_first_not_of("0123456789.") == std::string::npos)
+    return ((torch::full_like(x, std::stod(kind)) - mean) / std);  // a pixel value
+  if (kind == "noise") {
+    auto gen = at::detail::createCPUGenerator(seed);
+    return (torch::rand(x.sizes(), gen) * 255.0 - mean) / std;
+  }
+  if (kind == "blur") return gaussian_blur(x, std::max(0.5, blur_sigma * static_cast<double>(x.size(3))));  // sigma: share of width
+  cv::Mat img = read_image(kind);  // a user's image
+  return to_input(img, p).unsqueeze(0).expand_as(x).contiguous();
 }
 
 }  // namespace lumen

@@ -7,21 +7,13 @@
 // the ablated channel with a large negative value instead of 0, and because it modifies its batch in
 // place, row r of each batch of 32 gets min - (r + 1) * 1e7. lumen reproduces this, batches included,
 // and then runs every channel (a zero channel filled that way is not a no-op).
-#include "methods/cam_family.h"
-#include "methods/method.h"
+#include "methods/kit/cam.h"
 
-namespace lumen::detail {
-
-Method ablationcam() {
-  Method m;
-  m.name = "ablationcam";
-  m.paper = "Desai & Ramaswamy 2020, Ablation-CAM";
-  m.extra_passes = ExtraPasses::Forward;
-  m.weighted = true;
-  m.compute = [](const Evidence& e, size_t layer) {
-    const auto& a = e.layers[layer].activations;
-    const bool compat = e.options->compat == Compat::PytorchGradCam;
-    const int64_t n = a.size(0), c = a.size(1), batch = compat ? 32 : e.options->batch_size;
+LUMEN_METHOD(ablationcam) {
+  Method m = weighted_cam("ablationcam", "Desai & Ramaswamy 2020, Ablation-CAM", Needs{}, [](const LayerTensors& t, const Evidence& e, size_t layer) {
+    const auto& a = t.activations;
+    const bool compat = e.pytorch_grad_cam();
+    const int64_t n = a.size(0), c = a.size(1), batch = compat ? 32 : e.passes->rows_per_pass();
     std::vector<torch::Tensor> weights;
     for (int64_t i = 0; i < n; ++i) {
       auto y = e.target_values[i].item<double>();
@@ -37,16 +29,15 @@ Method ablationcam() {
           rows.index_put_({row, k}, (lowest - (row.to(torch::kFloat64) + 1) * 1e7).to(a.scalar_type()).view({-1, 1, 1}));
         else
           rows.index_put_({row, k}, 0.0);
-        auto yk = e.score_from_layer(layer, rows, i);
+        auto yk = e.passes->score_from_layer(layer, rows, i);
         w.index_put_({k}, (y - yk) / (std::abs(y) > 1e-12 || compat ? y : 1e-12));
-        if (e.progress) e.progress("ablationcam", i * c + start + k.size(0), n * c);
+        e.passes->progress("ablationcam", i * c + start + k.size(0), n * c);
       }
       weights.push_back(w);
-      if (e.progress) e.progress("ablationcam", (i + 1) * c, n * c);  // skipped channels count as done
+      e.passes->progress("ablationcam", (i + 1) * c, n * c);  // skipped channels count as done
     }
-    return Result::cam(weighted(torch::stack(weights), a));
-  };
+    return torch::stack(weights).unsqueeze(-1).unsqueeze(-1);
+  });
+  m.extra_passes = ExtraPasses::Forward;
   return m;
 }
-
-}  // namespace lumen::detail

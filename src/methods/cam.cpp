@@ -8,7 +8,7 @@
 // layer and CAM is refused with that reason.
 #include <lumen/error.h>
 
-#include "methods/method.h"
+#include "methods/kit/cam.h"
 
 namespace lumen::detail {
 namespace {
@@ -34,33 +34,29 @@ std::pair<std::string, torch::jit::Module> find_classifier(const Model& model, c
 }
 
 }  // namespace
+}  // namespace lumen::detail
 
-Method cam() {
-  Method m;
-  m.name = "cam";
-  m.paper = "Zhou et al. 2016, Class Activation Mapping";
-  m.weighted = true;
-  m.compute = [](const Evidence& e, size_t layer) {
-    const auto& a = e.layers[layer].activations;
-    const Target& t = *e.target;
-    if (t.classes.empty()) throw Error("cam explains a class: it needs a class target, not a custom function");
-    if (t.score != Score::Logit) throw Error("cam explains class logits; --target " + to_string(t.score) + " is not defined for it");
-    auto [name, fc] = find_classifier(*e.model, e.options->classifier, a.size(1));
+LUMEN_METHOD(cam) {
+  Method m = weighted_cam("cam", "Zhou et al. 2016, Class Activation Mapping", Needs{}, [](const LayerTensors& t, const Evidence& e, size_t) {
+    const auto& a = t.activations;
+    const Target& target = *e.target;
+    if (target.classes.empty()) throw Error("cam explains a class: it needs a class target, not a custom function");
+    if (target.score != Score::Logit) throw Error("cam explains class logits; --target " + to_string(target.score) + " is not defined for it");
+    auto [name, fc] = find_classifier(*e.model, e.settings->text("classifier"), a.size(1));
     auto w = fc.attr("weight").toTensor().detach().to(torch::kFloat32);
     auto b = fc.hasattr("bias") && fc.attr("bias").isTensor() ? fc.attr("bias").toTensor().detach() : torch::zeros({w.size(0)});
-    auto cls = torch::tensor(t.classes);
+    auto cls = torch::tensor(target.classes);
     if (cls.max().item<int64_t>() >= w.size(0))
       throw Error("cam: classifier '" + name + "' has " + std::to_string(w.size(0)) + " outputs, fewer than the class index");
     auto wc = w.index_select(0, cls);                                          // [N,C]
     auto logit = (wc * a.mean({2, 3})).sum(1) + b.index_select(0, cls);       // what the head would give
-    auto y = t.counterfactual ? -e.target_values : e.target_values;
+    auto y = target.counterfactual ? -e.target_values : e.target_values;
     auto err = ((logit - y).abs() / y.abs().clamp_min(1.0)).max().item<double>();
     if (err > 1e-4)
       throw Error("cam: the model's logits are not '" + name + "'(mean over positions of the layer) — no global-average-pooling + "
                   "linear head right after this layer (relative mismatch " + c10::str(err) + "); use gradcam");
-    return Result::cam((t.counterfactual ? -wc : wc).unsqueeze(-1).unsqueeze(-1) * a);
-  };
+    return (target.counterfactual ? -wc : wc).unsqueeze(-1).unsqueeze(-1);
+  });
+  m.params.push_back(text("classifier", "", "cam: module path of the linear classifier after global average pooling"));
   return m;
 }
-
-}  // namespace lumen::detail

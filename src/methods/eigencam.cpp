@@ -1,16 +1,11 @@
 // EigenCAM (Muhammad & Yeasin, IJCNN 2020): the activations' projection on their first principal
 // component (see first_component for the sign), then ReLU. Gradient-free and class-agnostic.
-#include "methods/cam_family.h"
-#include "methods/method.h"
+#include "methods/kit/cam.h"
 
-namespace lumen::detail {
-
-Method eigencam() {
+LUMEN_METHOD(eigencam) {
   Method m;
   m.name = "eigencam";
   m.paper = "Muhammad & Yeasin 2020, Eigen-CAM";
   m.compute = [](const Evidence& e, size_t layer) { return Result{torch::relu(first_component(e.layers[layer].activations))}; };
   return m;
 }
-
-}  // namespace lumen::detail

@@ -1,20 +1,15 @@
 // EigenGradCAM (pytorch-grad-cam): the first principal component of G * A (class-discriminative, unlike
 // EigenCAM), then ReLU.
-#include "methods/cam_family.h"
-#include "methods/method.h"
+#include "methods/kit/cam.h"
 
-namespace lumen::detail {
-
-Method eigengradcam() {
+LUMEN_METHOD(eigengradcam) {
   Method m;
   m.name = "eigengradcam";
   m.paper = "pytorch-grad-cam (Gildenblat et al.), Eigen-Grad-CAM";
-  m.needs.layer_gradients = true;
+  m.needs = layer_gradients();
   m.compute = [](const Evidence& e, size_t layer) {
     const auto& t = e.layers[layer];
     return Result{torch::relu(first_component(t.gradients * t.activations))};
   };
   return m;
 }
-
-}  // namespace lumen::detail

@@ -9,7 +9,7 @@
 // in both. A model without Conv2d/BatchNorm2d bias layers cannot be explained this way (an error).
 #include <lumen/error.h>
 
-#include "methods/method.h"
+#include "methods/kit/method.h"
 
 #include <torch/csrc/jit/ir/ir.h>
 
@@ -37,8 +37,6 @@ double batch_norm_eps(const torch::jit::Module& bn, const std::string& path) {
   throw Error("fullgrad: cannot find the epsilon of batch-norm layer '" + path + "'");
 }
 
-}  // namespace
-
 std::vector<std::pair<std::string, torch::Tensor>> bias_layers(const Model& model) {
   std::vector<std::pair<std::string, torch::Tensor>> out;
   for (const auto& sub : model.module().named_modules()) {
@@ -61,24 +59,31 @@ std::vector<std::pair<std::string, torch::Tensor>> bias_layers(const Model& mode
   return out;
 }
 
-Method fullgrad() {
+}  // namespace
+}  // namespace lumen::detail
+
+LUMEN_METHOD(fullgrad) {
   Method m;
   m.name = "fullgrad";
   m.paper = "Srinivas & Fleuret 2019, FullGrad";
   m.per_layer = false;
   m.needs.input_gradients = {BackwardRule::Plain};
-  m.needs.bias_gradients = true;
+  m.needs.model_layers = [](const Model& model) {
+    std::vector<std::string> paths;
+    for (const auto& b : bias_layers(model)) paths.push_back(b.first);
+    return paths;
+  };
   m.compute = [](const Evidence& e, size_t) {
-    const bool per_channel = e.options->compat == Compat::PytorchGradCam;
+    const bool per_channel = e.pytorch_grad_cam();
     const int64_t h = e.input.size(2), w = e.input.size(3);
     auto map = psi(e.input * e.input_gradients.at(BackwardRule::Plain), h, w, per_channel);
-    for (const auto& b : e.biases) {
-      if (b.gradients.dim() != 4) continue;  // a bias layer outside the convolutional trunk
-      map = map + psi(b.gradients * b.bias.view({1, -1, 1, 1}), h, w, per_channel);
+    const auto biases = bias_layers(*e.model);
+    for (size_t b = 0; b < biases.size(); ++b) {
+      const auto& g = e.model_layers.at(b).gradients;
+      if (g.dim() != 4) continue;  // a bias layer outside the convolutional trunk
+      map = map + psi(g * biases[b].second.view({1, -1, 1, 1}), h, w, per_channel);
     }
     return Result{map};
   };
   return m;
 }
-
-}  // namespace lumen::detail

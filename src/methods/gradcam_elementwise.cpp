@@ -1,19 +1,7 @@
 // Grad-CAM element-wise (pytorch-grad-cam's GradCAMElementWise): map = sum_k ReLU(G_k * A_k).
-#include "methods/method.h"
+#include "methods/kit/cam.h"
 
-namespace lumen::detail {
-
-Method gradcam_elementwise() {
-  Method m;
-  m.name = "gradcam-elementwise";
-  m.paper = "pytorch-grad-cam (Gildenblat et al.), element-wise Grad-CAM";
-  m.needs.layer_gradients = true;
-  m.weighted = true;
-  m.compute = [](const Evidence& e, size_t layer) {
-    const auto& t = e.layers[layer];
-    return Result::cam(torch::relu(t.gradients * t.activations));
-  };
-  return m;
+LUMEN_METHOD(gradcam_elementwise) {
+  return evidence_cam("gradcam-elementwise", "pytorch-grad-cam (Gildenblat et al.), element-wise Grad-CAM", layer_gradients(),
+                      [](const LayerTensors& t, const Evidence&, size_t) { return torch::relu(t.gradients * t.activations); });
 }
-
-}  // namespace lumen::detail

@@ -3,29 +3,15 @@
 //   a_kij = G^2 / (2 G^2 + sum_ab A_kab * G^3)   (0 where G = 0),
 //   w_k = sum_ij a_kij * ReLU(G_kij),  map = ReLU(sum_k w_k A_k)
 // — the closed form pytorch-grad-cam implements (its epsilon is 1e-6, lumen's 1e-7; --compat uses 1e-6).
-#include "methods/cam_family.h"
-#include "methods/method.h"
+#include "methods/kit/cam.h"
 
-namespace lumen::detail {
-
-Method gradcam_plus_plus() {
-  Method m;
-  m.name = "gradcam++";
-  m.paper = "Chattopadhyay et al. 2018, Grad-CAM++";
-  m.needs.layer_gradients = true;
-  m.weighted = true;
-  m.compute = [](const Evidence& e, size_t layer) {
-    const auto& a = e.layers[layer].activations;
-    const auto& g = e.layers[layer].gradients;
+LUMEN_METHOD(gradcam_plus_plus) {
+  return weighted_cam("gradcam++", "Chattopadhyay et al. 2018, Grad-CAM++", layer_gradients(), [](const LayerTensors& t, const Evidence& e, size_t) {
+    const auto& a = t.activations;
+    const auto& g = t.gradients;
     auto g2 = g.pow(2), g3 = g.pow(3);
-    auto sum_a = a.sum({2, 3}, true);
-    const double eps = e.options->compat == Compat::PytorchGradCam ? 1e-6 : 1e-7;
-    auto alpha = g2 / (2 * g2 + sum_a * g3 + eps);
+    auto alpha = g2 / (2 * g2 + a.sum({2, 3}, true) * g3 + (e.pytorch_grad_cam() ? 1e-6 : 1e-7));
     alpha = torch::where(g != 0, alpha, torch::zeros_like(alpha));
-    auto w = (alpha * torch::relu(g)).sum({2, 3});
-    return Result::cam(weighted(w, a));
-  };
-  return m;
+    return (alpha * torch::relu(g)).sum({2, 3}).unsqueeze(-1).unsqueeze(-1);
+  });
 }
-
-}  // namespace lumen::detail

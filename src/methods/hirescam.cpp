@@ -1,20 +1,8 @@
 // HiResCAM (Draelos & Carin 2020): the element-wise product G * A summed over channels, then ReLU —
 // no spatial averaging of the gradient, so the map is faithful to the model's computation.
-#include "methods/method.h"
+#include "methods/kit/cam.h"
 
-namespace lumen::detail {
-
-Method hirescam() {
-  Method m;
-  m.name = "hirescam";
-  m.paper = "Draelos & Carin 2020, HiResCAM";
-  m.needs.layer_gradients = true;
-  m.weighted = true;
-  m.compute = [](const Evidence& e, size_t layer) {
-    const auto& t = e.layers[layer];
-    return Result::cam(t.gradients * t.activations);
-  };
-  return m;
+LUMEN_METHOD(hirescam) {
+  return weighted_cam("hirescam", "Draelos & Carin 2020, HiResCAM", layer_gradients(),
+                      [](const LayerTensors& t, const Evidence&, size_t) { return t.gradients; });
 }
-
-}  // namespace lumen::detail

@@ -1,22 +1,7 @@
 // Input x gradient (Shrikumar et al. 2016): attribution = x * dy/dx per channel; the map sums the
 // channels (signed).
-#include "methods/method.h"
+#include "methods/kit/pixel.h"
 
-namespace lumen::detail {
-
-Method input_x_gradient() {
-  Method m;
-  m.name = "input-x-gradient";
-  m.paper = "Shrikumar et al. 2016, Not Just a Black Box";
-  m.needs.input_gradients = {BackwardRule::Plain};
-  m.per_layer = false;
-  m.compute = [](const Evidence& e, size_t) {
-    auto attr = e.input * e.input_gradients.at(BackwardRule::Plain);
-    Result r{attr.sum(1), attr};
-    r.is_signed = true;
-    return r;
-  };
-  return m;
+LUMEN_METHOD(input_x_gradient) {
+  return input_gradient_method("input-x-gradient", "Shrikumar et al. 2016, Not Just a Black Box", BackwardRule::Plain, /*times_input=*/true);
 }
-
-}  // namespace lumen::detail

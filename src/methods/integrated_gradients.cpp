@@ -5,7 +5,7 @@
 // |sum(attr) - (f(x) - f(b))| / |f(x) - f(b)| is reported per image.
 #include <lumen/error.h>
 
-#include "methods/method.h"
+#include "methods/kit/method.h"
 
 #include <cmath>
 
@@ -47,39 +47,47 @@ void trapezoid(int m, std::vector<double>& nodes, std::vector<double>& weights) 
 
 }  // namespace
 
-Method integrated_gradients() {
+}  // namespace lumen::detail
+
+LUMEN_METHOD(integrated_gradients) {
   Method m;
   m.name = "integrated-gradients";
   m.paper = "Sundararajan et al. 2017, Axiomatic Attribution for Deep Networks";
+  m.family = Family::Pixel;
   m.extra_passes = ExtraPasses::Gradient;
   m.per_layer = false;
+  m.reduce = sum_over_channels;
+  m.params = {integer("steps", 50, 1, 100000, "integrated-gradients: points of the integration rule"),
+              choice("integration", "gauss-legendre", {"gauss-legendre", "trapezoid"}, "integrated-gradients: the rule"),
+              reference_param("baseline", "black", "integrated-gradients: black, blur, noise, a pixel value 0-255 or an image path"),
+              blur_sigma_param(), seed_param()};
+  m.check = [](const Settings& s) {
+    if (s.text("integration") == "trapezoid" && s.integer("steps") < 2)
+      throw Error("--integration trapezoid needs --steps of at least 2, got " + std::to_string(s.integer("steps")));
+  };
   m.compute = [](const Evidence& e, size_t) {
-    const MethodOptions& o = *e.options;
-    if (o.steps < 1) throw Error("integrated-gradients needs at least 1 step");
+    const Settings& s = *e.settings;
+    const int steps = static_cast<int>(s.integer("steps"));
+    const std::string integration = s.text("integration"), baseline = s.text("baseline");
     std::vector<double> nodes, weights;
-    if (o.integration == "gauss-legendre") {
-      gauss_legendre(o.steps, nodes, weights);
-    } else if (o.integration == "trapezoid") {
-      trapezoid(o.steps, nodes, weights);
-    } else {
-      throw Error("unknown integration rule '" + o.integration + "' (gauss-legendre or trapezoid)");
-    }
+    if (integration == "gauss-legendre") gauss_legendre(steps, nodes, weights);
+    else trapezoid(steps, nodes, weights);
     auto alphas = torch::tensor(nodes, torch::kFloat32), w = torch::tensor(weights, torch::kFloat32);
-    const auto b = e.reference(o.baseline);
+    const auto b = e.passes->reference(baseline, static_cast<uint64_t>(s.integer("seed")), s.number("blur_sigma"));
     Result r;
     std::vector<torch::Tensor> attrs;
     for (int64_t i = 0; i < e.input.size(0); ++i) {
       auto diff = e.input[i] - b[i];
       auto view = std::vector<int64_t>{-1, 1, 1, 1};
       auto rows = b[i].unsqueeze(0) + alphas.view(view) * diff.unsqueeze(0);
-      auto grads = e.gradient(rows, i, BackwardRule::Plain);
+      auto grads = e.passes->gradient(rows, i, BackwardRule::Plain);
       auto attr = diff * (w.view(view) * grads).sum(0);
       attrs.push_back(attr);
       double fx = e.target_values[i].item<double>();
-      double fb = e.score(b[i].unsqueeze(0), i)[0].item<double>();
+      double fb = e.passes->score(b[i].unsqueeze(0), i)[0].item<double>();
       double total = attr.sum().item<double>();
       double gap = std::abs(total - (fx - fb)) / std::max(std::abs(fx - fb), 1e-12);
-      r.extra.push_back({{"steps", o.steps}, {"integration", o.integration}, {"baseline", o.baseline},
+      r.extra.push_back({{"steps", steps}, {"integration", integration}, {"baseline", baseline},
                          {"f_input", fx}, {"f_baseline", fb}, {"attribution_sum", total}, {"completeness_gap", gap}});
     }
     r.attribution = torch::stack(attrs);
@@ -89,5 +97,3 @@ Method integrated_gradients() {
   };
   return m;
 }
-
-}  // namespace lumen::detail

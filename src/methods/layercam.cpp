@@ -1,20 +1,8 @@
 // LayerCAM (Jiang et al., IEEE TIP 2021, eq. 5-6): map = ReLU(sum_k ReLU(G_k) * A_k), a spatial weight
 // per position instead of one per channel.
-#include "methods/method.h"
+#include "methods/kit/cam.h"
 
-namespace lumen::detail {
-
-Method layercam() {
-  Method m;
-  m.name = "layercam";
-  m.paper = "Jiang et al. 2021, LayerCAM";
-  m.needs.layer_gradients = true;
-  m.weighted = true;
-  m.compute = [](const Evidence& e, size_t layer) {
-    const auto& t = e.layers[layer];
-    return Result::cam(torch::relu(t.gradients) * t.activations);
-  };
-  return m;
+LUMEN_METHOD(layercam) {
+  return weighted_cam("layercam", "Jiang et al. 2021, LayerCAM", layer_gradients(),
+                      [](const LayerTensors& t, const Evidence&, size_t) { return torch::relu(t.gradients); });
 }
-
-}  // namespace lumen::detail

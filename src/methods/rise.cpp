@@ -5,7 +5,7 @@
 // reproducible whatever the batch size (and reproducible in Python with torch.Generator).
 #include <lumen/error.h>
 
-#include "methods/method.h"
+#include "methods/kit/method.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -24,37 +24,44 @@ torch::Tensor rise_masks(const torch::Tensor& grids, const torch::Tensor& shifts
   return torch::stack(out);
 }
 
-Method rise() {
+}  // namespace lumen::detail
+
+LUMEN_METHOD(rise) {
   Method m;
   m.name = "rise";
   m.paper = "Petsiuk et al. 2018, RISE";
+  m.family = Family::Perturbation;
   m.extra_passes = ExtraPasses::Forward;
   m.per_layer = false;
+  Param keep = number32("keep", 0.5f, 0, 1, "rise: probability that a cell is kept");
+  keep.above_min = true;
+  m.params = {integer("masks", 2000, 1, 10000000, "rise: number of masks"), integer("cells", 7, 1, 1000, "rise: grid cells per side"),
+              keep, seed_param()};
   m.compute = [](const Evidence& e, size_t) {
-    const MethodOptions& o = *e.options;
-    if (o.masks < 1 || o.cells < 1 || !(o.keep > 0 && o.keep <= 1)) throw Error("rise needs --masks >= 1, --cells >= 1, 0 < --keep <= 1");
+    const Settings& s = *e.settings;
+    const int64_t masks = s.integer("masks"), cells = s.integer("cells"), rows_per_pass = e.passes->rows_per_pass();
+    const auto keep = static_cast<float>(s.number("keep"));
     const int64_t n = e.input.size(0), h = e.input.size(2), w = e.input.size(3);
-    const int64_t ch = (h + o.cells - 1) / o.cells, cw = (w + o.cells - 1) / o.cells;
-    auto gen = at::detail::createCPUGenerator(o.seed);
-    auto grids = (torch::rand({o.masks, 1, o.cells, o.cells}, gen) < o.keep).to(torch::kFloat32);
-    auto shifts = torch::stack({torch::randint(0, ch, {o.masks}, gen), torch::randint(0, cw, {o.masks}, gen)}, 1);
+    const int64_t ch = (h + cells - 1) / cells, cw = (w + cells - 1) / cells;
+    auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(s.integer("seed")));
+    auto grids = (torch::rand({masks, 1, cells, cells}, gen) < keep).to(torch::kFloat32);
+    auto shifts = torch::stack({torch::randint(0, ch, {masks}, gen), torch::randint(0, cw, {masks}, gen)}, 1);
     std::vector<torch::Tensor> maps;
     for (int64_t i = 0; i < n; ++i) {
       auto sal = torch::zeros({h, w});
-      for (int64_t start = 0; start < o.masks; start += o.batch_size) {
-        int64_t count = std::min<int64_t>(o.batch_size, o.masks - start);
-        auto masks = rise_masks(grids, shifts, start, count, h, w, o.cells);
-        auto scores = e.score(e.input[i].unsqueeze(0) * masks, i);
-        sal += (scores.view({-1, 1, 1}) * masks.squeeze(1)).sum(0);
-        if (e.progress) e.progress("rise", i * o.masks + start + count, n * o.masks);
+      for (int64_t start = 0; start < masks; start += rows_per_pass) {
+        const int64_t count = std::min<int64_t>(rows_per_pass, masks - start);
+        auto batch = rise_masks(grids, shifts, start, count, h, w, cells);
+        auto scores = e.passes->score(e.input[i].unsqueeze(0) * batch, i);
+        sal += (scores.view({-1, 1, 1}) * batch.squeeze(1)).sum(0);
+        e.passes->progress("rise", i * masks + start + count, n * masks);
       }
-      maps.push_back(sal / (o.masks * o.keep));
+      maps.push_back(sal / (static_cast<float>(masks) * keep));
     }
     Result r{torch::stack(maps)};
-    for (int64_t i = 0; i < n; ++i) r.extra.push_back({{"masks", o.masks}, {"cells", o.cells}, {"keep", o.keep}, {"seed", o.seed}});
+    for (int64_t i = 0; i < n; ++i)
+      r.extra.push_back({{"masks", masks}, {"cells", cells}, {"keep", static_cast<double>(keep)}, {"seed", s.integer("seed")}});
     return r;
   };
   return m;
 }
-
-}  // namespace lumen::detail

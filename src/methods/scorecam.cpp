@@ -7,21 +7,13 @@
 // --compat pytorch-grad-cam: upsampling with align_corners=True, H_k = (up - min) / (max - min + 1e-8),
 // weights = softmax over channels of f(X o H_k). A constant channel's mask is then 0 and its score is
 // f(0), computed once for all of them.
-#include "methods/cam_family.h"
-#include "methods/method.h"
+#include "methods/kit/cam.h"
 
-namespace lumen::detail {
-
-Method scorecam() {
-  Method m;
-  m.name = "scorecam";
-  m.paper = "Wang et al. 2020, Score-CAM";
-  m.extra_passes = ExtraPasses::Forward;
-  m.weighted = true;
-  m.compute = [](const Evidence& e, size_t layer) {
-    const auto& a = e.layers[layer].activations;
-    const int64_t n = a.size(0), c = a.size(1), batch = e.options->batch_size;
-    const bool compat = e.options->compat == Compat::PytorchGradCam;
+LUMEN_METHOD(scorecam) {
+  Method m = weighted_cam("scorecam", "Wang et al. 2020, Score-CAM", Needs{}, [](const LayerTensors& t, const Evidence& e, size_t) {
+    const auto& a = t.activations;
+    const int64_t n = a.size(0), c = a.size(1), batch = e.passes->rows_per_pass();
+    const bool compat = e.pytorch_grad_cam();
     std::vector<torch::Tensor> weights;
     for (int64_t i = 0; i < n; ++i) {
       auto x = e.input[i];
@@ -29,23 +21,22 @@ Method scorecam() {
       auto lo = up.amin({1, 2}, true), hi = up.amax({1, 2}, true);
       auto live = (hi - lo).view({c}) > 0;
       auto idx = live.nonzero().view({-1});
-      auto f_base = e.score(torch::zeros_like(x).unsqueeze(0), i)[0];
+      auto f_base = e.passes->score(torch::zeros_like(x).unsqueeze(0), i)[0];
       // Skipped channels: weight 0 (papers), or the score of the all-zero input (compat, before softmax).
       auto w = compat ? torch::full({c}, f_base.item<float>()) : torch::zeros({c});
       for (int64_t start = 0; start < idx.size(0); start += batch) {
         auto k = idx.slice(0, start, std::min<int64_t>(idx.size(0), start + batch));
         auto range = hi.index_select(0, k) - lo.index_select(0, k);
         auto masks = (up.index_select(0, k) - lo.index_select(0, k)) / (compat ? range + 1e-8 : range);
-        auto scores = e.score(x.unsqueeze(0) * masks.unsqueeze(1), i);
+        auto scores = e.passes->score(x.unsqueeze(0) * masks.unsqueeze(1), i);
         w.index_put_({k}, compat ? scores : scores - f_base);
-        if (e.progress) e.progress("scorecam", i * c + start + k.size(0), n * c);
+        e.passes->progress("scorecam", i * c + start + k.size(0), n * c);
       }
       weights.push_back(compat ? torch::softmax(w, 0) : w);
-      if (e.progress) e.progress("scorecam", (i + 1) * c, n * c);  // skipped channels count as done
+      e.passes->progress("scorecam", (i + 1) * c, n * c);  // skipped channels count as done
     }
-    return Result::cam(weighted(torch::stack(weights), a));
-  };
+    return torch::stack(weights).unsqueeze(-1).unsqueeze(-1);
+  });
+  m.extra_passes = ExtraPasses::Forward;
   return m;
 }
-
-}  // namespace lumen::detail

@@ -1,46 +1,64 @@
-// SmoothGrad (Smilkov et al. 2017): the mean of a pixel method's attribution over n copies of the input
-// with Gaussian noise, sigma = noise * (max(x) - min(x)) of that image. The base method is a gradient
-// method: saliency (plain gradient), guided-backprop, deconvnet or input-x-gradient. The noise of image i
+// SmoothGrad (Smilkov et al. 2017), a wrapper in the manner of Captum's NoiseTunnel: a method that gives
+// an input-space attribution (--smooth-base: saliency by default; guided-backprop, deconvnet,
+// input-x-gradient, integrated-gradients, or any later one that declares an attribution) runs on n
+// copies of the input with Gaussian noise, sigma = noise * (max(x) - min(x)) of that image, and the
+// map is made from the mean of their attributions the way the base makes its own. The noise of image i
 // comes from a CPU generator seeded with seed + i, so a run is reproducible whatever the batch.
 #include <lumen/error.h>
 
-#include "methods/method.h"
+#include "methods/kit/method.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
 namespace lumen::detail {
+namespace {
 
-Method smoothgrad() {
+void check_base(const std::string& name) {
+  std::string bases;
+  for (const auto& m : methods())
+    if (m.reduce && !m.uses) bases += (bases.empty() ? "" : ", ") + m.name;
+  for (const auto& m : methods())
+    if (m.name == name && m.reduce && !m.uses) return;
+  throw Error("--smooth-base '" + name + "' is not a method with an input attribution (" + bases + ")");
+}
+
+}  // namespace
+}  // namespace lumen::detail
+
+LUMEN_METHOD(smoothgrad) {
   Method m;
   m.name = "smoothgrad";
   m.paper = "Smilkov et al. 2017, SmoothGrad";
+  m.family = Family::Pixel;
   m.extra_passes = ExtraPasses::Gradient;
   m.per_layer = false;
+  Param base = text("smooth_base", "saliency", "smoothgrad: the method it smooths, one that gives an input attribution");
+  base.check = check_base;
+  m.params = {integer("samples", 50, 1, 100000, "smoothgrad: noisy copies"),
+              number32("noise", 0.15f, 0, 10, "smoothgrad: sigma as a fraction of the input's range"), base, seed_param()};
+  m.uses = [](const Settings& s) { return std::vector<std::string>{s.text("smooth_base")}; };
   m.compute = [](const Evidence& e, size_t) {
-    const MethodOptions& o = *e.options;
-    BackwardRule rule = BackwardRule::Plain;
-    if (o.smooth_base == "guided-backprop") rule = BackwardRule::Guided;
-    if (o.smooth_base == "deconvnet") rule = BackwardRule::Deconvnet;
-    const bool times_input = o.smooth_base == "input-x-gradient";
+    const Settings& s = *e.settings;
+    const Method& base = find_method(s.text("smooth_base"));
+    const int64_t samples = s.integer("samples"), n = e.input.size(0);
+    const auto seed = static_cast<uint64_t>(s.integer("seed"));
+    Result r;
     std::vector<torch::Tensor> attrs;
-    for (int64_t i = 0; i < e.input.size(0); ++i) {
+    for (int64_t i = 0; i < n; ++i) {
       auto x = e.input[i];
-      double sigma = o.noise * (x.max() - x.min()).item<double>();
-      auto gen = at::detail::createCPUGenerator(o.seed + static_cast<uint64_t>(i));
-      std::vector<int64_t> shape{o.samples};
-      for (auto s : x.sizes()) shape.push_back(s);
-      auto rows = x.unsqueeze(0) + sigma * torch::randn(shape, gen);
-      auto grads = e.gradient(rows, i, rule);
-      attrs.push_back((times_input ? rows * grads : grads).mean(0));
+      double sigma = s.number("noise") * (x.max() - x.min()).item<double>();
+      auto gen = at::detail::createCPUGenerator(seed + static_cast<uint64_t>(i));
+      std::vector<int64_t> shape{samples};
+      for (auto d : x.sizes()) shape.push_back(d);
+      Result noisy = e.passes->run(base, x.unsqueeze(0) + sigma * torch::randn(shape, gen), i);
+      attrs.push_back(noisy.attribution.mean(0));
+      r.is_signed = noisy.is_signed;
+      r.extra.push_back({{"samples", samples}, {"noise", s.number("noise")}, {"base", base.name}, {"seed", seed + static_cast<uint64_t>(i)}});
+      e.passes->progress("smoothgrad", i + 1, n);
     }
-    auto attr = torch::stack(attrs);
-    Result r{times_input ? attr.sum(1) : max_abs_over_channels(attr), attr};
-    r.is_signed = times_input;
-    for (int64_t i = 0; i < e.input.size(0); ++i)
-      r.extra.push_back({{"samples", o.samples}, {"noise", o.noise}, {"base", o.smooth_base}, {"seed", o.seed + i}});
+    r.attribution = torch::stack(attrs);
+    r.maps = base.reduce(r.attribution);
     return r;
   };
   return m;
 }
-
-}  // namespace lumen::detail

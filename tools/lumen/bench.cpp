@@ -101,14 +101,16 @@ Command add_bench(CLI::App& app) {
     int top_k = 1, threads = 0;
     double min_time = 2.0;
     bool together = false, deterministic = false;
-    MethodOptions method;
+    MethodFlags method;
+    CLI::Option* old_batch = nullptr;
   };
   auto a = std::make_shared<Args>();
   sub->add_option("--model,-m", a->model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
   sub->add_option("--card", a->card, "model card JSON (gives the input size)");
   sub->add_option("--methods", a->methods, "methods to time, comma-separated (gradcam)");
   sub->add_option("--layer,-l", a->layers, "layer(s) for the CAM methods");
-  sub->add_option("--batch", a->batches, "batch sizes, comma-separated (1,16)")->delimiter(',');
+  sub->add_option("--batches", a->batches, "images per pass to time, comma-separated (1,16)")->delimiter(',');
+  a->old_batch = sub->add_option("--batch", a->batches, "old spelling of --batches (until 0.3)")->delimiter(',');
   sub->add_option("--top-k", a->top_k, "explain the top-k classes of each image (1)")->check(CLI::Range(1, 1000));
   sub->add_flag("--together", a->together, "also time all --methods in one request (they share the forward)");
   sub->add_option("--min-time", a->min_time, "seconds of timed runs per row (2)");
@@ -116,14 +118,15 @@ Command add_bench(CLI::App& app) {
   sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
   sub->add_flag("--deterministic", a->deterministic, "the same maps for any thread count (ATen's convolutions; slower)");
   sub->add_option("--json", a->json, "also write the rows as JSON to this file");
-  sub->add_option("--masks", a->method.masks, "rise: masks (2000)");
-  sub->add_option("--batch-size", a->method.batch_size, "rows per extra pass of perturbation methods (0: 8, fewer if memory is short)")
-      ->check(CLI::Range(0, 100000));
-  sub->add_option("--memory-budget", a->method.memory_budget_mib, "MiB one extra pass may take (0: a quarter of available memory)")
-      ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
+  add_method_flags(sub, a->method);
   return {sub, [a] {
             set_threads(a->threads);
             set_deterministic(a->deterministic);
+            if (a->old_batch->count() > 0) std::cerr << "lumen: note: bench's --batch is now --batches (the old spelling goes in 0.3)\n";
+            ExplainOptions given;
+            given.methods = split_list(a->methods);
+            apply(a->method, given);
+            check_request(given);
             Model model = Model::load(a->model);
             const auto [h, w] = input_size(model, a->card, a->size);
             const auto methods = split_list(a->methods);
@@ -134,7 +137,8 @@ Command add_bench(CLI::App& app) {
               o.methods = ms;
               o.layers = layers;
               o.top_k = a->top_k;
-              o.method = a->method;
+              o.shared = given.shared;
+              o.settings = taken_by(ms, given.settings);
               return o;
             };
             nlohmann::json rows = nlohmann::json::array();

@@ -1,13 +1,15 @@
 // The lumen command line: one file per subcommand, each adding itself to the CLI11 app and returning
-// the function that runs it.
+// the function that runs it. The commands parse flags and print; the work is the library's.
 #pragma once
 
+#include <lumen/explain.h>
 #include <lumen/model.h>
 #include <lumen/runtime.h>
 
 #include <CLI/CLI.hpp>
 
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -26,10 +28,30 @@ Command add_visualize(CLI::App& app);
 Command add_audit(CLI::App& app);
 Command add_bench(CLI::App& app);
 
+// Flags of method settings (method_flags.cpp).
+struct MethodFlags {
+  std::map<std::string, CLI::Option*> given;    // setting -> its flag
+  std::map<std::string, std::string> text;      // setting -> value as typed
+  std::string compat = "papers", nonlinearity = "strict";
+  bool aug_smooth = false;
+  int rows_per_pass = 0;
+  int64_t memory_budget_mib = 0;
+  CLI::Option* old_rows = nullptr;
+};
+// Every method setting's flag, and the shared ones.
+void add_method_flags(CLI::App* sub, MethodFlags& flags);
+// Only the shared ones (compat, aug-smooth, nonlinearity, rows per pass, memory budget).
+void add_shared_flags(CLI::App* sub, MethodFlags& flags);
+// Into `options`: the settings given on the command line, checked by the library.
+void apply(const MethodFlags& flags, ExplainOptions& options);
+
 // Helpers shared by the subcommands.
 std::vector<std::string> split_list(const std::vector<std::string>& items);  // "a,b" "c" -> a b c
 std::string stem_of(const std::string& path);
+std::string joined(const std::vector<std::string>& items, const std::string& separator = ", ");
 // Model input H, W: --input-size, else the card's, else what an ONNX file declares, else 224 x 224.
 std::pair<int, int> input_size(const Model& model, const std::string& card, const std::vector<int>& size);
+// Progress of long work on stderr, at most every half second and always at the end.
+Progress progress_printer();
 
 }  // namespace lumen::cli

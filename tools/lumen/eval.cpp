@@ -161,8 +161,9 @@ int run(const Args& a) {
   base.layers = layers;
   base.aggregate = a.aggregate;
   base.box_threshold = eo.box_threshold;
-  base.method.batch_size = a.method_batch;
-  base.method.seed = a.seed;
+  base.shared.rows_per_pass = a.method_batch;
+  Settings seed;
+  seed.set("seed", static_cast<int64_t>(a.seed));
   for (const auto& s : data.samples)
     if (!card.labels.empty() && s.label >= static_cast<int64_t>(card.labels.size()))
       throw Error("dataset label " + std::to_string(s.label) + " of " + s.name + " is out of range for the model's " +
@@ -203,6 +204,7 @@ int run(const Args& a) {
       for (size_t i : rows) imgs.push_back(images[i]), labels.push_back(samples[i]->label), names.push_back(samples[i]->name);
       ExplainOptions opt = base;
       opt.methods = {m};
+      opt.settings = taken_by({m}, seed);
       opt.targets = {class_target(labels)};
       opt.targets[0].name = "truth";
       auto explained = explainer.explain(imgs, opt, names);
@@ -232,6 +234,7 @@ int run(const Args& a) {
     auto maps_of = [&](const Explainer& ex, const std::string& m) {
       ExplainOptions opt = base;
       opt.methods = {m};
+      opt.settings = taken_by({m}, seed);
       opt.targets = {class_target(labels)};
       std::vector<cv::Mat> out;
       for (auto& e : ex.explain(imgs, opt, names)) out.push_back(cv::abs(e.maps.back().upsampled));
@@ -338,6 +341,7 @@ int run(const Args& a) {
       cv::Mat img = read_image(s.path);
       ExplainOptions opt = base;
       opt.methods = {m};
+      opt.settings = taken_by({m}, seed);
       opt.targets = {class_target({s.label})};
       auto e = explainer.explain({img}, opt, {s.name});
       const Map& shown = e[0].maps.back();

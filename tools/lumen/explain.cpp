@@ -29,13 +29,13 @@ struct Args {
   int top_k = 1, batch = 8, threads = 0;
   bool counterfactual = false, allow_empty = false, no_box = false;
   float box_threshold = 0.15f, alpha = 0.5f;
-  std::string nonlinearity = "strict", compat = "papers", aggregate;
+  std::string aggregate;
   std::vector<float> layer_weights;
   bool contrast = false, deterministic = false;
   std::string output;              // output path: tuple index / dict key, '.'-separated
   int64_t token = -1;              // position of a [N,T,V] output
   std::vector<int64_t> sequence;   // teacher-forced tokens
-  MethodOptions method;
+  MethodFlags method;
 };
 
 // Unique file stems: cat.jpg and other/cat.png become cat and cat-2.
@@ -69,8 +69,6 @@ int run(const Args& a) {
   if (!a.color_order.empty()) pre.rgb = a.color_order == "RGB";
   if (!a.labels.empty()) labels = load_labels(a.labels);
   if (a.batch < 1) throw Error("--batch must be at least 1");
-  for (const auto& img : a.images)
-    if (!fs::exists(img)) throw Error("image not found: " + img);
 
   ExplainOptions opt;
   opt.methods = split_list(a.methods);
@@ -90,18 +88,11 @@ int run(const Args& a) {
     opt.targets = {sequence_target(a.sequence, output_path(a.output))};
     if (a.counterfactual) throw Error("--sequence has no counterfactual");
   }
-  opt.method = a.method;
-  opt.method.strict_nonlinearities = a.nonlinearity == "strict";
-  opt.method.compat = a.compat == "pytorch-grad-cam" ? Compat::PytorchGradCam : Compat::Papers;
-  // Long methods (Score-CAM over thousands of channels, occlusion, RISE) report progress, at most
-  // every half second.
-  auto last_report = std::make_shared<std::chrono::steady_clock::time_point>();
-  opt.method.progress = [last_report](const std::string& what, int64_t done, int64_t total) {
-    auto now = std::chrono::steady_clock::now();
-    if (done < total && now - *last_report < std::chrono::milliseconds(500)) return;
-    *last_report = now;
-    std::cerr << "\r  " << what << " " << done << "/" << total << (done >= total ? "\n" : "") << std::flush;
-  };
+  apply(a.method, opt);
+  opt.shared.progress = progress_printer();
+  check_request(opt);
+  for (const auto& img : a.images)
+    if (!fs::exists(img)) throw Error("image not found: " + img);
   RenderOptions render;
   render.rgb_input = pre.rgb;
   render.colormap = parse_colormap(a.colormap);
@@ -146,25 +137,8 @@ int run(const Args& a) {
                               {"color_order", pre.rgb ? "RGB" : "BGR"},
                               {"resize", "stretch (bilinear, whole image, aspect ratio not kept)"}}},
                             {"box_threshold", opt.box_threshold},
-                            {"method_options",
-                             {{"nonlinearity", a.nonlinearity},
-                              {"samples", opt.method.samples},
-                              {"noise", opt.method.noise},
-                              {"smooth_base", opt.method.smooth_base},
-                              {"seed", opt.method.seed},
-                              {"steps", opt.method.steps},
-                              {"integration", opt.method.integration},
-                              {"baseline", opt.method.baseline},
-                              {"patch", opt.method.patch},
-                              {"stride", opt.method.stride},
-                              {"fill", opt.method.fill},
-                              {"masks", opt.method.masks},
-                              {"cells", opt.method.cells},
-                              {"keep", opt.method.keep},
-                              {"eigen_smooth", opt.method.eigen_smooth},
-                              {"aug_smooth", opt.method.aug_smooth},
-                              {"compat", a.compat}}},
-                            {"normalisation", opt.method.compat == Compat::PytorchGradCam
+                            {"method_options", settings_json(opt)},
+                            {"normalisation", opt.shared.compat == Compat::PytorchGradCam
                                                   ? "pytorch-grad-cam: (m - min) / (max + 1e-7) at the layer, resized to the input, scaled again"
                                                   : "min-max of the map upsampled to the image"},
                             {"seconds", seconds},
@@ -198,9 +172,7 @@ Command add_explain(CLI::App& app) {
   sub->add_option("--card", a->card, "model card JSON: input size, mean/std, colour order, labels, CAM layer");
   sub->add_option("--image,-i", a->images, "image file(s)")->required();
   sub->add_option("--layer,-l", a->layers, "module path(s) to explain at, e.g. features.18 (default: the card's)");
-  std::string names;
-  for (const auto& n : method_names()) names += (names.empty() ? "" : ", ") + n;
-  sub->add_option("--method", a->methods, "method(s), comma-separated (default gradcam): " + names);
+  sub->add_option("--method", a->methods, "method(s), comma-separated (default gradcam): " + joined(method_names()));
   sub->add_option("--class,-c", a->classes, "class index(es) to explain (default: the top-k predictions)");
   sub->add_option("--top-k,-k", a->top_k, "explain the k best predicted classes (default 1)");
   sub->add_option("--target", a->target, "score to explain: logit (default), prob, logprob");
@@ -217,29 +189,6 @@ Command add_explain(CLI::App& app) {
   sub->add_option("--color-order", a->color_order, "RGB or BGR")->check(CLI::IsMember({"RGB", "BGR"}));
   sub->add_option("--labels", a->labels, "labels file, one class name per line");
   sub->add_flag("--allow-empty", a->allow_empty, "exit 0 even when a map is empty");
-  sub->add_option("--nonlinearity", a->nonlinearity,
-                  "guided-backprop/deconvnet on activations without a rule (SiLU, GELU, ...): strict (error) or plain")
-      ->check(CLI::IsMember({"strict", "plain"}));
-  sub->add_option("--samples", a->method.samples, "smoothgrad: noisy copies (50)")->check(CLI::Range(1, 100000));
-  sub->add_option("--noise", a->method.noise, "smoothgrad: sigma as a fraction of the input range (0.15)");
-  sub->add_option("--smooth-base", a->method.smooth_base, "smoothgrad: base method (saliency)")
-      ->check(CLI::IsMember({"saliency", "guided-backprop", "deconvnet", "input-x-gradient"}));
-  sub->add_option("--seed", a->method.seed, "seed of random methods (0)");
-  sub->add_option("--steps", a->method.steps, "integrated-gradients: steps (50)")->check(CLI::Range(1, 100000));
-  sub->add_option("--integration", a->method.integration, "integrated-gradients: gauss-legendre or trapezoid")
-      ->check(CLI::IsMember({"gauss-legendre", "trapezoid"}));
-  sub->add_option("--baseline", a->method.baseline, "integrated-gradients: black, blur, noise or an image path");
-  sub->add_option("--patch", a->method.patch, "occlusion: patch size in input pixels (32)")->check(CLI::Range(1, 100000));
-  sub->add_option("--stride", a->method.stride, "occlusion: stride in input pixels (16)")->check(CLI::Range(1, 100000));
-  sub->add_option("--fill", a->method.fill, "occlusion: fill pixel value 0-255 or blur (0)");
-  sub->add_option("--masks", a->method.masks, "rise: number of masks (2000)")->check(CLI::Range(1, 10000000));
-  sub->add_option("--cells", a->method.cells, "rise: grid cells per side (7)")->check(CLI::Range(1, 1000));
-  sub->add_option("--keep", a->method.keep, "rise: probability a cell is kept (0.5)");
-  sub->add_option("--method-batch", a->method.batch_size,
-                  "rows per extra pass of smoothgrad, IG, scorecam, ablationcam, occlusion, rise (0: 8, fewer if memory is short)")
-      ->check(CLI::Range(0, 100000));
-  sub->add_option("--memory-budget", a->method.memory_budget_mib, "MiB one extra pass may take (0: a quarter of available memory)")
-      ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   sub->add_option("--aggregate", a->aggregate, "with several --layer: also combine them: mean, max, product or weighted")
       ->check(CLI::IsMember({"mean", "max", "product", "weighted"}));
   sub->add_option("--layer-weights", a->layer_weights, "--aggregate weighted: one weight per layer");
@@ -251,11 +200,7 @@ Command add_explain(CLI::App& app) {
   sub->add_option("--sequence", a->sequence,
                   "with a [N,T,V] output: explain the sum of log-softmax scores of these tokens (a teacher-forced caption)")
       ->delimiter(',');
-  sub->add_flag("--eigen-smooth", a->method.eigen_smooth,
-                "CAM methods: first principal component of the weighted activations instead of their sum");
-  sub->add_flag("--aug-smooth", a->method.aug_smooth, "average each map over flip x input scale 0.9/1/1.1 (6 passes)");
-  sub->add_option("--compat", a->compat, "papers (default) or pytorch-grad-cam: reproduce that library's formulas and scaling")
-      ->check(CLI::IsMember({"papers", "pytorch-grad-cam"}));
+  add_method_flags(sub, a->method);
   sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
   sub->add_flag("--deterministic", a->deterministic, "the same maps for any thread count (ATen's convolutions; slower)");
   return {sub, [a] { return run(*a); }};

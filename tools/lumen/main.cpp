@@ -9,7 +9,9 @@
 
 #include <opencv2/core.hpp>
 
+#include <chrono>
 #include <filesystem>
+#include <memory>
 #include <iostream>
 
 namespace lumen::cli {
@@ -30,6 +32,22 @@ std::vector<std::string> split_list(const std::vector<std::string>& items) {
 }
 
 std::string stem_of(const std::string& path) { return std::filesystem::path(path).stem().string(); }
+
+std::string joined(const std::vector<std::string>& items, const std::string& separator) {
+  std::string out;
+  for (const auto& item : items) out += (out.empty() ? "" : separator) + item;
+  return out;
+}
+
+Progress progress_printer() {
+  auto last_report = std::make_shared<std::chrono::steady_clock::time_point>();
+  return [last_report](const std::string& what, int64_t done, int64_t total) {
+    auto now = std::chrono::steady_clock::now();
+    if (done < total && now - *last_report < std::chrono::milliseconds(500)) return;
+    *last_report = now;
+    std::cerr << "\r  " << what << " " << done << "/" << total << (done >= total ? "\n" : "") << std::flush;
+  };
+}
 
 std::pair<int, int> input_size(const Model& model, const std::string& card, const std::vector<int>& size) {
   if (size.size() == 2) return {size[0], size[1]};
@@ -56,8 +74,16 @@ int main(int argc, char** argv) {
                                             lumen::cli::add_bench(app)};
   try {
     app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // One line, like every other refusal: what was wrong, and where to look.
+    std::cerr << "lumen: error: " << lumen::first_line(e.what()) << " (see lumen " << (argc > 1 ? argv[1] : "") << " --help)\n";
+    return 2;
   }
   try {
     for (auto& c : commands)

@@ -1,0 +1,62 @@
+// lumen: what an explanation is, as data. A Map is one float map with what it explains (method, layer,
+// target) and what was measured on it (stats, the paper's box); an ImageExplanation is one image's
+// predictions and maps. Everything below the engine (pictures, files, metrics) works on these.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <opencv2/core.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace lumen {
+
+struct Box {
+  int x0 = 0, y0 = 0, x1 = 0, y1 = 0;       // pixels of the original image; x1, y1 exclusive
+  bool valid = false;
+  int width() const { return x1 - x0; }
+  int height() const { return y1 - y0; }
+};
+
+struct MapStats {
+  float min = 0, max = 0, mean = 0;          // of the raw map
+  int peak_x = 0, peak_y = 0;                // argmax of the upsampled map, original image pixels
+};
+
+struct Map {
+  std::string method, layer, target;   // layer is "input" for pixel-space methods
+  int64_t cls = -1;                          // -1 for custom targets
+  std::string label;
+  bool counterfactual = false;
+  bool contrastive = false;                  // a class-difference map (ExplainOptions::contrast)
+  float target_value = 0;                    // y for this image
+  cv::Mat raw;         // CV_32F, layer resolution, exactly as the method's formula gives it
+  cv::Mat upsampled;   // CV_32F, original image size, bilinear (half-pixel centres) from raw
+  cv::Mat normalized;  // CV_32F in [0,1]: (upsampled - min) / (max - min); all zero when empty
+  MapStats stats;
+  Box box;
+  bool empty = false;  // the map is constant (e.g. all-zero gradient): nothing to show
+  bool is_signed = false;  // the map's sign means something (pictures centre it on grey)
+  cv::Mat attribution;     // pixel methods: CV_32FC3 per-channel attribution at the model's input size
+  nlohmann::json extra = nlohmann::json::object();  // method-specific facts (IG completeness gap, ...)
+};
+
+struct Prediction {
+  int64_t cls = 0;
+  std::string label;
+  float logit = 0, probability = 0;
+};
+
+struct ImageExplanation {
+  std::string source;                        // file name or caller's tag
+  int width = 0, height = 0;                 // original image size
+  std::vector<Prediction> top;               // top-5 (fewer if the model has fewer classes)
+  std::vector<Map> maps;
+};
+
+// The paper's box: threshold `map` (any size, CV_32F) at `fraction` of its maximum, take the largest
+// 8-connected region, return its bounding box. Invalid when the map has no positive maximum.
+Box threshold_box(const cv::Mat& map, float fraction);
+
+}  // namespace lumen

@@ -1,0 +1,92 @@
+// Extra passes on demand, for methods that probe other inputs of one image (SmoothGrad's noisy copies,
+// IG's path, occlusion's patches, Score-CAM's masks, RISE) or the network after a layer (Ablation-CAM),
+// all batched by the plan's rows per pass. They run under the target of the image they probe.
+#include <lumen/error.h>
+
+#include "explain/pipeline.h"
+
+#include <torch/csrc/autograd/autograd.h>
+
+namespace lumen::detail {
+namespace {
+
+// The target for `rows` copies of image `image`. A custom target has no per-image classes and is
+// called on the copies as they are.
+Target for_rows(const Target& t, int64_t image, int64_t rows) {
+  if (t.classes.empty()) return t;
+  return class_target(std::vector<int64_t>(static_cast<size_t>(rows), t.classes.at(static_cast<size_t>(image))), t.score, t.counterfactual,
+                      t.select);
+}
+
+Result concatenated(std::vector<Result>& parts) {
+  Result r;
+  std::vector<torch::Tensor> maps, attributions;
+  for (auto& p : parts) {
+    maps.push_back(p.maps);
+    if (p.attribution.defined()) attributions.push_back(p.attribution);
+    for (auto& e : p.extra) r.extra.push_back(std::move(e));
+  }
+  r.maps = torch::cat(maps);
+  if (!attributions.empty()) r.attribution = torch::cat(attributions);
+  r.is_signed = parts.front().is_signed;
+  return r;
+}
+
+}  // namespace
+
+TargetPasses::TargetPasses(const Model& model, const Plan& plan, const Target& target, const torch::Tensor& batch, const Preprocess& preprocess)
+    : model_(model), plan_(plan), target_(target), batch_(batch.detach()), preprocess_(preprocess) {}
+
+torch::Tensor TargetPasses::gradient(const torch::Tensor& rows, int64_t image, BackwardRule rule) const {
+  torch::AutoGradMode enable(true);  // methods run under no-grad; their extra passes need it back
+  return in_chunks(rows, rows_per_pass(), [&](const torch::Tensor& chunk) {
+    auto x = chunk.detach().clone().requires_grad_(true);
+    auto out = model_.forward(x, {}, rule, plan_.shared.strict_nonlinearities).output;
+    auto y = for_rows(target_, image, chunk.size(0))(out);
+    return torch::autograd::grad({y.sum()}, {x})[0];
+  });
+}
+
+torch::Tensor TargetPasses::score(const torch::Tensor& rows, int64_t image) const {
+  torch::NoGradGuard no_grad;
+  return in_chunks(rows, rows_per_pass(), [&](const torch::Tensor& chunk) {
+    return for_rows(target_, image, chunk.size(0))(model_.forward(chunk.detach()).output);
+  });
+}
+
+torch::Tensor TargetPasses::score_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const {
+  torch::NoGradGuard no_grad;
+  return in_chunks(activations, rows_per_pass(), [&](const torch::Tensor& chunk) {
+    auto input = batch_[image].unsqueeze(0).expand({chunk.size(0), -1, -1, -1});
+    return for_rows(target_, image, chunk.size(0))(model_.forward_from(plan_.layers.at(layer), chunk, input));
+  });
+}
+
+// Another method on other rows of one image, chunk by chunk, each chunk a batch of its own through
+// the same stages (forward, evidence, the method), under this target. Methods at a layer give their
+// map at the first requested layer.
+Result TargetPasses::run(const Method& method, const torch::Tensor& rows, int64_t image) const {
+  torch::AutoGradMode enable(true);
+  const Plan plan = plan_alone(model_, method, plan_);
+  std::vector<Result> parts;
+  for (int64_t start = 0; start < rows.size(0); start += rows_per_pass()) {
+    const auto chunk = rows.slice(0, start, std::min<int64_t>(rows.size(0), start + rows_per_pass()));
+    const Target target = for_rows(target_, image, chunk.size(0));
+    const Forward forward = run_forward(model_, plan, chunk);
+    const TargetPasses passes(model_, plan, target, chunk, preprocess_);
+    const Evidence ev = gather_evidence(model_, plan, forward, target, /*last=*/true, torch::Tensor(), passes);
+    torch::NoGradGuard no_grad;
+    parts.push_back(method.compute(ev, 0));
+  }
+  return concatenated(parts);
+}
+
+torch::Tensor TargetPasses::reference(const std::string& kind, uint64_t seed, double blur_sigma) const {
+  return reference_input(batch_, kind, preprocess_, seed, blur_sigma);
+}
+
+void TargetPasses::progress(const std::string& what, int64_t done, int64_t total) const {
+  if (plan_.shared.progress) plan_.shared.progress(what, done, total);
+}
+
+}  // namespace lumen::detail

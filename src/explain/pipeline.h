@@ -1,0 +1,122 @@
+// Internal: the explanation engine, stage by stage. Explainer::explain_tensor (explainer.cpp) runs
+//
+//   plan      plan.cpp       which methods, settings, layers and passes; every refusal that needs no forward
+//   forward   forward.cpp    the forward pass with the layers captured, and one per backward rule
+//   targets   targets.cpp    the top-5 and the targets, resolved once from the forward's output
+//   evidence  evidence.cpp   per target, the backward to layers and input; extra passes (passes.cpp)
+//   methods   methods.cpp    each method's arithmetic on the evidence, side by side
+//   finish    finish.cpp     raw maps to Maps (upsampled, normalised, box); combine.cpp: layer
+//                            aggregation and class differences; augment.cpp: aug-smooth
+//
+// Data flows down only: each stage reads what the stages above it produced and writes nothing back.
+#pragma once
+
+#include <lumen/explain.h>
+
+#include "methods/kit/method.h"
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace lumen::detail {
+
+// ---- plan -------------------------------------------------------------------------------------------
+struct Plan {
+  std::vector<const Method*> methods;      // as requested
+  Settings settings;                       // every setting of these methods (and those they use), checked
+  SharedSettings shared;                   // with rows_per_pass decided
+  std::vector<std::string> layers;         // requested layers, when some method works at a layer
+  std::vector<std::string> model_layers;   // layers the methods' needs name, captured after `layers`
+  bool layer_gradients = false;            // d y / d (requested layers)
+  bool plain_input = false;                // d y / d x, from the same backward
+  std::set<BackwardRule> rules;            // other backward rules: each a forward of its own graph
+  bool rule_only = false;                  // one rule's forward is the only one needed (it also gives y)
+  std::vector<std::string> captured() const;  // layers, then model_layers
+};
+Plan make_plan(const Model& model, const ExplainOptions& options, const torch::Tensor& batch);
+// The plan for `method` alone on other rows, inside a plan (a wrapper's base method).
+Plan plan_alone(const Model& model, const Method& method, const Plan& outer);
+
+// ---- forward ----------------------------------------------------------------------------------------
+struct Forward {
+  torch::Tensor input;    // x; requires grad when the plan needs plain input gradients
+  Capture capture;        // the model's output and the captured layers (Plan::captured order)
+  std::map<BackwardRule, std::pair<torch::Tensor, torch::IValue>> rule_passes;  // input and output per rule
+};
+Forward run_forward(const Model& model, const Plan& plan, const torch::Tensor& batch);
+
+// ---- targets ----------------------------------------------------------------------------------------
+struct Targets {
+  std::vector<Target> targets;
+  std::vector<std::vector<Prediction>> top;  // per image: the top-5 (empty without class scores)
+};
+Targets resolve_targets(const ExplainOptions& options, const torch::IValue& output, int64_t images, const std::vector<std::string>& labels);
+
+// ---- evidence ---------------------------------------------------------------------------------------
+// Several targets at one layer through a light head: their layer gradients from one backward (empty
+// where that does not apply; see evidence.cpp).
+std::vector<torch::Tensor> shared_layer_gradients(const Model& model, const Plan& plan, const Forward& forward,
+                                                  const std::vector<Target>& targets, const torch::Tensor& batch);
+// One target's evidence: its backward to the layers, model layers and input, and its rule passes'
+// backward. `last`: the graphs are not kept for another target. `shared_gradient`: from the above.
+Evidence gather_evidence(const Model& model, const Plan& plan, const Forward& forward, const Target& target, bool last,
+                         const torch::Tensor& shared_gradient, const Passes& passes);
+
+// The extra passes of one target (passes.cpp): other inputs, the network from a layer on, another
+// method on other rows, reference inputs.
+class TargetPasses : public Passes {
+ public:
+  TargetPasses(const Model& model, const Plan& plan, const Target& target, const torch::Tensor& batch, const Preprocess& preprocess);
+  torch::Tensor gradient(const torch::Tensor& rows, int64_t image, BackwardRule rule) const override;
+  torch::Tensor score(const torch::Tensor& rows, int64_t image) const override;
+  torch::Tensor score_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const override;
+  Result run(const Method& method, const torch::Tensor& rows, int64_t image) const override;
+  torch::Tensor reference(const std::string& kind, uint64_t seed, double blur_sigma) const override;
+  int rows_per_pass() const override { return plan_.shared.rows_per_pass; }
+  void progress(const std::string& what, int64_t done, int64_t total) const override;
+
+ private:
+  const Model& model_;
+  const Plan& plan_;
+  const Target& target_;
+  torch::Tensor batch_;
+  const Preprocess& preprocess_;
+};
+
+// ---- methods ----------------------------------------------------------------------------------------
+struct Job {
+  const Method* method;
+  size_t layer;     // index into Plan::layers; 0 for methods in input space
+  Result result;
+  std::string layer_name(const Plan& plan) const;  // the layer's path, or "input"
+};
+std::vector<Job> run_methods(const Plan& plan, const Evidence& evidence);
+
+// ---- finish -----------------------------------------------------------------------------------------
+// Where maps go: each image's size, the model input's size, and how they are boxed and scaled.
+struct Canvas {
+  std::vector<cv::Size> images;
+  cv::Size input;
+  float box_threshold = 0.15f;
+  bool compat = false;  // pytorch-grad-cam's scaling
+  const std::vector<std::string>* labels = nullptr;
+};
+// Raw map -> upsampled, normalised, stats, box.
+void finish_map(Map& m, const torch::Tensor& raw, cv::Size image, const Canvas& canvas);
+// One target's jobs as Maps, appended to each image's list (job-major, as the jobs run).
+void finish_jobs(const std::vector<Job>& jobs, const Plan& plan, const Target& target, const torch::Tensor& target_values,
+                 const Canvas& canvas, std::vector<std::vector<Map>>& maps);
+// Maps made from other maps: layer aggregation, then class differences (combine.cpp).
+void combine_maps(std::vector<std::vector<Map>>& maps, const ExplainOptions& options, const Plan& plan, const Canvas& canvas);
+// Test-time augmentation (augment.cpp): `explain_at` explains a transformed copy of the batch with the
+// same targets; the maps are averaged, mapped back, and finished again.
+void aug_smooth(std::vector<std::vector<Map>>& maps, const torch::Tensor& batch, const Canvas& canvas,
+                const std::function<std::vector<std::vector<Map>>(const torch::Tensor&)>& explain_at);
+
+// Shared by the stages.
+std::string label_of(const std::vector<std::string>* labels, int64_t cls);
+void check_finite(const torch::Tensor& t, const std::string& what);
+
+}  // namespace lumen::detail

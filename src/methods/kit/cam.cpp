@@ -1,0 +1,48 @@
+#include "methods/kit/cam.h"
+
+namespace lumen::detail {
+
+torch::Tensor first_component(const torch::Tensor& stack) {
+  const auto n = stack.size(0), c = stack.size(1), h = stack.size(2), w = stack.size(3);
+  std::vector<torch::Tensor> maps;
+  for (int64_t i = 0; i < n; ++i) {
+    auto m = stack[i].reshape({c, h * w}).t().to(torch::kFloat64);  // positions x channels
+    m = m - m.mean(0, true);
+    auto vt = std::get<2>(at::linalg_svd(m, /*full_matrices=*/false));
+    auto proj = m.matmul(vt[0]);
+    auto channel_sum = m.sum(1);
+    if ((proj * channel_sum).sum().item<double>() < 0) proj = -proj;
+    maps.push_back(proj.reshape({h, w}).to(stack.scalar_type()));
+  }
+  return torch::stack(maps);
+}
+
+Needs layer_gradients() {
+  Needs n;
+  n.layer_gradients = true;
+  return n;
+}
+
+Method evidence_cam(std::string name, std::string paper, Needs needs, CamEvidence evidence) {
+  Method m;
+  m.name = std::move(name);
+  m.paper = std::move(paper);
+  m.family = Family::Cam;
+  m.needs = std::move(needs);
+  m.params = {flag("eigen_smooth", "CAM methods: first principal component of the weighted activations instead of their sum")};
+  m.compute = [evidence](const Evidence& e, size_t layer) {
+    const torch::Tensor stack = evidence(e.layers[layer], e, layer);
+    const bool eigen = e.settings->flag("eigen_smooth");
+    Result r{torch::relu(eigen ? first_component(stack) : stack.sum(1))};
+    if (eigen) r.extra.assign(static_cast<size_t>(stack.size(0)), nlohmann::json{{"eigen_smooth", true}});
+    return r;
+  };
+  return m;
+}
+
+Method weighted_cam(std::string name, std::string paper, Needs needs, CamWeights weights) {
+  return evidence_cam(std::move(name), std::move(paper), std::move(needs),
+                      [weights](const LayerTensors& t, const Evidence& e, size_t layer) { return weights(t, e, layer) * t.activations; });
+}
+
+}  // namespace lumen::detail

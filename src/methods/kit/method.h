@@ -1,0 +1,160 @@
+// Internal: what a map method is. A method file (src/methods/<name>.cpp, one per method) says only what
+// makes it different, once, beside its formula: what the shared passes must give it (Needs), what it
+// runs beyond them (ExtraPasses), which settings it takes (Param), and the arithmetic that turns the
+// evidence into maps (compute). The registry finds it by its file name; capture, targets, batching,
+// extra passes, upsampling, normalisation, output, flags, run.json and validation are shared.
+//
+// This header is below the engine: it knows models, targets and settings, never the explainer.
+#pragma once
+
+#include <lumen/model.h>
+#include <lumen/settings.h>
+#include <lumen/target.h>
+
+#include <nlohmann/json.hpp>
+#include <torch/script.h>
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace lumen::detail {
+
+enum class Family { Cam, Perturbation, Pixel };  // catalogue order
+
+// A setting a method takes. Its name is the key in lumen::Settings and run.json; the flag is --name
+// with '-' for '_'. Values are checked against the declaration before any forward pass.
+struct Param {
+  enum class Kind { Integer, Number, Text, Choice, Flag };
+  std::string name;
+  Kind kind = Kind::Integer;
+  nlohmann::json fallback;
+  std::string help;
+  double min = -1e300, max = 1e300;   // Integer, Number: inclusive bounds
+  bool above_min = false;             // Number: min itself is excluded
+  bool single_precision = false;      // Number: the value is a float (rounded when set)
+  std::vector<std::string> choices;   // Choice
+  // Text settings whose valid values are only known with the registry (a method name): a check that
+  // throws lumen::Error naming the problem.
+  std::function<void(const std::string& value)> check;
+};
+Param integer(std::string name, int64_t fallback, int64_t min, int64_t max, std::string help);
+Param number(std::string name, double fallback, double min, double max, std::string help);   // double
+Param number32(std::string name, float fallback, double min, double max, std::string help);  // float
+Param text(std::string name, std::string fallback, std::string help);
+Param choice(std::string name, std::string fallback, std::vector<std::string> choices, std::string help);
+Param flag(std::string name, std::string help);
+std::string flag_of(const std::string& setting);   // "smooth_base" -> "--smooth-base"
+// Settings several methods share, declared once so that they are alike wherever they appear.
+Param seed_param();        // "seed": of the method's random numbers
+Param blur_sigma_param();  // "blur_sigma": the "blur" reference input's sigma, as a share of the width
+// A reference input (lumen::reference_input): black, blur, noise, a pixel value 0-255 or an image path.
+Param reference_param(std::string name, std::string fallback, std::string help);
+
+struct LayerTensors {
+  torch::Tensor activations;  // A, [N,C,h,w]
+  torch::Tensor gradients;    // G = d y / d A (plain rule), [N,C,h,w]; undefined if no method needs it
+};
+
+struct Result {
+  Result() = default;
+  explicit Result(torch::Tensor m, torch::Tensor attr = {}) : maps(std::move(m)), attribution(std::move(attr)) {}
+  torch::Tensor maps;          // [N,h,w]: raw, as the method's formula gives it
+  torch::Tensor attribution;   // optional, [N,C,H,W]: per-channel attribution in input space
+  bool is_signed = false;      // the sign of the map means something (drawn around grey)
+  std::vector<nlohmann::json> extra;  // optional, per image: method-specific facts for run.json
+};
+
+struct Method;
+
+// The passes a method may ask for beyond the shared ones; the engine implements them, batched by rows
+// per pass, on image `image` of the batch (its target, its row of the input).
+class Passes {
+ public:
+  virtual ~Passes() = default;
+  // d y / d x at other inputs `rows` ([M,C,H,W]) of image `image`, under a backward rule.
+  virtual torch::Tensor gradient(const torch::Tensor& rows, int64_t image, BackwardRule rule) const = 0;
+  // y at other inputs of image `image`, without gradients.
+  virtual torch::Tensor score(const torch::Tensor& rows, int64_t image) const = 0;
+  // y when the network runs on from requested layer `layer` with `activations` ([M,C,h,w]) of image
+  // `image` in place of the layer's output; nothing before the layer is recomputed.
+  virtual torch::Tensor score_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const = 0;
+  // Another method's result on `rows` (all of image `image`), each row its own input (wrappers).
+  virtual Result run(const Method& method, const torch::Tensor& rows, int64_t image) const = 0;
+  // A reference input for the whole batch ([N,C,H,W], model-input space): lumen::reference_input.
+  virtual torch::Tensor reference(const std::string& kind, uint64_t seed, double blur_sigma) const = 0;
+  virtual int rows_per_pass() const = 0;
+  virtual void progress(const std::string& what, int64_t done, int64_t total) const = 0;
+};
+
+// What the shared passes computed for one target.
+struct Evidence {
+  torch::Tensor input;                                     // x, [N,C,H,W] (model input space)
+  torch::Tensor target_values;                             // y, [N]
+  std::vector<LayerTensors> layers;                        // one per requested layer
+  std::vector<LayerTensors> model_layers;                  // the layers the method's needs named (Needs::model_layers)
+  std::vector<std::string> model_layer_paths;
+  std::map<BackwardRule, torch::Tensor> input_gradients;   // d y / d x per rule, [N,C,H,W]
+  const Target* target = nullptr;     // what y is (classes, score, sign)
+  const Model* model = nullptr;       // for methods that read the model's weights (CAM, FullGrad)
+  const SharedSettings* shared = nullptr;
+  const Settings* settings = nullptr; // every setting of the requested methods, checked, defaults filled
+  const Passes* passes = nullptr;
+
+  bool pytorch_grad_cam() const { return shared->compat == Compat::PytorchGradCam; }
+};
+
+struct Needs {
+  bool layer_gradients = false;                 // plain d y / d A at the requested layers
+  std::vector<BackwardRule> input_gradients;    // d y / d x under these rules
+  // More layers of the model, captured beside the requested ones with their gradients (FullGrad's
+  // bias layers). Throws lumen::Error when the model has none that fit.
+  std::function<std::vector<std::string>(const Model&)> model_layers;
+};
+
+// What a method runs beyond the shared passes: the rows per pass are chosen from the memory one row of
+// such a pass takes.
+enum class ExtraPasses { None, Forward, Gradient };
+
+struct Method {
+  std::string name, paper;
+  Family family = Family::Cam;
+  Needs needs;
+  ExtraPasses extra_passes = ExtraPasses::None;
+  bool per_layer = true;  // one map per requested layer; false: one map in input space
+  // Methods that give an input-space attribution: how their map is made from it ([N,C,H,W] -> [N,H,W]),
+  // so that a wrapper can average attributions first and make the map after.
+  std::function<torch::Tensor(const torch::Tensor& attribution)> reduce;
+  std::vector<Param> params;
+  // Wrappers: the registered methods they run, for these settings (their settings count as taken).
+  std::function<std::vector<std::string>(const Settings&)> uses;
+  // Refusals that involve several settings at once (run with the others, before any forward pass).
+  std::function<void(const Settings&)> check;
+  std::function<Result(const Evidence&, size_t layer)> compute;
+};
+
+const std::vector<Method>& methods();               // the registry, in catalogue order
+const Method& find_method(const std::string& name);  // throws lumen::Error listing the known names
+
+// Every setting of `requested` (and the methods they use) with a value: the given ones checked and
+// converted, the rest their defaults. Throws lumen::Error naming the flag.
+Settings resolve_settings(const std::vector<const Method*>& requested, const Settings& given);
+// The requested methods and the methods they use, each once.
+std::vector<const Method*> with_used_methods(const std::vector<const Method*>& requested, const Settings& settings);
+
+// Shared arithmetic.
+torch::Tensor max_abs_over_channels(const torch::Tensor& attribution);  // [N,C,H,W] -> [N,H,W]
+torch::Tensor sum_over_channels(const torch::Tensor& attribution);      // [N,C,H,W] -> [N,H,W]
+// Runs `fn` over `rows` in chunks of at most `batch` rows and concatenates the results.
+torch::Tensor in_chunks(const torch::Tensor& rows, int batch, const std::function<torch::Tensor(const torch::Tensor&)>& fn);
+
+}  // namespace lumen::detail
+
+// Opens a method file's definition: `LUMEN_METHOD(gradcam_plus_plus) { ... return method; }`. The id
+// must be the file's name (src/methods/gradcam_plus_plus.cpp): that is how the registry lists it.
+#define LUMEN_METHOD(id)                   \
+  namespace lumen::detail::registered {    \
+  ::lumen::detail::Method id();            \
+  }                                        \
+  ::lumen::detail::Method lumen::detail::registered::id()

@@ -1,0 +1,26 @@
+#include "methods/kit/pixel.h"
+
+namespace lumen::detail {
+
+torch::Tensor max_abs_over_channels(const torch::Tensor& attribution) { return std::get<0>(attribution.abs().max(1)); }
+torch::Tensor sum_over_channels(const torch::Tensor& attribution) { return attribution.sum(1); }
+
+Method input_gradient_method(std::string name, std::string paper, BackwardRule rule, bool times_input) {
+  Method m;
+  m.name = std::move(name);
+  m.paper = std::move(paper);
+  m.family = Family::Pixel;
+  m.needs.input_gradients = {rule};
+  m.per_layer = false;
+  m.reduce = times_input ? sum_over_channels : max_abs_over_channels;
+  m.compute = [rule, times_input](const Evidence& e, size_t) {
+    const auto& g = e.input_gradients.at(rule);
+    auto attr = times_input ? e.input * g : g;
+    Result r{times_input ? sum_over_channels(attr) : max_abs_over_channels(attr), attr};
+    r.is_signed = times_input;
+    return r;
+  };
+  return m;
+}
+
+}  // namespace lumen::detail
