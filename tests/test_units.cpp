@@ -205,3 +205,35 @@ TEST(Scenes, DeterministicAndBoxesInside) {
 
 }  // namespace
 }  // namespace lumen::test
+
+namespace lumen::test {
+namespace {
+
+// Every name that reaches a page is escaped, in text and in attributes; CSV fields are quoted.
+TEST(Report, PagesEscapeNamesAndCsvQuotesFields) {
+  const std::string hostile = "<img src=x onerror=alert(1)>\"'&.jpg";
+  report::Page page("audit of " + hostile);
+  page.figure("flagged/" + hostile + ".png", {hostile, "share 0.1"}).paragraph(hostile).table({{{hostile, {hostile}}}});
+  const std::string html = page.html();
+  EXPECT_EQ(html.find("<img src=x"), std::string::npos) << html;
+  EXPECT_EQ(html.find("onerror=alert(1)>\""), std::string::npos);
+  EXPECT_NE(html.find("&lt;img src=x onerror=alert(1)&gt;&quot;&#39;&amp;.jpg"), std::string::npos) << html;
+  EXPECT_EQ(report::csv_row({"a", "b,c", "say \"hi\"", "x\ny"}), "a,\"b,c\",\"say \"\"hi\"\"\",\"x\ny\"\n");
+}
+
+// lumen.h gathers every public header, so that one include is enough.
+TEST(Headers, UmbrellaIncludesEveryPublicHeader) {
+  std::ifstream in(std::string(LUMEN_SOURCE_DIR) + "/include/lumen/lumen.h");
+  const std::string umbrella((std::istreambuf_iterator<char>(in)), {});
+  size_t headers = 0;
+  for (const auto& e : std::filesystem::directory_iterator(std::string(LUMEN_SOURCE_DIR) + "/include/lumen")) {
+    const std::string name = e.path().filename().string();
+    if (name == "lumen.h") continue;
+    ++headers;
+    EXPECT_NE(umbrella.find("#include <lumen/" + name + ">"), std::string::npos) << name << " is missing from lumen.h";
+  }
+  EXPECT_GE(headers, 15u);
+}
+
+}  // namespace
+}  // namespace lumen::test

@@ -1,10 +1,12 @@
-// lumen: measuring explanations over a dataset — what `lumen eval` computes per image and how the
-// per-image records become the table (docs/evaluation.md).
+// lumen: measuring explanations over a dataset — what `lumen eval` computes per image, the resumable
+// run over a dataset folder, the sanity cascade, and how the per-image records become the table and
+// the report (docs/evaluation.md).
 #pragma once
 
 #include <lumen/dataset.h>
 #include <lumen/explain.h>
 #include <lumen/metrics.h>
+#include <lumen/settings.h>
 
 #include <nlohmann/json.hpp>
 
@@ -51,8 +53,43 @@ class Summary {
   std::vector<nlohmann::json> sanity_;  // a few per cascade step
 };
 
-// The table row of one method from its records (and, if given, its sanity-check records).
-nlohmann::json summarize(const std::vector<nlohmann::json>& records, const std::vector<nlohmann::json>& sanity,
-                         const EvalOptions& options);
+// A dataset run: what `lumen eval` does.
+struct DatasetRun {
+  std::vector<std::string> methods{"gradcam"};
+  std::vector<std::string> layers;  // CAM methods' layers; several need `aggregate` (one map per image is scored)
+  std::string aggregate;
+  EvalOptions eval;
+  int batch = 8;                    // images per explanation pass
+  int sanity_images = 8;            // the sanity cascade runs on the first N images
+  uint64_t seed = 0;                // of random methods; the cascade randomises with seed + 1
+  SharedSettings shared;            // rows per pass, memory budget
+  bool fresh = false;               // start over instead of resuming from OUT/records.jsonl
+  // What the records are tied to, beside the above: a resumed run must name the same files.
+  std::string model_file, card_file;
+  int limit = 0;                    // the dataset was cut to its first `limit` images (0: all)
+  Progress progress;                // "eval" (image x method pairs) and "sanity" (cascade steps)
+  std::function<void(const std::string&)> note;  // one-line notes, such as how much was resumed
+};
+
+struct EvalResult {
+  std::vector<std::string> methods;
+  nlohmann::json config;            // the first line of records.jsonl
+  nlohmann::json summary;           // per method: its table row
+  std::string table, csv, notes;    // the table (Markdown, CSV) and what its columns mean
+  // Per method and image: the score that picks the report's best and worst examples (IoU of the
+  // paper's box, else insertion - deletion).
+  std::map<std::string, std::map<std::string, double>> example_scores;
+  size_t pairs = 0;                 // image x method pairs
+  double seconds = 0;
+};
+
+// Every metric of every method over `data`. Each image's record is appended to OUT/records.jsonl as it
+// is measured, so that a killed run resumes where it stopped; a records file of a different run is
+// refused. Memory stays flat: the records stay on disk, the summary keeps counts and sums.
+EvalResult evaluate_dataset(const Explainer& explainer, const Dataset& data, const DatasetRun& run, const std::string& out_dir);
+// OUT/results.json, results.csv, table.md and index.html (the best and worst examples of each method,
+// explained again and drawn with their boxes), each written atomically.
+void write_eval_report(const Explainer& explainer, const Dataset& data, const DatasetRun& run, const EvalResult& result,
+                       const std::string& out_dir);
 
 }  // namespace lumen

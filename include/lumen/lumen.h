@@ -1,10 +1,20 @@
-// lumen: umbrella header.
+// lumen: umbrella header — every public header.
 #pragma once
 
+#include <lumen/audit.h>
+#include <lumen/dataset.h>
+#include <lumen/demo.h>
 #include <lumen/error.h>
+#include <lumen/evaluate.h>
 #include <lumen/explain.h>
 #include <lumen/image.h>
+#include <lumen/map.h>
+#include <lumen/methods.h>
 #include <lumen/metrics.h>
 #include <lumen/model.h>
 #include <lumen/output.h>
+#include <lumen/report.h>
+#include <lumen/runtime.h>
+#include <lumen/settings.h>
 #include <lumen/target.h>
+#include <lumen/visualize.h>

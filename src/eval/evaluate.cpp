@@ -169,11 +169,4 @@ nlohmann::json Summary::result() const {
   return s;
 }
 
-nlohmann::json summarize(const std::vector<nlohmann::json>& records, const std::vector<nlohmann::json>& sanity, const EvalOptions& o) {
-  Summary summary(o);
-  for (const auto& r : records) summary.add(r);
-  for (const auto& r : sanity) summary.add_sanity(r);
-  return summary.result();
-}
-
 }  // namespace lumen

@@ -4,6 +4,7 @@
 #include <lumen/error.h>
 #include <lumen/explain.h>
 #include <lumen/output.h>
+#include <lumen/report.h>
 
 #include <opencv2/imgproc.hpp>
 
@@ -111,7 +112,7 @@ int run(const Args& a) {
 
   OutputDir out(a.out);
   int correct = 0, hits = 0, hits_correct = 0, points = 0;
-  std::ostringstream rows;
+  std::vector<std::vector<report::Page::Cell>> rows;
   for (int i = 0; i < a.scenes; ++i) {
     const auto& s = scenes[i];
     const auto& m = explained[i].maps.at(0);
@@ -130,20 +131,18 @@ int run(const Args& a) {
       out.write(stem + ".png", encode_png(enlarge(s.image, f)));
       out.write(stem + ".overlay.png", encode_png(over));
       out.write(stem + ".npy", encode_npy(m.normalized));
-      rows << "<tr><td><img src='" << stem << ".png'></td><td><img src='" << stem << ".overlay.png'></td><td>true: "
-           << names[s.label] << "<br>predicted: " << explained[i].top[0].label << " (" << std::fixed << std::setprecision(2)
-           << explained[i].top[0].probability << ")<br>IoU " << overlap << (overlap >= 0.5 ? " hit" : " miss")
-           << "</td></tr>\n";
+      std::ostringstream predicted, iou;
+      predicted << "predicted: " << explained[i].top[0].label << " (" << std::fixed << std::setprecision(2) << explained[i].top[0].probability << ")";
+      iou << "IoU " << std::fixed << std::setprecision(2) << overlap << (overlap >= 0.5 ? " hit" : " miss");
+      rows.push_back({{stem + ".png", {}}, {stem + ".overlay.png", {}}, {"", {"true: " + names[s.label], predicted.str(), iou.str()}}});
     }
   }
-  std::ostringstream html;
-  html << "<!doctype html><html><head><meta charset='utf-8'><title>lumen demo</title>"
-       << "<style>body{font-family:sans-serif}td{padding:6px;vertical-align:middle}</style></head><body>"
-       << "<h1>lumen demo: Grad-CAM on held-out scenes</h1><p>Layer features.block4, top-1 class. Green: true box; white: "
-       << "the paper's box (15% of the map's max, largest connected region).</p><p>Classification " << correct << "/"
-       << a.scenes << "; box hits (IoU &ge; 0.5) " << hits << "/" << a.scenes << ".</p><table>\n"
-       << rows.str() << "</table></body></html>\n";
-  out.write("index.html", html.str());
+  report::Page page("lumen demo: Grad-CAM on held-out scenes");
+  page.paragraph("Layer features.block4, top-1 class. Green: true box; white: the paper's box (15% of the map's max, largest connected region).");
+  page.paragraph("Classification " + std::to_string(correct) + "/" + std::to_string(a.scenes) + "; box hits (IoU >= 0.5) " + std::to_string(hits) +
+                 "/" + std::to_string(a.scenes) + ".");
+  page.table(rows);
+  out.write("index.html", page.html());
   out.commit();
 
   std::cout << "demo: classification " << correct << "/" << a.scenes << " held-out scenes correct\n"
