@@ -1,6 +1,6 @@
 // libFuzzer target for the ONNX loader: any byte string must either import or fail with lumen::Error.
 // Build and run: see docs/onnx.md ("Fuzzing the loader").
-#include "model/onnx_import.h"
+#include "model/onnx/import.h"
 
 #include <lumen/error.h>
 

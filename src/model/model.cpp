@@ -1,7 +1,7 @@
 #include <lumen/error.h>
 #include <lumen/model.h>
 
-#include "model/onnx_import.h"
+#include "model/onnx/import.h"
 #include "model/tap.h"
 
 #include <torch/csrc/jit/passes/inliner.h>

@@ -1,0 +1,289 @@
+// ONNX -> TorchScript module (see import.h for the shape of the result): the file read and checked,
+// then every node written as a submodule (node_writer.h) and called in graph order by the root's
+// forward. Only the generated protobuf message classes of Debian's libonnx-dev are used, not ONNX's
+// checker or shape inference, which would add a second interpretation of the graph beside the one
+// that runs.
+#include "model/onnx/import.h"
+
+#include "model/onnx/node_writer.h"
+#include "model/onnx/tensors.h"
+
+#include <lumen/error.h>
+
+#include <onnx/onnx_pb.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace lumen::detail {
+namespace fs = std::filesystem;
+namespace {
+
+// The IR versions lumen reads (those of ONNX 1.6 to 1.14).
+constexpr int64_t kMinIr = 3, kMaxIr = 9;
+
+// lumen::first_line lives in the main library, which this one must not depend on (link order).
+std::string headline(const std::string& message) { return message.substr(0, message.find('\n')); }
+
+std::string listed(const std::vector<std::string>& problems, size_t shown) {
+  std::string list;
+  for (size_t i = 0; i < problems.size() && i < shown; ++i) list += (i ? "; " : "") + problems[i];
+  if (problems.size() > shown) list += "; and " + std::to_string(problems.size() - shown) + " more";
+  return list;
+}
+
+onnx::ModelProto parse(const std::string& bytes, const std::string& name, OnnxImport& out) {
+  onnx::ModelProto proto;
+  if (bytes.empty()) throw Error("model " + name + " is empty");
+  if (!proto.ParseFromString(bytes) || !proto.has_graph())
+    throw Error("model " + name + " is not an ONNX model (the protobuf does not parse; truncated or another format?)");
+  out.ir_version = proto.ir_version();
+  if (out.ir_version < kMinIr || out.ir_version > kMaxIr)
+    throw Error("model " + name + " has ONNX IR version " + std::to_string(out.ir_version) + "; lumen reads versions " +
+                std::to_string(kMinIr) + " to " + std::to_string(kMaxIr));
+  for (const auto& o : proto.opset_import())
+    if (o.domain().empty() || o.domain() == "ai.onnx") out.opset = o.version();
+  if (out.opset < kOnnxMinOpset || out.opset > kOnnxMaxOpset)
+    throw Error("model " + name + " uses ONNX opset " + std::to_string(out.opset) + "; lumen reads opsets " +
+                std::to_string(kOnnxMinOpset) + " to " + std::to_string(kOnnxMaxOpset) + " (re-export with one of those)");
+  return proto;
+}
+
+// Every operator lumen cannot run, named at once, before anything is built.
+void check_operators(const onnx::GraphProto& graph, int64_t opset, const std::string& name) {
+  std::vector<std::string> problems;
+  for (const auto& node : graph.node()) {
+    const std::string where = "'" + node.name() + "' (" + node.op_type() + ", opset " + std::to_string(opset) + ")";
+    if (!node.domain().empty() && node.domain() != "ai.onnx")
+      problems.push_back("operator " + node.domain() + "." + node.op_type() + " at node " + where);
+    else if (node.op_type() != "Constant" && !op_writers().count(node.op_type()))
+      problems.push_back("operator " + node.op_type() + " at node " + where);
+  }
+  if (!problems.empty())
+    throw Error("model " + name + " has " + std::to_string(problems.size()) + " node(s) lumen cannot run: " + listed(problems, 12));
+}
+
+// The graph's run-time input: the one declared input that is not an initialiser.
+const onnx::ValueInfoProto& image_input(const onnx::GraphProto& graph, const std::map<std::string, torch::Tensor>& constants,
+                                        const std::string& name, OnnxImport& out) {
+  std::vector<const onnx::ValueInfoProto*> inputs;
+  for (const auto& in : graph.input())
+    if (!constants.count(in.name())) inputs.push_back(&in);
+  if (inputs.size() != 1) {
+    std::string names;
+    for (auto* in : inputs) names += (names.empty() ? "" : ", ") + in->name();
+    throw Error("model " + name + " has " + std::to_string(inputs.size()) + " inputs (" + names + "); lumen explains models with one image input");
+  }
+  if (inputs[0]->type().has_tensor_type())
+    for (const auto& d : inputs[0]->type().tensor_type().shape().dim()) out.input_shape.push_back(d.has_dim_value() ? d.dim_value() : -1);
+  if (graph.output_size() < 1) throw Error("model " + name + " has no outputs");
+  return *inputs[0];
+}
+
+// A node as the op writers see it.
+Node plain(const onnx::NodeProto& node) {
+  Node n;
+  n.name = node.name();
+  n.op_type = node.op_type();
+  n.outputs.assign(node.output().begin(), node.output().end());
+  for (const auto& a : node.attribute()) {
+    Attribute attr;
+    attr.i = a.i();
+    attr.f = a.f();
+    attr.s = a.s();
+    attr.ints.assign(a.ints().begin(), a.ints().end());
+    attr.tensor = [t = std::make_shared<onnx::TensorProto>(a.t())](const std::string& what) { return decode_tensor(*t, "", what); };
+    n.attributes.emplace(a.name(), std::move(attr));  // the first of repeated names, as a search would find
+  }
+  return n;
+}
+
+// The value of a Constant node.
+torch::Tensor constant_value(const onnx::NodeProto& node, const std::string& folder, const std::string& where) {
+  const onnx::AttributeProto* a = node.attribute_size() == 1 ? &node.attribute(0) : nullptr;
+  if (!a || node.output_size() != 1) throw Error("a Constant needs exactly one value attribute");
+  if (a->name() == "value") return decode_tensor(a->t(), folder, where);
+  if (a->name() == "value_float") return torch::tensor(a->f(), torch::kFloat);
+  if (a->name() == "value_floats") return torch::tensor(std::vector<float>(a->floats().begin(), a->floats().end()), torch::kFloat);
+  if (a->name() == "value_int") return torch::tensor(a->i(), torch::kLong);
+  if (a->name() == "value_ints") return torch::tensor(std::vector<int64_t>(a->ints().begin(), a->ints().end()), torch::kLong);
+  throw Error("its " + a->name() + " attribute is not supported");
+}
+
+std::string unique_path(const onnx::NodeProto& node, size_t index, std::set<std::string>& used) {
+  std::string base = node.name();
+  for (auto& c : base)
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_') c = '_';
+  // Exporters name nodes by scope ("/layer4/layer4.1/relu_1/Relu"); the path drops the leading slash.
+  base.erase(0, base.find_first_not_of('_'));
+  if (base.empty()) base = node.op_type() + "_" + std::to_string(index);
+  if (!is_identifier(base)) base = "n_" + base;
+  if (!is_identifier(base)) base = "n_" + std::to_string(index);
+  std::string path = base;
+  for (int k = 2; used.count(path); ++k) path = base + "_" + std::to_string(k);
+  used.insert(path);
+  return path;
+}
+
+// The root module being built: one submodule per node, and the root's forward calling them.
+class GraphWriter {
+ public:
+  GraphWriter(OnnxImport& out, std::map<std::string, torch::Tensor>& constants, const std::string& folder)
+      : out_(out), constants_(constants), folder_(folder), cu_(std::make_shared<torch::jit::CompilationUnit>()) {
+    out_.module = torch::jit::Module(c10::QualifiedName("__torch__.lumen_onnx.Model"), cu_);
+  }
+
+  void input(const std::string& value) {
+    value_var_[value] = "x";
+    root_ << "def forward(self, x):\n";
+  }
+
+  void add(const onnx::NodeProto& node, size_t index) {
+    const std::string where = "node '" + node.name() + "' (" + node.op_type() + ")";
+    if (node.op_type() == "Constant") {
+      try {
+        constants_[node.output(0)] = constant_value(node, folder_, where);
+      } catch (const Error& e) {
+        problems_.push_back(where + ": " + e.what());
+      }
+      return;
+    }
+    const std::string path = unique_path(node, index, used_);
+    torch::jit::Module sub(c10::QualifiedName("__torch__.lumen_onnx.n" + std::to_string(index) + "." + node.op_type()), cu_);
+    const Node plain_node = plain(node);
+    NodeWriter w{plain_node, out_.opset, sub, {}, {}, {}, 0};
+    std::vector<std::string> args, call;
+    for (int i = 0; i < node.input_size(); ++i) bind_input(node.input(i), i, where, w, args, call);
+    try {
+      op_writers().at(node.op_type())(w);
+      std::string signature = "def forward(self";
+      for (const auto& a : args) signature += ", " + a;
+      sub.define(signature + "):\n" + w.body.str());
+    } catch (const Error& e) {
+      problems_.push_back(where + ": " + e.what());
+      return;
+    } catch (const std::exception& e) {
+      problems_.push_back(where + ": " + headline(e.what()));
+      return;
+    }
+    out_.module.register_module(path, sub);
+    call_in_root(node, path, call);
+  }
+
+  // Scoped node names ("/layer4/layer4.1/relu_1/Relu", as torch.onnx writes them) also answer to each
+  // module path on the way ("layer4", "layer4.1"): the module's output is its scope's last node, so
+  // `--layer layer4` means the same layer in a model and in its ONNX export.
+  void alias_scopes(const onnx::GraphProto& graph) {
+    std::map<std::string, std::string> scope_last;
+    for (const auto& node : graph.node()) {
+      if (node.name().empty() || node.name()[0] != '/') continue;
+      auto alias = out_.aliases.find(node.name());
+      if (alias == out_.aliases.end()) continue;
+      std::stringstream parts(node.name().substr(1));
+      std::vector<std::string> scopes;
+      for (std::string part; std::getline(parts, part, '/');) scopes.push_back(part);
+      for (size_t i = 0; i + 1 < scopes.size(); ++i) scope_last[scopes[i]] = alias->second;
+    }
+    for (const auto& [scope, path] : scope_last)
+      if (!out_.aliases.count(scope) && !used_.count(scope)) out_.aliases[scope] = path;
+  }
+
+  void finish(const onnx::GraphProto& graph, const std::string& name) {
+    if (!problems_.empty()) throw Error("model " + name + " cannot be imported: " + listed(problems_, 8));
+    std::string results;
+    for (const auto& o : graph.output()) {
+      auto it = value_var_.find(o.name());
+      if (it == value_var_.end()) throw Error("model " + name + ": output '" + o.name() + "' is not computed from the input");
+      results += (results.empty() ? "" : ", ") + it->second;
+    }
+    root_ << "    return " << results << "\n";
+    try {
+      out_.module.define(root_.str());
+    } catch (const std::exception& e) {
+      throw Error("model " + name + " cannot be imported: " + headline(e.what()));
+    }
+    out_.module.eval();
+  }
+
+ private:
+  // Input i of a node: a load-time constant, an earlier node's output (an argument), or absent.
+  void bind_input(const std::string& v, int i, const std::string& where, NodeWriter& w, std::vector<std::string>& args,
+                  std::vector<std::string>& call) {
+    w.present.push_back(!v.empty());
+    w.constant.push_back(nullptr);
+    if (v.empty()) return;
+    if (auto c = constants_.find(v); c != constants_.end()) {
+      w.constant.back() = &c->second;
+    } else if (auto r = value_var_.find(v); r != value_var_.end()) {
+      args.push_back("a" + std::to_string(i));
+      call.push_back(r->second);
+    } else {
+      problems_.push_back(where + ": input '" + v + "' is not produced by any earlier node (the graph is not in topological order?)");
+      w.present.back() = false;
+    }
+  }
+
+  void call_in_root(const onnx::NodeProto& node, const std::string& path, const std::vector<std::string>& call) {
+    std::string results, outputs;
+    for (int k = 0; k < node.output_size(); ++k) {
+      const std::string var = "v" + std::to_string(value_var_.size());
+      results += (k ? ", " : "") + (node.output(k).empty() ? "_" : var);
+      if (!node.output(k).empty()) {
+        value_var_[node.output(k)] = var;
+        outputs += (outputs.empty() ? "" : ", ") + node.output(k);
+        if (!out_.aliases.count(node.output(k))) out_.aliases[node.output(k)] = path;
+      }
+    }
+    if (!node.name().empty() && node.name() != path) out_.aliases[node.name()] = path;
+    out_.described[path] = outputs;
+    std::string joined;
+    for (size_t i = 0; i < call.size(); ++i) joined += (i ? ", " : "") + call[i];
+    root_ << "    " << results << " = self." << path << ".forward(" << joined << ")\n";
+  }
+
+  OnnxImport& out_;
+  std::map<std::string, torch::Tensor>& constants_;
+  const std::string folder_;
+  std::shared_ptr<torch::jit::CompilationUnit> cu_;
+  std::map<std::string, std::string> value_var_;  // ONNX value name -> variable in the root forward
+  std::ostringstream root_;
+  std::set<std::string> used_;
+  std::vector<std::string> problems_;
+};
+
+}  // namespace
+
+OnnxImport import_onnx_bytes(const std::string& bytes, const std::string& folder, const std::string& name) {
+  OnnxImport out;
+  const onnx::ModelProto proto = parse(bytes, name, out);
+  const auto& graph = proto.graph();
+  // Values known at load time: initialisers (and, as the graph is written, Constant nodes).
+  std::map<std::string, torch::Tensor> constants;
+  for (const auto& init : graph.initializer()) constants[init.name()] = decode_tensor(init, folder, "initializer '" + init.name() + "'");
+  check_operators(graph, out.opset, name);
+  const auto& input = image_input(graph, constants, name, out);
+  GraphWriter writer(out, constants, folder);
+  writer.input(input.name());
+  size_t index = 0;
+  for (const auto& node : graph.node()) writer.add(node, ++index);
+  writer.alias_scopes(graph);
+  writer.finish(graph, name);
+  return out;
+}
+
+OnnxImport import_onnx(const std::string& path) {
+  std::error_code ec;
+  const auto size = fs::file_size(path, ec);
+  if (ec) throw Error("cannot read model file " + path);
+  // protobuf's own limit on one message.
+  if (size > (uint64_t{2} << 30) - 1) throw Error("model " + path + " is larger than 2 GiB; store its weights as external data");
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes(size, '\0');
+  if (!in.read(bytes.data(), static_cast<std::streamsize>(size))) throw Error("cannot read model file " + path);
+  auto folder = fs::path(path).parent_path();
+  return import_onnx_bytes(bytes, folder.empty() ? "." : folder.string(), fs::path(path).filename().string());
+}
+
+}  // namespace lumen::detail

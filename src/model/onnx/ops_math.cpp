@@ -1,0 +1,136 @@
+// ONNX activations, arithmetic, matrix products, reductions and softmax as TorchScript.
+#include "model/onnx/node_writer.h"
+
+#include <lumen/error.h>
+
+#include <cmath>
+
+namespace lumen::detail {
+namespace {
+
+void write_binary(NodeWriter& w, const std::string& op) { w.ret(w.in(0) + " " + op + " " + w.in(1)); }
+
+void write_variadic(NodeWriter& w, const std::string& fn) {
+  std::string acc = w.in(0);
+  for (int i = 1; i < w.inputs(); ++i) acc = fn == "+" ? acc + " + " + w.in(i) : "torch." + fn + "(" + acc + ", " + w.in(i) + ")";
+  w.ret(acc);
+}
+
+void write_gemm(NodeWriter& w) {
+  const double alpha = w.node.attr_float("alpha", 1.0), beta = w.node.attr_float("beta", 1.0);
+  std::string a = w.in(0);
+  if (w.node.attr_int("transA", 0)) a += ".t()";
+  const bool trans_b = w.node.attr_int("transB", 0) != 0;
+  std::string product;
+  if (w.is_const(1)) {
+    // Stored as [out, in], the layout of a Linear layer's weight, so CAM reads it like one.
+    auto weight = trans_b ? *w.constant[1] : w.constant[1]->t().contiguous();
+    if (weight.dim() != 2) throw Error("B must be a matrix");
+    w.module.register_parameter("weight", weight, false);
+    const bool plain_bias = w.is_const(2) && alpha == 1.0 && beta == 1.0 && w.constant[2]->numel() == weight.size(0);
+    if (plain_bias) {
+      w.module.register_parameter("bias", w.constant[2]->reshape({-1}), false);
+      w.ret("torch.linear(" + a + ", self.weight, self.bias)");
+      return;
+    }
+    product = "torch.linear(" + a + ", self.weight)";
+  } else {
+    product = "torch.matmul(" + a + ", " + w.in(1) + (trans_b ? ".t()" : "") + ")";
+  }
+  if (alpha != 1.0) product += " * " + lit(alpha);
+  if (w.has(2)) product += " + " + w.in(2, "bias") + (beta != 1.0 ? " * " + lit(beta) : "");
+  w.ret(product);
+}
+
+void write_clip(NodeWriter& w) {
+  const std::string x = w.in(0);
+  const bool runtime = (w.has(1) && !w.is_const(1)) || (w.has(2) && !w.is_const(2));
+  if (runtime) {
+    w.ret("torch.clamp(" + x + ", " + (w.has(1) ? w.in(1) : "None") + ", " + (w.has(2) ? w.in(2) : "None") + ")");
+    return;
+  }
+  w.ret("torch.clamp(" + x + ", " + (w.has(1) ? lit(w.scalar(1)) : "None") + ", " + (w.has(2) ? lit(w.scalar(2)) : "None") + ")");
+}
+
+void write_reduce(NodeWriter& w, const std::string& fn) {
+  const bool keep = w.node.attr_int("keepdims", 1) != 0;
+  auto axes = axes_of(w, 1, w.node.op_type == "ReduceSum" ? 13 : 18);
+  const std::string x = w.in(0);
+  if (!axes) {
+    if (w.node.attr_int("noop_with_empty_axes", 0)) {
+      w.ret(x);
+      return;
+    }
+    int_list(w, "axes", "0", x + ".dim()", "i");
+    axes = "axes";
+  }
+  w.ret("torch." + fn + "(" + x + ", " + *axes + ", " + (keep ? "True" : "False") + ")");
+}
+
+void write_softmax(NodeWriter& w, const std::string& fn) {
+  const std::string x = w.in(0);
+  const int64_t axis = w.node.attr_int("axis", w.opset >= 13 ? -1 : 1);
+  if (w.opset >= 13) {
+    w.ret("torch." + fn + "(" + x + ", " + lit(axis) + ")");
+    return;
+  }
+  // Before opset 13 the input is seen as a matrix split at `axis`.
+  normalise_axis(w, "ax", axis, x + ".dim()");
+  w.line("y = torch." + fn + "(" + x + ".reshape(" + x + ".shape[:ax] + [-1]), -1)");
+  w.ret("y.reshape(" + x + ".shape)");
+}
+
+void add_activations(OpTable& t) {
+  for (const auto& [op, fn] : std::vector<std::pair<std::string, std::string>>{
+           {"Relu", "relu"}, {"Sigmoid", "sigmoid"}, {"Tanh", "tanh"}, {"Erf", "erf"}, {"Sqrt", "sqrt"}, {"Exp", "exp"},
+           {"Log", "log"}, {"Neg", "neg"}, {"Abs", "abs"}, {"Floor", "floor"}, {"Ceil", "ceil"}, {"Reciprocal", "reciprocal"},
+           {"HardSwish", "hardswish"}, {"Softplus", "softplus"}, {"Not", "logical_not"}})
+    t[op] = [fn = fn](NodeWriter& w) { w.ret("torch." + fn + "(" + w.in(0) + ")"); };
+  t["Identity"] = [](NodeWriter& w) { w.ret(w.in(0)); };
+  t["Dropout"] = [](NodeWriter& w) {  // inference: the identity
+    w.only_first_output();
+    w.ret(w.in(0));
+  };
+  t["LeakyRelu"] = [](NodeWriter& w) { w.ret("torch.leaky_relu(" + w.in(0) + ", " + lit(w.node.attr_float("alpha", 0.01)) + ")"); };
+  t["Elu"] = [](NodeWriter& w) { w.ret("torch.elu(" + w.in(0) + ", " + lit(w.node.attr_float("alpha", 1.0)) + ")"); };
+  t["PRelu"] = [](NodeWriter& w) { w.ret("torch.where(" + w.in(0) + " >= 0, " + w.in(0) + ", " + w.in(0) + " * " + w.in(1, "weight") + ")"); };
+  t["HardSigmoid"] = [](NodeWriter& w) {
+    const double alpha = w.node.attr_float("alpha", 0.2), beta = w.node.attr_float("beta", 0.5);
+    // PyTorch's hardsigmoid is (1/6, 1/2); keeping the same aten op keeps backward rules identical.
+    if (std::abs(alpha - 1.0 / 6.0) < 1e-6 && beta == 0.5) w.ret("torch.hardsigmoid(" + w.in(0) + ")");
+    else w.ret("torch.clamp(" + w.in(0) + " * " + lit(alpha) + " + " + lit(beta) + ", 0.0, 1.0)");
+  };
+  t["Clip"] = write_clip;
+}
+
+}  // namespace
+
+void add_math_ops(OpTable& t) {
+  add_activations(t);
+  t["Add"] = [](NodeWriter& w) { write_binary(w, "+"); };
+  t["Sub"] = [](NodeWriter& w) { write_binary(w, "-"); };
+  t["Mul"] = [](NodeWriter& w) { write_binary(w, "*"); };
+  t["Div"] = [](NodeWriter& w) {  // integer division truncates in ONNX
+    w.line("if " + w.in(0) + ".is_floating_point():");
+    w.line("    return " + w.in(0) + " / " + w.in(1));
+    w.ret("torch.div(" + w.in(0) + ", " + w.in(1) + ", rounding_mode='trunc')");
+  };
+  t["Pow"] = [](NodeWriter& w) { w.ret("torch.pow(" + w.in(0) + ", " + w.in(1) + ")"); };
+  t["Equal"] = [](NodeWriter& w) { w.ret("torch.eq(" + w.in(0) + ", " + w.in(1) + ")"); };
+  t["Less"] = [](NodeWriter& w) { w.ret("torch.lt(" + w.in(0) + ", " + w.in(1) + ")"); };
+  t["Greater"] = [](NodeWriter& w) { w.ret("torch.gt(" + w.in(0) + ", " + w.in(1) + ")"); };
+  t["Where"] = [](NodeWriter& w) { w.ret("torch.where(" + w.in(0) + ", " + w.in(1) + ", " + w.in(2) + ")"); };
+  t["Sum"] = [](NodeWriter& w) { write_variadic(w, "+"); };
+  t["Max"] = [](NodeWriter& w) { write_variadic(w, "maximum"); };
+  t["Min"] = [](NodeWriter& w) { write_variadic(w, "minimum"); };
+  t["MatMul"] = [](NodeWriter& w) { w.ret("torch.matmul(" + w.in(0) + ", " + w.in(1) + ")"); };
+  t["Gemm"] = write_gemm;
+  t["ReduceMean"] = [](NodeWriter& w) { write_reduce(w, "mean"); };
+  t["ReduceSum"] = [](NodeWriter& w) { write_reduce(w, "sum"); };
+  t["ReduceMax"] = [](NodeWriter& w) { write_reduce(w, "amax"); };
+  t["ReduceMin"] = [](NodeWriter& w) { write_reduce(w, "amin"); };
+  t["Softmax"] = [](NodeWriter& w) { write_softmax(w, "softmax"); };
+  t["LogSoftmax"] = [](NodeWriter& w) { write_softmax(w, "log_softmax"); };
+}
+
+}  // namespace lumen::detail
