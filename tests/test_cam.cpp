@@ -10,10 +10,10 @@ namespace lumen::test {
 namespace {
 
 TEST(Cam, EveryMethodMatchesReference) {
-  const auto manifest = read_json(fixture("manifest.json"));
-  ASSERT_EQ(manifest["cam"].size(), 4u);
+  const auto cases = read_json(fixture("manifest_cam.json"))["cases"];
+  ASSERT_EQ(cases.size(), 4u);
   std::map<std::string, double> worst_r, worst_rel;
-  for (const auto& c : manifest["cam"]) {
+  for (const auto& c : cases) {
     std::string model_path = c["model"], card_path = c["card"];
     if (model_path[0] != '/') model_path = fixture(model_path);
     if (card_path[0] != '/') card_path = fixture(card_path);
@@ -50,9 +50,9 @@ TEST(Cam, EveryMethodMatchesReference) {
 // --eigen-smooth, --aug-smooth, FullGrad, and --compat pytorch-grad-cam against the fixture script's
 // references (raw maps, or the final scaled map at the input size for the compat pipeline).
 TEST(Cam, SmoothingFullGradAndCompatMatchReferences) {
-  const auto manifest = read_json(fixture("manifest.json"));
-  ASSERT_GE(manifest["variants"].size(), 13u);
-  for (const auto& c : manifest["variants"]) {
+  const auto cases = read_json(fixture("manifest_variants.json"))["cases"];
+  ASSERT_GE(cases.size(), 13u);
+  for (const auto& c : cases) {
     const std::string name = c["name"];
     SCOPED_TRACE(name);
     Model model = Model::load(fixture(c["model"]));

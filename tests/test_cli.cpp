@@ -120,9 +120,9 @@ struct BadCase {
 // The target language: a head of a nested dict/tuple output, one step of a captioner's [N,T,V] output,
 // and a whole teacher-forced caption, each against eager Grad-CAM of the same scalar.
 TEST(Cli, TargetLanguageMatchesReferences) {
-  const auto manifest = read_json(fixture("manifest.json"));
-  ASSERT_EQ(manifest["targets"].size(), 4u);
-  for (const auto& c : manifest["targets"]) {
+  const auto cases = read_json(fixture("manifest_targets.json"))["cases"];
+  ASSERT_EQ(cases.size(), 4u);
+  for (const auto& c : cases) {
     SCOPED_TRACE(c["name"].get<std::string>());
     std::string out = temp_dir("target");
     std::string args = "explain --model " + q(fixture(c["model"])) + " --card " + q(fixture("small_card.json")) + " --layer conv2";

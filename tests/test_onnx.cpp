@@ -9,7 +9,7 @@
 namespace lumen::test {
 namespace {
 
-nlohmann::json onnx_manifest() { return read_json(fixture("manifest.json"))["onnx"]; }
+nlohmann::json onnx_manifest() { return read_json(fixture("manifest_onnx.json")); }
 
 torch::Tensor npy_tensor(const std::string& file) {
   cv::Mat m = read_npy(fixture(file));

@@ -16,7 +16,7 @@ struct Worst {
 };
 
 TEST(Parity, GradCamMatchesEagerReference) {
-  auto manifest = read_json(fixture("manifest.json"));
+  auto manifest = read_json(fixture("manifest_gradcam.json"));
   ASSERT_GE(manifest["cases"].size(), 40u);
   std::map<std::string, std::unique_ptr<Model>> models;
   Worst worst;

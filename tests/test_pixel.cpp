@@ -17,8 +17,8 @@ struct PixelCase {
 
 std::vector<PixelCase> pixel_cases() {
   std::vector<PixelCase> out;
-  const auto manifest = read_json(fixture("manifest.json"));
-  for (const auto& c : manifest["pixel"]) {
+  const auto manifest = read_json(fixture("manifest_pixel.json"));
+  for (const auto& c : manifest["cases"]) {
     PixelCase p{c, c["model"], c["card"]};
     if (p.model_path[0] != '/') p.model_path = fixture(p.model_path);
     if (p.card_path[0] != '/') p.card_path = fixture(p.card_path);

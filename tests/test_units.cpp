@@ -102,10 +102,11 @@ TEST(Npy, RoundTripAndNumpyCompatibleHeader) {
 }
 
 TEST(Npy, ReadsFilesWrittenByNumpy) {
-  // The fixture script writes its references with numpy.save.
-  cv::Mat ref = read_npy(fixture("shared_mobilenet_v2_features.18_b1_pos_0.raw.npy"));
-  EXPECT_EQ(ref.rows, 7);
-  EXPECT_EQ(ref.cols, 7);
+  // The fixture script writes it with numpy.save: np.arange(35).reshape(7, 5) as float32.
+  cv::Mat ref = read_npy(fixture("numpy_written.npy"));
+  ASSERT_EQ(ref.rows, 7);
+  ASSERT_EQ(ref.cols, 5);
+  EXPECT_EQ(ref.at<float>(3, 4), 19.0f);
 }
 
 TEST(Card, ReadsTheSharedModelCard) {
