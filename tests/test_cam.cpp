@@ -6,8 +6,7 @@
 #include <cmath>
 #include <map>
 
-namespace lumen::test {
-namespace {
+namespace lumen::test::cam_tests {
 
 TEST(Cam, EveryMethodMatchesReference) {
   const auto cases = read_json(fixture("manifest_cam.json"))["cases"];
@@ -294,5 +293,4 @@ TEST(Planner, MethodsShareOneForwardAndOneBackward) {
   EXPECT_EQ(model.passes() - before, 1);
 }
 
-}  // namespace
-}  // namespace lumen::test
+}  // namespace lumen::test::cam_tests

@@ -4,8 +4,7 @@
 
 #include <opencv2/imgcodecs.hpp>
 
-namespace lumen::test {
-namespace {
+namespace lumen::test::cli_tests {
 
 namespace fs = std::filesystem;
 
@@ -301,5 +300,4 @@ TEST(Cli, BenchPrintsRatiosToTheForwardAndWritesJson) {
   EXPECT_NE(r.err.find("gradkam"), std::string::npos) << r.err;
 }
 
-}  // namespace
-}  // namespace lumen::test
+}  // namespace lumen::test::cli_tests

@@ -11,8 +11,7 @@
 
 #include <fstream>
 
-namespace lumen::test {
-namespace {
+namespace lumen::test::metrics_tests {
 
 using metrics::GtBox;
 
@@ -342,5 +341,4 @@ TEST(Eval, BadInputs) {
   }
 }
 
-}  // namespace
-}  // namespace lumen::test
+}  // namespace lumen::test::metrics_tests

@@ -8,8 +8,7 @@
 #include <regex>
 #include <thread>
 
-namespace lumen::test {
-namespace {
+namespace lumen::test::model_tests {
 
 const LayerInfo* find(const std::vector<LayerInfo>& layers, const std::string& path) {
   for (const auto& l : layers)
@@ -360,5 +359,4 @@ TEST(Model, ResidentMemoryStaysFlatOverManyRequests) {
   EXPECT_LT(end, 1.05 * after_warmup);
 }
 
-}  // namespace
-}  // namespace lumen::test
+}  // namespace lumen::test::model_tests

@@ -6,8 +6,7 @@
 
 #include <random>
 
-namespace lumen::test {
-namespace {
+namespace lumen::test::onnx_tests {
 
 nlohmann::json onnx_manifest() { return read_json(fixture("manifest_onnx.json")); }
 
@@ -229,5 +228,4 @@ TEST(Onnx, CorruptedFilesNeverCrash) {
   EXPECT_GT(refused, 0);
 }
 
-}  // namespace
-}  // namespace lumen::test
+}  // namespace lumen::test::onnx_tests

@@ -7,8 +7,7 @@
 #include <map>
 #include <memory>
 
-namespace lumen::test {
-namespace {
+namespace lumen::test::parity_tests {
 
 struct Worst {
   double r = 1.0, norm_diff = 0.0, raw_rel = 0.0;
@@ -66,5 +65,4 @@ TEST(Parity, GradCamMatchesEagerReference) {
               manifest["cases"].size(), worst.maps, worst.empty, worst.r, worst.norm_diff, worst.raw_rel);
 }
 
-}  // namespace
-}  // namespace lumen::test
+}  // namespace lumen::test::parity_tests

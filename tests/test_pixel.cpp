@@ -7,8 +7,7 @@
 
 #include <map>
 
-namespace lumen::test {
-namespace {
+namespace lumen::test::pixel_tests {
 
 struct PixelCase {
   nlohmann::json entry;
@@ -158,5 +157,4 @@ TEST(Pixel, IntegratedGradientsCompletenessImprovesWithSteps) {
   EXPECT_LT(cat48, cat16);
 }
 
-}  // namespace
-}  // namespace lumen::test
+}  // namespace lumen::test::pixel_tests

@@ -5,8 +5,7 @@
 
 #include <set>
 
-namespace lumen::test {
-namespace {
+namespace lumen::test::references_tests {
 
 TEST(References, EveryRegisteredMethodHasAnIndependentReference) {
   std::set<std::string> covered;
@@ -41,5 +40,4 @@ TEST(References, SettingsAreDeclaredOnceWithFlagAndHelp) {
   }
 }
 
-}  // namespace
-}  // namespace lumen::test
+}  // namespace lumen::test::references_tests

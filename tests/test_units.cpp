@@ -6,8 +6,7 @@
 
 #include <opencv2/imgproc.hpp>
 
-namespace lumen::test {
-namespace {
+namespace lumen::test::units_tests {
 
 // lumen's torch blur (IG/occlusion blur references, insertion's start image, visualize) against
 // OpenCV's Gaussian blur with the same kernel size and the same reflect-101 border.
@@ -204,11 +203,9 @@ TEST(Scenes, DeterministicAndBoxesInside) {
   }
 }
 
-}  // namespace
-}  // namespace lumen::test
+}  // namespace lumen::test::units_tests
 
-namespace lumen::test {
-namespace {
+namespace lumen::test::units_tests {
 
 // Every name that reaches a page is escaped, in text and in attributes; CSV fields are quoted.
 TEST(Report, PagesEscapeNamesAndCsvQuotesFields) {
@@ -236,5 +233,4 @@ TEST(Headers, UmbrellaIncludesEveryPublicHeader) {
   EXPECT_GE(headers, 15u);
 }
 
-}  // namespace
-}  // namespace lumen::test
+}  // namespace lumen::test::units_tests

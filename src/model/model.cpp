@@ -35,16 +35,6 @@ size_t edit_distance(const std::string& a, const std::string& b) {
   return d[a.size()][b.size()];
 }
 
-// A rewritten graph compiled for the interpreter. The graph runs unoptimised through
-// torch::jit::Code — the same kernels eager PyTorch calls — so profiling-executor specialisations never
-// change numerics between the first and later calls.
-struct Compiled {
-  std::shared_ptr<torch::jit::Graph> graph;
-  std::unique_ptr<torch::jit::Code> code;
-  std::vector<std::string> tapped;
-  std::map<std::string, std::string> skipped;
-};
-
 // The submodule whose call failed, from the interpreter's traceback: its first frame marks the failing
 // line of lumen's forward ("v98 = self.pool_ReduceMean.forward(v97)" then "~~~ <--- HERE").
 std::string failing_submodule(const std::string& message) {
@@ -60,6 +50,19 @@ std::string failing_submodule(const std::string& message) {
 }
 
 }  // namespace
+
+namespace detail {
+// A rewritten graph compiled for the interpreter. The graph runs unoptimised through
+// torch::jit::Code — the same kernels eager PyTorch calls — so profiling-executor specialisations never
+// change numerics between the first and later calls. (Named, not anonymous: Model::Impl holds it.)
+struct Compiled {
+  std::shared_ptr<torch::jit::Graph> graph;
+  std::unique_ptr<torch::jit::Code> code;
+  std::vector<std::string> tapped;
+  std::map<std::string, std::string> skipped;
+};
+}  // namespace detail
+using detail::Compiled;
 
 struct Model::Impl {
   torch::jit::Module module;

@@ -18,7 +18,8 @@
 #include <iostream>
 
 namespace lumen::cli {
-namespace {
+// This command's own pieces (named, so that the CLI's files can be compiled as one batch).
+namespace bench {
 
 // Writing 5 to clear_refs resets the kernel's high-water mark (Linux >= 4.0), so each measurement
 // reports its own peak, not the process's.
@@ -89,7 +90,7 @@ Timing measure(const std::function<void()>& call, double min_time, const Model& 
   return t;
 }
 
-}  // namespace
+}  // namespace bench
 
 Command add_bench(CLI::App& app) {
   auto* sub = app.add_subcommand("bench", "Time explanations against the model's own inference forward (same run)");
@@ -156,8 +157,8 @@ Command add_bench(CLI::App& app) {
                 c10::InferenceMode guard;
                 model.module().get_method("forward")({x});
               };
-              const auto forward = measure(inference, a->min_time, model, {});
-              auto row = [&](const std::string& what, const Timing& t) {
+              const auto forward = bench::measure(inference, a->min_time, model, {});
+              auto row = [&](const std::string& what, const bench::Timing& t) {
                 const double ratio = t.ratios.at(0);
                 std::printf("%-22s %5d %12.2f %10.2f %12.3f %13.1f%% %10.0f\n", what.c_str(), batch, t.seconds * 1e3,
                             batch / t.seconds, ratio, 100.0 * t.forward_share, t.peak_mib);
@@ -188,7 +189,7 @@ Command add_bench(CLI::App& app) {
                 const auto first = options({ms[0]});
                 std::vector<std::function<void()>> baselines{inference};
                 if (combined) baselines.push_back([&] { explainer.explain_tensor(x, first); });
-                const auto t = measure([&] { explainer.explain_tensor(x, opt); }, a->min_time, model, baselines);
+                const auto t = bench::measure([&] { explainer.explain_tensor(x, opt); }, a->min_time, model, baselines);
                 row(combined ? std::to_string(ms.size()) + " methods together" : ms[0], t);
                 if (combined) {
                   // Against the first method alone, timed beside each combined run: the cost of the extra methods.

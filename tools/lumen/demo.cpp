@@ -17,7 +17,8 @@
 namespace lumen::cli {
 namespace fs = std::filesystem;
 
-namespace {
+// This command's own pieces (named, so that the CLI's files can be compiled as one batch).
+namespace demo_command {
 
 struct Args {
   std::string out = "lumen-demo";
@@ -153,11 +154,11 @@ int run(const Args& a) {
   return 0;
 }
 
-}  // namespace
+}  // namespace demo_command
 
 Command add_demo(CLI::App& app) {
   auto* sub = app.add_subcommand("demo", "Train the built-in shapes CNN (once) and explain held-out scenes");
-  auto a = std::make_shared<Args>();
+  auto a = std::make_shared<demo_command::Args>();
   sub->add_option("--out,-o", a->out, "output directory (default lumen-demo)");
   sub->add_option("--scenes", a->scenes, "held-out scenes to explain (100)")->check(CLI::Range(1, 100000));
   sub->add_option("--steps", a->steps, "training steps (400)")->check(CLI::Range(1, 1000000));
@@ -168,7 +169,7 @@ Command add_demo(CLI::App& app) {
       ->check(CLI::Range(0.0, 1.0));
   sub->add_flag("--write-dataset", a->write_dataset, "also write the held-out scenes as a dataset folder (OUT/dataset)");
   sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
-  return {sub, [a] { return run(*a); }};
+  return {sub, [a] { return demo_command::run(*a); }};
 }
 
 }  // namespace lumen::cli

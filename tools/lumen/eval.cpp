@@ -14,7 +14,8 @@
 #include <iostream>
 
 namespace lumen::cli {
-namespace {
+// This command's own pieces (named, so that the CLI's files can be compiled as one batch).
+namespace eval {
 
 struct Args {
   std::string model, card, data, layer, out = "lumen-eval", aggregate;
@@ -76,11 +77,11 @@ int run(const Args& a) {
   return 0;
 }
 
-}  // namespace
+}  // namespace eval
 
 Command add_eval(CLI::App& app) {
   auto* sub = app.add_subcommand("eval", "Measure explanations over a dataset: localisation, pointing, deletion/insertion, drop, sanity");
-  auto a = std::make_shared<Args>();
+  auto a = std::make_shared<eval::Args>();
   sub->add_option("--model,-m", a->model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
   sub->add_option("--card", a->card, "model card JSON")->required();
   sub->add_option("--data,-d", a->data, "dataset folder: images/, labels.csv, boxes.csv")->required();
@@ -99,7 +100,7 @@ Command add_eval(CLI::App& app) {
   sub->add_option("--seed", a->seed, "seed of random methods and of the sanity randomisation (0)");
   sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
   sub->add_flag("--deterministic", a->deterministic, "the same maps for any thread count (ATen's convolutions; slower)");
-  return {sub, [a] { return run(*a); }};
+  return {sub, [a] { return eval::run(*a); }};
 }
 
 }  // namespace lumen::cli

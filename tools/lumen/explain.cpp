@@ -17,7 +17,8 @@
 namespace lumen::cli {
 namespace fs = std::filesystem;
 
-namespace {
+// This command's own pieces (named, so that the CLI's files can be compiled as one batch).
+namespace explain {
 
 struct Args {
   std::string model, card, labels, out = "lumen-out", colormap = "jet", target = "logit";
@@ -163,11 +164,11 @@ int run(const Args& a) {
   return 0;
 }
 
-}  // namespace
+}  // namespace explain
 
 Command add_explain(CLI::App& app) {
   auto* sub = app.add_subcommand("explain", "Explain a model's decision on images");
-  auto a = std::make_shared<Args>();
+  auto a = std::make_shared<explain::Args>();
   sub->add_option("--model,-m", a->model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
   sub->add_option("--card", a->card, "model card JSON: input size, mean/std, colour order, labels, CAM layer");
   sub->add_option("--image,-i", a->images, "image file(s)")->required();
@@ -203,7 +204,7 @@ Command add_explain(CLI::App& app) {
   add_method_flags(sub, a->method);
   sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
   sub->add_flag("--deterministic", a->deterministic, "the same maps for any thread count (ATen's convolutions; slower)");
-  return {sub, [a] { return run(*a); }};
+  return {sub, [a] { return explain::run(*a); }};
 }
 
 }  // namespace lumen::cli

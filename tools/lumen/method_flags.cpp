@@ -12,7 +12,8 @@
 
 namespace lumen::cli {
 
-namespace {
+// This command's own pieces (named, so that the CLI's files can be compiled as one batch).
+namespace flags {
 
 std::string shown(const nlohmann::json& v) {
   if (v.is_string()) return v.get<std::string>();
@@ -22,12 +23,12 @@ std::string shown(const nlohmann::json& v) {
   return s.str();
 }
 
-}  // namespace
+}  // namespace flags
 
 void add_method_flags(CLI::App* sub, MethodFlags& f) {
   for (const auto& s : setting_catalog()) {
     std::string help = s.help;
-    if (s.kind != "flag" && !shown(s.fallback).empty()) help += " (default " + shown(s.fallback) + ")";
+    if (s.kind != "flag" && !flags::shown(s.fallback).empty()) help += " (default " + flags::shown(s.fallback) + ")";
     if (s.methods.size() > 1) help += " [" + joined(s.methods) + "]";
     if (s.kind == "flag") {
       f.given[s.name] = sub->add_flag(s.flag)->description(help)->group("Method settings");
