@@ -241,6 +241,56 @@ TEST(Cli, BadInputMatrix) {
   }
 }
 
+// A bad method setting is refused before anything is loaded or run: the model path below does not
+// exist, so an error about the setting (not the model) shows the check came first. One case per family.
+TEST(Cli, BadSettingsAreRefusedBeforeAnythingRuns) {
+  const std::string img = q(shared("images/cat.png"));
+  const std::vector<BadCase> cases{
+      {"IG steps", "--method integrated-gradients --steps 0", "--steps must be an integer from 1"},
+      {"IG trapezoid", "--method integrated-gradients --integration trapezoid --steps 1", "--steps of at least 2"},
+      {"IG baseline", "--method integrated-gradients --baseline /nonexistent.png", "--baseline '/nonexistent.png'"},
+      {"occlusion patch", "--method occlusion --patch 0", "--patch must be an integer from 1"},
+      {"occlusion fill", "--method occlusion --fill 300", "--fill must be a pixel value from 0 to 255"},
+      {"RISE keep", "--method rise --keep 1.5", "--keep must be a number from 0 (exclusive) to 1"},
+      {"RISE keep NaN", "--method rise --keep nan", "--keep must be a finite number"},
+      {"SmoothGrad noise", "--method smoothgrad --noise -1", "--noise must be a number from 0 to 10"},
+      {"SmoothGrad base", "--method smoothgrad --smooth-base gradcam", "--smooth-base 'gradcam' is not a method with an input attribution"},
+      {"SmoothGrad type", "--method smoothgrad --smooth-type median", "--smooth-type must be one of smoothgrad, smoothgrad-sq, vargrad"},
+      {"CAM eigen-smooth", "--method saliency --eigen-smooth", "--eigen-smooth is a setting of"},
+      {"FEM k", "--method fem --fem-k -2", "--fem-k must be a number from 0 to 10"},
+      {"setting of another method", "--method gradcam --steps 8", "--steps is a setting of integrated-gradients"},
+      {"not a number", "--method rise --masks many", "--masks must be an integer"},
+      {"rows per pass", "--method rise --rows-per-pass -1", "--rows-per-pass must be from 0"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    std::string out = temp_dir("bad-setting");
+    auto r = run_cli("explain --model /nonexistent.pt --image " + img + " " + c.args + " --out " + q(out + "/o"));
+    EXPECT_EQ(r.code, 2);
+    expect_clean_failure(r, c.needle, out);
+  }
+}
+
+// The same check in the library: a bad setting costs no forward pass.
+TEST(Cli, LibraryRefusesBadSettingsBeforeTheForward) {
+  Model model = Model::load(shared("models/mobilenet_v2_imagenet.pt"));
+  Explainer ex(model, load_card(shared("models/mobilenet_v2_imagenet.json")).preprocess);
+  ExplainOptions opt;
+  opt.methods = {"integrated-gradients"};
+  opt.settings.set("steps", 0);
+  const int64_t before = model.passes();
+  try {
+    ex.explain({read_image(shared("images/cat.png"))}, opt);
+    ADD_FAILURE() << "--steps 0 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--steps"), std::string::npos) << e.what();
+  }
+  opt.settings = Settings();
+  opt.settings.set("stpes", 8);
+  EXPECT_THROW(ex.explain({read_image(shared("images/cat.png"))}, opt), Error);  // an unknown name
+  EXPECT_EQ(model.passes(), before);
+}
+
 TEST(Cli, ZeroGradientIsReportedNotHidden) {
   std::string out = temp_dir("zero");
   auto r = run_cli("explain --model " + q(fixture("zero_head.pt")) + " --card " + q(fixture("small_card.json")) +
