@@ -90,22 +90,98 @@ Timing measure(const std::function<void()>& call, double min_time, const Model& 
   return t;
 }
 
+struct Args {
+  std::string model, card, json;
+  std::vector<std::string> methods{"gradcam"}, layers;
+  std::vector<int> batches{1, 16};
+  std::vector<int> size;
+  int top_k = 1, threads = 0;
+  double min_time = 2.0;
+  bool together = false, deterministic = false;
+  MethodFlags method;
+  CLI::Option* old_batch = nullptr;
+};
+
+// One row: printed, and kept for --json. `t.ratios[0]` is against the inference forward (absent for
+// the forward itself).
+void record(nlohmann::json& rows, const std::string& what, int batch, const Timing& t) {
+  const bool forward = t.ratios.empty();
+  const std::string ratio = forward ? "1" : std::to_string(t.ratios[0]).substr(0, 5);
+  const std::string share = forward ? "" : std::to_string(100.0 * t.forward_share).substr(0, 4) + "%";
+  std::printf("%-22s %5d %12.2f %10.2f %12s %14s %10.0f\n", what.c_str(), batch, t.seconds * 1e3, batch / t.seconds, ratio.c_str(),
+              share.c_str(), t.peak_mib);
+  std::fflush(stdout);
+  nlohmann::json row{{"what", forward ? "forward" : what}, {"batch", batch}, {"seconds", t.seconds}, {"runs", t.runs},
+                     {"images_per_second", batch / t.seconds}, {"peak_rss_mib", t.peak_mib}};
+  if (!forward) row["ratio_to_forward"] = t.ratios[0], row["forward_share"] = t.forward_share;
+  rows.push_back(row);
+}
+
+// Every request at one batch size, each timed against the inference forward run beside it.
+void time_batch(const Args& a, const Model& model, const Explainer& explainer, const ExplainOptions& given, int batch, int h, int w,
+                nlohmann::json& rows) {
+  if (batch < 1) throw Error("batch sizes must be positive");
+  torch::manual_seed(0);
+  const auto x = torch::randn({batch, 3, h, w});
+  auto inference = [&] {
+    c10::InferenceMode guard;
+    model.module().get_method("forward")({x});
+  };
+  record(rows, "forward (inference)", batch, measure(inference, a.min_time, model, {}));
+  auto options = [&](const std::vector<std::string>& ms) {
+    ExplainOptions o = given;
+    o.methods = ms;
+    o.settings = taken_by(ms, given.settings);
+    return o;
+  };
+  std::vector<std::vector<std::string>> requests;
+  for (const auto& m : given.methods) requests.push_back({m});
+  if (a.together && given.methods.size() > 1) requests.push_back(given.methods);
+  for (const auto& ms : requests) {
+    const auto opt = options(ms), first = options({ms[0]});
+    const bool combined = ms.size() > 1;
+    std::vector<std::function<void()>> baselines{inference};
+    if (combined) baselines.push_back([&] { explainer.explain_tensor(x, first); });
+    const auto t = measure([&] { explainer.explain_tensor(x, opt); }, a.min_time, model, baselines);
+    record(rows, combined ? std::to_string(ms.size()) + " methods together" : ms[0], batch, t);
+    if (combined) {
+      // Against the first method alone, timed beside each combined run: the cost of the extra methods.
+      std::printf("%-22s %5d %12s %10s %12.3f\n", ("  / " + ms[0] + " alone").c_str(), batch, "", "", t.ratios.at(1));
+      rows.back()["ratio_to_first_method"] = t.ratios.at(1);
+    }
+  }
+}
+
+int run(const Args& a) {
+  set_threads(a.threads);
+  set_deterministic(a.deterministic);
+  if (a.old_batch->count() > 0) std::cerr << "lumen: note: bench's --batch is now --batches (the old spelling goes in 0.3)\n";
+  ExplainOptions given;
+  given.methods = split_list(a.methods);
+  given.layers = split_list(a.layers);
+  given.top_k = a.top_k;
+  apply(a.method, given);
+  check_request(given);
+  Model model = Model::load(a.model);
+  const auto [h, w] = input_size(model, a.card, a.size);
+  const Explainer explainer(model, Preprocess{});
+  std::printf("lumen bench: %s, input %dx%d, %d threads, top-%d; median of timed runs after a warm-up\n", model.name().c_str(), h, w,
+              at::get_num_threads(), a.top_k);
+  std::printf("%-22s %5s %12s %10s %12s %14s %10s\n", "what", "batch", "ms/batch", "img/s", "/ forward", "forward share", "peak MiB");
+  nlohmann::json rows = nlohmann::json::array();
+  for (int batch : a.batches) time_batch(a, model, explainer, given, batch, h, w, rows);
+  if (!a.json.empty()) {
+    const nlohmann::json doc{{"model", model.name()}, {"input", {h, w}}, {"threads", at::get_num_threads()}, {"top_k", a.top_k}, {"rows", rows}};
+    write_file_atomic(a.json, doc.dump(1) + "\n");
+  }
+  return 0;
+}
+
 }  // namespace bench
 
 Command add_bench(CLI::App& app) {
   auto* sub = app.add_subcommand("bench", "Time explanations against the model's own inference forward (same run)");
-  struct Args {
-    std::string model, card, json;
-    std::vector<std::string> methods{"gradcam"}, layers;
-    std::vector<int> batches{1, 16};
-    std::vector<int> size;
-    int top_k = 1, threads = 0;
-    double min_time = 2.0;
-    bool together = false, deterministic = false;
-    MethodFlags method;
-    CLI::Option* old_batch = nullptr;
-  };
-  auto a = std::make_shared<Args>();
+  auto a = std::make_shared<bench::Args>();
   sub->add_option("--model,-m", a->model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
   sub->add_option("--card", a->card, "model card JSON (gives the input size)");
   sub->add_option("--methods", a->methods, "methods to time, comma-separated (gradcam)");
@@ -120,94 +196,7 @@ Command add_bench(CLI::App& app) {
   sub->add_flag("--deterministic", a->deterministic, "the same maps for any thread count (ATen's convolutions; slower)");
   sub->add_option("--json", a->json, "also write the rows as JSON to this file");
   add_method_flags(sub, a->method);
-  return {sub, [a] {
-            set_threads(a->threads);
-            set_deterministic(a->deterministic);
-            if (a->old_batch->count() > 0) std::cerr << "lumen: note: bench's --batch is now --batches (the old spelling goes in 0.3)\n";
-            ExplainOptions given;
-            given.methods = split_list(a->methods);
-            apply(a->method, given);
-            check_request(given);
-            Model model = Model::load(a->model);
-            const auto [h, w] = input_size(model, a->card, a->size);
-            const auto methods = split_list(a->methods);
-            const auto layers = split_list(a->layers);
-            Explainer explainer(model, Preprocess{});
-            auto options = [&](const std::vector<std::string>& ms) {
-              ExplainOptions o;
-              o.methods = ms;
-              o.layers = layers;
-              o.top_k = a->top_k;
-              o.shared = given.shared;
-              o.settings = taken_by(ms, given.settings);
-              return o;
-            };
-            nlohmann::json rows = nlohmann::json::array();
-            std::printf(
-                "lumen bench: %s, input %dx%d, %d threads, top-%d; median "
-                "of timed runs after a warm-up\n",
-                model.name().c_str(), h, w, at::get_num_threads(), a->top_k);
-            std::printf("%-22s %5s %12s %10s %12s %14s %10s\n", "what", "batch", "ms/batch", "img/s", "/ forward",
-                        "forward share", "peak MiB");
-            for (int batch : a->batches) {
-              if (batch < 1) throw Error("batch sizes must be positive");
-              torch::manual_seed(0);
-              const auto x = torch::randn({batch, 3, h, w});
-              auto inference = [&] {
-                c10::InferenceMode guard;
-                model.module().get_method("forward")({x});
-              };
-              const auto forward = bench::measure(inference, a->min_time, model, {});
-              auto row = [&](const std::string& what, const bench::Timing& t) {
-                const double ratio = t.ratios.at(0);
-                std::printf("%-22s %5d %12.2f %10.2f %12.3f %13.1f%% %10.0f\n", what.c_str(), batch, t.seconds * 1e3,
-                            batch / t.seconds, ratio, 100.0 * t.forward_share, t.peak_mib);
-                std::fflush(stdout);
-                rows.push_back({{"what", what},
-                                {"batch", batch},
-                                {"seconds", t.seconds},
-                                {"runs", t.runs},
-                                {"images_per_second", batch / t.seconds},
-                                {"ratio_to_forward", ratio},
-                                {"forward_share", t.forward_share},
-                                {"peak_rss_mib", t.peak_mib}});
-              };
-              std::printf("%-22s %5d %12.2f %10.2f %12s %14s %10.0f\n", "forward (inference)", batch, forward.seconds * 1e3,
-                          batch / forward.seconds, "1", "", forward.peak_mib);
-              rows.push_back({{"what", "forward"},
-                              {"batch", batch},
-                              {"seconds", forward.seconds},
-                              {"runs", forward.runs},
-                              {"images_per_second", batch / forward.seconds},
-                              {"peak_rss_mib", forward.peak_mib}});
-              std::vector<std::vector<std::string>> requests;
-              for (const auto& m : methods) requests.push_back({m});
-              if (a->together && methods.size() > 1) requests.push_back(methods);
-              for (const auto& ms : requests) {
-                const auto opt = options(ms);
-                const bool combined = ms.size() > 1;
-                const auto first = options({ms[0]});
-                std::vector<std::function<void()>> baselines{inference};
-                if (combined) baselines.push_back([&] { explainer.explain_tensor(x, first); });
-                const auto t = bench::measure([&] { explainer.explain_tensor(x, opt); }, a->min_time, model, baselines);
-                row(combined ? std::to_string(ms.size()) + " methods together" : ms[0], t);
-                if (combined) {
-                  // Against the first method alone, timed beside each combined run: the cost of the extra methods.
-                  std::printf("%-22s %5d %12s %10s %12.3f\n", ("  / " + ms[0] + " alone").c_str(), batch, "", "", t.ratios.at(1));
-                  rows.back()["ratio_to_first_method"] = t.ratios.at(1);
-                }
-              }
-            }
-            if (!a->json.empty()) {
-              nlohmann::json doc{{"model", model.name()},
-                                 {"input", {h, w}},
-                                 {"threads", at::get_num_threads()},
-                                 {"top_k", a->top_k},
-                                 {"rows", rows}};
-              write_file_atomic(a->json, doc.dump(1) + "\n");
-            }
-            return 0;
-          }};
+  return {sub, [a] { return bench::run(*a); }};
 }
 
 }  // namespace lumen::cli

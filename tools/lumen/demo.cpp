@@ -41,19 +41,10 @@ cv::Mat enlarge(const cv::Mat& img, int factor) {
 
 Box scale(const Box& b, int f) { return Box{b.x0 * f, b.y0 * f, b.x1 * f, b.y1 * f, b.valid}; }
 
-int run(const Args& a) {
-  set_threads(a.threads);
-  const fs::path dir = a.out;
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) throw Error("cannot create " + a.out + ": " + ec.message());
-  // The bias-audit variant is a different model: it gets its own file.
-  const std::string model_file = a.cue > 0 ? "shapes_cnn_cue.pt" : "shapes_cnn.pt";
+// Trains the demo network and saves it with its labels and card, unless it is there already.
+void train_once(const Args& a, const fs::path& dir, const std::string& model_file, const demo::SceneOptions& scene_options) {
   const fs::path model_path = dir / model_file;
-  demo::SceneOptions scene_options;
-  scene_options.spurious_cue = a.cue;
   const auto& names = demo::class_names();
-
   if (a.retrain || !fs::exists(model_path)) {
     std::cout << "demo: training a " << names.size() << "-class CNN on procedurally drawn scenes (" << a.steps
               << " steps of 32)..." << std::endl;
@@ -76,7 +67,43 @@ int run(const Args& a) {
   } else {
     std::cout << "demo: using the trained model in " << model_path.string() << " (--retrain to train again)\n";
   }
+}
 
+// The held-out scenes as a dataset folder (lumen eval / lumen audit read it); scenes carrying the
+// spurious mark say so in their file name.
+void write_dataset(const fs::path& dir, const std::vector<demo::Scene>& scenes) {
+  const fs::path ds = dir / "dataset";
+  fs::create_directories(ds / "images");
+  std::ostringstream labels_csv, boxes_csv;
+  labels_csv << "image,label\n";
+  boxes_csv << "image,label,x0,y0,x1,y1\n";
+  for (int i = 0; i < static_cast<int>(scenes.size()); ++i) {
+    std::ostringstream name;
+    name << "scene-" << std::setw(4) << std::setfill('0') << i << (scenes[i].cue ? "-cue" : "") << ".png";
+    write_file_atomic((ds / "images" / name.str()).string(), encode_png(scenes[i].image));
+    labels_csv << name.str() << "," << scenes[i].label << "\n";
+    const auto& b = scenes[i].box;
+    boxes_csv << name.str() << "," << scenes[i].label << "," << b.x0 << "," << b.y0 << "," << b.x1 << "," << b.y1 << "\n";
+  }
+  write_text(ds / "labels.csv", labels_csv.str());
+  write_text(ds / "boxes.csv", boxes_csv.str());
+  std::cout << "demo: wrote the held-out scenes as a dataset: " << ds.string() << "\n";
+}
+
+int run(const Args& a) {
+  set_threads(a.threads);
+  const fs::path dir = a.out;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw Error("cannot create " + a.out + ": " + ec.message());
+  // The bias-audit variant is a different model: it gets its own file.
+  const std::string model_file = a.cue > 0 ? "shapes_cnn_cue.pt" : "shapes_cnn.pt";
+  const fs::path model_path = dir / model_file;
+  demo::SceneOptions scene_options;
+  scene_options.spurious_cue = a.cue;
+  const auto& names = demo::class_names();
+
+  train_once(a, dir, model_file, scene_options);
   // From here on the demo is an ordinary user of lumen: a TorchScript file, a card, images.
   Model model = Model::load(model_path.string());
   Explainer explainer(model, demo::preprocess(), std::vector<std::string>(names.begin(), names.end()));
@@ -87,26 +114,7 @@ int run(const Args& a) {
     scenes.push_back(demo::make_scene(rng, scene_options));
     images.push_back(scenes.back().image);
   }
-  if (a.write_dataset) {
-    // The held-out scenes as a dataset folder (lumen eval / lumen audit read it); scenes carrying the
-    // spurious mark say so in their file name.
-    const fs::path ds = dir / "dataset";
-    fs::create_directories(ds / "images");
-    std::ostringstream labels_csv, boxes_csv;
-    labels_csv << "image,label\n";
-    boxes_csv << "image,label,x0,y0,x1,y1\n";
-    for (int i = 0; i < a.scenes; ++i) {
-      std::ostringstream name;
-      name << "scene-" << std::setw(4) << std::setfill('0') << i << (scenes[i].cue ? "-cue" : "") << ".png";
-      write_file_atomic((ds / "images" / name.str()).string(), encode_png(scenes[i].image));
-      labels_csv << name.str() << "," << scenes[i].label << "\n";
-      const auto& b = scenes[i].box;
-      boxes_csv << name.str() << "," << scenes[i].label << "," << b.x0 << "," << b.y0 << "," << b.x1 << "," << b.y1 << "\n";
-    }
-    write_text(ds / "labels.csv", labels_csv.str());
-    write_text(ds / "boxes.csv", boxes_csv.str());
-    std::cout << "demo: wrote the held-out scenes as a dataset: " << ds.string() << "\n";
-  }
+  if (a.write_dataset) write_dataset(dir, scenes);
   ExplainOptions opt;
   opt.layers = {"features.block4"};
   auto explained = explainer.explain(images, opt);

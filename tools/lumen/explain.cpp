@@ -51,26 +51,30 @@ std::vector<std::string> unique_stems(const std::vector<std::string>& paths) {
   return stems;
 }
 
-int run(const Args& a) {
-  set_threads(a.threads);
-  set_deterministic(a.deterministic);
-  // Everything that can be checked before any work is checked first, so a typo costs no time.
+// The model's preprocessing and labels: the card's, with the flags over them.
+struct Inputs {
   Preprocess pre;
-  std::vector<std::string> labels;
-  std::vector<std::string> layers = split_list(a.layers);
+  std::vector<std::string> labels, layers;
+};
+
+Inputs inputs_of(const Args& a) {
+  Inputs in;
+  in.layers = split_list(a.layers);
   if (!a.card.empty()) {
     ModelCard card = load_card(a.card);
-    pre = card.preprocess;
-    labels = card.labels;
-    if (layers.empty() && !card.cam_layer.empty()) layers.push_back(card.cam_layer);
+    in.pre = card.preprocess;
+    in.labels = card.labels;
+    if (in.layers.empty() && !card.cam_layer.empty()) in.layers.push_back(card.cam_layer);
   }
-  if (a.size.size() == 2) pre.height = a.size[0], pre.width = a.size[1];
-  if (!a.mean.empty()) pre.mean = a.mean;
-  if (!a.std.empty()) pre.std = a.std;
-  if (!a.color_order.empty()) pre.rgb = a.color_order == "RGB";
-  if (!a.labels.empty()) labels = load_labels(a.labels);
-  if (a.batch < 1) throw Error("--batch must be at least 1");
+  if (a.size.size() == 2) in.pre.height = a.size[0], in.pre.width = a.size[1];
+  if (!a.mean.empty()) in.pre.mean = a.mean;
+  if (!a.std.empty()) in.pre.std = a.std;
+  if (!a.color_order.empty()) in.pre.rgb = a.color_order == "RGB";
+  if (!a.labels.empty()) in.labels = load_labels(a.labels);
+  return in;
+}
 
+ExplainOptions options_of(const Args& a, const std::vector<std::string>& layers) {
   ExplainOptions opt;
   opt.methods = split_list(a.methods);
   opt.layers = layers;
@@ -91,22 +95,65 @@ int run(const Args& a) {
   }
   apply(a.method, opt);
   opt.shared.progress = progress_printer();
+  return opt;
+}
+
+// The run document (docs/json-schema.md) around the images' entries.
+nlohmann::json run_document(const Args& a, const Inputs& in, const ExplainOptions& opt, double seconds, const nlohmann::json& images) {
+  return {{"lumen_version", "0.1.0"},
+          {"model", a.model},
+          {"layers", in.layers},
+          {"methods", opt.methods},
+          {"target", {{"score", to_string(opt.score)}, {"counterfactual", opt.counterfactual}}},
+          {"preprocess",
+           {{"size", {in.pre.height, in.pre.width}},
+            {"mean", in.pre.mean},
+            {"std", in.pre.std},
+            {"color_order", in.pre.rgb ? "RGB" : "BGR"},
+            {"resize", "stretch (bilinear, whole image, aspect ratio not kept)"}}},
+          {"box_threshold", opt.box_threshold},
+          {"method_options", settings_json(opt)},
+          {"normalisation", opt.shared.compat == Compat::PytorchGradCam
+                                ? "pytorch-grad-cam: (m - min) / (max + 1e-7) at the layer, resized to the input, scaled again"
+                                : "min-max of the map upsampled to the image"},
+          {"seconds", seconds},
+          {"images", images}};
+}
+
+void print_predictions(const nlohmann::json& images) {
+  for (const auto& entry : images) {
+    std::cout << entry["source"].get<std::string>() << ":";
+    for (size_t r = 0; r < std::min<size_t>(3, entry["top5"].size()); ++r) {
+      const auto& p = entry["top5"][r];
+      std::cout << "  " << p["class"].get<int64_t>() << " " << p["label"].get<std::string>() << " " << p["probability"].get<float>();
+    }
+    std::cout << "\n";
+  }
+}
+
+int run(const Args& a) {
+  set_threads(a.threads);
+  set_deterministic(a.deterministic);
+  // Everything that can be checked before any work is checked first, so a typo costs no time.
+  if (a.batch < 1) throw Error("--batch must be at least 1");
+  const Inputs in = inputs_of(a);
+  const ExplainOptions opt = options_of(a, in.layers);
   check_request(opt);
   for (const auto& img : a.images)
     if (!fs::exists(img)) throw Error("image not found: " + img);
   RenderOptions render;
-  render.rgb_input = pre.rgb;
+  render.rgb_input = in.pre.rgb;
   render.colormap = parse_colormap(a.colormap);
   render.alpha = a.alpha;
   render.draw_box = !a.no_box;
 
   Model model = Model::load(a.model);
-  for (const auto& l : layers) model.check_layer(l);
-  Explainer explainer(model, pre, labels);
+  for (const auto& l : in.layers) model.check_layer(l);
+  Explainer explainer(model, in.pre, in.labels);
   OutputDir out(a.out);
 
   const auto stems = unique_stems(a.images);
-  nlohmann::json images_json = nlohmann::json::array();
+  nlohmann::json images = nlohmann::json::array();
   std::vector<std::string> empty_maps;
   auto start = std::chrono::steady_clock::now();
   for (size_t first = 0; first < a.images.size(); first += a.batch) {
@@ -116,7 +163,7 @@ int run(const Args& a) {
     std::vector<std::string> batch_stems(stems.begin() + first, stems.begin() + last);
     for (const auto& p : paths) imgs.push_back(read_image(p));
     auto explained = explainer.explain(imgs, opt, paths);
-    for (auto& entry : write_maps(out, imgs, explained, batch_stems, render)) images_json.push_back(entry);
+    for (auto& entry : write_maps(out, imgs, explained, batch_stems, render)) images.push_back(entry);
     for (size_t i = 0; i < explained.size(); ++i)
       for (const auto& m : explained[i].maps)
         if (m.empty) empty_maps.push_back(map_file_stem(batch_stems[i], m));
@@ -124,38 +171,11 @@ int run(const Args& a) {
       std::cerr << "\rexplained " << last << "/" << a.images.size() << " images" << std::flush;
   }
   if (a.images.size() > static_cast<size_t>(a.batch)) std::cerr << "\n";
-  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-
-  nlohmann::json run_doc = {{"lumen_version", "0.1.0"},
-                            {"model", a.model},
-                            {"layers", layers},
-                            {"methods", opt.methods},
-                            {"target", {{"score", to_string(opt.score)}, {"counterfactual", opt.counterfactual}}},
-                            {"preprocess",
-                             {{"size", {pre.height, pre.width}},
-                              {"mean", pre.mean},
-                              {"std", pre.std},
-                              {"color_order", pre.rgb ? "RGB" : "BGR"},
-                              {"resize", "stretch (bilinear, whole image, aspect ratio not kept)"}}},
-                            {"box_threshold", opt.box_threshold},
-                            {"method_options", settings_json(opt)},
-                            {"normalisation", opt.shared.compat == Compat::PytorchGradCam
-                                                  ? "pytorch-grad-cam: (m - min) / (max + 1e-7) at the layer, resized to the input, scaled again"
-                                                  : "min-max of the map upsampled to the image"},
-                            {"seconds", seconds},
-                            {"images", images_json}};
-  out.write("run.json", run_doc.dump(2) + "\n");
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  out.write("run.json", run_document(a, in, opt, seconds, images).dump(2) + "\n");
   out.commit();
-  std::cout << "wrote " << images_json.size() << " image(s) to " << a.out << " (run.json) in " << seconds << " s\n";
-  for (const auto& entry : images_json) {
-    std::cout << entry["source"].get<std::string>() << ":";
-    for (size_t r = 0; r < std::min<size_t>(3, entry["top5"].size()); ++r) {
-      const auto& p = entry["top5"][r];
-      std::cout << "  " << p["class"].get<int64_t>() << " " << p["label"].get<std::string>() << " "
-                << p["probability"].get<float>();
-    }
-    std::cout << "\n";
-  }
+  std::cout << "wrote " << images.size() << " image(s) to " << a.out << " (run.json) in " << seconds << " s\n";
+  print_predictions(images);
   if (!empty_maps.empty() && !a.allow_empty) {
     std::cerr << "lumen: error: " << empty_maps.size() << " map(s) are empty (constant: the target's gradient at the layer is zero), e.g. "
               << empty_maps.front() << "; files were written and flagged \"empty\" in run.json (--allow-empty accepts this)\n";
