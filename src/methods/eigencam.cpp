@@ -3,9 +3,7 @@
 #include "methods/kit/cam.h"
 
 LUMEN_METHOD(eigencam) {
-  Method m;
-  m.name = "eigencam";
-  m.paper = "Muhammad & Yeasin 2020, Eigen-CAM";
+  Method m("eigencam", "Muhammad & Yeasin 2020, Eigen-CAM", Family::Cam);
   m.compute = [](const Evidence& e, size_t layer) { return Result{torch::relu(first_component(e.layers[layer].activations))}; };
   return m;
 }

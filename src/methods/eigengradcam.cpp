@@ -3,9 +3,7 @@
 #include "methods/kit/cam.h"
 
 LUMEN_METHOD(eigengradcam) {
-  Method m;
-  m.name = "eigengradcam";
-  m.paper = "pytorch-grad-cam (Gildenblat et al.), Eigen-Grad-CAM";
+  Method m("eigengradcam", "pytorch-grad-cam (Gildenblat et al.), Eigen-Grad-CAM", Family::Cam);
   m.needs = layer_gradients();
   m.compute = [](const Evidence& e, size_t layer) {
     const auto& t = e.layers[layer];

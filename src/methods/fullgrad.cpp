@@ -63,10 +63,7 @@ std::vector<std::pair<std::string, torch::Tensor>> bias_layers(const Model& mode
 }  // namespace lumen::detail
 
 LUMEN_METHOD(fullgrad) {
-  Method m;
-  m.name = "fullgrad";
-  m.paper = "Srinivas & Fleuret 2019, FullGrad";
-  m.per_layer = false;
+  Method m("fullgrad", "Srinivas & Fleuret 2019, FullGrad", Family::Cam, Space::Input);
   m.needs.input_gradients = {BackwardRule::Plain};
   m.needs.model_layers = [](const Model& model) {
     std::vector<std::string> paths;

@@ -3,10 +3,7 @@
 #include "methods/kit/cam.h"
 
 LUMEN_METHOD(guided_gradcam) {
-  Method m;
-  m.name = "guided-gradcam";
-  m.paper = "Selvaraju et al. 2017, Grad-CAM (Guided Grad-CAM)";
-  m.family = Family::Pixel;
+  Method m("guided-gradcam", "Selvaraju et al. 2017, Grad-CAM (Guided Grad-CAM)", Family::Pixel);
   m.needs = layer_gradients();
   m.needs.input_gradients = {BackwardRule::Guided};
   m.compute = [](const Evidence& e, size_t layer) {

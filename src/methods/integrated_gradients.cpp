@@ -50,12 +50,8 @@ void trapezoid(int m, std::vector<double>& nodes, std::vector<double>& weights) 
 }  // namespace lumen::detail
 
 LUMEN_METHOD(integrated_gradients) {
-  Method m;
-  m.name = "integrated-gradients";
-  m.paper = "Sundararajan et al. 2017, Axiomatic Attribution for Deep Networks";
-  m.family = Family::Pixel;
-  m.extra_passes = ExtraPasses::Gradient;
-  m.per_layer = false;
+  Method m("integrated-gradients", "Sundararajan et al. 2017, Axiomatic Attribution for Deep Networks", Family::Pixel, Space::Input,
+           ExtraPasses::Gradient);
   m.reduce = sum_over_channels;
   m.params = {integer("steps", 50, 1, 100000, "integrated-gradients: points of the integration rule"),
               choice("integration", "gauss-legendre", {"gauss-legendre", "trapezoid"}, "integrated-gradients: the rule"),

@@ -8,12 +8,7 @@
 #include "methods/kit/method.h"
 
 LUMEN_METHOD(occlusion) {
-  Method m;
-  m.name = "occlusion";
-  m.paper = "Zeiler & Fergus 2014, occlusion sensitivity";
-  m.family = Family::Perturbation;
-  m.extra_passes = ExtraPasses::Forward;
-  m.per_layer = false;
+  Method m("occlusion", "Zeiler & Fergus 2014, occlusion sensitivity", Family::Perturbation, Space::Input, ExtraPasses::Forward);
   m.params = {integer("patch", 32, 1, 100000, "occlusion: patch size in input pixels"),
               integer("stride", 16, 1, 100000, "occlusion: stride in input pixels"),
               reference_param("fill", "0", "occlusion: what fills the patch: a pixel value 0-255, black, blur, noise or an image"),

@@ -27,12 +27,7 @@ torch::Tensor rise_masks(const torch::Tensor& grids, const torch::Tensor& shifts
 }  // namespace lumen::detail
 
 LUMEN_METHOD(rise) {
-  Method m;
-  m.name = "rise";
-  m.paper = "Petsiuk et al. 2018, RISE";
-  m.family = Family::Perturbation;
-  m.extra_passes = ExtraPasses::Forward;
-  m.per_layer = false;
+  Method m("rise", "Petsiuk et al. 2018, RISE", Family::Perturbation, Space::Input, ExtraPasses::Forward);
   Param keep = number32("keep", 0.5f, 0, 1, "rise: probability that a cell is kept");
   keep.above_min = true;
   m.params = {integer("masks", 2000, 1, 10000000, "rise: number of masks"), integer("cells", 7, 1, 1000, "rise: grid cells per side"),

@@ -30,12 +30,7 @@ void check_base(const std::string& name) {
 }  // namespace lumen::detail
 
 LUMEN_METHOD(smoothgrad) {
-  Method m;
-  m.name = "smoothgrad";
-  m.paper = "Smilkov et al. 2017, SmoothGrad";
-  m.family = Family::Pixel;
-  m.extra_passes = ExtraPasses::Gradient;
-  m.per_layer = false;
+  Method m("smoothgrad", "Smilkov et al. 2017, SmoothGrad", Family::Pixel, Space::Input, ExtraPasses::Gradient);
   Param base = text("smooth_base", "saliency", "smoothgrad: the method it smooths, one that gives an input attribution");
   base.check = check_base;
   m.params = {integer("samples", 50, 1, 100000, "smoothgrad: noisy copies"),

@@ -18,10 +18,11 @@ Command add_audit(CLI::App& app) {
   struct Args {
     std::string model, card, data, layer, method = "gradcam", out = "lumen-audit";
     double threshold = 0.5;
-    int limit = 0, batch = 8, show = 24, threads = 0;
+    int limit = 0, batch = 8, show = 24;
+    Runtime runtime;
   };
   auto a = std::make_shared<Args>();
-  sub->add_option("--model,-m", a->model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
+  add_model_flag(sub, a->model);
   sub->add_option("--card", a->card, "model card JSON")->required();
   sub->add_option("--data,-d", a->data, "dataset folder: images/, labels.csv, boxes.csv")->required();
   sub->add_option("--method", a->method, "map method (gradcam)");
@@ -31,9 +32,9 @@ Command add_audit(CLI::App& app) {
   sub->add_option("--batch", a->batch, "images per pass (8)")->check(CLI::Range(1, 4096));
   sub->add_option("--show", a->show, "flagged images drawn on the page (24)");
   sub->add_option("--out,-o", a->out, "output directory (default lumen-audit)");
-  sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
+  add_runtime_flags(sub, a->runtime, false);
   return {sub, [a] {
-            set_threads(a->threads);
+            a->runtime.apply();
             const ModelCard card = load_card(a->card);
             Dataset data = load_dataset(a->data);
             if (a->limit > 0 && static_cast<size_t>(a->limit) < data.samples.size()) data.samples.resize(static_cast<size_t>(a->limit));

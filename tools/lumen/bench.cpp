@@ -95,9 +95,10 @@ struct Args {
   std::vector<std::string> methods{"gradcam"}, layers;
   std::vector<int> batches{1, 16};
   std::vector<int> size;
-  int top_k = 1, threads = 0;
+  int top_k = 1;
+  Runtime runtime;
   double min_time = 2.0;
-  bool together = false, deterministic = false;
+  bool together = false;
   MethodFlags method;
   CLI::Option* old_batch = nullptr;
 };
@@ -153,8 +154,7 @@ void time_batch(const Args& a, const Model& model, const Explainer& explainer, c
 }
 
 int run(const Args& a) {
-  set_threads(a.threads);
-  set_deterministic(a.deterministic);
+  a.runtime.apply();
   if (a.old_batch->count() > 0) std::cerr << "lumen: note: bench's --batch is now --batches (the old spelling goes in 0.3)\n";
   ExplainOptions given;
   given.methods = split_list(a.methods);
@@ -182,7 +182,7 @@ int run(const Args& a) {
 Command add_bench(CLI::App& app) {
   auto* sub = app.add_subcommand("bench", "Time explanations against the model's own inference forward (same run)");
   auto a = std::make_shared<bench::Args>();
-  sub->add_option("--model,-m", a->model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
+  add_model_flag(sub, a->model);
   sub->add_option("--card", a->card, "model card JSON (gives the input size)");
   sub->add_option("--methods", a->methods, "methods to time, comma-separated (gradcam)");
   sub->add_option("--layer,-l", a->layers, "layer(s) for the CAM methods");
@@ -192,8 +192,7 @@ Command add_bench(CLI::App& app) {
   sub->add_flag("--together", a->together, "also time all --methods in one request (they share the forward)");
   sub->add_option("--min-time", a->min_time, "seconds of timed runs per row (2)");
   sub->add_option("--input-size", a->size, "input H W (default: card, else the file's, else 224 224)")->expected(2);
-  sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
-  sub->add_flag("--deterministic", a->deterministic, "the same maps for any thread count (ATen's convolutions; slower)");
+  add_runtime_flags(sub, a->runtime);
   sub->add_option("--json", a->json, "also write the rows as JSON to this file");
   add_method_flags(sub, a->method);
   return {sub, [a] { return bench::run(*a); }};

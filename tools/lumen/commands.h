@@ -45,6 +45,17 @@ void add_shared_flags(CLI::App* sub, MethodFlags& flags);
 // Into `options`: the settings given on the command line, checked by the library.
 void apply(const MethodFlags& flags, ExplainOptions& options);
 
+// Flags every command that runs a model shares.
+struct Runtime {
+  int threads = 0;
+  bool deterministic = false;
+  void apply() const;  // lumen::set_threads, lumen::set_deterministic
+};
+// --threads, and --deterministic where the command computes maps.
+void add_runtime_flags(CLI::App* sub, Runtime& runtime, bool deterministic_flag = true);
+// --model (required).
+void add_model_flag(CLI::App* sub, std::string& model);
+
 // Helpers shared by the subcommands.
 std::vector<std::string> split_list(const std::vector<std::string>& items);  // "a,b" "c" -> a b c
 std::string stem_of(const std::string& path);

@@ -22,7 +22,8 @@ namespace demo_command {
 
 struct Args {
   std::string out = "lumen-demo";
-  int scenes = 100, steps = 400, threads = 0, show = 24;
+  int scenes = 100, steps = 400, show = 24;
+  Runtime runtime;
   bool retrain = false, write_dataset = false;
   double cue = 0;
 };
@@ -91,7 +92,7 @@ void write_dataset(const fs::path& dir, const std::vector<demo::Scene>& scenes) 
 }
 
 int run(const Args& a) {
-  set_threads(a.threads);
+  a.runtime.apply();
   const fs::path dir = a.out;
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -176,7 +177,7 @@ Command add_demo(CLI::App& app) {
                   "bias-audit variant: this share of class-0 scenes (training and held-out) carries a corner mark (0)")
       ->check(CLI::Range(0.0, 1.0));
   sub->add_flag("--write-dataset", a->write_dataset, "also write the held-out scenes as a dataset folder (OUT/dataset)");
-  sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
+  add_runtime_flags(sub, a->runtime, false);
   return {sub, [a] { return demo_command::run(*a); }};
 }
 

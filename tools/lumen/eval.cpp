@@ -20,9 +20,10 @@ namespace eval {
 struct Args {
   std::string model, card, data, layer, out = "lumen-eval", aggregate;
   std::vector<std::string> methods{"gradcam"}, metrics{"loc,pointing,deletion,insertion,drop"};
-  int limit = 0, batch = 8, threads = 0, steps = 50, sanity_images = 8;
+  int limit = 0, batch = 8, steps = 50, sanity_images = 8;
+  Runtime runtime;
   uint64_t seed = 0;
-  bool fresh = false, deterministic = false;
+  bool fresh = false;
   MethodFlags shared;
 };
 
@@ -44,8 +45,7 @@ Progress eval_progress() {
 }
 
 int run(const Args& a) {
-  set_threads(a.threads);
-  set_deterministic(a.deterministic);
+  a.runtime.apply();
   if (a.card.empty()) throw Error("--card is required: eval needs the model's preprocessing");
   DatasetRun run;
   run.methods = split_list(a.methods);
@@ -82,7 +82,7 @@ int run(const Args& a) {
 Command add_eval(CLI::App& app) {
   auto* sub = app.add_subcommand("eval", "Measure explanations over a dataset: localisation, pointing, deletion/insertion, drop, sanity");
   auto a = std::make_shared<eval::Args>();
-  sub->add_option("--model,-m", a->model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
+  add_model_flag(sub, a->model);
   sub->add_option("--card", a->card, "model card JSON")->required();
   sub->add_option("--data,-d", a->data, "dataset folder: images/, labels.csv, boxes.csv")->required();
   sub->add_option("--methods,--method", a->methods, "method(s), comma-separated (default gradcam): " + joined(method_names()));
@@ -98,8 +98,7 @@ Command add_eval(CLI::App& app) {
   sub->add_option("--sanity-images", a->sanity_images, "sanity: images used (8)")->check(CLI::Range(1, 100000));
   add_shared_flags(sub, a->shared);
   sub->add_option("--seed", a->seed, "seed of random methods and of the sanity randomisation (0)");
-  sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
-  sub->add_flag("--deterministic", a->deterministic, "the same maps for any thread count (ATen's convolutions; slower)");
+  add_runtime_flags(sub, a->runtime);
   return {sub, [a] { return eval::run(*a); }};
 }
 

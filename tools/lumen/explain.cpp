@@ -27,12 +27,13 @@ struct Args {
   std::vector<int> size;
   std::vector<float> mean, std;
   std::string color_order;
-  int top_k = 1, batch = 8, threads = 0;
+  int top_k = 1, batch = 8;
+  Runtime runtime;
   bool counterfactual = false, allow_empty = false, no_box = false;
   float box_threshold = 0.15f, alpha = 0.5f;
   std::string aggregate;
   std::vector<float> layer_weights;
-  bool contrast = false, deterministic = false;
+  bool contrast = false;
   std::string output;              // output path: tuple index / dict key, '.'-separated
   int64_t token = -1;              // position of a [N,T,V] output
   std::vector<int64_t> sequence;   // teacher-forced tokens
@@ -132,8 +133,7 @@ void print_predictions(const nlohmann::json& images) {
 }
 
 int run(const Args& a) {
-  set_threads(a.threads);
-  set_deterministic(a.deterministic);
+  a.runtime.apply();
   // Everything that can be checked before any work is checked first, so a typo costs no time.
   if (a.batch < 1) throw Error("--batch must be at least 1");
   const Inputs in = inputs_of(a);
@@ -189,7 +189,7 @@ int run(const Args& a) {
 Command add_explain(CLI::App& app) {
   auto* sub = app.add_subcommand("explain", "Explain a model's decision on images");
   auto a = std::make_shared<explain::Args>();
-  sub->add_option("--model,-m", a->model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
+  add_model_flag(sub, a->model);
   sub->add_option("--card", a->card, "model card JSON: input size, mean/std, colour order, labels, CAM layer");
   sub->add_option("--image,-i", a->images, "image file(s)")->required();
   sub->add_option("--layer,-l", a->layers, "module path(s) to explain at, e.g. features.18 (default: the card's)");
@@ -222,8 +222,7 @@ Command add_explain(CLI::App& app) {
                   "with a [N,T,V] output: explain the sum of log-softmax scores of these tokens (a teacher-forced caption)")
       ->delimiter(',');
   add_method_flags(sub, a->method);
-  sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
-  sub->add_flag("--deterministic", a->deterministic, "the same maps for any thread count (ATen's convolutions; slower)");
+  add_runtime_flags(sub, a->runtime);
   return {sub, [a] { return explain::run(*a); }};
 }
 

@@ -17,16 +17,16 @@ Command add_layers(CLI::App& app) {
     std::string model, card;
     std::vector<int> size;
     bool json = false;
-    int threads = 0;
+    Runtime runtime;
   };
   auto args = std::make_shared<Args>();
   sub->add_option("model", args->model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
   sub->add_option("--card", args->card, "model card JSON (gives the input size)");
   sub->add_option("--input-size", args->size, "input H W (default: the card's, else the file's, else 224 224)")->expected(2);
   sub->add_flag("--json", args->json, "print JSON instead of a table");
-  sub->add_option("--threads", args->threads, "intra-op threads (default: all cores)");
+  add_runtime_flags(sub, args->runtime, false);
   return {sub, [args] {
-            set_threads(args->threads);
+            args->runtime.apply();
             Model model = Model::load(args->model);
             const auto [h, w] = input_size(model, args->card, args->size);
             auto layers = model.layers({1, 3, h, w});

@@ -39,6 +39,21 @@ std::string joined(const std::vector<std::string>& items, const std::string& sep
   return out;
 }
 
+void Runtime::apply() const {
+  set_threads(threads);
+  set_deterministic(deterministic);
+}
+
+void add_runtime_flags(CLI::App* sub, Runtime& runtime, bool deterministic_flag) {
+  sub->add_option("--threads", runtime.threads, "intra-op threads (default: all cores)");
+  if (deterministic_flag)
+    sub->add_flag("--deterministic", runtime.deterministic, "the same maps for any thread count (ATen's convolutions; slower)");
+}
+
+void add_model_flag(CLI::App* sub, std::string& model) {
+  sub->add_option("--model,-m", model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
+}
+
 Progress progress_printer() {
   auto last_report = std::make_shared<std::chrono::steady_clock::time_point>();
   return [last_report](const std::string& what, int64_t done, int64_t total) {

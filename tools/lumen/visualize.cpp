@@ -19,11 +19,11 @@ Command add_visualize(CLI::App& app) {
   struct Args {
     std::string model, card, out = "lumen-visualize";
     std::vector<int> size;
-    int threads = 0;
+    Runtime runtime;
     VisualizeOptions v;
   };
   auto a = std::make_shared<Args>();
-  sub->add_option("--model,-m", a->model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
+  add_model_flag(sub, a->model);
   sub->add_option("--card", a->card, "model card JSON: input size, mean/std, colour order, labels");
   sub->add_option("--class,-c", a->v.cls, "class to visualise (its logit)");
   sub->add_option("--layer,-l", a->v.layer, "layer of the unit to visualise (with --channel)");
@@ -39,9 +39,9 @@ Command add_visualize(CLI::App& app) {
   sub->add_option("--seed", a->v.seed, "seed of the start image and the jitter (0)");
   sub->add_option("--input-size", a->size, "model input H W (overrides the card)")->expected(2);
   sub->add_option("--out,-o", a->out, "output directory (default lumen-visualize)");
-  sub->add_option("--threads", a->threads, "intra-op threads (default: all cores)");
+  add_runtime_flags(sub, a->runtime, false);
   return {sub, [a] {
-            set_threads(a->threads);
+            a->runtime.apply();
             Preprocess pre;
             std::vector<std::string> labels;
             if (!a->card.empty()) {

@@ -24,10 +24,7 @@ Needs layer_gradients() {
 }
 
 Method evidence_cam(std::string name, std::string paper, Needs needs, CamEvidence evidence) {
-  Method m;
-  m.name = std::move(name);
-  m.paper = std::move(paper);
-  m.family = Family::Cam;
+  Method m(std::move(name), std::move(paper), Family::Cam);
   m.needs = std::move(needs);
   m.params = {flag("eigen_smooth", "CAM methods: first principal component of the weighted activations instead of their sum")};
   m.compute = [evidence](const Evidence& e, size_t layer) {

@@ -117,7 +117,15 @@ struct Needs {
 // such a pass takes.
 enum class ExtraPasses { None, Forward, Gradient };
 
+// Where a method's maps are: one per requested layer, or one in the model's input space.
+enum class Space { Layer, Input };
+
 struct Method {
+  Method() = default;
+  Method(std::string method_name, std::string source, Family method_family, Space space = Space::Layer,
+         ExtraPasses extra = ExtraPasses::None)
+      : name(std::move(method_name)), paper(std::move(source)), family(method_family), extra_passes(extra), per_layer(space == Space::Layer) {}
+
   std::string name, paper;
   Family family = Family::Cam;
   Needs needs;

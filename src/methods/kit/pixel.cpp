@@ -6,12 +6,8 @@ torch::Tensor max_abs_over_channels(const torch::Tensor& attribution) { return s
 torch::Tensor sum_over_channels(const torch::Tensor& attribution) { return attribution.sum(1); }
 
 Method input_gradient_method(std::string name, std::string paper, BackwardRule rule, bool times_input) {
-  Method m;
-  m.name = std::move(name);
-  m.paper = std::move(paper);
-  m.family = Family::Pixel;
+  Method m(std::move(name), std::move(paper), Family::Pixel, Space::Input);
   m.needs.input_gradients = {rule};
-  m.per_layer = false;
   m.reduce = times_input ? sum_over_channels : max_abs_over_channels;
   m.compute = [rule, times_input](const Evidence& e, size_t) {
     const auto& g = e.input_gradients.at(rule);
