@@ -219,6 +219,27 @@ TEST(Report, PagesEscapeNamesAndCsvQuotesFields) {
   EXPECT_EQ(report::csv_row({"a", "b,c", "say \"hi\"", "x\ny"}), "a,\"b,c\",\"say \"\"hi\"\"\",\"x\ny\"\n");
 }
 
+// Headers point one way: nothing below the engine (methods, models, io, maps, the lower public headers)
+// includes the engine's header or its pipeline. docs/architecture.md draws the layers.
+TEST(Headers, PointOneWay) {
+  namespace fs = std::filesystem;
+  const std::string root = LUMEN_SOURCE_DIR;
+  std::vector<std::string> below;
+  for (const char* dir : {"src/methods", "src/model", "src/io", "src/map", "src/core"})
+    for (const auto& e : fs::recursive_directory_iterator(root + "/" + dir))
+      if (e.is_regular_file()) below.push_back(e.path().string());
+  for (const char* h : {"map.h", "settings.h", "methods.h", "model.h", "target.h", "output.h", "image.h", "metrics.h", "error.h", "runtime.h",
+                        "report.h", "dataset.h", "demo.h", "visualize.h"})
+    below.push_back(root + "/include/lumen/" + h);
+  ASSERT_GE(below.size(), 50u);
+  for (const auto& f : below) {
+    std::ifstream in(f);
+    const std::string text((std::istreambuf_iterator<char>(in)), {});
+    EXPECT_EQ(text.find("<lumen/explain.h>"), std::string::npos) << f << " includes the engine's header";
+    EXPECT_EQ(text.find("explain/pipeline.h"), std::string::npos) << f << " includes the engine's pipeline";
+  }
+}
+
 // lumen.h gathers every public header, so that one include is enough.
 TEST(Headers, UmbrellaIncludesEveryPublicHeader) {
   std::ifstream in(std::string(LUMEN_SOURCE_DIR) + "/include/lumen/lumen.h");
