@@ -92,7 +92,7 @@ Page& Page::table(const std::vector<std::vector<Cell>>& rows) {
 std::string Page::html() const {
   return "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>" + escape(title_) +
          "</title><style>body{font-family:sans-serif}figure{display:inline-block;margin:4px;vertical-align:top}"
-         "figure img{width:176px}figcaption{font-size:11px}td{padding:6px;vertical-align:middle}</style></head><body>\n" +
+         "figure img{width:176px}figcaption{font-size:11px}td{padding:6px;vertical-align:middle}pre{white-space:pre-wrap}</style></head><body>\n" +
          body_ + "</body></html>\n";
 }
 

@@ -38,7 +38,7 @@ Progress eval_progress() {
   const auto start = std::chrono::steady_clock::now();
   return [start](const std::string& what, int64_t done, int64_t total) {
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const std::string eta = done > 0 && done < total ? duration(elapsed / static_cast<double>(done) * static_cast<double>(total - done)) : "?";
+    const std::string eta = done > 0 ? duration(elapsed / static_cast<double>(done) * static_cast<double>(total - done)) : "?";
     std::cerr << "\r  " << what << " " << done << "/" << total << "  elapsed " << duration(elapsed) << "  eta " << eta << "  rss "
               << static_cast<int>(resident_mib()) << " MiB      " << (done >= total ? "\n" : "") << std::flush;
   };
