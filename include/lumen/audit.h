@@ -27,6 +27,7 @@ struct AuditRow {
   const Sample* sample = nullptr;
   double share = 0;          // of the normalised map's mass inside the boxes of the image's class
   int64_t predicted = -1;    // the model's top class
+  std::string label, predicted_label;  // class names (the index when the model has no labels)
   bool flagged = false;
 };
 

@@ -52,7 +52,8 @@ AuditResult audit_dataset(const Explainer& explainer, const Dataset& data, const
     for (size_t k = 0; k < ex.size(); ++k) {
       const Sample& s = data.samples[first + k];
       const double share = metrics::energy_inside(ex[k].maps.at(0).normalized, s.boxes, s.label);
-      result.rows.push_back({&s, share, ex[k].top.empty() ? -1 : ex[k].top[0].cls, !s.boxes.empty() && share < run.threshold});
+      const int64_t predicted = ex[k].top.empty() ? -1 : ex[k].top[0].cls;
+      result.rows.push_back({&s, share, predicted, label_of(explainer, s.label), label_of(explainer, predicted), !s.boxes.empty() && share < run.threshold});
     }
     if (run.progress) run.progress("audit", static_cast<int64_t>(last), static_cast<int64_t>(data.samples.size()));
   }
@@ -115,8 +116,8 @@ void write_audit_report(OutputDir& out, const Explainer& explainer, const AuditR
       if (b.label == r.sample->label) cv::rectangle(pic, cv::Point(int(b.x0), int(b.y0)), cv::Point(int(b.x1) - 1, int(b.y1) - 1), {0, 255, 0}, 1);
     const std::string file = "flagged/" + std::to_string(rank + 1) + "." + safe_name(std::filesystem::path(r.sample->name).stem().string()) + ".png";
     out.write(file, encode_png(pic));
-    page.figure(file, {"#" + std::to_string(rank + 1) + " " + r.sample->name,
-                       label_of(explainer, r.sample->label) + " (predicted " + label_of(explainer, r.predicted) + ")", "share on object " + number(r.share)});
+    page.figure(file, {"#" + std::to_string(rank + 1) + " " + r.sample->name, r.label + " (predicted " + r.predicted_label + ")",
+                       "share on object " + number(r.share)});
   }
   out.write("index.html", page.html());
 }

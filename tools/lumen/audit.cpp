@@ -57,11 +57,7 @@ Command add_audit(CLI::App& app) {
                       << " of the map on the object. Worst:\n";
             for (size_t rank = 0; rank < std::min<size_t>(10, result.rows.size()); ++rank) {
               const auto& r = result.rows[rank];
-              const auto& labels = explainer.labels();
-              const int64_t c = r.sample->label;
-              std::cout << "  " << rank + 1 << ". " << r.sample->name << " ("
-                        << (c >= 0 && c < static_cast<int64_t>(labels.size()) ? labels[static_cast<size_t>(c)] : std::to_string(c)) << "): " << r.share
-                        << "\n";
+              std::cout << "  " << rank + 1 << ". " << r.sample->name << " (" << r.label << "): " << r.share << "\n";
             }
             std::cout << "wrote " << a->out << "/audit.json, audit.csv, index.html\n";
             return 0;
