@@ -218,7 +218,7 @@ TEST(Cli, BadInputMatrix) {
       {"unknown layer", kModel + " --layer features.81 --image " + img, "features.18, "},
       {"class out of range", kModel + " --class 1000 --image " + img, "class index 1000 out of range"},
       {"negative class", kModel + " --class -3 --image " + img, "class index -3 out of range"},
-      {"layer not 4-D", kModel + " --layer classifier --image " + img, "not a [N,C,H,W] feature map"},
+      {"layer neither map nor tokens", kModel + " --layer classifier --image " + img, "[1,1000] is neither a [N,C,h,w] or [N,h,w,C] map"},
       {"unknown method", kModel + " --method gradcam9 --image " + img, "unknown method 'gradcam9'"},
       {"missing output key", "--model " + q(fixture("two_heads.pt")) + " --card " + q(fixture("small_card.json")) +
                                  " --layer conv2 --output nope --image " + img, "has no key 'nope' (keys: heads, feature)"},
@@ -320,6 +320,21 @@ TEST(Cli, DemoTrainsExplainsAndScores) {
   ASSERT_EQ(layers.code, 0) << layers.err;
   EXPECT_NE(layers.out.find("features.block4"), std::string::npos);
   EXPECT_NE(layers.out.find("1x64x16x16"), std::string::npos);
+}
+
+TEST(Cli, DemoVitExplainsWithAttentionMethodsAndItsLayersShowTokens) {
+  std::string out = temp_dir("demo_vit");
+  auto r = run_cli("demo --vit --steps 40 --scenes 6 --show 2 --out " + q(out));
+  ASSERT_EQ(r.code, 0) << r.err;
+  for (const char* m : {"attention-rollout", "transformer-attribution", "Grad-CAM"})
+    EXPECT_NE(r.out.find(std::string("demo: ") + m + " box hits"), std::string::npos) << r.out;
+  for (const char* m : {"attention-rollout", "transformer-attribution", "gradcam"}) {
+    EXPECT_TRUE(fs::exists(out + "/scene1." + m + ".overlay.png")) << m;
+    EXPECT_NE(r.out.find(std::string("two-object scenes: ") + m + "'s maps"), std::string::npos) << r.out;
+  }
+  auto layers = run_cli("layers --card " + q(out + "/card_vit.json") + " " + q(out + "/shapes_vit.pt"));
+  ASSERT_EQ(layers.code, 0) << layers.err;
+  EXPECT_NE(layers.out.find("1 prefix token + 8x8 grid of tokens"), std::string::npos) << layers.out;
 }
 
 TEST(Cli, BenchPrintsRatiosToTheForwardAndWritesJson) {

@@ -144,7 +144,7 @@ TEST(Model, DictOutputWithUserTargetMatchesReference) {
   }
 }
 
-TEST(Model, LayerThatIsNot4DIsRefused) {
+TEST(Model, LayerThatIsNeitherMapNorTokensIsRefused) {
   Model m = Model::load(fixture("tuple_out_scripted.pt"));
   Explainer ex(m, load_card(fixture("small_card.json")).preprocess);
   ExplainOptions opt;
@@ -153,7 +153,7 @@ TEST(Model, LayerThatIsNot4DIsRefused) {
     ex.explain({read_image(shared("images/cat.png"))}, opt);
     FAIL();
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("not a [N,C,H,W] feature map"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("[1,5] is neither a [N,C,h,w] or [N,h,w,C] map nor a [N,tokens,C] sequence"), std::string::npos) << e.what();
   }
 }
 

@@ -16,6 +16,10 @@ TEST(References, EveryRegisteredMethodHasAnIndependentReference) {
   };
   from_maps("manifest_cam.json", ':');    // "gradcam:counterfactual"
   from_maps("manifest_pixel.json", '/');  // "integrated-gradients/trapezoid"
+  const auto transformers = read_json(fixture("manifest_transformers.json"));
+  for (const auto& c : transformers["cases"])  // "attention-rollout/max/0.5"
+    if (c.contains("attention"))
+      for (const auto& [key, files] : c["attention"].items()) covered.insert(key.substr(0, key.find('/')));
   const auto variants = read_json(fixture("manifest_variants.json"))["cases"];
   for (const auto& c : variants) covered.insert(c["method"].get<std::string>());
   const auto perturbation = read_json(fixture("perturbation.json"));

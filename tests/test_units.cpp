@@ -228,7 +228,7 @@ TEST(Headers, PointOneWay) {
   for (const char* dir : {"src/methods", "src/model", "src/io", "src/map", "src/core"})
     for (const auto& e : fs::recursive_directory_iterator(root + "/" + dir))
       if (e.is_regular_file()) below.push_back(e.path().string());
-  for (const char* h : {"map.h", "settings.h", "methods.h", "model.h", "target.h", "output.h", "image.h", "metrics.h", "error.h", "runtime.h",
+  for (const char* h : {"layout.h", "map.h", "settings.h", "methods.h", "model.h", "target.h", "output.h", "image.h", "metrics.h", "error.h", "runtime.h",
                         "report.h", "dataset.h", "demo.h", "visualize.h"})
     below.push_back(root + "/include/lumen/" + h);
   ASSERT_GE(below.size(), 50u);

@@ -39,11 +39,18 @@ std::string card_json(const std::string& model_file, const std::string& labels_f
 // Untrained network: features.block1..block4 (3x3 conv + ReLU, 2x2 max-pool after blocks 1 and 2),
 // global average pooling, classifier (linear). features.block4 is its Grad-CAM layer (16x16 at 64x64).
 torch::jit::Module make_network(int classes, uint64_t seed = 1);
+// Untrained hybrid vision transformer, timm-style: a convolutional stem and 2x2 patches (patch_embed:
+// an 8x8 grid of tokens at 64x64), a class token, four pre-norm blocks (blocks.0..3: norm1, attn with qkv
+// and an explicit softmax, norm2, fc1, fc2) of width 64 with 4 heads, norm, head on the class token.
+// blocks.3.norm1 is its CAM layer; its attention is what attention-rollout and transformer-attribution
+// read. Trains with Adam at 1e-3 and 100 warm-up steps.
+torch::jit::Module make_vit(int classes, uint64_t seed = 1);
 
 struct TrainOptions {
   int steps = 400;
   int batch = 32;
   double learning_rate = 3e-3;
+  int warmup_steps = 0;  // the learning rate rises linearly over these first steps
   uint64_t seed = 7;
   SceneOptions scenes;
 };

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <lumen/image.h>
+#include <lumen/layout.h>
 #include <lumen/map.h>
 #include <lumen/methods.h>
 #include <lumen/model.h>
@@ -21,6 +22,8 @@ namespace lumen {
 struct ExplainOptions {
   std::vector<std::string> methods{"gradcam"};  // names from method_names()
   std::vector<std::string> layers;              // module paths; at least one when a method works at a layer
+  // How the layers' outputs lie in space: read from their shapes (layout.h) unless given here.
+  TokenHint tokens;
   // Which targets: explicit classes (each explained for every image), else the top-k predictions.
   std::vector<int64_t> classes;
   int top_k = 1;

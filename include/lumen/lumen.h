@@ -8,6 +8,7 @@
 #include <lumen/evaluate.h>
 #include <lumen/explain.h>
 #include <lumen/image.h>
+#include <lumen/layout.h>
 #include <lumen/map.h>
 #include <lumen/methods.h>
 #include <lumen/metrics.h>

@@ -24,13 +24,14 @@ struct SettingInfo {
 
 struct MethodInfo {
   std::string name, paper;
-  std::string family;                // "cam", "pixel" or "perturbation"
-  bool per_layer = true;             // one map per requested layer; false: one map in input space
+  std::string family;                // "cam", "attention", "perturbation" or "pixel"
+  bool per_layer = true;             // one map per requested layer; false: one map for the model (in input
+                                     // space, or over the attention's token grid for family "attention")
   bool attribution = false;          // also a per-channel attribution in input space (wrappers can take it)
   std::vector<std::string> settings; // names of the settings it takes
 };
 
-// Registered methods, grouped by family (CAM, perturbation, pixel), and their names.
+// Registered methods, grouped by family (CAM, attention, perturbation, pixel), and their names.
 std::vector<MethodInfo> method_catalog();
 std::vector<std::string> method_names();
 // Every method setting, each once (methods that share one, like "seed", share its declaration).

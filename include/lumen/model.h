@@ -35,6 +35,11 @@ struct LayerInfo {
 struct Capture {
   torch::IValue output;
   std::vector<torch::Tensor> layers;  // same order as the requested paths
+  // Attention forwards only: every attention map the model computed ([..., T, T], as its softmax gave
+  // it), in the order they ran, each with the module it came from. Leaves that require grad, like the
+  // captured layers.
+  std::vector<torch::Tensor> attention;
+  std::vector<std::string> attention_scopes;
 };
 
 class Model {
@@ -51,6 +56,9 @@ class Model {
   Model with_module(torch::jit::Module module, std::string name) const;
   // The input shape the file declares ([1,3,224,224]; -1 where symbolic); empty when it declares none.
   std::vector<int64_t> declared_input_shape() const;
+  // The stride of the model's patch embedding — the first convolution whose kernel equals its stride
+  // (a ViT's conv_proj, Swin's first layer) — or 0 when it has none. It tells a token sequence's grid.
+  int64_t patch_stride() const;
 
   // Every submodule in definition order, with its output shape for an input of `input_shape`.
   std::vector<LayerInfo> layers(const std::vector<int64_t>& input_shape) const;
@@ -64,8 +72,11 @@ class Model {
   // With a non-plain `rule` every ReLU-like activation backpropagates by that rule; an activation with
   // no rule (SiLU, GELU, sigmoid, ...) is an error naming its layer unless `strict` is false, in which
   // case it keeps its ordinary gradient. The forward values never change.
+  // With `attention`, the attention maps of every block come back too (Capture::attention). PyTorch's
+  // fused inference attention, which has neither a backward nor a softmax to read, is computed
+  // written out in lumen's copy (same values up to float rounding).
   Capture forward(const torch::Tensor& input, const std::vector<std::string>& layers = {},
-                  BackwardRule rule = BackwardRule::Plain, bool strict = true) const;
+                  BackwardRule rule = BackwardRule::Plain, bool strict = true, bool attention = false) const;
 
   // Runs the network from `layer` on, with `activation` in place of that layer's output ([M,...]).
   // Only what depends on the layer (or on `input`, for connections that skip over it) is computed;

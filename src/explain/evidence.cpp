@@ -32,7 +32,7 @@ torch::Tensor or_zeros(const torch::Tensor& g, const torch::Tensor& like) { retu
 std::vector<torch::Tensor> shared_layer_gradients(const Model& model, const Plan& plan, const Forward& f, const std::vector<Target>& targets,
                                                   const torch::Tensor& batch) {
   std::vector<torch::Tensor> out;
-  if (targets.size() < 2 || !plan.layer_gradients || !plan.model_layers.empty() || plan.plain_input || plan.layers.size() != 1 ||
+  if (targets.size() < 2 || !plan.layer_gradients || plan.attention == AttentionNeed::MapsAndGradients || !plan.model_layers.empty() || plan.plain_input || plan.layers.size() != 1 ||
       !f.capture.output.isTensor() || !light_head(model, plan.layers[0]))
     return out;
   try {
@@ -73,7 +73,9 @@ Evidence gather_evidence(const Model& model, const Plan& plan, const Forward& f,
   ev.passes = &passes;
   ev.model_layer_paths = plan.model_layers;
   const size_t requested = plan.layers.size();
-  for (size_t l = 0; l < requested; ++l) ev.layers.push_back({f.capture.layers[l].detach(), torch::Tensor()});
+  // The methods see every layer as [N,C,h,w] (layout.h); gradients are taken at the layer's own
+  // output and laid out the same way.
+  for (size_t l = 0; l < requested; ++l) ev.layers.push_back({to_spatial(f.capture.layers[l].detach(), f.layouts[l]), torch::Tensor()});
   for (size_t l = 0; l < plan.model_layers.size(); ++l) ev.model_layers.push_back({f.capture.layers[requested + l].detach(), torch::Tensor()});
 
   // What this target's backward goes to: the requested layers, the model layers, the input.
@@ -81,17 +83,25 @@ Evidence gather_evidence(const Model& model, const Plan& plan, const Forward& f,
   if (plan.layer_gradients) wrt.assign(f.capture.layers.begin(), f.capture.layers.begin() + static_cast<int64_t>(requested));
   wrt.insert(wrt.end(), f.capture.layers.begin() + static_cast<int64_t>(requested), f.capture.layers.end());
   if (plan.plain_input) wrt.push_back(f.input);
+  ev.attention.maps = f.attention.maps;
+  ev.attention.scopes = f.attention.scopes;
+  ev.attention.tokens = f.attention.tokens;
+  const bool attention_gradients = plan.attention == AttentionNeed::MapsAndGradients;
+  if (attention_gradients) wrt.insert(wrt.end(), f.recorded_attention.begin(), f.recorded_attention.end());
   if (shared_gradient.defined()) {
     if (!y.requires_grad()) throw Error("target '" + target.name + "' does not depend on the captured layers (no gradient path)");
-    ev.layers[0].gradients = shared_gradient;
+    ev.layers[0].gradients = to_spatial(shared_gradient, f.layouts[0]);
   } else if (!wrt.empty()) {
     if (!y.requires_grad()) throw Error("target '" + target.name + "' does not depend on the captured layers (no gradient path)");
     auto g = torch::autograd::grad({y.sum()}, wrt, {}, /*retain_graph=*/!last, /*create_graph=*/false, /*allow_unused=*/true);
     size_t k = 0;
     if (plan.layer_gradients)
-      for (size_t l = 0; l < requested; ++l, ++k) ev.layers[l].gradients = or_zeros(g[k], f.capture.layers[l]);
+      for (size_t l = 0; l < requested; ++l, ++k) ev.layers[l].gradients = to_spatial(or_zeros(g[k], f.capture.layers[l]), f.layouts[l]);
     for (size_t l = 0; l < plan.model_layers.size(); ++l, ++k) ev.model_layers[l].gradients = or_zeros(g[k], f.capture.layers[requested + l]);
-    if (plan.plain_input) ev.input_gradients[BackwardRule::Plain] = or_zeros(g[k], f.input);
+    if (plan.plain_input) ev.input_gradients[BackwardRule::Plain] = or_zeros(g[k++], f.input);
+    if (attention_gradients)
+      for (size_t b = 0; b < f.recorded_attention.size(); ++b, ++k)
+        ev.attention.gradients.push_back(or_zeros(g[k], f.recorded_attention[b]).reshape(f.attention.maps[b].sizes()));
   }
   for (const auto& [rule, pass] : f.rule_passes) {
     auto yr = target(pass.second);

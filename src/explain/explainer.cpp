@@ -17,11 +17,11 @@ PerImage explain_forward(const Model& model, const detail::Plan& plan, const det
   PerImage maps(canvas.images.size());
   const auto shared = detail::shared_layer_gradients(model, plan, forward, targets, batch);
   for (size_t t = 0; t < targets.size(); ++t) {
-    const detail::TargetPasses passes(model, plan, targets[t], batch, preprocess);
+    const detail::TargetPasses passes(model, plan, forward, targets[t], batch, preprocess);
     const auto evidence = detail::gather_evidence(model, plan, forward, targets[t], t + 1 == targets.size(),
                                                   shared.empty() ? torch::Tensor() : shared[t], passes);
     const auto jobs = detail::run_methods(plan, evidence);
-    detail::finish_jobs(jobs, plan, targets[t], evidence.target_values, canvas, maps);
+    detail::finish_jobs(jobs, plan, forward, targets[t], evidence.target_values, canvas, maps);
   }
   detail::combine_maps(maps, opt, plan, canvas);
   return maps;

@@ -80,8 +80,8 @@ void finish_map(Map& m, const torch::Tensor& raw_hw, cv::Size image, const Canva
   m.box = threshold_box(m.upsampled, canvas.box_threshold);
 }
 
-void finish_jobs(const std::vector<Job>& jobs, const Plan& plan, const Target& target, const torch::Tensor& target_values,
-                 const Canvas& canvas, std::vector<std::vector<Map>>& maps) {
+void finish_jobs(const std::vector<Job>& jobs, const Plan& plan, const Forward& forward, const Target& target,
+                 const torch::Tensor& target_values, const Canvas& canvas, std::vector<std::vector<Map>>& maps) {
   const auto n = static_cast<int64_t>(canvas.images.size());
   // Upsampling, normalising and boxing each map is independent of the others: all maps of all
   // methods are spread over the threads at once. OpenCV's own loop, because OpenCV runs its nested
@@ -107,6 +107,12 @@ void finish_jobs(const std::vector<Job>& jobs, const Plan& plan, const Target& t
       if (res.attribution.defined()) m.attribution = to_mat_hwc(res.attribution[i]);
       if (i < static_cast<int64_t>(res.extra.size())) m.extra = res.extra[static_cast<size_t>(i)];
       if (canvas.compat) m.extra["compat"] = "pytorch-grad-cam";
+      if (job.method->per_layer() && forward.layouts[job.layer].kind != TokenLayout::Kind::ChannelsFirst)
+        m.extra["layout"] = forward.layouts[job.layer].describe();
+      if (job.method->space == Space::Attention) {
+        m.extra["layout"] = forward.attention.tokens.describe();
+        m.extra["blocks"] = forward.attention.maps.size();
+      }
       if (job.method->extra_passes != ExtraPasses::None) m.extra["rows_per_pass"] = plan.shared.rows_per_pass;
     }
   }, static_cast<double>(all_maps.end));

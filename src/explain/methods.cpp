@@ -5,12 +5,19 @@
 
 namespace lumen::detail {
 
-std::string Job::layer_name(const Plan& plan) const { return method->per_layer ? plan.layers[layer] : std::string("input"); }
+std::string Job::layer_name(const Plan& plan) const {
+  switch (method->space) {
+    case Space::Layer: return plan.layers[layer];
+    case Space::Input: return "input";
+    case Space::Attention: return "attention";
+  }
+  return "?";
+}
 
 std::vector<Job> run_methods(const Plan& plan, const Evidence& ev) {
   std::vector<Job> jobs;
   for (const auto* method : plan.methods)
-    for (size_t l = 0; l < (method->per_layer ? plan.layers.size() : 1); ++l) jobs.push_back({method, l, {}});
+    for (size_t l = 0; l < (method->per_layer() ? plan.layers.size() : 1); ++l) jobs.push_back({method, l, {}});
   auto compute = [&](Job& job) {
     torch::NoGradGuard no_grad;  // grad mode is per thread: set it on the worker too
     job.result = job.method->compute(ev, job.layer);
@@ -29,7 +36,7 @@ std::vector<Job> run_methods(const Plan& plan, const Evidence& ev) {
     if (job.method->extra_passes != ExtraPasses::None) compute(job);
   for (const auto& job : jobs)
     check_finite(job.result.maps, job.method->name + " map at " +
-                                      (job.method->per_layer ? "layer '" + job.layer_name(plan) + "'" : std::string("the input")));
+                                      (job.method->per_layer() ? "layer '" + job.layer_name(plan) + "'" : "the " + job.layer_name(plan)));
   return jobs;
 }
 

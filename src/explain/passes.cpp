@@ -34,8 +34,9 @@ Result concatenated(std::vector<Result>& parts) {
 
 }  // namespace
 
-TargetPasses::TargetPasses(const Model& model, const Plan& plan, const Target& target, const torch::Tensor& batch, const Preprocess& preprocess)
-    : model_(model), plan_(plan), target_(target), batch_(batch.detach()), preprocess_(preprocess) {}
+TargetPasses::TargetPasses(const Model& model, const Plan& plan, const Forward& forward, const Target& target, const torch::Tensor& batch,
+                           const Preprocess& preprocess)
+    : model_(model), plan_(plan), forward_(forward), target_(target), batch_(batch.detach()), preprocess_(preprocess) {}
 
 torch::Tensor TargetPasses::gradient(const torch::Tensor& rows, int64_t image, BackwardRule rule) const {
   torch::AutoGradMode enable(true);  // methods run under no-grad; their extra passes need it back
@@ -58,7 +59,9 @@ torch::Tensor TargetPasses::score_from_layer(size_t layer, const torch::Tensor& 
   torch::NoGradGuard no_grad;
   return in_chunks(activations, rows_per_pass(), [&](const torch::Tensor& chunk) {
     auto input = batch_[image].unsqueeze(0).expand({chunk.size(0), -1, -1, -1});
-    return for_rows(target_, image, chunk.size(0))(model_.forward_from(plan_.layers.at(layer), chunk, input));
+    // Back to the layer's own layout; prefix tokens (a class token, registers) are the image's.
+    const auto own = from_spatial(chunk, forward_.layouts.at(layer), forward_.capture.layers.at(layer)[image].unsqueeze(0).detach());
+    return for_rows(target_, image, chunk.size(0))(model_.forward_from(plan_.layers.at(layer), own, input));
   });
 }
 
@@ -73,7 +76,7 @@ Result TargetPasses::run(const Method& method, const torch::Tensor& rows, int64_
     const auto chunk = rows.slice(0, start, std::min<int64_t>(rows.size(0), start + rows_per_pass()));
     const Target target = for_rows(target_, image, chunk.size(0));
     const Forward forward = run_forward(model_, plan, chunk);
-    const TargetPasses passes(model_, plan, target, chunk, preprocess_);
+    const TargetPasses passes(model_, plan, forward, target, chunk, preprocess_);
     const Evidence ev = gather_evidence(model_, plan, forward, target, /*last=*/true, torch::Tensor(), passes);
     torch::NoGradGuard no_grad;
     parts.push_back(method.compute(ev, 0));

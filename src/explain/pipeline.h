@@ -33,7 +33,13 @@ struct Plan {
   bool plain_input = false;                // d y / d x, from the same backward
   std::set<BackwardRule> rules;            // other backward rules: each a forward of its own graph
   bool rule_only = false;                  // one rule's forward is the only one needed (it also gives y)
+  AttentionNeed attention = AttentionNeed::None;  // the blocks' attention (and its gradients)
+  TokenHint tokens;                        // the layers' layout as the user gave it
+  int64_t patch_stride = 0;                // the model's patch embedding (Model::patch_stride)
   std::vector<std::string> captured() const;  // layers, then model_layers
+  // Whether the evidence stage takes any gradient of this forward. Without one the forward runs with
+  // autograd off, at the cost of inference (EigenCAM, attention rollout, Score-CAM's first pass).
+  bool backward() const;
 };
 Plan make_plan(const Model& model, const ExplainOptions& options, const torch::Tensor& batch);
 // The plan for `method` alone on other rows, inside a plan (a wrapper's base method).
@@ -43,6 +49,11 @@ Plan plan_alone(const Model& model, const Method& method, const Plan& outer);
 struct Forward {
   torch::Tensor input;    // x; requires grad when the plan needs plain input gradients
   Capture capture;        // the model's output and the captured layers (Plan::captured order)
+  std::vector<TokenLayout> layouts;  // per requested layer: how its output lies in space
+  // Plan::attention: every block's attention as [N,heads,T,T] (maps, detached) and the recorded
+  // tensors themselves (`recorded`, what gradients are taken with respect to), with the tokens' layout.
+  AttentionTensors attention;
+  std::vector<torch::Tensor> recorded_attention;
   std::map<BackwardRule, std::pair<torch::Tensor, torch::IValue>> rule_passes;  // input and output per rule
 };
 Forward run_forward(const Model& model, const Plan& plan, const torch::Tensor& batch);
@@ -68,7 +79,8 @@ Evidence gather_evidence(const Model& model, const Plan& plan, const Forward& fo
 // method on other rows, reference inputs.
 class TargetPasses : public Passes {
  public:
-  TargetPasses(const Model& model, const Plan& plan, const Target& target, const torch::Tensor& batch, const Preprocess& preprocess);
+  TargetPasses(const Model& model, const Plan& plan, const Forward& forward, const Target& target, const torch::Tensor& batch,
+               const Preprocess& preprocess);
   torch::Tensor gradient(const torch::Tensor& rows, int64_t image, BackwardRule rule) const override;
   torch::Tensor score(const torch::Tensor& rows, int64_t image) const override;
   torch::Tensor score_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const override;
@@ -80,6 +92,7 @@ class TargetPasses : public Passes {
  private:
   const Model& model_;
   const Plan& plan_;
+  const Forward& forward_;
   const Target& target_;
   torch::Tensor batch_;
   const Preprocess& preprocess_;
@@ -106,8 +119,8 @@ struct Canvas {
 // Raw map -> upsampled, normalised, stats, box.
 void finish_map(Map& m, const torch::Tensor& raw, cv::Size image, const Canvas& canvas);
 // One target's jobs as Maps, appended to each image's list (job-major, as the jobs run).
-void finish_jobs(const std::vector<Job>& jobs, const Plan& plan, const Target& target, const torch::Tensor& target_values,
-                 const Canvas& canvas, std::vector<std::vector<Map>>& maps);
+void finish_jobs(const std::vector<Job>& jobs, const Plan& plan, const Forward& forward, const Target& target,
+                 const torch::Tensor& target_values, const Canvas& canvas, std::vector<std::vector<Map>>& maps);
 // Maps made from other maps: layer aggregation, then class differences (combine.cpp).
 void combine_maps(std::vector<std::vector<Map>>& maps, const ExplainOptions& options, const Plan& plan, const Canvas& canvas);
 // Test-time augmentation (augment.cpp): `explain_at` explains a transformed copy of the batch with the

@@ -77,11 +77,17 @@ void add_needs(Plan& p, const Model& model) {
     }
     if (m->needs.model_layers)
       for (auto& l : m->needs.model_layers(model)) p.model_layers.push_back(std::move(l));
+    p.attention = std::max(p.attention, m->needs.attention);
   }
-  p.rule_only = p.captured().empty() && !p.plain_input && p.rules.size() == 1;
+  p.rule_only = p.captured().empty() && !p.plain_input && p.rules.size() == 1 && p.attention == AttentionNeed::None;
 }
 
 }  // namespace
+
+bool Plan::backward() const {
+  return layer_gradients || plain_input || rule_only || !rules.empty() || !model_layers.empty() ||
+         attention == AttentionNeed::MapsAndGradients;
+}
 
 std::vector<std::string> Plan::captured() const {
   std::vector<std::string> all = layers;
@@ -95,12 +101,14 @@ Plan make_plan(const Model& model, const ExplainOptions& opt, const torch::Tenso
   Plan p;
   for (const auto& name : opt.methods) p.methods.push_back(&find_method(name));
   p.settings = resolve_settings(p.methods, opt.settings);
-  const bool per_layer = std::any_of(p.methods.begin(), p.methods.end(), [](const Method* m) { return m->per_layer; });
+  const bool per_layer = std::any_of(p.methods.begin(), p.methods.end(), [](const Method* m) { return m->per_layer(); });
   if (per_layer && opt.layers.empty()) throw Error("no layer given to explain (use --layer; `lumen layers MODEL` lists them)");
   for (const auto& l : opt.layers) model.check_layer(l);
   if (per_layer) p.layers = opt.layers;
   if (!opt.aggregate.empty() && p.layers.size() < 2) throw Error("--aggregate needs at least two layers of a method that works at a layer");
   add_needs(p, model);
+  p.tokens = opt.tokens;
+  if (!p.layers.empty() || p.attention != AttentionNeed::None) p.patch_stride = model.patch_stride();
   p.shared = opt.shared;
   if (p.shared.rows_per_pass <= 0)
     p.shared.rows_per_pass = rows_per_pass(model, with_used_methods(p.methods, p.settings), batch, p.shared.memory_budget_mib);
@@ -112,7 +120,9 @@ Plan plan_alone(const Model& model, const Method& method, const Plan& outer) {
   p.methods = {&method};
   p.settings = outer.settings;
   p.shared = outer.shared;
-  if (method.per_layer) p.layers = outer.layers;
+  p.tokens = outer.tokens;
+  p.patch_stride = outer.patch_stride;
+  if (method.per_layer()) p.layers = outer.layers;
   add_needs(p, model);
   return p;
 }

@@ -15,6 +15,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <regex>
 #include <sstream>
 
@@ -74,6 +75,7 @@ struct Model::Impl {
     std::map<std::string, std::string> described;  // module path -> ONNX output value names
     std::vector<int64_t> input_shape;
   } onnx;
+  bool fused_attention = false;  // the graphs hold aten::_native_multi_head_attention (tap.h)
   std::mutex mutex;  // guards the three caches below; the module itself is never mutated after load
   std::map<std::string, std::shared_ptr<Compiled>> cache;
   std::map<std::string, int64_t> convolutions_after;  // by module path; guarded by `mutex`
@@ -83,9 +85,11 @@ struct Model::Impl {
 
   std::string resolve(const std::string& layer) const;
 
-  std::shared_ptr<Compiled> compiled(const detail::RewriteOptions& options) {
+  std::shared_ptr<Compiled> compiled(detail::RewriteOptions options) {
+    // Fused inference attention has no backward: lumen's graphs always compute it written out.
+    options.decompose_attention = fused_attention;
     std::string key = std::to_string(options.lenient) + std::to_string(static_cast<int>(options.rule)) +
-                      std::to_string(options.strict_nonlinearities) + options.replace + "\n";
+                      std::to_string(options.strict_nonlinearities) + std::to_string(options.attention) + options.replace + "\n";
     for (const auto& l : options.taps) key += l + "\n";
     std::lock_guard<std::mutex> lock(mutex);
     auto it = cache.find(key);
@@ -142,6 +146,7 @@ Model Model::from_module(torch::jit::Module module, std::string name) {
   for (const auto& sub : module.named_modules()) {
     if (!sub.name.empty()) m.impl_->paths.push_back(sub.name);
   }
+  m.impl_->fused_attention = detail::has_fused_attention(module);
   m.impl_->module = std::move(module);
   m.impl_->name = std::move(name);
   return m;
@@ -172,6 +177,55 @@ Model Model::load(const std::string& path) {
 
 const std::string& Model::name() const { return impl_->name; }
 std::vector<int64_t> Model::declared_input_shape() const { return impl_->onnx.input_shape; }
+
+namespace {
+
+// A constant int list in a graph (prim::Constant, or a ListConstruct of constants); empty otherwise.
+std::vector<int64_t> constant_ints(torch::jit::Value* v) {
+  if (auto c = torch::jit::toIValue(v); c && c->isIntList()) return c->toIntVector();
+  std::vector<int64_t> out;
+  if (v->node()->kind() != c10::prim::ListConstruct) return out;
+  for (auto* in : v->node()->inputs()) {
+    auto c = torch::jit::toIValue(in);
+    if (!c || !c->isInt()) return {};
+    out.push_back(c->toInt());
+  }
+  return out;
+}
+
+// A convolution module's stride: its attribute (scripted, ONNX-imported), or the constant its graph
+// passes to the convolution (a trace keeps no attributes but parameters, a module written as
+// TorchScript has none).
+std::vector<int64_t> conv_stride(const torch::jit::Module& m) {
+  if (m.hasattr("stride")) {
+    const auto v = m.attr("stride");
+    std::vector<int64_t> out;
+    if (v.isTuple())
+      for (const auto& e : v.toTupleRef().elements()) out.push_back(e.isInt() ? e.toInt() : 0);
+    else if (v.isIntList())
+      out = v.toIntVector();
+    if (!out.empty()) return out;
+  }
+  auto method = m.find_method("forward");
+  if (!method) return {};
+  for (auto* n : method->graph()->nodes())
+    if (n->kind() == c10::aten::_convolution || n->kind() == c10::aten::conv2d) return constant_ints(n->input(3));
+  return {};
+}
+
+}  // namespace
+
+int64_t Model::patch_stride() const {
+  for (const auto& sub : impl_->module.named_modules()) {
+    // Any module with a 4-D weight that it convolves with: nn.Conv2d, an imported ONNX Conv, or a
+    // model's own patch embedding written as torch.conv2d.
+    if (!sub.value.hasattr("weight") || !sub.value.attr("weight").isTensor() || sub.value.attr("weight").toTensor().dim() != 4) continue;
+    const auto kernel = sub.value.attr("weight").toTensor().sizes().slice(2).vec();
+    const auto stride = conv_stride(sub.value);
+    if (stride.size() == 2 && stride == kernel && stride[0] == stride[1] && stride[0] > 1) return stride[0];
+  }
+  return 0;
+}
 
 Model Model::with_module(torch::jit::Module module, std::string name) const {
   Model m = from_module(std::move(module), std::move(name));
@@ -204,7 +258,7 @@ void Model::check_layer(const std::string& layer) const {
 }
 
 Capture Model::forward(const torch::Tensor& input, const std::vector<std::string>& layers, BackwardRule rule,
-                       bool strict) const {
+                       bool strict, bool attention) const {
   detail::RewriteOptions options;
   for (const auto& l : layers) {
     check_layer(l);
@@ -212,9 +266,18 @@ Capture Model::forward(const torch::Tensor& input, const std::vector<std::string
   }
   options.rule = rule;
   options.strict_nonlinearities = strict;
+  options.attention = attention;
   auto compiled = impl_->compiled(options);
-  auto out = impl_->run(*compiled, input).toTuple();
   Capture cap;
+  detail::AttentionMaps recorded;
+  c10::intrusive_ptr<c10::ivalue::Tuple> out;
+  {
+    std::optional<detail::AttentionRecording> recording;
+    if (attention) recording.emplace(recorded);
+    out = impl_->run(*compiled, input).toTuple();
+  }
+  cap.attention = std::move(recorded.maps);
+  cap.attention_scopes = std::move(recorded.scopes);
   cap.output = out->elements().at(0);
   for (size_t i = 0; i < layers.size(); ++i) cap.layers.push_back(out->elements().at(i + 1).toTensor());
   return cap;

@@ -13,6 +13,8 @@
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/jit/ir/constants.h>
+#include <torch/csrc/jit/passes/inliner.h>
+#include <torch/jit.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -69,13 +71,75 @@ class RuleClamp : public torch::autograd::Function<RuleClamp> {
 
 at::Tensor rule_clamp(const at::Tensor& x, double lo, double hi, int64_t rule) { return RuleClamp::apply(x, lo, hi, rule); }
 
+// Where lumen::attention_tap records, per thread: a forward that records attention opens it.
+thread_local AttentionMaps* g_attention = nullptr;
+
+// Follows every softmax in an attention forward. A square last pair of dimensions ([..., T, T]) is an
+// attention map; it is recorded as a leaf that requires grad (or as itself when it already requires
+// grad), like a layer tap, so that gradients with respect to it can be taken.
+at::Tensor attention_tap(const at::Tensor& x, std::string scope) {
+  if (!g_attention || c10::InferenceMode::is_enabled() || x.dim() < 3 || x.size(-1) != x.size(-2) || !x.is_floating_point()) return x;
+  at::Tensor out = x.requires_grad() || !at::GradMode::is_enabled() ? x : x.detach().requires_grad_(true);
+  g_attention->maps.push_back(out);
+  g_attention->scopes.push_back(std::move(scope));
+  return out;
+}
+
 TORCH_LIBRARY(lumen, m) {
   m.def("tap(Tensor x) -> Tensor", tap);
   m.def("rule_clamp(Tensor x, float lo, float hi, int rule) -> Tensor", rule_clamp);
+  m.def("attention_tap(Tensor x, str scope) -> Tensor", attention_tap);
 }
 
 const c10::Symbol kTap = c10::Symbol::fromQualString("lumen::tap");
 const c10::Symbol kRuleClamp = c10::Symbol::fromQualString("lumen::rule_clamp");
+const c10::Symbol kAttentionTap = c10::Symbol::fromQualString("lumen::attention_tap");
+const c10::Symbol kFusedAttention = c10::Symbol::fromQualString("aten::_native_multi_head_attention");
+
+// aten::_native_multi_head_attention written out, with its argument list, so that it can stand in its
+// place: the projections, softmax(q k^T / sqrt(d)) per head, the weighted values, the output
+// projection. Only the batch-first unmasked form the fused path takes is supported.
+const char* kFusedAttentionSource = R"(
+def lumen_attention(query: Tensor, key: Tensor, value: Tensor, embed_dim: int, num_heads: int, qkv_weight: Tensor,
+                    qkv_bias: Tensor, proj_weight: Tensor, proj_bias: Tensor, mask: Optional[Tensor], need_weights: bool,
+                    average_attn_weights: bool, mask_type: Optional[int]) -> Tuple[Tensor, Tensor]:
+    assert mask is None, "lumen: masked fused attention is not supported"
+    b = query.size(0)
+    t = query.size(1)
+    d = embed_dim // num_heads
+    w = qkv_weight.chunk(3, 0)
+    c = qkv_bias.chunk(3, 0)
+    q = torch.linear(query, w[0], c[0]).reshape([b, t, num_heads, d]).transpose(1, 2)
+    k = torch.linear(key, w[1], c[1]).reshape([b, key.size(1), num_heads, d]).transpose(1, 2)
+    v = torch.linear(value, w[2], c[2]).reshape([b, value.size(1), num_heads, d]).transpose(1, 2)
+    attn = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) / (float(d) ** 0.5), -1)
+    out = torch.matmul(attn, v).transpose(1, 2).reshape([b, t, embed_dim])
+    out = torch.linear(out, proj_weight, proj_bias)
+    if not need_weights:
+        return out, torch.empty([0])
+    if average_attn_weights:
+        return out, attn.mean(1)
+    return out, attn
+)";
+
+std::shared_ptr<Graph> fused_attention_graph() {
+  static const std::shared_ptr<Graph> graph = [] {
+    auto cu = torch::jit::compile(kFusedAttentionSource);
+    auto g = torch::jit::toGraphFunction(cu->get_function("lumen_attention")).graph()->copy();
+    torch::jit::Inline(*g);
+    return g;
+  }();
+  return graph;
+}
+
+bool block_has(const Block* block, c10::Symbol kind) {
+  for (const Node* n : block->nodes()) {
+    if (n->kind() == kind) return true;
+    for (const Block* b : n->blocks())
+      if (block_has(b, kind)) return true;
+  }
+  return false;
+}
 
 bool is_scalar_type(const c10::TypePtr& t) {
   return t->kind() == c10::TypeKind::BoolType || t->kind() == c10::TypeKind::IntType ||
@@ -90,7 +154,8 @@ class Rewriter {
  public:
   Rewriter(const torch::jit::Module& root, const RewriteOptions& options)
       : root_(root), lenient_(options.lenient), rule_(options.rule), strict_(options.strict_nonlinearities),
-        replace_(options.replace) {
+        replace_(options.replace), attention_(options.attention), decompose_(options.decompose_attention),
+        inline_all_(options.rule != BackwardRule::Plain || options.attention || options.decompose_attention) {
     std::vector<std::string> all = options.taps;
     if (!replace_.empty()) all.push_back(replace_);
     for (const auto& p : all) {
@@ -105,6 +170,8 @@ class Rewriter {
     auto graph = root_.get_method("forward").graph()->copy();
     paths_[graph->inputs().at(0)] = "";
     scan(graph->block());
+    if (decompose_) decompose_fused_attention(graph->block());
+    if (attention_) tap_attention(graph->block());
     if (rule_ != BackwardRule::Plain) apply_rule(graph->block());
     // Module attributes folded to constants above make `if self.use_res_connect:` branches constant;
     // constant propagation removes them, which lifts taps out of those blocks.
@@ -180,7 +247,7 @@ class Rewriter {
         get_attr(n);
       } else if (n->kind() == c10::prim::CallMethod) {
         next = call_method(n, next);
-      } else if (n->kind() == c10::prim::CallFunction && rule_ != BackwardRule::Plain) {
+      } else if (n->kind() == c10::prim::CallFunction && inline_all_) {
         next = call_function(n, next);
       } else {
         for (Block* b : n->blocks()) scan(b);
@@ -215,7 +282,7 @@ class Rewriter {
     const bool is_target = method == "forward" && (targets_.count(path) || path == replace_);
     // The root's own helpers (torchvision's scripted ResNet calls self._forward_impl) and every call on
     // the way down to a target are inlined; everything else stays a call.
-    if (path.empty() || ancestors_.count(path) || rule_ != BackwardRule::Plain) {
+    if (path.empty() || ancestors_.count(path) || inline_all_) {
       Node* before = n->prev();
       auto& fn = submodule(root_, path).get_method(method).function();
       auto* graph_fn = torch::jit::tryToGraphFunction(fn);
@@ -258,6 +325,37 @@ class Rewriter {
     Value* copy = g->insert(c10::aten::clone, {t});
     y->replaceAllUsesAfterNodeWith(copy->node(), copy);
     taps_[path].push_back(t->node());
+  }
+
+  void decompose_fused_attention(Block* block) {
+    for (Node* n = block->nodes().front(); n != block->return_node();) {
+      Node* next = n->next();
+      for (Block* b : n->blocks()) decompose_fused_attention(b);
+      if (n->kind() == kFusedAttention) {
+        Node* before = n->prev();
+        torch::jit::WithInsertPoint guard(n);
+        auto outs = torch::jit::unpackOutputs(torch::jit::insertGraph(*n->owningGraph(), *fused_attention_graph(), n->inputs()));
+        for (size_t i = 0; i < n->outputs().size(); ++i) n->output(i)->replaceAllUsesWith(outs.at(i));
+        auto it = scope_.find(n);
+        for (Node* m = before->next(); m != n; m = m->next()) set_scope(m, it == scope_.end() ? "" : it->second);
+        n->destroy();
+      }
+      n = next;
+    }
+  }
+
+  void tap_attention(Block* block) {
+    for (Node* n = block->nodes().front(); n != block->return_node(); n = n->next()) {
+      for (Block* b : n->blocks()) tap_attention(b);
+      if (n->kind() != c10::aten::softmax && n->kind() != c10::aten::_softmax) continue;
+      auto it = scope_.find(n);
+      Graph* g = n->owningGraph();
+      torch::jit::WithInsertPoint guard(n->next());
+      Value* scope = g->insertConstant(it == scope_.end() ? std::string() : it->second);
+      Value* tapped = g->insert(kAttentionTap, {n->output(), scope});
+      n->output()->replaceAllUsesAfterNodeWith(tapped->node(), tapped);
+      n = tapped->node();
+    }
   }
 
   void set_scope(Node* n, const std::string& path) {
@@ -326,6 +424,7 @@ class Rewriter {
   BackwardRule rule_;
   bool strict_;
   std::string replace_;
+  bool attention_, decompose_, inline_all_;
   std::unordered_map<Node*, std::string> scope_;
   std::map<std::string, std::string> kinds_;
   std::set<std::string> targets_, ancestors_;
@@ -347,6 +446,16 @@ torch::jit::Module submodule(const torch::jit::Module& root, const std::string& 
   }
   return m;
 }
+
+bool has_fused_attention(const torch::jit::Module& root) {
+  for (const auto& sub : root.named_modules())
+    for (const auto& method : sub.value.get_methods())
+      if (auto* fn = torch::jit::tryToGraphFunction(method.function()); fn && block_has(fn->graph()->block(), kFusedAttention)) return true;
+  return false;
+}
+
+AttentionRecording::AttentionRecording(AttentionMaps& maps) : previous_(g_attention) { g_attention = &maps; }
+AttentionRecording::~AttentionRecording() { g_attention = previous_; }
 
 TapResult rewrite_forward(const torch::jit::Module& root, const RewriteOptions& options) {
   return Rewriter(root, options).run(options.taps);

@@ -29,6 +29,33 @@ struct RewriteOptions {
   // Suffix mode: the output of this layer's (last) call is replaced by an extra graph input, and what
   // only fed it is removed — the graph then runs the network from the layer on (Ablation-CAM).
   std::string replace;
+  // Attention: every softmax is followed by lumen::attention_tap, which hands square attention maps
+  // to Model::forward (see attention.h). Inlines the whole network.
+  bool attention = false;
+  // PyTorch's fused inference attention (aten::_native_multi_head_attention, in traced-without-grad
+  // and scripted nn.MultiheadAttention) has no backward and no softmax to tap: it is replaced by the
+  // same computation written out. Set when the model has one; inlines the whole network.
+  bool decompose_attention = false;
+};
+
+// Whether a module's graphs hold a fused inference attention (see RewriteOptions::decompose_attention).
+bool has_fused_attention(const torch::jit::Module& root);
+
+// The attention maps an attention forward recorded, with the module each came from.
+struct AttentionMaps {
+  std::vector<torch::Tensor> maps;
+  std::vector<std::string> scopes;
+};
+// While alive, lumen::attention_tap on this thread records into `maps`.
+class AttentionRecording {
+ public:
+  explicit AttentionRecording(AttentionMaps& maps);
+  ~AttentionRecording();
+  AttentionRecording(const AttentionRecording&) = delete;
+  AttentionRecording& operator=(const AttentionRecording&) = delete;
+
+ private:
+  AttentionMaps* previous_;
 };
 
 struct TapResult {

@@ -37,6 +37,7 @@ struct Args {
   std::string output;              // output path: tuple index / dict key, '.'-separated
   int64_t token = -1;              // position of a [N,T,V] output
   std::vector<int64_t> sequence;   // teacher-forced tokens
+  std::string tokens;              // --tokens grid=HxW,prefix=P,channels=first|last
   MethodFlags method;
 };
 
@@ -87,6 +88,7 @@ ExplainOptions options_of(const Args& a, const std::vector<std::string>& layers)
   opt.aggregate = a.aggregate;
   opt.layer_weights = a.layer_weights;
   opt.contrast = a.contrast;
+  if (!a.tokens.empty()) opt.tokens = parse_tokens(a.tokens);
   opt.select = output_path(a.output);
   if (a.token >= 0) opt.select = at_position(opt.select, a.token);
   if (!a.sequence.empty()) {
@@ -171,6 +173,15 @@ int run(const Args& a) {
       std::cerr << "\rexplained " << last << "/" << a.images.size() << " images" << std::flush;
   }
   if (a.images.size() > static_cast<size_t>(a.batch)) std::cerr << "\n";
+  // Say how each layer that is not a plain [N,C,h,w] map was read (transformer tokens, channels last).
+  std::set<std::string> layouts;
+  for (const auto& image : images)
+    for (const auto& m : image["maps"])
+      if (m.contains("extra") && m["extra"].contains("layout"))
+        layouts.insert((m["extra"].contains("blocks") ? "the attention of " + std::to_string(m["extra"]["blocks"].get<int>()) + " blocks"
+                                                       : "layer '" + m["layer"].get<std::string>() + "'") +
+                       " read as " + m["extra"]["layout"].get<std::string>());
+  for (const auto& l : layouts) std::cerr << "lumen: note: " << l << " (--tokens to say otherwise)\n";
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   out.write("run.json", run_document(a, in, opt, seconds, images).dump(2) + "\n");
   out.commit();
@@ -218,6 +229,9 @@ Command add_explain(CLI::App& app) {
   sub->add_option("--output", a->output,
                   "which model output holds the scores: tuple/list index or dict key, '.'-separated (e.g. 1, logits, heads.0)");
   sub->add_option("--token", a->token, "with a [N,T,V] output: explain step T (with --class / --top-k)");
+  sub->add_option("--tokens", a->tokens,
+                  "how the layer's output lies in space when its shape leaves it open: grid=HxW,prefix=P (tokens before the grid), "
+                  "channels=first|last");
   sub->add_option("--sequence", a->sequence,
                   "with a [N,T,V] output: explain the sum of log-softmax scores of these tokens (a teacher-forced caption)")
       ->delimiter(',');

@@ -2,6 +2,7 @@
 
 #include <lumen/error.h>
 #include <lumen/image.h>
+#include <lumen/layout.h>
 #include <lumen/model.h>
 
 #include <nlohmann/json.hpp>
@@ -30,10 +31,23 @@ Command add_layers(CLI::App& app) {
             Model model = Model::load(args->model);
             const auto [h, w] = input_size(model, args->card, args->size);
             auto layers = model.layers({1, 3, h, w});
+            // How each output lies in space, as explain will read it: said only where it is not a
+            // plain [N,C,h,w] map.
+            const int64_t patch = model.patch_stride();
+            auto layout_of = [&](const LayerInfo& l) -> std::string {
+              if (l.output_kind != "tensor") return "";
+              try {
+                const auto layout = infer_layout(l.shape, h, w, patch);
+                return layout.kind == TokenLayout::Kind::ChannelsFirst ? "" : layout.describe();
+              } catch (const Error& e) {
+                return l.shape.size() == 3 || l.shape.size() == 4 ? "ambiguous: explain needs --tokens" : "";
+              }
+            };
             if (args->json) {
               nlohmann::json j = nlohmann::json::array();
               for (const auto& l : layers)
-                j.push_back({{"path", l.path}, {"type", l.type}, {"output", l.output_kind}, {"shape", l.shape}, {"onnx_outputs", l.outputs}});
+                j.push_back({{"path", l.path}, {"type", l.type}, {"output", l.output_kind}, {"shape", l.shape}, {"onnx_outputs", l.outputs},
+                             {"layout", layout_of(l)}});
               std::cout << j.dump(2) << "\n";
               return 0;
             }
@@ -50,8 +64,9 @@ Command add_layers(CLI::App& app) {
                 shape.clear();
                 for (size_t i = 0; i < l.shape.size(); ++i) shape += (i ? "x" : "") + std::to_string(l.shape[i]);
               }
-              std::cout << std::setw(static_cast<int>(width) + 2) << l.path << std::setw(24) << l.type << std::setw(onnx ? 28 : 0)
-                        << shape << (onnx ? "  " + l.outputs : "") << "\n";
+              const std::string layout = layout_of(l);
+              std::cout << std::setw(static_cast<int>(width) + 2) << l.path << std::setw(24) << l.type << std::setw(onnx || !layout.empty() ? 28 : 0)
+                        << shape << (layout.empty() ? "" : "  " + layout) << (onnx ? "  " + l.outputs : "") << "\n";
             }
             return 0;
           }};

@@ -7,6 +7,7 @@
 // This header is below the engine: it knows models, targets and settings, never the explainer.
 #pragma once
 
+#include <lumen/layout.h>
 #include <lumen/model.h>
 #include <lumen/settings.h>
 #include <lumen/target.h>
@@ -21,7 +22,7 @@
 
 namespace lumen::detail {
 
-enum class Family { Cam, Perturbation, Pixel };  // catalogue order
+enum class Family { Cam, Attention, Perturbation, Pixel };  // catalogue order
 
 // A setting a method takes. Its name is the key in lumen::Settings and run.json; the flag is --name
 // with '-' for '_'. Values are checked against the declaration before any forward pass.
@@ -66,6 +67,14 @@ struct Result {
   std::vector<nlohmann::json> extra;  // optional, per image: method-specific facts for run.json
 };
 
+// A transformer's self-attention, block by block in the order the blocks ran (Needs::attention).
+struct AttentionTensors {
+  std::vector<torch::Tensor> maps;       // A: the softmax's probabilities, [N,heads,T,T]
+  std::vector<torch::Tensor> gradients;  // d y / d A, [N,heads,T,T]; empty unless asked for
+  std::vector<std::string> scopes;       // the module each map came from
+  TokenLayout tokens;                    // where the T tokens lie: `prefix` tokens (the class token first), then the grid
+};
+
 struct Method;
 
 // The passes a method may ask for beyond the shared ones; the engine implements them, batched by rows
@@ -96,6 +105,7 @@ struct Evidence {
   std::vector<LayerTensors> model_layers;                  // the layers the method's needs named (Needs::model_layers)
   std::vector<std::string> model_layer_paths;
   std::map<BackwardRule, torch::Tensor> input_gradients;   // d y / d x per rule, [N,C,H,W]
+  AttentionTensors attention;                              // Needs::attention
   const Target* target = nullptr;     // what y is (classes, score, sign)
   const Model* model = nullptr;       // for methods that read the model's weights (CAM, FullGrad)
   const SharedSettings* shared = nullptr;
@@ -105,8 +115,11 @@ struct Evidence {
   bool pytorch_grad_cam() const { return shared->compat == Compat::PytorchGradCam; }
 };
 
+enum class AttentionNeed { None, Maps, MapsAndGradients };
+
 struct Needs {
   bool layer_gradients = false;                 // plain d y / d A at the requested layers
+  AttentionNeed attention = AttentionNeed::None;  // every block's attention probabilities (and their gradients)
   std::vector<BackwardRule> input_gradients;    // d y / d x under these rules
   // More layers of the model, captured beside the requested ones with their gradients (FullGrad's
   // bias layers). Throws lumen::Error when the model has none that fit.
@@ -117,20 +130,22 @@ struct Needs {
 // such a pass takes.
 enum class ExtraPasses { None, Forward, Gradient };
 
-// Where a method's maps are: one per requested layer, or one in the model's input space.
-enum class Space { Layer, Input };
+// Where a method's maps are: one per requested layer, one in the model's input space, or one over the
+// token grid of the model's self-attention.
+enum class Space { Layer, Input, Attention };
 
 struct Method {
   Method() = default;
   Method(std::string method_name, std::string source, Family method_family, Space space = Space::Layer,
          ExtraPasses extra = ExtraPasses::None)
-      : name(std::move(method_name)), paper(std::move(source)), family(method_family), extra_passes(extra), per_layer(space == Space::Layer) {}
+      : name(std::move(method_name)), paper(std::move(source)), family(method_family), extra_passes(extra), space(space) {}
 
   std::string name, paper;
   Family family = Family::Cam;
   Needs needs;
   ExtraPasses extra_passes = ExtraPasses::None;
-  bool per_layer = true;  // one map per requested layer; false: one map in input space
+  Space space = Space::Layer;
+  bool per_layer() const { return space == Space::Layer; }
   // Methods that give an input-space attribution: how their map is made from it ([N,C,H,W] -> [N,H,W]),
   // so that a wrapper can average attributions first and make the map after.
   std::function<torch::Tensor(const torch::Tensor& attribution)> reduce;

@@ -69,6 +69,7 @@ std::string joined(const std::vector<const Method*>& ms) {
 std::string family_name(Family f) {
   switch (f) {
     case Family::Cam: return "cam";
+    case Family::Attention: return "attention";
     case Family::Perturbation: return "perturbation";
     case Family::Pixel: return "pixel";
   }
@@ -155,7 +156,7 @@ namespace lumen {
 std::vector<MethodInfo> method_catalog() {
   std::vector<MethodInfo> out;
   for (const auto& m : detail::methods()) {
-    MethodInfo info{m.name, m.paper, detail::family_name(m.family), m.per_layer, static_cast<bool>(m.reduce), {}};
+    MethodInfo info{m.name, m.paper, detail::family_name(m.family), m.per_layer(), static_cast<bool>(m.reduce), {}};
     for (const auto& p : m.params) info.settings.push_back(p.name);
     out.push_back(std::move(info));
   }

@@ -25,7 +25,13 @@ namespace {
 constexpr int64_t kMinIr = 3, kMaxIr = 9;
 
 // lumen::first_line lives in the main library, which this one must not depend on (link order).
-std::string headline(const std::string& message) { return message.substr(0, message.find('\n')); }
+// The first non-blank line: TorchScript's compiler messages may start with an empty one.
+std::string headline(const std::string& message) {
+  std::stringstream lines(message);
+  for (std::string line; std::getline(lines, line);)
+    if (line.find_first_not_of(" \t") != std::string::npos) return line;
+  return message;
+}
 
 std::string listed(const std::vector<std::string>& problems, size_t shown) {
   std::string list;
@@ -184,7 +190,14 @@ class GraphWriter {
       std::stringstream parts(node.name().substr(1));
       std::vector<std::string> scopes;
       for (std::string part; std::getline(parts, part, '/');) scopes.push_back(part);
-      for (size_t i = 0; i + 1 < scopes.size(); ++i) scope_last[scopes[i]] = alias->second;
+      // A scope is named by its module path ("layer4.1" under "layer4") or by its attribute name alone
+      // ("ln_1" under "/encoder/layers/encoder_layer_3"): both answer, and the path is rebuilt for the latter.
+      std::string path;
+      for (size_t i = 0; i + 1 < scopes.size(); ++i) {
+        path = path.empty() || scopes[i].rfind(path + ".", 0) == 0 ? scopes[i] : path + "." + scopes[i];
+        scope_last[scopes[i]] = alias->second;
+        scope_last[path] = alias->second;
+      }
     }
     for (const auto& [scope, path] : scope_last)
       if (!out_.aliases.count(scope) && !used_.count(scope)) out_.aliases[scope] = path;

@@ -64,6 +64,8 @@ void write_conv(NodeWriter& w) {
     x = "x";
   }
   const std::string bias = w.has(2) ? w.in(2, "bias") : "None";
+  // As a Conv2d module has it: lumen reads a patch embedding's stride from it (Model::patch_stride).
+  w.module.register_attribute("stride", c10::ListType::ofInts(), g.strides);
   if (w.node.op_type == "Conv") {
     w.ret("torch.conv" + rank_prefix(rank) + "(" + x + ", " + w.in(1, "weight") + ", " + bias + ", " + lit(g.strides) + ", " +
           lit(g.pads) + ", " + lit(g.dilations) + ", " + lit(group) + ")");

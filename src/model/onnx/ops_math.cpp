@@ -87,9 +87,11 @@ void add_activations(OpTable& t) {
            {"HardSwish", "hardswish"}, {"Softplus", "softplus"}, {"Not", "logical_not"}})
     t[op] = [fn = fn](NodeWriter& w) { w.ret("torch." + fn + "(" + w.in(0) + ")"); };
   t["Identity"] = [](NodeWriter& w) { w.ret(w.in(0)); };
-  t["Dropout"] = [](NodeWriter& w) {  // inference: the identity
-    w.only_first_output();
-    w.ret(w.in(0));
+  t["Dropout"] = [](NodeWriter& w) {  // inference: the identity, and a mask that keeps everything
+    if (w.node.outputs.size() > 1 && !w.node.outputs[1].empty())
+      w.ret(w.in(0) + ", torch.ones_like(" + w.in(0) + ", dtype=" + lit(int64_t{static_cast<int64_t>(c10::kBool)}) + ")");
+    else
+      w.ret(w.in(0));
   };
   t["LeakyRelu"] = [](NodeWriter& w) { w.ret("torch.leaky_relu(" + w.in(0) + ", " + lit(w.node.attr_float("alpha", 0.01)) + ")"); };
   t["Elu"] = [](NodeWriter& w) { w.ret("torch.elu(" + w.in(0) + ", " + lit(w.node.attr_float("alpha", 1.0)) + ")"); };
@@ -116,6 +118,10 @@ void add_math_ops(OpTable& t) {
     w.ret("torch.div(" + w.in(0) + ", " + w.in(1) + ", rounding_mode='trunc')");
   };
   t["Pow"] = [](NodeWriter& w) { w.ret("torch.pow(" + w.in(0) + ", " + w.in(1) + ")"); };
+  // fmod=0: the remainder takes the divisor's sign (Python's %); fmod=1: the dividend's (C's fmod).
+  t["Mod"] = [](NodeWriter& w) {
+    w.ret(std::string(w.node.attr_int("fmod", 0) ? "torch.fmod(" : "torch.remainder(") + w.in(0) + ", " + w.in(1) + ")");
+  };
   t["Equal"] = [](NodeWriter& w) { w.ret("torch.eq(" + w.in(0) + ", " + w.in(1) + ")"); };
   t["Less"] = [](NodeWriter& w) { w.ret("torch.lt(" + w.in(0) + ", " + w.in(1) + ")"); };
   t["Greater"] = [](NodeWriter& w) { w.ret("torch.gt(" + w.in(0) + ", " + w.in(1) + ")"); };

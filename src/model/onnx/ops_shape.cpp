@@ -243,6 +243,21 @@ void write_expand(NodeWriter& w) {
   w.ret(x + ".expand(out)");
 }
 
+// data with updates written at indices ([..., k]: the first k coordinates of each update's place).
+void write_scatter_nd(NodeWriter& w) {
+  if (w.node.attr_string("reduction", "none") != "none") throw Error("ScatterND with a reduction is not supported");
+  const std::string data = w.in(0), idx = w.in(1), updates = w.in(2);
+  w.line("k = " + idx + ".size(-1)");
+  w.line("flat = " + idx + ".reshape([-1, k]).to(dtype=4)");
+  w.line("ix: List[Optional[Tensor]] = []");
+  w.line("for j in range(k):");
+  w.line("    ix.append(flat.select(1, j))");
+  w.line("shape: List[int] = [flat.size(0)]");
+  w.line("for d in range(k, " + data + ".dim()):");
+  w.line("    shape.append(" + data + ".size(d))");
+  w.ret("torch.index_put(" + data + ", ix, " + updates + ".reshape(shape))");
+}
+
 }  // namespace
 
 void add_shape_ops(OpTable& t) {
@@ -263,6 +278,10 @@ void add_shape_ops(OpTable& t) {
   t["Resize"] = write_resize;
   t["Expand"] = write_expand;
   t["Tile"] = [](NodeWriter& w) { w.ret(w.in(0) + ".repeat(" + w.ints(1) + ")"); };
+  t["Range"] = [](NodeWriter& w) {
+    w.ret("torch.arange(" + w.in(0) + ".item(), " + w.in(1) + ".item(), " + w.in(2) + ".item(), dtype=" + w.in(0) + ".dtype)");
+  };
+  t["ScatterND"] = write_scatter_nd;
 }
 
 }  // namespace lumen::detail
