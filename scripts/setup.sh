@@ -8,7 +8,7 @@ SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 PACKAGES=(
   build-essential cmake ninja-build
-  libtorch-dev libopencv-dev nlohmann-json3-dev libcli11-dev libgtest-dev libbenchmark-dev libonnx-dev
+  libtorch-dev libopencv-dev nlohmann-json3-dev libcli11-dev libgtest-dev libbenchmark-dev libonnx-dev zlib1g-dev
   libopenblas0-openmp                          # LibTorch's default BLAS here is the slow reference one
   python3-torch python3-torchvision python3-jsonschema python3-onnx   # test tooling only: fixtures and references
 )

@@ -28,12 +28,13 @@ struct CliResult {
   std::string out, err;
 };
 
-// Runs the lumen binary with `args` (already shell-quoted), capturing stdout and stderr.
-inline CliResult run_cli(const std::string& args) {
+// Runs the lumen binary with `args` (already shell-quoted), capturing stdout and stderr; `prefix` goes
+// before the binary (e.g. "timeout -s INT 4 ").
+inline CliResult run_cli_prefixed(const std::string& prefix, const std::string& args) {
   auto dir = std::filesystem::temp_directory_path() / ("lumen-cli-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   std::string out = (dir / "stdout").string(), err = (dir / "stderr").string();
-  std::string cmd = std::string(LUMEN_CLI) + " " + args + " >" + out + " 2>" + err;
+  std::string cmd = prefix + std::string(LUMEN_CLI) + " " + args + " >" + out + " 2>" + err;
   int status = std::system(cmd.c_str());
   CliResult r;
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
@@ -42,6 +43,8 @@ inline CliResult run_cli(const std::string& args) {
   r.err.assign(std::istreambuf_iterator<char>(e), {});
   return r;
 }
+
+inline CliResult run_cli(const std::string& args) { return run_cli_prefixed("", args); }
 
 inline double pearson(const cv::Mat& a, const cv::Mat& b) {
   cv::Scalar ma, sa, mb, sb;

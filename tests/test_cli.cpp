@@ -210,10 +210,10 @@ TEST(Cli, BadInputMatrix) {
   cv::imwrite(huge, cv::Mat::zeros(9000, 9000, CV_8U));
   const std::vector<BadCase> cases{
       {"missing image", kModel + " --image /nonexistent/cat.png", "image not found: /nonexistent/cat.png"},
-      {"corrupt image", kModel + " --image " + q(fixture("truncated.png")), "cannot decode image"},
+      {"corrupt image", kModel + " --image " + q(fixture("truncated.png")), "is truncated"},
       {"non-image file", kModel + " --image " + q(fixture("not_an_image.png")), "not_an_image.png"},
       {"huge image", kModel + " --image " + q(huge), "over lumen's limit"},
-      {"not TorchScript", "--model " + q(fixture("not_a_model.pt")) + " --layer x --image " + img, "cannot load model"},
+      {"not TorchScript", "--model " + q(fixture("not_a_model.pt")) + " --layer x --image " + img, "is not a valid TorchScript archive"},
       {"missing model", "--model /nonexistent.pt --layer x --image " + img, "model file not found"},
       {"unknown layer", kModel + " --layer features.81 --image " + img, "features.18, "},
       {"class out of range", kModel + " --class 1000 --image " + img, "class index 1000 out of range"},

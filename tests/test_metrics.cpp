@@ -198,7 +198,7 @@ TEST(Dataset, ReadsTheSharedSetAndNamesEveryMalformedLine) {
   };
   const std::string head = "image,label,x0,y0,x1,y1\n";
   expect_error("name,label\na.png,3\n", head, "header 'image,label'");
-  expect_error("image,label\na.png,three\n", head, "labels.csv:2: 'three' is not a number");
+  expect_error("image,label\na.png,three\n", head, "labels.csv:2: label 'three' is not a class index");
   expect_error("image,label\nb.png,3\n", head, "image not found");
   expect_error("image,label\na.png,3\na.png,4\n", head, "listed twice");
   expect_error("image,label\na.png,3\n", head + "a.png,3,10,10,5,20\n", "boxes.csv:2: box (10,10)-(5,20) is empty");

@@ -30,11 +30,33 @@ struct ModelCard {
 ModelCard load_card(const std::string& path);
 std::vector<std::string> load_labels(const std::string& path);
 
-// Largest image lumen decodes (pixels); bigger files are refused rather than risking memory.
+// Largest image lumen decodes (pixels) by default; bigger files are refused rather than risking memory.
 constexpr long long kMaxImagePixels = 80LL * 1000 * 1000;
 
-// BGR 8-bit image as OpenCV reads it. Throws lumen::Error for a missing, unreadable, corrupt or huge file.
+// What an image file's header declares, read without decoding: PNG, JPEG, GIF, BMP and WebP (format
+// empty for others, which OpenCV checks against its own limit while decoding). `truncated`: the file
+// ends before its end marker (JPEG EOI, PNG IEND), so the decoder would fill the rest with grey.
+struct ImageHeader {
+  std::string format;
+  long long width = 0, height = 0;
+  bool truncated = false;
+};
+ImageHeader read_image_header(const std::string& bytes);
+bool image_file_truncated(const std::string& path);  // read_image_header(the file's bytes).truncated
+
+// Process-wide limits of read_image (the CLI's --max-pixels and --allow-truncated).
+struct ImageLimits {
+  long long max_pixels = kMaxImagePixels;
+  bool allow_truncated = false;  // decode truncated files anyway (read_image then warns on stderr)
+};
+void set_image_limits(const ImageLimits& limits);
+ImageLimits image_limits();
+
+// BGR 8-bit image as OpenCV reads it. Throws lumen::Error for a missing, unreadable, corrupt, truncated
+// or huge file; the size is checked from the header before anything is decoded.
 cv::Mat read_image(const std::string& path);
+// The same for a file's bytes already in memory; `name` is what the messages call it.
+cv::Mat decode_image(const std::string& bytes, const std::string& name);
 
 // [3,H,W] float tensor: converted to float, stretched to the input size with antialiased bilinear
 // interpolation (torch interpolate(mode="bilinear", antialias=True, align_corners=False), which is

@@ -7,6 +7,7 @@
 #include <lumen/error.h>
 #include <lumen/evaluate.h>
 #include <lumen/explain.h>
+#include <lumen/files.h>
 #include <lumen/image.h>
 #include <lumen/layout.h>
 #include <lumen/map.h>

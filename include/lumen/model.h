@@ -56,6 +56,8 @@ class Model {
   Model with_module(torch::jit::Module module, std::string name) const;
   // The input shape the file declares ([1,3,224,224]; -1 where symbolic); empty when it declares none.
   std::vector<int64_t> declared_input_shape() const;
+  // Throws lumen::Error when an ONNX graph declares a fixed height/width that `input` does not have.
+  void check_input_size(const torch::Tensor& input) const;
   // The stride of the model's patch embedding — the first convolution whose kernel equals its stride
   // (a ViT's conv_proj, Swin's first layer) — or 0 when it has none. It tells a token sequence's grid.
   int64_t patch_stride() const;

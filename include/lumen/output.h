@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>
 
+#include <set>
 #include <string>
 #include <vector>
 
@@ -49,7 +50,8 @@ class OutputDir {
  private:
   std::string dir_, staging_;
   std::vector<std::string> names_;
-  bool committed_ = false;
+  std::set<std::string> written_;
+  bool committed_ = false, created_ = false;
 };
 
 // Writes `bytes` to `path` through a temporary file in the same folder and a rename, so readers never

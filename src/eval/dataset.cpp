@@ -1,6 +1,9 @@
 #include <lumen/dataset.h>
 #include <lumen/error.h>
+#include <lumen/files.h>
+#include <lumen/image.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -35,10 +38,25 @@ double number(const std::string& s, const std::string& where) {
   }
 }
 
+// A class index: digits only, parsed as an integer (1e300 is no class).
+int64_t class_index(const std::string& s, const std::string& where) {
+  const bool digits = !s.empty() && s.size() <= 9 && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+  if (!digits) throw Error(where + ": label '" + s + "' is not a class index (a whole number from 0)");
+  return std::stoll(s);
+}
+
+// An image's name in a CSV stays inside images/: relative, without "..".
+void check_inside(const std::string& name, const std::string& where) {
+  const fs::path p(name);
+  bool up = false;
+  for (const auto& part : p) up = up || part == "..";
+  if (name.empty() || p.is_absolute() || up) throw Error(where + ": image name '" + name + "' must be a path inside the images/ folder");
+}
+
 // Rows of a CSV file after checking its header.
 std::vector<std::pair<int, std::vector<std::string>>> read_csv(const fs::path& path, const std::vector<std::string>& header) {
-  std::ifstream in(path);
-  if (!in) throw Error("dataset file not found: " + path.string());
+  if (!fs::exists(path)) throw Error("dataset file not found: " + path.string());
+  std::istringstream in(read_text_file(path.string(), "dataset file"));
   std::string line;
   if (!std::getline(in, line) || split_csv(line) != header) {
     std::string want;
@@ -57,6 +75,15 @@ std::vector<std::pair<int, std::vector<std::string>>> read_csv(const fs::path& p
   return rows;
 }
 
+// The size an image's header declares (its first MiB holds it for every format read_image_header knows).
+ImageHeader header_of(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string head(1 << 20, '\0');
+  in.read(head.data(), static_cast<std::streamsize>(head.size()));
+  head.resize(static_cast<size_t>(in.gcount()));
+  return read_image_header(head);
+}
+
 }  // namespace
 
 Dataset load_dataset(const std::string& dir) {
@@ -68,13 +95,13 @@ Dataset load_dataset(const std::string& dir) {
   for (const auto& [n, f] : read_csv(labels, {"image", "label"})) {
     const std::string where = labels.string() + ":" + std::to_string(n);
     if (index.count(f[0])) throw Error(where + ": image '" + f[0] + "' is listed twice");
-    double label = number(f[1], where);
-    if (label < 0 || label != std::floor(label)) throw Error(where + ": label '" + f[1] + "' is not a class index");
+    check_inside(f[0], where);
+    const int64_t label = class_index(f[1], where);
     Sample s;
     s.name = f[0];
     s.path = (fs::path(dir) / "images" / f[0]).string();
     if (!fs::exists(s.path)) throw Error(where + ": image not found: " + s.path);
-    s.label = static_cast<int64_t>(label);
+    s.label = label;
     const fs::path mask = fs::path(dir) / "masks" / (fs::path(f[0]).stem().string() + ".png");
     if (fs::exists(mask)) s.mask = mask.string();
     index[s.name] = d.samples.size();
@@ -88,10 +115,14 @@ Dataset load_dataset(const std::string& dir) {
       auto it = index.find(f[0]);
       if (it == index.end()) throw Error(where + ": image '" + f[0] + "' is not in labels.csv");
       metrics::GtBox b;
-      b.label = static_cast<int64_t>(number(f[1], where));
+      b.label = class_index(f[1], where);
       b.x0 = number(f[2], where), b.y0 = number(f[3], where), b.x1 = number(f[4], where), b.y1 = number(f[5], where);
       if (!(b.x1 > b.x0 && b.y1 > b.y0 && b.x0 >= 0 && b.y0 >= 0))
         throw Error(where + ": box (" + f[2] + "," + f[3] + ")-(" + f[4] + "," + f[5] + ") is empty or negative");
+      const ImageHeader size = header_of(d.samples[it->second].path);
+      if (size.width > 0 && (b.x0 >= size.width || b.y0 >= size.height))
+        throw Error(where + ": box (" + f[2] + "," + f[3] + ")-(" + f[4] + "," + f[5] + ") lies outside the " + std::to_string(size.width) + "x" +
+                    std::to_string(size.height) + " image");
       d.samples[it->second].boxes.push_back(b);
     }
   }

@@ -33,17 +33,16 @@ cv::Mat example_picture(const cv::Mat& image, const Sample& s, const Map& shown)
 
 void write_eval_report(const Explainer& explainer, const Dataset& data, const DatasetRun& run, const EvalResult& result,
                        const std::string& out_dir) {
-  const fs::path out(out_dir);
+  // The report is a set: written to a staging folder and moved in together, or not at all (a full disk
+  // part-way leaves the earlier report, not a mix).
+  OutputDir out(out_dir);
   const nlohmann::json results = {{"config", result.config}, {"methods", result.methods}, {"summary", result.summary},
                                    {"notes", result.notes},   {"seconds", result.seconds}};
-  write_file_atomic((out / "results.json").string(), results.dump(2) + "\n");
-  write_file_atomic((out / "results.csv").string(), result.csv);
-  write_file_atomic((out / "table.md").string(), result.table + "\n" + result.notes);
+  out.write("results.json", results.dump(2) + "\n");
+  out.write("results.csv", result.csv);
+  out.write("table.md", result.table + "\n" + result.notes);
 
   // Per method the best and worst images by IoU of the paper's box (or by insertion - deletion).
-  std::error_code ec;
-  fs::create_directories(out / "examples", ec);
-  if (ec) throw Error("cannot create " + (out / "examples").string() + ": " + ec.message());
   report::Page page("lumen eval");
   page.preformatted(result.table + "\n" + result.notes);
   ExplainOptions base;
@@ -68,8 +67,8 @@ void write_eval_report(const Explainer& explainer, const Dataset& data, const Da
       opt.settings = taken_by({m}, Settings().set("seed", static_cast<int64_t>(run.seed)));
       opt.targets = {class_target({s.label})};
       const auto e = explainer.explain({img}, opt, {s.name});
-      const std::string file = "examples/" + safe_name(m) + "." + safe_name(fs::path(s.name).stem().string()) + ".png";
-      write_file_atomic((out / file).string(), encode_png(example_picture(img, s, e[0].maps.back())));
+      const std::string file = "examples/" + safe_name(m) + "." + std::to_string(i + 1) + "." + safe_name(fs::path(s.name).stem().string()) + ".png";
+      out.write(file, encode_png(example_picture(img, s, e[0].maps.back())));
       if (i == 0) page.heading("best", 3);
       if (i == show) page.heading("worst", 3);
       const auto& labels = explainer.labels();
@@ -77,7 +76,8 @@ void write_eval_report(const Explainer& explainer, const Dataset& data, const Da
     }
   }
   page.paragraph("Green: ground-truth boxes. White: the map's box (15% threshold, largest region).");
-  write_file_atomic((out / "index.html").string(), page.html());
+  out.write("index.html", page.html());
+  out.commit();
 }
 
 }  // namespace lumen

@@ -20,12 +20,20 @@ class RecordsFile {
   // With `fresh` or no file: a new file that starts with `config`. Otherwise the earlier run's records
   // are handed to `earlier` one by one (a line cut short by a killed run is skipped); a file whose
   // configuration differs is refused.
+  // The file is locked (path + ".lock", flock) while this object lives: a second run into the same
+  // folder is refused, naming the process that holds it.
   RecordsFile(const std::string& path, const nlohmann::json& config, bool fresh, const std::function<void(const nlohmann::json&)>& earlier);
+  ~RecordsFile();
+  RecordsFile(const RecordsFile&) = delete;
+  RecordsFile& operator=(const RecordsFile&) = delete;
   void append(const nlohmann::json& record);
+  size_t count() const { return count_; }  // records in the file, earlier ones included
 
  private:
   std::string path_;
   std::ofstream out_;
+  int lock_ = -1;
+  size_t count_ = 0;
 };
 
 // The sanity cascade (Adebayo et al. 2018) on the first images: the parameterised blocks are randomised

@@ -8,11 +8,30 @@
 #include <algorithm>
 #include <cmath>
 #include <set>
+#include <sstream>
 
 namespace lumen {
 
+namespace {
+// The same method, layer or class twice would give two maps under one name: refused, not guessed at.
+template <typename T>
+void once_each(const std::vector<T>& items, const std::string& what) {
+  std::set<T> seen;
+  for (const auto& item : items) {
+    if (!seen.insert(item).second) {
+      std::ostringstream name;
+      name << item;
+      throw Error(what + " '" + name.str() + "' is given twice");
+    }
+  }
+}
+}  // namespace
+
 void check_request(const ExplainOptions& opt) {
   if (opt.methods.empty()) throw Error("no method given");
+  once_each(opt.methods, "method");
+  once_each(opt.layers, "layer");
+  once_each(opt.classes, "class");
   check_settings(opt.methods, opt.settings);
   if (opt.targets.empty() && opt.classes.empty() && opt.top_k < 1) throw Error("top-k must be at least 1");
   if (!opt.aggregate.empty()) {

@@ -1,4 +1,5 @@
 #include <lumen/error.h>
+#include <lumen/files.h>
 #include <lumen/output.h>
 
 #include <opencv2/imgcodecs.hpp>
@@ -60,13 +61,20 @@ cv::Mat decode_npy(const std::string& bytes) {
   std::vector<long long> shape;
   std::stringstream ss(header.substr(lp + 1, rp - lp - 1));
   for (std::string item; std::getline(ss, item, ',');) {
-    if (item.find_first_not_of(' ') == std::string::npos) continue;
-    shape.push_back(std::stoll(item));
+    const auto first = item.find_first_not_of(' '), last = item.find_last_not_of(' ');
+    if (first == std::string::npos) continue;
+    const std::string digits = item.substr(first, last - first + 1);
+    // Dimensions are whole numbers small enough that their product cannot overflow below.
+    if (digits.empty() || digits.size() > 10 || digits.find_first_not_of("0123456789") != std::string::npos)
+      throw Error(".npy shape holds '" + digits + "', not a dimension");
+    shape.push_back(std::stoll(digits));
+    if (shape.back() > (1LL << 31)) throw Error(".npy dimension " + digits + " is too large");
   }
   if (shape.size() == 1) shape.insert(shape.begin(), 1);
   if (shape.size() == 2) shape.push_back(1);
+  if (shape.size() == 3 && (shape[0] == 0 || shape[1] == 0)) throw Error(".npy array is empty");
   if (shape.size() != 3 || shape[0] < 0 || shape[1] < 0 || shape[2] < 1 || shape[2] > 4 ||
-      shape[0] * shape[1] * shape[2] > (1LL << 31))
+      static_cast<double>(shape[0]) * static_cast<double>(shape[1]) * static_cast<double>(shape[2]) > static_cast<double>(1LL << 31))
     throw Error(".npy must hold a 2-D array (or H x W x C with C <= 4) of sane size");
   size_t data = start + hlen, need = static_cast<size_t>(shape[0] * shape[1] * shape[2]) * sizeof(float);
   if (bytes.size() - data != need) throw Error(".npy data size does not match its shape");
@@ -76,6 +84,8 @@ cv::Mat decode_npy(const std::string& bytes) {
 }
 
 cv::Mat read_npy(const std::string& path) {
+  // Its header says its size; a file far beyond any map lumen would read is refused unread.
+  if (require_regular_file(path, ".npy file") > (2ull << 30)) throw Error(path + ": .npy file over 2 GiB");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error("cannot read " + path);
   std::stringstream ss;
@@ -149,6 +159,7 @@ std::string safe_name(const std::string& s) {
 
 OutputDir::OutputDir(const std::string& dir) : dir_(dir) {
   std::error_code ec;
+  created_ = !fs::exists(dir, ec);
   fs::create_directories(dir, ec);
   if (ec || !fs::is_directory(dir)) throw Error("cannot create output directory " + dir + ": " + (ec ? ec.message() : "not a directory"));
   std::random_device rd;
@@ -160,10 +171,13 @@ OutputDir::OutputDir(const std::string& dir) : dir_(dir) {
 OutputDir::~OutputDir() {
   std::error_code ec;
   fs::remove_all(staging_, ec);
+  // A run that failed leaves no folder it made behind (fs::remove only removes an empty one).
+  if (!committed_ && created_) fs::remove(dir_, ec);
 }
 
 void OutputDir::write(const std::string& name, const std::string& bytes) {
   if (committed_) throw Error("output already committed");
+  if (!written_.insert(name).second) throw Error("two outputs of this run would be written to the same file " + name);
   fs::path p = fs::path(staging_) / name;
   std::error_code ec;
   fs::create_directories(p.parent_path(), ec);
@@ -176,12 +190,34 @@ void OutputDir::write(const std::string& name, const std::string& bytes) {
 
 void OutputDir::commit() {
   // Each rename is atomic on one file system, and nothing is renamed before every file was written.
+  // Files of an earlier run that would be replaced are set aside first, so that a failure part-way puts
+  // the folder back as it was.
+  const fs::path aside = fs::path(staging_) / ".replaced";
+  std::vector<std::pair<fs::path, bool>> moved;  // target, whether an earlier file was set aside
+  auto roll_back = [&] {
+    std::error_code ignore;
+    for (auto it = moved.rbegin(); it != moved.rend(); ++it) {
+      fs::remove(it->first, ignore);
+      if (it->second) fs::rename(aside / fs::relative(it->first, dir_, ignore), it->first, ignore);
+    }
+  };
   for (const auto& name : names_) {
-    fs::path target = fs::path(dir_) / name;
+    const fs::path target = fs::path(dir_) / name;
     std::error_code ec;
     fs::create_directories(target.parent_path(), ec);
-    fs::rename(fs::path(staging_) / name, target, ec);
-    if (ec) throw Error("cannot move " + name + " into " + dir_ + ": " + ec.message());
+    bool replaced = false;
+    if (fs::exists(target, ec)) {
+      fs::create_directories((aside / name).parent_path(), ec);
+      fs::rename(target, aside / name, ec);
+      replaced = !ec;
+    }
+    if (!ec) fs::rename(fs::path(staging_) / name, target, ec);
+    if (ec) {
+      if (replaced) fs::rename(aside / name, target, ec);
+      roll_back();
+      throw Error("cannot move " + name + " into " + dir_ + ": " + ec.message() + " (nothing of this run was kept)");
+    }
+    moved.emplace_back(target, replaced);
   }
   committed_ = true;
 }

@@ -1,6 +1,11 @@
 #include <lumen/error.h>
+#include <lumen/files.h>
 #include <lumen/model.h>
+#include <lumen/runtime.h>
 
+#include <caffe2/serialize/inline_container.h>
+
+#include "model/archive.h"
 #include "model/onnx/import.h"
 #include "model/tap.h"
 
@@ -152,9 +157,34 @@ Model Model::from_module(torch::jit::Module module, std::string name) {
   return m;
 }
 
+namespace {
+// A TorchScript zip whose tensor records were cut short still loads: each storage is allocated at the
+// size its pickle declares and filled with what the record holds. So every storage of a parameter or
+// buffer must have a record of its own size in the archive's data/ folder (matched as multisets: the
+// record each storage came from is the unpickler's secret).
+void check_storages(const torch::jit::Module& module, const std::string& path) {
+  std::map<size_t, int64_t> need;  // storage bytes -> count
+  std::set<const void*> seen;
+  auto add = [&](const at::Tensor& t) {
+    if (t.defined() && t.has_storage() && t.storage().nbytes() > 0 && seen.insert(t.storage().data()).second) ++need[t.storage().nbytes()];
+  };
+  for (const auto& p : module.named_parameters(/*recurse=*/true)) add(p.value);
+  for (const auto& b : module.named_buffers(/*recurse=*/true)) add(b.value);
+  caffe2::serialize::PyTorchStreamReader reader(path);
+  for (const auto& name : reader.getAllRecords()) {
+    if (name.rfind("data/", 0) != 0) continue;
+    const size_t bytes = std::get<1>(reader.getRecord(name));
+    if (auto it = need.find(bytes); it != need.end() && it->second > 0) --it->second;
+  }
+  for (const auto& [bytes, missing] : need)
+    if (missing > 0)
+      throw Error("model " + path + " is damaged: " + std::to_string(missing) + " of its tensors need " + std::to_string(bytes) +
+                  " bytes of data that the file does not hold (a record was cut short)");
+}
+}  // namespace
+
 Model Model::load(const std::string& path) {
-  if (!std::filesystem::exists(path)) throw Error("model file not found: " + path);
-  if (std::filesystem::is_directory(path)) throw Error("model path is a directory, not a file: " + path);
+  require_regular_file(path, "model file");
   auto ext = std::filesystem::path(path).extension().string();
   std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
   if (ext == ".onnx") {
@@ -163,15 +193,31 @@ Model Model::load(const std::string& path) {
     m.impl_->onnx = {std::move(imported.aliases), std::move(imported.described), std::move(imported.input_shape)};
     return m;
   }
-  torch::jit::Module module;
-  try {
-    module = torch::jit::load(path, torch::kCPU);
-  } catch (const c10::Error& e) {
-    throw Error("cannot load model " + path + " as TorchScript: " + first_line(e.what_without_backtrace()));
-  } catch (const std::exception& e) {
-    throw Error("cannot load model " + path + " as TorchScript: " + first_line(e.what()));
+  {
+    std::ifstream in(path, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    detail::check_archive(bytes, path);
   }
-  if (!module.find_method("forward")) throw Error("model " + path + " has no forward() method");
+  auto load = [&path] {
+    torch::jit::Module module;
+    try {
+      module = torch::jit::load(path, torch::kCPU);
+    } catch (const c10::Error& e) {
+      throw Error("cannot load model " + path + " as TorchScript: " + first_line(e.what_without_backtrace()));
+    } catch (const std::exception& e) {
+      throw Error("cannot load model " + path + " as TorchScript: " + first_line(e.what()));
+    }
+    if (!module.find_method("forward")) throw Error("model " + path + " has no forward() method");
+    try {
+      check_storages(module, path);
+    } catch (const c10::Error& e) {
+      throw Error("cannot read model " + path + ": " + first_line(e.what_without_backtrace()));
+    }
+    return module;
+  };
+  // First in a child process: what LibTorch's reader does with a hostile file stays there.
+  detail::try_in_child("model " + path, [&] { load(); });
+  torch::jit::Module module = load();
   return from_module(module, std::filesystem::path(path).filename().string());
 }
 
@@ -238,6 +284,17 @@ std::string Model::Impl::resolve(const std::string& layer) const {
   return it == onnx.aliases.end() ? layer : it->second;
 }
 int64_t Model::passes() const { return impl_->passes.load(); }
+// An ONNX graph with a fixed input size computes something else at another size (its reshapes and
+// pools hold the numbers it was exported with), so another size is refused unless the dimension is symbolic.
+void Model::check_input_size(const torch::Tensor& input) const {
+  const auto& d = impl_->onnx.input_shape;
+  if (d.size() != 4 || input.dim() != 4) return;
+  for (int64_t i = 2; i < 4; ++i)
+    if (d[i] > 0 && d[i] != input.size(i))
+      throw Error("model " + impl_->name + " declares a fixed " + std::to_string(d[2]) + "x" + std::to_string(d[3]) + " input, not " +
+                  std::to_string(input.size(2)) + "x" + std::to_string(input.size(3)) + " (from the card or --input-size)");
+}
+
 double Model::forward_seconds() const { return static_cast<double>(impl_->forward_ns.load()) * 1e-9; }
 const torch::jit::Module& Model::module() const { return impl_->module; }
 std::vector<std::string> Model::module_paths() const { return impl_->paths; }
@@ -259,6 +316,7 @@ void Model::check_layer(const std::string& layer) const {
 
 Capture Model::forward(const torch::Tensor& input, const std::vector<std::string>& layers, BackwardRule rule,
                        bool strict, bool attention) const {
+  check_input_size(input);
   detail::RewriteOptions options;
   for (const auto& l : layers) {
     check_layer(l);
@@ -321,6 +379,19 @@ std::vector<LayerInfo> Model::layers(const std::vector<int64_t>& input_shape) co
   options.taps = impl_->paths;
   options.lenient = true;
   auto compiled = impl_->compiled(options);
+  std::string shape;
+  for (int64_t d : input_shape) shape += (shape.empty() ? "[" : ",") + std::to_string(d);
+  shape += "]";
+  int64_t elements = 1;
+  for (int64_t d : input_shape) {
+    if (d < 1 || d > (int64_t{1} << 20)) throw Error("input shape " + shape + " is not a size lumen can probe the model with");
+    elements = elements > (int64_t{1} << 40) / d ? (int64_t{1} << 40) : elements * d;
+  }
+  // The probe's input alone, as float; the layers' outputs take a multiple of it.
+  const double mib = static_cast<double>(elements) * 4.0 / (1024.0 * 1024.0);
+  if (mib > std::max(64.0, available_mib() / 8))
+    throw Error("probing the model at input " + shape + " would need " + std::to_string(static_cast<int64_t>(mib)) +
+                " MiB for the input alone, more than the memory available allows; give a smaller --input-size");
   torch::NoGradGuard no_grad;
   auto out = impl_->run(*compiled, torch::zeros(input_shape)).toTuple();
   std::map<std::string, torch::Tensor> shapes;

@@ -27,7 +27,8 @@ Command add_audit(CLI::App& app) {
   sub->add_option("--data,-d", a->data, "dataset folder: images/, labels.csv, boxes.csv")->required();
   sub->add_option("--method", a->method, "map method (gradcam)");
   sub->add_option("--layer,-l", a->layer, "layer for CAM methods (default: the card's)");
-  sub->add_option("--threshold", a->threshold, "flag images with less than this share of the map on the object (0.5)");
+  sub->add_option("--threshold", a->threshold, "flag images with less than this share of the map on the object (0.5)")
+      ->check(CLI::Range(0.0, 1.0));
   sub->add_option("--limit", a->limit, "only the first N images");
   sub->add_option("--batch", a->batch, "images per pass (8)")->check(CLI::Range(1, 4096));
   sub->add_option("--show", a->show, "flagged images drawn on the page (24)");

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <lumen/explain.h>
+#include <lumen/image.h>
 #include <lumen/model.h>
 #include <lumen/runtime.h>
 
@@ -47,12 +48,16 @@ void apply(const MethodFlags& flags, ExplainOptions& options);
 
 // Flags every command that runs a model shares.
 struct Runtime {
-  int threads = 0;
+  int threads = 0;  // 0: all cores (not given)
   bool deterministic = false;
-  void apply() const;  // lumen::set_threads, lumen::set_deterministic
+  long long max_pixels = kMaxImagePixels;
+  bool allow_truncated = false;
+  void apply() const;  // lumen::set_threads, lumen::set_deterministic, lumen::set_image_limits
 };
-// --threads, and --deterministic where the command computes maps.
+// --threads, --max-pixels, --allow-truncated, and --deterministic where the command computes maps.
 void add_runtime_flags(CLI::App* sub, Runtime& runtime, bool deterministic_flag = true);
+// Refuses NaN or infinity given to any option of this (parsed) subcommand.
+void refuse_non_finite(const CLI::App& sub);
 // --model (required).
 void add_model_flag(CLI::App* sub, std::string& model);
 

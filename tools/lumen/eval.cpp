@@ -9,9 +9,14 @@
 #include <lumen/image.h>
 #include <lumen/model.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
+#include <iterator>
 
 namespace lumen::cli {
 // This command's own pieces (named, so that the CLI's files can be compiled as one batch).
@@ -33,10 +38,20 @@ std::string duration(double s) {
   return buf;
 }
 
+// Ctrl-C: the run stops at its next progress report, so that every record written stays whole and
+// the run can resume. A second Ctrl-C kills at once.
+std::atomic<bool> g_interrupted{false};
+extern "C" void on_interrupt(int) {
+  g_interrupted = true;
+  std::signal(SIGINT, SIG_DFL);
+}
+struct Interrupted {};
+
 // Progress with the time so far, the time to go, and the resident memory (which must stay flat).
 Progress eval_progress() {
   const auto start = std::chrono::steady_clock::now();
   return [start](const std::string& what, int64_t done, int64_t total) {
+    if (g_interrupted) throw Interrupted{};
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const std::string eta = done > 0 ? duration(elapsed / static_cast<double>(done) * static_cast<double>(total - done)) : "?";
     std::cerr << "\r  " << what << " " << done << "/" << total << "  elapsed " << duration(elapsed) << "  eta " << eta << "  rss "
@@ -70,7 +85,18 @@ int run(const Args& a) {
   Dataset data = load_dataset(a.data);
   if (a.limit > 0 && static_cast<size_t>(a.limit) < data.samples.size()) data.samples.resize(static_cast<size_t>(a.limit));
   const Explainer explainer(Model::load(a.model), card.preprocess, card.labels);
-  const EvalResult result = evaluate_dataset(explainer, data, run, a.out);
+  std::signal(SIGINT, on_interrupt);
+  EvalResult result;
+  try {
+    result = evaluate_dataset(explainer, data, run, a.out);
+  } catch (const Interrupted&) {
+    std::ifstream records(a.out + "/records.jsonl");
+    const auto lines = std::count(std::istreambuf_iterator<char>(records), std::istreambuf_iterator<char>(), '\n');
+    std::cerr << "\nlumen: interrupted; " << std::max<std::ptrdiff_t>(0, lines - 1) << " records kept in " << a.out
+              << "/records.jsonl; run the same command again to resume\n";
+    return 130;
+  }
+  std::signal(SIGINT, SIG_DFL);
   std::cout << result.table << "\n" << result.notes << "evaluated " << result.pairs << " image x method pairs in " << result.seconds << " s\n";
   write_eval_report(explainer, data, run, result, a.out);
   std::cout << "wrote " << a.out << "/table.md, results.csv, results.json, index.html\n";

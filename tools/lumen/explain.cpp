@@ -165,7 +165,13 @@ int run(const Args& a) {
     std::vector<std::string> batch_stems(stems.begin() + first, stems.begin() + last);
     for (const auto& p : paths) imgs.push_back(read_image(p));
     auto explained = explainer.explain(imgs, opt, paths);
-    for (auto& entry : write_maps(out, imgs, explained, batch_stems, render)) images.push_back(entry);
+    auto entries = write_maps(out, imgs, explained, batch_stems, render);
+    for (size_t i = 0; i < entries.size(); ++i) {
+      // Only --allow-truncated lets such a file through; the record says what was explained.
+      if (a.runtime.allow_truncated && image_file_truncated(paths[i]))
+        entries[i]["warnings"] = {"truncated: the file ends before its end marker; the decoder filled the rest with grey"};
+      images.push_back(entries[i]);
+    }
     for (size_t i = 0; i < explained.size(); ++i)
       for (const auto& m : explained[i].maps)
         if (m.empty) empty_maps.push_back(map_file_stem(batch_stems[i], m));
@@ -206,14 +212,16 @@ Command add_explain(CLI::App& app) {
   sub->add_option("--layer,-l", a->layers, "module path(s) to explain at, e.g. features.18 (default: the card's)");
   sub->add_option("--method", a->methods, "method(s), comma-separated (default gradcam): " + joined(method_names()));
   sub->add_option("--class,-c", a->classes, "class index(es) to explain (default: the top-k predictions)");
-  sub->add_option("--top-k,-k", a->top_k, "explain the k best predicted classes (default 1)");
+  sub->add_option("--top-k,-k", a->top_k, "explain the k best predicted classes (default 1)")
+      ->check(CLI::Range(1, 1000))
+      ->excludes("--class");
   sub->add_option("--target", a->target, "score to explain: logit (default), prob, logprob");
   sub->add_flag("--counterfactual", a->counterfactual, "explain the negated score: evidence against the class");
   sub->add_option("--out,-o", a->out, "output directory (default lumen-out)");
   sub->add_option("--colormap", a->colormap, "jet (default) or turbo");
-  sub->add_option("--alpha", a->alpha, "heat-map weight in the overlay (0.5)");
+  sub->add_option("--alpha", a->alpha, "heat-map weight in the overlay (0.5)")->check(CLI::Range(0.0, 1.0));
   sub->add_flag("--no-box", a->no_box, "do not draw the box on overlays");
-  sub->add_option("--box-threshold", a->box_threshold, "box threshold as a fraction of the map's max (0.15)");
+  sub->add_option("--box-threshold", a->box_threshold, "box threshold as a fraction of the map's max (0.15)")->check(CLI::Range(0.0, 0.999));
   sub->add_option("--batch", a->batch, "images per forward pass (8)");
   sub->add_option("--input-size", a->size, "model input H W (overrides the card)")->expected(2);
   sub->add_option("--mean", a->mean, "per-channel mean in 0-255 units, model channel order")->expected(3);

@@ -29,7 +29,8 @@ Command add_layers(CLI::App& app) {
   return {sub, [args] {
             args->runtime.apply();
             Model model = Model::load(args->model);
-            const auto [h, w] = input_size(model, args->card, args->size);
+            const auto size = input_size(model, args->card, args->size);
+            const int h = size.first, w = size.second;  // named, not bound: lambdas below capture them
             auto layers = model.layers({1, 3, h, w});
             // How each output lies in space, as explain will read it: said only where it is not a
             // plain [N,C,h,w] map.

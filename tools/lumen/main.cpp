@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <memory>
 #include <iostream>
+#include <sstream>
 
 namespace lumen::cli {
 
@@ -42,12 +43,33 @@ std::string joined(const std::vector<std::string>& items, const std::string& sep
 void Runtime::apply() const {
   set_threads(threads);
   set_deterministic(deterministic);
+  set_image_limits({max_pixels, allow_truncated});
 }
 
 void add_runtime_flags(CLI::App* sub, Runtime& runtime, bool deterministic_flag) {
-  sub->add_option("--threads", runtime.threads, "intra-op threads (default: all cores)");
+  sub->add_option("--threads", runtime.threads, "intra-op threads (default: all cores)")->check(CLI::Range(1, 1024));
+  sub->add_option("--max-pixels", runtime.max_pixels, "refuse images larger than this many pixels, read from the file's header before decoding (80000000)")
+      ->check(CLI::Range(1LL, 1LL << 32));
+  sub->add_flag("--allow-truncated", runtime.allow_truncated,
+                "explain images whose file ends early (the decoder fills the rest with grey); refused by default");
   if (deterministic_flag)
     sub->add_flag("--deterministic", runtime.deterministic, "the same maps for any thread count (ATen's convolutions; slower)");
+}
+
+void refuse_non_finite(const CLI::App& sub) {
+  for (const CLI::Option* opt : sub.get_options()) {
+    for (const std::string& given : opt->results()) {
+      // Each item of a comma-separated list too (--layer-weights 1,nan).
+      std::stringstream items(given);
+      for (std::string item; std::getline(items, item, ',');) {
+        std::string lower;
+        for (char ch : item) lower += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+        if (!lower.empty() && (lower[0] == '+' || lower[0] == '-')) lower.erase(0, 1);
+        if (lower == "nan" || lower == "inf" || lower == "infinity" || lower.rfind("nan(", 0) == 0)
+          throw Error(opt->get_name() + " must be a finite number, got " + given);
+      }
+    }
+  }
 }
 
 void add_model_flag(CLI::App* sub, std::string& model) {
@@ -101,6 +123,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
+    // No option takes NaN or infinity (CLI11's range checks let NaN through: it compares false).
+    for (auto& c : commands)
+      if (c.app->parsed()) lumen::cli::refuse_non_finite(*c.app);
     for (auto& c : commands)
       if (c.app->parsed()) return c.run();
     return 1;

@@ -152,7 +152,22 @@ void write_constant_of_shape(NodeWriter& w) {
     value = t.to(torch::kDouble).item<double>();
   }
   const std::string v = c10::isFloatingType(type) ? lit(value) : lit(static_cast<int64_t>(value));
-  w.ret("torch.full(" + w.ints(0) + ", " + v + ", dtype=" + lit(int64_t{static_cast<int64_t>(type)}) + ")");
+  // A hostile graph can ask for billions of elements, so the count is checked before anything is
+  // allocated: here for a constant shape (TorchScript would fold it into a tensor while compiling), by
+  // an assert for one computed at run time.
+  constexpr int64_t kLimit = int64_t{1} << 30;
+  if (auto dims = w.const_ints(0)) {
+    double n = 1;
+    for (int64_t d : *dims) n *= static_cast<double>(d);
+    if (n > static_cast<double>(kLimit) || n < 0)
+      throw Error("asks for " + std::to_string(static_cast<long long>(n)) + " elements, over lumen's limit of 2^30");
+  }
+  const std::string shape = w.ints(0);
+  w.line("n = 1");
+  w.line("for d in " + shape + ":");
+  w.line("    n = n * d");
+  w.line("assert n >= 0 and n <= " + lit(kLimit) + ", \"ConstantOfShape asks for \" + str(n) + \" elements, over lumen's limit of 2^30\"");
+  w.ret("torch.full(" + shape + ", " + v + ", dtype=" + lit(int64_t{static_cast<int64_t>(type)}) + ")");
 }
 
 void write_cast(NodeWriter& w) {
