@@ -72,10 +72,11 @@ void check_archive(const std::string& b, const std::string& path) {
   }
 }
 
-#if defined(__SANITIZE_ADDRESS__)
+// Sanitizers reserve terabytes of address space for their shadow memory: no address-space limit there.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define LUMEN_ASAN 1
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || __has_feature(memory_sanitizer)
 #define LUMEN_ASAN 1
 #endif
 #endif
