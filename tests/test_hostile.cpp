@@ -244,7 +244,7 @@ TEST(Hostile, FuzzFindingsStayFixed) {
     EXPECT_NE(std::string(e.what()).find("4294967295x4294967295, over lumen's limit"), std::string::npos) << e.what();
   }
   // A 5 KB TorchScript zip whose directory declares a 4 GB record made LibTorch allocate 4 GB.
-  std::string zip = read_bytes(LUMEN_SOURCE_DIR "/fuzz/corpus/torchscript/tiny.pt");
+  std::string zip = read_bytes(LUMEN_SOURCE_DIR "/fuzz/corpus/torchscript/tiny-conv.pt.seed");
   const auto entry = zip.find(std::string("PK\x01\x02", 4));
   ASSERT_NE(entry, std::string::npos);
   for (int i = 0; i < 4; ++i) zip[entry + 24 + static_cast<size_t>(i)] = '\xF0';
@@ -262,12 +262,12 @@ TEST(Hostile, FuzzFindingsStayFixed) {
 // it allocate 2.6 GB from 5 KB: read first in a child process, they are refused and this process lives.
 TEST(Hostile, TorchScriptThatCrashesLibTorchIsContained) {
   try {
-    Model::load(LUMEN_SOURCE_DIR "/tests/hostile/unpickler_segv.pt");
+    Model::load(LUMEN_SOURCE_DIR "/tests/hostile/unpickler_segv.pt.bin");
     ADD_FAILURE() << "accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("crashed LibTorch's reader in a separate process"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(Model::load(LUMEN_SOURCE_DIR "/tests/hostile/unpickler_2gb.pt"), Error);
+  EXPECT_THROW(Model::load(LUMEN_SOURCE_DIR "/tests/hostile/unpickler_2gb.pt.bin"), Error);
   EXPECT_NO_THROW(Model::load(LUMEN_SHARED_DIR "/models/mobilenet_v2_imagenet.pt"));
 }
 
