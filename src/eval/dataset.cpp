@@ -75,10 +75,12 @@ std::vector<std::pair<int, std::vector<std::string>>> read_csv(const fs::path& p
   return rows;
 }
 
-// The size an image's header declares (its first MiB holds it for every format read_image_header knows).
+// The size an image's header declares, from its first 64 KiB: enough for PNG, GIF, BMP and WebP, and for
+// JPEGs unless their metadata is larger (then the size is unknown, 0, and the box goes unchecked). Loading
+// a dataset must not read every image whole.
 ImageHeader header_of(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  std::string head(1 << 20, '\0');
+  std::string head(64 << 10, '\0');
   in.read(head.data(), static_cast<std::streamsize>(head.size()));
   head.resize(static_cast<size_t>(in.gcount()));
   return read_image_header(head);
@@ -110,6 +112,7 @@ Dataset load_dataset(const std::string& dir) {
   if (d.samples.empty()) throw Error(labels.string() + " lists no images");
   const fs::path boxes = fs::path(dir) / "boxes.csv";
   if (fs::exists(boxes)) {
+    std::map<size_t, ImageHeader> sizes;  // per sample, read once however many boxes it has
     for (const auto& [n, f] : read_csv(boxes, {"image", "label", "x0", "y0", "x1", "y1"})) {
       const std::string where = boxes.string() + ":" + std::to_string(n);
       auto it = index.find(f[0]);
@@ -119,7 +122,9 @@ Dataset load_dataset(const std::string& dir) {
       b.x0 = number(f[2], where), b.y0 = number(f[3], where), b.x1 = number(f[4], where), b.y1 = number(f[5], where);
       if (!(b.x1 > b.x0 && b.y1 > b.y0 && b.x0 >= 0 && b.y0 >= 0))
         throw Error(where + ": box (" + f[2] + "," + f[3] + ")-(" + f[4] + "," + f[5] + ") is empty or negative");
-      const ImageHeader size = header_of(d.samples[it->second].path);
+      auto known = sizes.find(it->second);
+      if (known == sizes.end()) known = sizes.emplace(it->second, header_of(d.samples[it->second].path)).first;
+      const ImageHeader& size = known->second;
       if (size.width > 0 && (b.x0 >= size.width || b.y0 >= size.height))
         throw Error(where + ": box (" + f[2] + "," + f[3] + ")-(" + f[4] + "," + f[5] + ") lies outside the " + std::to_string(size.width) + "x" +
                     std::to_string(size.height) + " image");
