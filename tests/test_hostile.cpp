@@ -243,6 +243,9 @@ TEST(Hostile, FuzzFindingsStayFixed) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("4294967295x4294967295, over lumen's limit"), std::string::npos) << e.what();
   }
+  // A WebP whose VP8 frame declares 0x0 crashed inside OpenCV's decoder.
+  std::string webp = std::string("RIFF\x60\0\0\0WEBPVP8 \x54\0\0\0", 20) + std::string(84, '\0');
+  EXPECT_THROW(decode_image(webp, "zero.webp"), Error);
   // A 5 KB TorchScript zip whose directory declares a 4 GB record made LibTorch allocate 4 GB.
   std::string zip = read_bytes(LUMEN_SOURCE_DIR "/fuzz/corpus/torchscript/tiny-conv.pt.seed");
   const auto entry = zip.find(std::string("PK\x01\x02", 4));

@@ -241,6 +241,11 @@ cv::Mat decode_image(const std::string& bytes, const std::string& path) {
     return Error("image " + path + " is " + std::to_string(w) + "x" + std::to_string(h) + ", over lumen's limit of " +
                  std::to_string(limits.max_pixels) + " pixels (--max-pixels)");
   };
+  // A header that declares no pixels is refused before any decoder sees it: a WebP whose VP8 frame
+  // says 0x0 crashed inside OpenCV's decoder (found by fuzz/fuzz_image.cpp).
+  if (!header.format.empty() && (header.width < 1 || header.height < 1))
+    throw Error("image " + path + " is a " + header.format + " file that declares a " + std::to_string(header.width) + "x" +
+                std::to_string(header.height) + " image");
   // In double: two 32-bit sizes can overflow a 64-bit product.
   if (!header.format.empty() && static_cast<double>(header.width) * static_cast<double>(header.height) > static_cast<double>(limits.max_pixels))
     throw over(header.width, header.height);
