@@ -60,6 +60,7 @@ Progress eval_progress() {
 }
 
 int run(const Args& a) {
+  std::signal(SIGINT, on_interrupt);  // from the start: a Ctrl-C while the model loads also stops cleanly
   a.runtime.apply();
   if (a.card.empty()) throw Error("--card is required: eval needs the model's preprocessing");
   DatasetRun run;
@@ -85,7 +86,6 @@ int run(const Args& a) {
   Dataset data = load_dataset(a.data);
   if (a.limit > 0 && static_cast<size_t>(a.limit) < data.samples.size()) data.samples.resize(static_cast<size_t>(a.limit));
   const Explainer explainer(Model::load(a.model), card.preprocess, card.labels);
-  std::signal(SIGINT, on_interrupt);
   EvalResult result;
   try {
     result = evaluate_dataset(explainer, data, run, a.out);
