@@ -10,7 +10,9 @@ PACKAGES=(
   build-essential cmake ninja-build
   libtorch-dev libopencv-dev nlohmann-json3-dev libcli11-dev libgtest-dev libbenchmark-dev libonnx-dev zlib1g-dev
   libopenblas0-openmp                          # LibTorch's default BLAS here is the slow reference one
-  python3-torch python3-torchvision python3-jsonschema python3-onnx   # test tooling only: fixtures and references
+  pybind11-dev python3-dev python3-numpy       # the Python module (import lumen)
+  pkg-config                                   # the package test builds examples/ with lumen.pc
+  python3-torch python3-torchvision python3-jsonschema python3-onnx python3-pil   # test tooling: fixtures and references
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

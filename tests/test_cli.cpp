@@ -28,6 +28,17 @@ void expect_clean_failure(const CliResult& r, const std::string& needle, const s
   EXPECT_EQ(count_files(out_dir), 0u) << "partial files left in " << out_dir;
 }
 
+TEST(Cli, VersionIsTheSameEverywhere) {
+  EXPECT_STREQ(version(), LUMEN_VERSION_STRING);
+  auto v = run_cli("--version");
+  ASSERT_EQ(v.code, 0) << v.err;
+  EXPECT_EQ(v.out, std::string("lumen ") + version() + "\n");
+  const std::string out = temp_dir("version");
+  auto r = run_cli("explain " + kModel + " --image " + q(shared("images/cat.png")) + " --layer features.18 --out " + q(out));
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(read_json(out + "/run.json")["lumen_version"], version());
+}
+
 TEST(Cli, ExplainWritesMapsOverlaysAndValidJson) {
   std::string out = temp_dir("explain");
   auto r = run_cli("explain " + kModel + " --image " + q(shared("images/cat.png")) + " " + q(shared("images/pets.jpg")) +

@@ -47,6 +47,22 @@ TEST(Model, ActivationBytesOfOneRow) {
   EXPECT_EQ(m.activation_bytes({1, 3, 128, 128}).largest, 4 * bytes.largest);
 }
 
+// The README's form, Explainer e(Model::load(...), ...), must not dangle: the explainer shares the model
+// (a Model is a shared handle, taken by value). Under ASan (scripts/sanitize.sh) a dangling reference
+// here would be a use after free.
+static_assert(std::is_constructible_v<Explainer, Model&&, Preprocess>);
+TEST(Model, ExplainerKeepsATemporaryModelAlive) {
+  const ModelCard card = load_card(shared("models/mobilenet_v2_imagenet.json"));
+  const Explainer explainer(Model::load(shared("models/mobilenet_v2_imagenet.pt")), card.preprocess, card.labels);
+  ExplainOptions opt;
+  opt.layers = {"features.18"};
+  const auto result = explainer.explain({cv::Mat(64, 64, CV_8UC3, cv::Scalar(90, 120, 150))}, opt);
+  ASSERT_EQ(result.size(), 1u);
+  ASSERT_EQ(result[0].maps.size(), 1u);
+  EXPECT_EQ(result[0].maps[0].layer, "features.18");
+  EXPECT_EQ(explainer.model().name(), "mobilenet_v2_imagenet.pt");
+}
+
 TEST(Model, UnknownLayerListsClosestNames) {
   Model m = Model::load(fixture("resnet18_traced.pt"));
   try {

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
+
 namespace lumen {
 
 struct AuditRun {
@@ -45,3 +47,4 @@ void write_audit_report(OutputDir& out, const Explainer& explainer, const AuditR
                         const nlohmann::json& about);
 
 }  // namespace lumen
+#pragma GCC visibility pop

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
+
 namespace lumen {
 
 struct Sample {
@@ -31,3 +33,4 @@ struct Dataset {
 Dataset load_dataset(const std::string& dir);
 
 }  // namespace lumen
+#pragma GCC visibility pop

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
+
 namespace lumen::demo {
 
 struct Scene {
@@ -66,3 +68,4 @@ TrainReport train(torch::jit::Module& net, const TrainOptions& options,
 double iou(const Box& a, const Box& b);
 
 }  // namespace lumen::demo
+#pragma GCC visibility pop

@@ -5,6 +5,8 @@
 #include <stdexcept>
 #include <string>
 
+#pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
+
 namespace lumen {
 
 class Error : public std::runtime_error {
@@ -16,3 +18,4 @@ class Error : public std::runtime_error {
 std::string first_line(const std::string& message);
 
 }  // namespace lumen
+#pragma GCC visibility pop

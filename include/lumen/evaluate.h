@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
+
 namespace lumen {
 
 struct EvalOptions {
@@ -93,3 +95,4 @@ void write_eval_report(const Explainer& explainer, const Dataset& data, const Da
                        const std::string& out_dir);
 
 }  // namespace lumen
+#pragma GCC visibility pop

@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
+
 namespace lumen {
 
 struct ExplainOptions {
@@ -78,3 +80,4 @@ void check_request(const ExplainOptions& options);
 nlohmann::json settings_json(const ExplainOptions& options);
 
 }  // namespace lumen
+#pragma GCC visibility pop

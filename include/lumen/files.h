@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 
+#pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
+
 namespace lumen {
 
 // Text files larger than this are refused (a labels file of 21k ImageNet classes is ~0.5 MB; a
@@ -20,3 +22,4 @@ std::uintmax_t require_regular_file(const std::string& path, const std::string& 
 std::string read_text_file(const std::string& path, const std::string& what, std::uintmax_t max_bytes = kMaxTextBytes);
 
 }  // namespace lumen
+#pragma GCC visibility pop

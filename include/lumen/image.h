@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
+
 namespace lumen {
 
 struct Preprocess {
@@ -73,3 +75,4 @@ torch::Tensor reference_input(const torch::Tensor& x, const std::string& kind, c
 torch::Tensor gaussian_blur(const torch::Tensor& x, double sigma);
 
 }  // namespace lumen
+#pragma GCC visibility pop

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
+
 namespace lumen {
 
 struct TokenLayout {
@@ -45,3 +47,4 @@ torch::Tensor to_spatial(const torch::Tensor& output, const TokenLayout& layout)
 torch::Tensor from_spatial(const torch::Tensor& spatial, const TokenLayout& layout, const torch::Tensor& like);
 
 }  // namespace lumen
+#pragma GCC visibility pop

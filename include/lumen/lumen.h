@@ -19,4 +19,5 @@
 #include <lumen/runtime.h>
 #include <lumen/settings.h>
 #include <lumen/target.h>
+#include <lumen/version.h>
 #include <lumen/visualize.h>

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
+
 namespace lumen {
 
 struct Box {
@@ -60,3 +62,4 @@ struct ImageExplanation {
 Box threshold_box(const cv::Mat& map, float fraction);
 
 }  // namespace lumen
+#pragma GCC visibility pop

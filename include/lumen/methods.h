@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
+
 namespace lumen {
 
 struct SettingInfo {
@@ -50,3 +52,4 @@ Settings taken_by(const std::vector<std::string>& methods, const Settings& setti
 nlohmann::json effective_settings(const Settings& settings);
 
 }  // namespace lumen
+#pragma GCC visibility pop

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
+
 namespace lumen::metrics {
 
 // A ground-truth box in image pixels: (x0, y0) top-left, (x1, y1) bottom-right, continuous coordinates.
@@ -95,3 +97,4 @@ std::vector<std::string> cascade_blocks(const Model& model);
 Model randomized(const Model& model, const std::vector<std::string>& blocks, uint64_t seed);
 
 }  // namespace lumen::metrics
+#pragma GCC visibility pop

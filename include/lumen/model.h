@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
+
 namespace lumen {
 
 // How ReLU-like activations (relu, ReLU6/hardtanh, clamp) pass gradient backward.
@@ -116,3 +118,4 @@ class Model {
 torch::Tensor default_logits(const torch::IValue& output);
 
 }  // namespace lumen
+#pragma GCC visibility pop

@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
+
 namespace lumen {
 
 // NumPy .npy (format 1.0, little-endian float32, C order): a CV_32F matrix is (rows, cols); one with
@@ -82,3 +84,4 @@ nlohmann::json run_json(const std::vector<ImageExplanation>& images, const nlohm
 nlohmann::json map_json(const Map& map);
 
 }  // namespace lumen
+#pragma GCC visibility pop

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
+
 namespace lumen::report {
 
 // Text for HTML content and attribute values: & < > " ' escaped.
@@ -34,3 +36,4 @@ class Page {
 };
 
 }  // namespace lumen::report
+#pragma GCC visibility pop

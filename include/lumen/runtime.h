@@ -1,6 +1,8 @@
 // lumen: process-wide runtime settings that LibTorch leaves to the application.
 #pragma once
 
+#pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
+
 namespace lumen {
 
 // libgomp reads OMP_WAIT_POLICY once, when it is loaded (before main). Spin-waiting OpenMP threads made
@@ -38,3 +40,4 @@ double peak_resident_mib();
 double available_mib();
 
 }  // namespace lumen
+#pragma GCC visibility pop

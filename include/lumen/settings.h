@@ -10,6 +10,8 @@
 #include <functional>
 #include <string>
 
+#pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
+
 namespace lumen {
 
 // Whose formulas: the papers' (default), or pytorch-grad-cam's pipeline reproduced for people who
@@ -60,3 +62,4 @@ class Settings {
 };
 
 }  // namespace lumen
+#pragma GCC visibility pop

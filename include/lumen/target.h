@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
+
 namespace lumen {
 
 // Picks the [N,K] class-score tensor out of the model's output.
@@ -49,3 +51,4 @@ OutputSelector at_position(OutputSelector select, int64_t t);
 Target sequence_target(std::vector<int64_t> tokens, OutputSelector select = {});
 
 }  // namespace lumen
+#pragma GCC visibility pop

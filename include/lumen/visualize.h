@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
+
 namespace lumen {
 
 struct VisualizeOptions {
@@ -44,3 +46,4 @@ Visualization visualize(const Model& model, const Preprocess& pre, const Visuali
 cv::Mat to_image(const torch::Tensor& x, const Preprocess& pre);
 
 }  // namespace lumen
+#pragma GCC visibility pop

@@ -1,5 +1,6 @@
 // The bias audit (`lumen audit`): the share of each image's evidence on its object.
 #include <lumen/audit.h>
+#include <lumen/version.h>
 #include <lumen/error.h>
 #include <lumen/metrics.h>
 #include <lumen/report.h>
@@ -94,6 +95,7 @@ void write_audit_report(OutputDir& out, const Explainer& explainer, const AuditR
                             number(r.share), r.flagged ? "1" : "0"});
   }
   nlohmann::json doc = about;
+  doc["lumen_version"] = version();
   doc["method"] = run.method;
   doc["threshold"] = run.threshold;
   doc["measure"] = "share of the normalised map's mass inside the class's boxes";

@@ -1,6 +1,7 @@
 // The report of a dataset run: the results as JSON and CSV, the table, and a page with each method's
 // best and worst examples.
 #include <lumen/error.h>
+#include <lumen/version.h>
 #include <lumen/evaluate.h>
 #include <lumen/output.h>
 #include <lumen/report.h>
@@ -37,7 +38,7 @@ void write_eval_report(const Explainer& explainer, const Dataset& data, const Da
   // part-way leaves the earlier report, not a mix).
   OutputDir out(out_dir);
   const nlohmann::json results = {{"config", result.config}, {"methods", result.methods}, {"summary", result.summary},
-                                   {"notes", result.notes},   {"seconds", result.seconds}};
+                                   {"notes", result.notes},   {"seconds", result.seconds}, {"lumen_version", version()}};
   out.write("results.json", results.dump(2) + "\n");
   out.write("results.csv", result.csv);
   out.write("table.md", result.table + "\n" + result.notes);

@@ -2,6 +2,7 @@
 // that must never be forgotten is escaping, which this class does for every piece of text it takes.
 // (No Debian template library fits so small a need without bringing its own dependencies.)
 #include <lumen/report.h>
+#include <lumen/version.h>
 
 #include <algorithm>
 #include <sstream>
@@ -93,7 +94,7 @@ std::string Page::html() const {
   return "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>" + escape(title_) +
          "</title><style>body{font-family:sans-serif}figure{display:inline-block;margin:4px;vertical-align:top}"
          "figure img{width:176px}figcaption{font-size:11px}td{padding:6px;vertical-align:middle}pre{white-space:pre-wrap}</style></head><body>\n" +
-         body_ + "</body></html>\n";
+         body_ + "<footer><small>made by lumen " + escape(version()) + "</small></footer></body></html>\n";
 }
 
 }  // namespace lumen::report

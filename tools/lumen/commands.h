@@ -6,6 +6,7 @@
 #include <lumen/image.h>
 #include <lumen/model.h>
 #include <lumen/runtime.h>
+#include <lumen/version.h>
 
 #include <CLI/CLI.hpp>
 

@@ -103,7 +103,7 @@ ExplainOptions options_of(const Args& a, const std::vector<std::string>& layers)
 
 // The run document (docs/json-schema.md) around the images' entries.
 nlohmann::json run_document(const Args& a, const Inputs& in, const ExplainOptions& opt, double seconds, const nlohmann::json& images) {
-  return {{"lumen_version", "0.1.0"},
+  return {{"lumen_version", lumen::version()},
           {"model", a.model},
           {"layers", in.layers},
           {"methods", opt.methods},

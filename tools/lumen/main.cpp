@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
 
   CLI::App app{"lumen: why a deep network decided what it decided"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "lumen 0.1.0");
+  app.set_version_flag("--version", std::string("lumen ") + lumen::version());
   std::vector<lumen::cli::Command> commands{lumen::cli::add_layers(app), lumen::cli::add_explain(app),
                                             lumen::cli::add_demo(app), lumen::cli::add_eval(app),
                                             lumen::cli::add_visualize(app), lumen::cli::add_audit(app),

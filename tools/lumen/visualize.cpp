@@ -64,7 +64,7 @@ Command add_visualize(CLI::App& app) {
                                                                        : "mean activation of " + a->v.layer + " channel " +
                                                                              std::to_string(a->v.channel)},
                                     {"initial", v.initial}, {"final", v.final}, {"increase", v.final - v.initial},
-                                    {"scores", v.scores}, {"top1", v.top1}};
+                                    {"scores", v.scores}, {"top1", v.top1}, {"lumen_version", lumen::version()}};
             out.write(what + ".png", encode_png(to_image(v.input, pre)));
             out.write(what + ".npy", encode_npy([&] {
                         auto t = v.input[0].permute({1, 2, 0}).contiguous();

@@ -1,0 +1,176 @@
+"""lumen: why a deep network decided what it decided.
+
+The C++ engine of the `lumen` command, from Python: Grad-CAM and its family, pixel-space gradients,
+perturbation and attention methods on TorchScript and ONNX models, with the command line's names and
+defaults. Maps come back as numpy arrays that look into lumen's memory (no copies); `Map.tensor()`
+gives the same memory as a torch tensor. The GIL is released while lumen computes.
+
+    import lumen
+    model = lumen.Model.load("model.pt")            # or .onnx, or a torch.jit.ScriptModule
+    card = lumen.load_card("model.json")
+    explainer = lumen.Explainer(model, card)
+    [result] = explainer.explain(["cat.jpg"], methods=["gradcam", "layercam"], layers=["features.18"], top_k=2)
+    result.predictions[0].label, result["gradcam"].map.shape      # normalised map at image size
+
+docs/python.md has the reference and the side-by-side with pytorch-grad-cam and Captum.
+"""
+
+import io as _io
+import warnings as _warnings
+
+from . import _lumen
+from ._lumen import Error, ImageExplanation, LayerInfo, Map, ModelCard, Prediction, Preprocess, load_card, method_names, methods, set_deterministic, set_threads, settings
+
+__version__ = _lumen.__version__
+__all__ = ["Model", "Explainer", "Error", "ImageExplanation", "Map", "Prediction", "Preprocess", "ModelCard", "LayerInfo",
+           "load_card", "method_names", "methods", "settings", "set_threads", "set_deterministic", "__version__"]
+
+Model = _lumen.Model
+_load_file = _lumen.Model.load
+
+
+def _model_from_module(module, name="in-memory"):
+    """A model from a torch.jit.ScriptModule (scripted or traced) already in memory.
+
+    The module is serialised once (torch.jit.save into memory) and read by lumen's LibTorch, which is
+    the same library python3-torch runs on; lumen works on its own copy, so the module is not changed.
+    """
+    import torch  # only needed here: lumen itself does not need torch in Python
+
+    if isinstance(module, torch.nn.Module) and not isinstance(module, torch.jit.ScriptModule):
+        raise Error("lumen takes TorchScript: pass torch.jit.script(model) or torch.jit.trace(model, example), not an eager nn.Module")
+    buffer = _io.BytesIO()
+    torch.jit.save(module, buffer)
+    return _lumen.Model._from_bytes(buffer.getvalue(), name)
+
+
+def _load(source):
+    """Load a TorchScript (.pt) or ONNX (.onnx) file, or take a torch.jit.ScriptModule in memory."""
+    if isinstance(source, (str, bytes)) or hasattr(source, "__fspath__"):
+        import os
+
+        return _load_file(os.fsdecode(source))
+    return _model_from_module(source, type(source).__name__)
+
+
+Model.load = staticmethod(_load)
+Model.from_module = staticmethod(_model_from_module)
+
+
+def _map_tensor(self, which="map"):
+    """The map's `which` array ("map", "raw", "upsampled", "attribution") as a torch tensor over the same memory."""
+    import torch
+
+    array = getattr(self, which)
+    if array is None:
+        return None
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")  # the view is read-only; torch warns about that and shares it anyway
+        return torch.from_numpy(array)
+
+
+Map.tensor = _map_tensor
+
+
+def _as_image(image):
+    """numpy arrays and file paths go to lumen as they are; a torch tensor (H x W x C, 0..255) as its numpy view."""
+    if hasattr(image, "detach") and hasattr(image, "numpy"):
+        return image.detach().cpu().numpy()
+    if hasattr(image, "__fspath__"):
+        import os
+
+        return os.fspath(image)
+    return image
+
+
+class Explainer:
+    """Explains a model's decisions; one explainer may be used from several threads at once.
+
+    Explainer(model, card) with a model card (lumen.load_card), or Explainer(model, preprocess=lumen.Preprocess(...),
+    labels=[...]). `model` is a lumen.Model, a file path or a torch.jit.ScriptModule.
+    """
+
+    def __init__(self, model, card=None, preprocess=None, labels=None):
+        if not isinstance(model, _lumen.Model):
+            model = Model.load(model)
+        if isinstance(card, str):
+            card = load_card(card)
+        if card is not None:
+            if preprocess is not None:
+                raise Error("give a card or a preprocess, not both")
+            self._native = _lumen.Explainer(model, card)
+            self.default_layer = card.cam_layer
+        else:
+            self._native = _lumen.Explainer(model, preprocess or Preprocess(), list(labels or []))
+            self.default_layer = ""
+        self.card = card
+
+    @property
+    def model(self):
+        return self._native.model
+
+    @property
+    def labels(self):
+        return self._native.labels
+
+    @property
+    def preprocess(self):
+        return self._native.preprocess
+
+    def _options(self, methods, layers, top_k, classes, score, counterfactual, output, aggregate, layer_weights, contrast,
+                 box_threshold, compat, rows_per_pass, memory_mib, aug_smooth, nonlinearity, tokens, progress, settings):
+        if layers is None:
+            layers = [self.default_layer] if self.default_layer else []
+        if isinstance(classes, int):
+            classes = [classes]
+        return _lumen._options(methods, layers, top_k, classes, score, counterfactual, output, aggregate, layer_weights, contrast,
+                               box_threshold, compat, rows_per_pass, memory_mib, aug_smooth, nonlinearity, tokens, progress, **settings)
+
+    def explain(self, images, methods=("gradcam",), layers=None, top_k=1, classes=None, score="logit", counterfactual=False,
+                output="", aggregate="", layer_weights=None, contrast=False, box_threshold=0.15, compat="papers", rows_per_pass=0,
+                memory_mib=0, aug_smooth=False, nonlinearity="strict", tokens="", progress=None, sources=None, **settings):
+        """Explain images: one forward pass for the batch, one backward per target.
+
+        images: a file path, an H x W x 3 RGB array (uint8 or float 0..255; a torch tensor works too), or a list of them.
+        methods, layers: names as on the command line (lumen.method_names(); module paths or ONNX node names);
+            layers defaults to the card's suggested layer.
+        top_k / classes: explain the top-k predictions, or these classes for every image.
+        score: "logit", "prob" or "logprob"; counterfactual: evidence against the class; output: the output path of
+            a tuple/dict model ("heads.1"); aggregate ("mean", "max", "product", "weighted" with layer_weights) and
+            contrast: as `lumen explain --aggregate/--contrast`.
+        settings: any method setting by name (steps=64, samples=25, smooth_base="integrated-gradients"; see
+            lumen.settings()), checked before anything runs.
+        progress: called as progress(what, done, total) during long methods.
+        Returns one ImageExplanation per image (.predictions, .maps, result["gradcam"], .to_dict()).
+        """
+        single = not isinstance(images, (list, tuple))
+        images = [_as_image(i) for i in ([images] if single else images)]
+        opt = self._options(methods, layers, top_k, classes, score, counterfactual, output, aggregate, layer_weights, contrast,
+                            box_threshold, compat, rows_per_pass, memory_mib, aug_smooth, nonlinearity, tokens, progress, settings)
+        if sources is None:
+            sources = [i if isinstance(i, str) else "image %d" % n for n, i in enumerate(images)]
+        return self._native._explain(images, sources, opt)
+
+    def explain_tensor(self, batch, sizes=None, sources=None, methods=("gradcam",), layers=None, top_k=1, classes=None, score="logit",
+                       counterfactual=False, output="", aggregate="", layer_weights=None, contrast=False, box_threshold=0.15,
+                       compat="papers", rows_per_pass=0, memory_mib=0, aug_smooth=False, nonlinearity="strict", tokens="",
+                       progress=None, **settings):
+        """Explain an already preprocessed batch [N, C, H, W] (float32 numpy array or torch tensor), as pytorch-grad-cam's
+        input_tensor. Maps come back at `sizes` ([(width, height)] per row; default: the input size)."""
+        if hasattr(batch, "detach"):
+            batch = batch.detach().cpu().contiguous().numpy()
+        opt = self._options(methods, layers, top_k, classes, score, counterfactual, output, aggregate, layer_weights, contrast,
+                            box_threshold, compat, rows_per_pass, memory_mib, aug_smooth, nonlinearity, tokens, progress, settings)
+        return self._native._explain_tensor(batch, sizes, sources, opt)
+
+    def evaluate(self, data, out, methods=("gradcam",), layers=None, metrics=("loc", "pointing", "deletion", "insertion", "drop"),
+                 aggregate="", limit=0, batch=8, steps=50, sanity_images=8, seed=0, fresh=False, report=True, progress=None,
+                 rows_per_pass=0, memory_mib=0):
+        """`lumen eval` over a dataset folder (images/, labels.csv, boxes.csv): the records, table and report in `out`
+        (resumable), and the summary as a dict."""
+        if layers is None:
+            layers = [self.default_layer] if self.default_layer else []
+        shared = self._options(list(methods), list(layers), 1, None, "logit", False, "", "", None, False, 0.15, "papers",
+                               rows_per_pass, memory_mib, False, "strict", "", progress, {})
+        return _lumen._evaluate(self._native, str(data), str(out), list(methods), list(layers), list(metrics), aggregate, limit, batch,
+                                steps, sanity_images, seed, fresh, report, shared)

@@ -1,0 +1,7 @@
+#include <lumen/version.h>
+
+namespace lumen {
+
+const char* version() { return LUMEN_VERSION_STRING; }
+
+}  // namespace lumen

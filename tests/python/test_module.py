@@ -1,0 +1,273 @@
+"""The Python module (import lumen) against independent PyTorch computations of the same formulas.
+
+pytorch-grad-cam and Captum cannot be installed here (no PyPI), so their GradCAM, LayerCAM and Saliency
+are written out below as those libraries compute them (gradients from a hook on the layer, the score of
+the target class, their reductions) on the same TorchScript model and the same input pixels.
+
+Run by ctest (test_python) with PYTHONPATH=<build>/python and /usr/bin/python3:
+    LUMEN_SHARED_DIR=../shared PYTHONPATH=build/python /usr/bin/python3 -m unittest tests/python/test_module.py
+"""
+
+import os
+import tempfile
+import threading
+import unittest
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import lumen
+
+SHARED = os.environ.get("LUMEN_SHARED_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared"))
+MODEL = os.path.join(SHARED, "models", "mobilenet_v2_imagenet.pt")
+ONNX = os.path.join(SHARED, "models", "mobilenet_v2_imagenet.onnx")
+CARD = os.path.join(SHARED, "models", "mobilenet_v2_imagenet.json")
+IMAGES = [os.path.join(SHARED, "images", n) for n in ("pets.jpg", "owl.jpg", "hot_dog.jpg", "parrot.jpg")]
+LAYER = "features.18"
+
+
+def pearson(a, b):
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def model_input(path, size=224):
+    """The card's preprocessing in PyTorch: RGB, antialiased bilinear stretch to size x size, (p - 127.5) / 127.5."""
+    rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return (x - 127.5) / 127.5
+
+
+class Reference:
+    """The shared MobileNetV2 split at features.18 (forward = classifier(pool(features(x))), as its card says)."""
+
+    def __init__(self):
+        self.net = torch.jit.load(MODEL).eval()
+
+    def layer_and_grad(self, x, cls=None):
+        a = self.net.features(x).detach().requires_grad_(True)
+        logits = self.net.classifier(self.net.pool(a))
+        cls = int(logits[0].argmax()) if cls is None else cls
+        (g,) = torch.autograd.grad(logits[0, cls], a)
+        return a.detach(), g, cls
+
+    def gradcam(self, x, cls=None):
+        # pytorch-grad-cam GradCAM.get_cam_weights: the gradient's mean over the map; cam = relu(sum_k w_k A_k)
+        a, g, cls = self.layer_and_grad(x, cls)
+        w = g.mean(dim=(2, 3), keepdim=True)
+        return F.relu((w * a).sum(1))[0].numpy(), cls
+
+    def layercam(self, x, cls=None):
+        # pytorch-grad-cam LayerCAM: relu(grad) * A, summed over channels, then relu
+        a, g, cls = self.layer_and_grad(x, cls)
+        return F.relu((F.relu(g) * a).sum(1))[0].numpy(), cls
+
+    def saliency(self, x, cls):
+        # Captum Saliency(model).attribute(x, target=cls) with abs=True: |d logit / d x| per channel
+        x = x.clone().requires_grad_(True)
+        logits = self.net(x)
+        (g,) = torch.autograd.grad(logits[0, cls], x)
+        return g.abs()[0].permute(1, 2, 0).numpy()
+
+
+class ModuleTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.model = lumen.Model.load(MODEL)
+        cls.card = lumen.load_card(CARD)
+        cls.explainer = lumen.Explainer(cls.model, cls.card)
+        cls.ref = Reference()
+
+    def test_version_and_catalog(self):
+        self.assertRegex(lumen.__version__, r"^\d+\.\d+\.\d+$")
+        names = lumen.method_names()
+        for m in ("gradcam", "layercam", "saliency", "integrated-gradients", "scorecam", "attention-rollout"):
+            self.assertIn(m, names)
+        steps = [s for s in lumen.settings() if s["name"] == "steps"]
+        self.assertEqual(len(steps), 1)
+        self.assertIn("integrated-gradients", steps[0]["methods"])
+
+    def test_gradcam_layercam_saliency_match_the_anchors_formulas(self):
+        for path in IMAGES:
+            x = model_input(path)
+            [res] = self.explainer.explain_tensor(x, methods=["gradcam", "layercam", "saliency"], layers=[LAYER])
+            want, cls = self.ref.gradcam(x)
+            self.assertEqual(res.predictions[0].cls, cls, path)
+            got = res.get("gradcam", layer=LAYER)
+            self.assertEqual(got.raw.shape, (7, 7))
+            self.assertGreaterEqual(pearson(got.raw, want), 0.999, path)
+            np.testing.assert_allclose(got.raw, want, rtol=1e-3, atol=1e-4 * float(want.max()))
+            # The picture a user sees: upsampled to the input and min-max normalised.
+            up = F.interpolate(torch.from_numpy(want)[None, None], size=(224, 224), mode="bilinear", align_corners=False)[0, 0].numpy()
+            self.assertGreaterEqual(pearson(got.map, up), 0.999, path)
+            want_lc, _ = self.ref.layercam(x)
+            self.assertGreaterEqual(pearson(res["layercam"].raw, want_lc), 0.999, path)
+            sal = res["saliency"]
+            self.assertEqual(sal.attribution.shape, (224, 224, 3))
+            self.assertGreaterEqual(pearson(np.abs(sal.attribution), self.ref.saliency(x, cls)), 0.999, path)
+
+    def test_explicit_class_and_torch_tensor_input(self):
+        x = model_input(IMAGES[0])
+        [res] = self.explainer.explain_tensor(x, classes=[281], layers=[LAYER])  # a torch tensor, as pytorch-grad-cam takes it
+        want, _ = self.ref.gradcam(x, cls=281)
+        m = res["gradcam"]
+        self.assertEqual(m.cls, 281)
+        self.assertEqual(m.label, self.card.labels[281])
+        self.assertGreaterEqual(pearson(m.raw, want), 0.999)
+        t = m.tensor("raw")
+        self.assertIsInstance(t, torch.Tensor)
+        self.assertEqual(tuple(t.shape), (7, 7))
+        self.assertEqual(float(t.max()), float(m.raw.max()))
+
+    def test_array_and_file_give_the_same_maps(self):
+        rgb = (np.random.default_rng(3).random((96, 128, 3)) * 255).astype(np.uint8)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "noise.png")
+            Image.fromarray(rgb).save(path)
+            [from_file] = self.explainer.explain(path)
+            [from_array] = self.explainer.explain(rgb)
+            [from_float] = self.explainer.explain(rgb.astype(np.float32))
+        self.assertEqual((from_array.width, from_array.height), (128, 96))
+        np.testing.assert_array_equal(from_file.maps[0].raw, from_array.maps[0].raw)
+        np.testing.assert_array_equal(from_file.maps[0].raw, from_float.maps[0].raw)
+        self.assertEqual(from_file.maps[0].map.shape, (96, 128))
+
+    def test_script_module_in_memory(self):
+        x = model_input(IMAGES[1])
+        in_memory = lumen.Explainer(lumen.Model.load(torch.jit.load(MODEL)), self.card)
+        [a] = in_memory.explain_tensor(x, methods=["gradcam", "saliency"])
+        [b] = self.explainer.explain_tensor(x, methods=["gradcam", "saliency"])
+        np.testing.assert_allclose(a["gradcam"].raw, b["gradcam"].raw, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(a["saliency"].attribution, b["saliency"].attribution, rtol=1e-4, atol=1e-7)
+        # A traced module too, and an eager one is refused with what to do.
+        traced = torch.jit.trace(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                                     torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval(), torch.zeros(1, 3, 32, 32))
+        small = lumen.Explainer(traced, preprocess=lumen.Preprocess(width=32, height=32))
+        [r] = small.explain(np.zeros((40, 40, 3), np.uint8) + 100, layers=["1"])
+        self.assertEqual(r["gradcam"].raw.shape, (30, 30))
+        with self.assertRaisesRegex(lumen.Error, "torch.jit.script"):
+            lumen.Model.load(torch.nn.Linear(2, 2))
+
+    def test_aggregation_contrast_settings_and_run_json(self):
+        [r] = self.explainer.explain(IMAGES[0], methods=["gradcam"], layers=["features.18", "features.14"], aggregate="mean", top_k=2,
+                                     contrast=True)
+        layers = {m.layer for m in r.maps}
+        self.assertIn("features.18+features.14", layers)
+        self.assertTrue(any(m.contrastive for m in r.maps))
+        d = r.to_dict()
+        self.assertEqual(len(d["maps"]), len(r))
+        self.assertEqual(d["top5"][0]["class"], r.predictions[0].cls)
+        [ig] = self.explainer.explain(IMAGES[0], methods=["integrated-gradients"], steps=8)
+        self.assertIn("completeness_gap", ig["integrated-gradients"].extra)
+        seen = []
+        self.explainer.explain(IMAGES[0], methods=["smoothgrad"], samples=4, progress=lambda what, done, total: seen.append((done, total)))
+        self.assertTrue(seen and seen[-1][0] == seen[-1][1], seen)
+
+    def test_onnx_model(self):
+        x = model_input(IMAGES[2])
+        onnx = lumen.Explainer(ONNX, CARD)
+        [a] = onnx.explain_tensor(x, layers=["features.18"])
+        want, cls = self.ref.gradcam(x)
+        self.assertEqual(a.predictions[0].cls, cls)
+        self.assertGreaterEqual(pearson(a["gradcam"].raw, want), 0.999)
+
+    def test_errors_are_python_exceptions_with_lumens_message(self):
+        e = self.explainer
+        cases = [
+            (lambda: lumen.Model.load("/nonexistent/model.pt"), "not found|does not exist|no such"),
+            (lambda: e.explain("/nonexistent.jpg"), "image not found"),
+            (lambda: e.explain(IMAGES[0], layers=["features.99"]), "features.99"),
+            (lambda: e.explain(IMAGES[0], methods=["gradcam-xl"]), "gradcam-xl"),
+            (lambda: e.explain(IMAGES[0], methods=["integrated-gradients"], steps=float("nan")), "steps"),
+            (lambda: e.explain(IMAGES[0], samples=4), "samples"),
+            (lambda: e.explain(np.full((8, 8, 3), np.nan, np.float32)), "NaN"),
+            (lambda: e.explain(np.zeros((8, 8, 5), np.uint8)), "shape"),
+            (lambda: e.explain(IMAGES[0], classes=[5000]), "5000"),
+            (lambda: e.explain_tensor(np.zeros((3, 224, 224), np.float32)), r"\[N, C, H, W\]"),
+            (lambda: e.explain(IMAGES[0], compat="grad-cam"), "compat"),
+        ]
+        for call, message in cases:
+            with self.assertRaisesRegex(lumen.Error, message):
+                call()
+        with tempfile.TemporaryDirectory() as tmp:
+            bad = os.path.join(tmp, "corrupt.pt")
+            with open(bad, "wb") as f:
+                f.write(b"PK\x03\x04" + os.urandom(2000))
+            with self.assertRaises(lumen.Error):
+                lumen.Model.load(bad)
+        self.assertTrue(issubclass(lumen.Error, ValueError))
+
+    def test_threads_share_one_explainer_and_the_gil_is_released(self):
+        inputs = [model_input(p, 160) for p in IMAGES]
+        alone = [self.explainer.explain_tensor(x)[0]["gradcam"].raw.copy() for x in inputs]
+        results, errors = {}, []
+
+        def work(k):
+            try:
+                for i in range(3):
+                    j = (k + i) % len(inputs)
+                    results[(k, i)] = (j, self.explainer.explain_tensor(inputs[j])[0]["gradcam"].raw.copy())
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(errors, [])
+        self.assertEqual(len(results), 12)
+        for j, raw in results.values():
+            self.assertGreaterEqual(pearson(raw, alone[j]), 0.9999)
+            np.testing.assert_allclose(raw, alone[j], rtol=1e-3, atol=1e-4 * float(alone[j].max()))
+        # While one thread is inside lumen, Python code runs in another: a held GIL would stop this loop.
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (self.explainer.explain(IMAGES[0], methods=["smoothgrad"], samples=16), done.set()))
+        spins = 0
+        worker.start()
+        while not done.is_set():
+            spins += 1
+        worker.join()
+        self.assertGreater(spins, 10000)
+
+    def test_no_memory_growth_over_1000_calls(self):
+        x = model_input(IMAGES[3], 64)
+
+        def rss_mib():
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024.0
+            return 0.0
+
+        def call():
+            [r] = self.explainer.explain_tensor(x, methods=["gradcam", "saliency"])
+            _ = r["gradcam"].map.sum() + r["saliency"].attribution.sum()
+            r.to_dict()
+
+        for _ in range(100):
+            call()
+        before = rss_mib()
+        for _ in range(1000):
+            call()
+        grown = rss_mib() - before
+        self.assertLess(grown, 25.0, "resident memory grew by %.1f MiB over 1000 calls" % grown)
+
+    def test_evaluate_a_dataset(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "report")
+            summary = self.explainer.evaluate(os.path.join(SHARED, "data", "imagenet-loc-dev"), out, methods=["gradcam"],
+                                              metrics=["loc", "pointing"], limit=4, batch=4)
+            self.assertEqual(summary["methods"], ["gradcam"])
+            self.assertEqual(summary["pairs"], 4)
+            self.assertIn("gradcam", summary["summary"])
+            for name in ("results.json", "table.md", "index.html", "records.jsonl"):
+                self.assertTrue(os.path.exists(os.path.join(out, name)), name)
+
+
+if __name__ == "__main__":
+    unittest.main()
