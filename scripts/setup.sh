@@ -12,6 +12,7 @@ PACKAGES=(
   libopenblas0-openmp                          # LibTorch's default BLAS here is the slow reference one
   pybind11-dev python3-dev python3-numpy       # the Python module (import lumen)
   pkg-config                                   # the package test builds examples/ with lumen.pc
+  chromium chromium-driver python3-selenium    # test tooling: the pages are tested in a real browser
   python3-torch python3-torchvision python3-jsonschema python3-onnx python3-pil   # test tooling: fixtures and references
 )
 missing=()

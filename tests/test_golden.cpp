@@ -7,6 +7,8 @@
 // per .npy its shape, min, max, mean and root mean square over all values, plus every value (small
 // arrays) or 256 values at fixed positions (large ones); per PNG its shape, channel means and 256
 // pixels at fixed positions. LUMEN_GOLDEN_RECORD=1 rewrites the files from the current build.
+// Re-recorded once since (issue 18: files named by class id, pictures with captions), after checking
+// that all 326 arrays and every map's box, stats and target in run.json were identical to the record.
 #include "common.h"
 
 #include <opencv2/imgcodecs.hpp>

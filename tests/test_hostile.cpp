@@ -199,6 +199,8 @@ TEST(Hostile, DatasetsThatPointOutsideOrLie) {
       {dataset("huge-label", "cat.png,1e300\n", ""), "label '1e300' is not a class index"},
       {dataset("box-label", "cat.png,285\n", "cat.png,1e300,0,0,10,10\n"), "label '1e300' is not a class index"},
       {dataset("box-outside", "cat.png,285\n", "cat.png,285,5000,5000,5100,5100\n"), "lies outside the"},
+      // A name the file system refuses (found by the dataset fuzz target: std::filesystem threw).
+      {dataset("name-too-long", "a." + std::string(5000, 'f') + ".png,2\n", ""), "image not found"},
   };
   for (const auto& [dir, needle] : sets)
     expect_refused({dir, "eval " + kModel + " --data " + q(dir) + " --metrics loc", needle});

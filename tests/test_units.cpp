@@ -168,6 +168,103 @@ TEST(Output, StagedFilesAppearOnlyOnCommit) {
   EXPECT_THROW(OutputDir(dir + "/file/sub"), Error);
 }
 
+// A new output folder exists only once its run commits, however the run ends (it is staged beside).
+TEST(Output, NewFolderAppearsOnlyOnCommit) {
+  const std::string parent = temp_dir("new-folder");
+  const std::string dir = parent + "/a/b/out/";
+  {
+    OutputDir out(dir);
+    out.write("x/y.txt", "hello");
+    EXPECT_FALSE(std::filesystem::exists(parent + "/a"));
+  }
+  EXPECT_TRUE(std::filesystem::is_empty(parent)) << "a failed run leaves nothing, not even its staging folder";
+  {
+    OutputDir out(dir);
+    out.write("x/y.txt", "hello");
+    EXPECT_FALSE(std::filesystem::exists(parent + "/a"));
+    out.commit();
+  }
+  EXPECT_TRUE(std::filesystem::exists(dir + "x/y.txt"));
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(parent), {}), 1);
+}
+
+// Signed maps: the diverging colour map is centred on zero, and the overlay's opacity follows |value|,
+// so where the map is zero the photo shows unchanged; each sign mode draws only its part.
+TEST(Picture, SignedMapsAreCentredOnZero) {
+  cv::Mat image(20, 30, CV_8UC3, cv::Scalar(30, 140, 200));
+  cv::Mat values = cv::Mat::zeros(20, 30, CV_32F);
+  values(cv::Rect(0, 0, 10, 20)).setTo(2.0f);    // positive on the left
+  values(cv::Rect(20, 0, 10, 20)).setTo(-2.0f);  // negative on the right
+  const cv::Vec3b photo = image.at<cv::Vec3b>(5, 15);
+  // All: zero shows the photo, positive red, negative blue; the heat map's zero is the map's centre.
+  const cv::Mat all = signed_overlay(image, values, Sign::All, Colormap::Jet, 2.0f, 0.8f);
+  EXPECT_EQ(all.at<cv::Vec3b>(5, 15), photo);
+  const cv::Vec3b pos = all.at<cv::Vec3b>(5, 2), neg = all.at<cv::Vec3b>(5, 25);
+  EXPECT_GT(pos[2], pos[0] + 30) << "positive is red";
+  EXPECT_GT(neg[0], neg[2] + 30) << "negative is blue";
+  const cv::Mat heat = diverging_heatmap(values, 2.0f);
+  EXPECT_EQ(heat.at<cv::Vec3b>(5, 15), diverging_centre());
+  EXPECT_EQ(diverging_centre(), cv::Vec3b(247, 247, 247));
+  EXPECT_EQ(heat.at<cv::Vec3b>(5, 2), diverging_lut().at<cv::Vec3b>(0, 255));
+  EXPECT_EQ(heat.at<cv::Vec3b>(5, 25), diverging_lut().at<cv::Vec3b>(0, 0));
+  // Half the scale is half the opacity: the colour moves half as far from the photo.
+  cv::Mat half = values * 0.5;
+  const cv::Vec3b p_half = signed_overlay(image, half, Sign::All, Colormap::Jet, 2.0f, 0.8f).at<cv::Vec3b>(5, 2);
+  EXPECT_LT(std::abs(int(p_half[2]) - int(photo[2])), std::abs(int(pos[2]) - int(photo[2])));
+  // Positive: the negative part shows the photo; negative: the positive part does.
+  EXPECT_EQ(signed_overlay(image, values, Sign::Positive, Colormap::Jet, 2.0f, 0.8f).at<cv::Vec3b>(5, 25), photo);
+  EXPECT_NE(signed_overlay(image, values, Sign::Positive, Colormap::Jet, 2.0f, 0.8f).at<cv::Vec3b>(5, 2), photo);
+  EXPECT_EQ(signed_overlay(image, values, Sign::Negative, Colormap::Jet, 2.0f, 0.8f).at<cv::Vec3b>(5, 2), photo);
+  EXPECT_NE(signed_overlay(image, values, Sign::Absolute, Colormap::Jet, 2.0f, 0.8f).at<cv::Vec3b>(5, 25), photo);
+  // The scale is the 98th percentile of |value|: one outlier does not set it.
+  cv::Mat outlier = values.clone();
+  outlier.at<float>(0, 15) = 1000.f;
+  EXPECT_FLOAT_EQ(signed_scale(outlier, Sign::All), 2.0f);
+  EXPECT_EQ(parse_sign("absolute"), Sign::Absolute);
+  EXPECT_THROW(parse_sign("both"), Error);
+}
+
+// A picture says what it shows: the caption strip under it is the one OpenCV draws for the map's
+// caption, and that caption names the image, class, label, score, method and layer.
+TEST(Picture, CaptionNamesTheClassMethodAndLayer) {
+  ImageExplanation e;
+  e.source = "/data/pets.jpg";
+  e.top = {{171, "Italian greyhound", 16.3f, 0.601f}};
+  Map m;
+  m.method = "gradcam", m.layer = "features.18", m.target = "top-1", m.cls = 171, m.label = "Italian greyhound";
+  m.target_value = 16.3f;
+  m.normalized = cv::Mat(40, 500, CV_32F, cv::Scalar(0.5f));
+  m.upsampled = m.normalized.clone();
+  m.stats.max = 0.95f;
+  const cv::Mat image(40, 500, CV_8UC3, cv::Scalar(10, 20, 30));
+  RenderOptions options;
+  const Caption caption = map_caption(m, e, options);
+  ASSERT_GE(caption.lines.size(), 3u);
+  EXPECT_EQ(caption.lines[0], "pets.jpg | class 171 Italian greyhound");
+  EXPECT_NE(caption.lines[1].find("top-1, score 16.3, probability 0.601"), std::string::npos) << caption.lines[1];
+  EXPECT_EQ(caption.lines[2], "gradcam at features.18");
+  EXPECT_EQ(caption.high, "high (0.95)");
+  const cv::Mat pic = overlay_picture(image, m, e, options);
+  const cv::Mat strip = caption_strip(caption, 500);
+  ASSERT_EQ(pic.cols, 500);
+  ASSERT_EQ(pic.rows, 40 + strip.rows);
+  EXPECT_EQ(cv::norm(pic(cv::Rect(0, 40, 500, strip.rows)), strip, cv::NORM_INF), 0.0);
+  // The label is really drawn: another label changes the strip.
+  Caption other = caption;
+  other.lines[0] = "pets.jpg | class 171 Italian wolfhound";
+  EXPECT_GT(cv::norm(caption_strip(other, 500), strip, cv::NORM_L1), 0.0);
+  // --plain: the picture alone, at the image's size.
+  options.plain = true;
+  EXPECT_EQ(overlay_picture(image, m, e, options).size(), image.size());
+  EXPECT_EQ(heat_picture(m, e, options).size(), image.size());
+  // A narrow picture sits on a canvas wide enough to read its caption.
+  options.plain = false;
+  const cv::Mat small(32, 32, CV_8UC3, cv::Scalar(0, 0, 0));
+  Map tiny = m;
+  tiny.normalized = cv::Mat(32, 32, CV_32F, cv::Scalar(0.5f));
+  EXPECT_EQ(overlay_picture(small, tiny, e, options).cols, 360);
+}
+
 TEST(Output, SafeNamesAndColormaps) {
   EXPECT_EQ(safe_name("a b/c:d.png"), "a_b_c_d.png");
   EXPECT_THROW(parse_colormap("rainbow"), Error);
@@ -175,6 +272,7 @@ TEST(Output, SafeNamesAndColormaps) {
   cv::Mat jet = heatmap(n, Colormap::Jet), turbo = heatmap(n, Colormap::Turbo);
   EXPECT_EQ(jet.type(), CV_8UC3);
   EXPECT_GT(cv::norm(jet, turbo, cv::NORM_INF), 0.0);
+  EXPECT_GT(cv::norm(heatmap(n, parse_colormap("viridis")), heatmap(n, parse_colormap("inferno")), cv::NORM_INF), 0.0);
 }
 
 TEST(Targets, ScoresAndCounterfactuals) {
@@ -211,7 +309,7 @@ namespace lumen::test::units_tests {
 TEST(Report, PagesEscapeNamesAndCsvQuotesFields) {
   const std::string hostile = "<img src=x onerror=alert(1)>\"'&.jpg";
   report::Page page("audit of " + hostile);
-  page.figure("flagged/" + hostile + ".png", {hostile, "share 0.1"}).paragraph(hostile).table({{{hostile, {hostile}}}});
+  page.figure("flagged/" + hostile + ".png", {hostile, "share 0.1"}).paragraph(hostile).table({{{hostile, {hostile}, hostile, hostile}}}, {hostile});
   const std::string html = page.html();
   EXPECT_EQ(html.find("<img src=x"), std::string::npos) << html;
   EXPECT_EQ(html.find("onerror=alert(1)>\""), std::string::npos);
@@ -225,11 +323,11 @@ TEST(Headers, PointOneWay) {
   namespace fs = std::filesystem;
   const std::string root = LUMEN_SOURCE_DIR;
   std::vector<std::string> below;
-  for (const char* dir : {"src/methods", "src/model", "src/io", "src/map", "src/core"})
+  for (const char* dir : {"src/methods", "src/model", "src/io", "src/map", "src/core", "src/picture", "src/report"})
     for (const auto& e : fs::recursive_directory_iterator(root + "/" + dir))
       if (e.is_regular_file()) below.push_back(e.path().string());
   for (const char* h : {"layout.h", "map.h", "settings.h", "methods.h", "model.h", "target.h", "output.h", "image.h", "metrics.h", "error.h", "runtime.h",
-                        "report.h", "dataset.h", "demo.h", "visualize.h"})
+                        "report.h", "dataset.h", "demo.h", "visualize.h", "picture.h"})
     below.push_back(root + "/include/lumen/" + h);
   ASSERT_GE(below.size(), 50u);
   for (const auto& f : below) {

@@ -4,6 +4,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
 
@@ -16,6 +17,11 @@ class Error : public std::runtime_error {
 
 // First line of an exception message from a third-party library (c10 errors carry stack traces).
 std::string first_line(const std::string& message);
+
+// The `n` candidates closest to an unknown `name` (optimal-string-alignment distance, so that a typo
+// swapping two characters costs 1), closest first, ties in the candidates' order: what an error
+// about an unknown layer, command or method suggests.
+std::vector<std::string> closest_names(const std::string& name, const std::vector<std::string>& candidates, size_t n = 3);
 
 }  // namespace lumen
 #pragma GCC visibility pop

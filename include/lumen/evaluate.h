@@ -52,6 +52,15 @@ class Summary {
   std::map<std::string, int64_t> counts_;  // records where the key is true
   std::map<std::string, Mean> means_;      // over records where the key is a number
   metrics::MaxBoxAcc v1_, v2_;
+  struct Curve {
+    std::vector<double> sum, sq;
+    int64_t n = 0;
+  };
+  std::map<std::string, Curve> curves_;   // deletion/insertion: per-step sums over images
+  struct Class {
+    int64_t images = 0, correct = 0, loc = 0, pointing = 0;
+  };
+  std::map<int64_t, Class> per_class_;
   std::vector<nlohmann::json> sanity_;  // a few per cascade step
 };
 

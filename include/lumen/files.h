@@ -18,6 +18,12 @@ constexpr std::uintmax_t kMaxTextBytes = 1024ull * 1024 * 1024;
 // one are fine). Returns its size in bytes.
 std::uintmax_t require_regular_file(const std::string& path, const std::string& what);
 
+// Whether anything exists at `path`, never throwing: a name the file system refuses (too long, a
+// component that is a file) does not exist. std::filesystem::exists throws for those, and a dataset's
+// labels.csv or a command line can hold any name.
+bool path_exists(const std::string& path) noexcept;
+bool is_folder(const std::string& path) noexcept;
+
 // The whole file as text: a regular file of at most `max_bytes` with no NUL byte.
 std::string read_text_file(const std::string& path, const std::string& what, std::uintmax_t max_bytes = kMaxTextBytes);
 

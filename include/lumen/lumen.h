@@ -15,6 +15,7 @@
 #include <lumen/metrics.h>
 #include <lumen/model.h>
 #include <lumen/output.h>
+#include <lumen/picture.h>
 #include <lumen/report.h>
 #include <lumen/runtime.h>
 #include <lumen/settings.h>

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <lumen/map.h>
+#include <lumen/picture.h>
 
 #include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>
@@ -21,17 +22,6 @@ namespace lumen {
 std::string encode_npy(const cv::Mat& map);
 cv::Mat decode_npy(const std::string& bytes);   // float32, 2-D or (H, W, C<=4); throws lumen::Error
 cv::Mat read_npy(const std::string& path);
-
-enum class Colormap { Jet, Turbo };
-Colormap parse_colormap(const std::string& name);   // "jet" | "turbo"
-
-cv::Mat heatmap(const cv::Mat& normalized, Colormap cmap);                  // BGR 8-bit
-// Signed map as grey: 0 is mid grey, +max|m| white, -max|m| black (as gradient figures in the papers).
-cv::Mat signed_picture(const cv::Mat& map);
-// Per-channel attribution (model channel order) as a colour picture around grey, resized to `size`.
-cv::Mat attribution_picture(const cv::Mat& attribution, cv::Size size, bool rgb_order);
-cv::Mat overlay(const cv::Mat& bgr, const cv::Mat& normalized, Colormap cmap, float alpha = 0.5f);
-void draw_box(cv::Mat& bgr, const Box& box, const cv::Scalar& colour, int thickness = 2);
 
 std::string encode_png(const cv::Mat& image);
 
@@ -63,17 +53,13 @@ void write_file_atomic(const std::string& path, const std::string& bytes);
 // File-name-safe stem: letters, digits, '-', '_' and '.' kept, everything else '_'.
 std::string safe_name(const std::string& s);
 
-struct RenderOptions {
-  Colormap colormap = Colormap::Jet;
-  float alpha = 0.5f;       // heat-map weight in the overlay
-  bool draw_box = true;     // the paper's box on the overlay
-  bool rgb_input = true;    // channel order of attributions (the model's input order)
-};
 
-// Base name of one map's files: <stem>.<method>.<layer>.<target>[.cf]
+// Base name of one map's files: <stem>.<method>.<layer>.<class id>[.cf][.contrast] (a custom target:
+// its name instead of the class id).
 std::string map_file_stem(const std::string& image_stem, const Map& map);
 
-// Writes, per map: <base>.heat.png, <base>.overlay.png, <base>.npy (normalised, image size) and
+// Writes, per map: <base>.heat.png, <base>.overlay.png (with their caption strips unless
+// options.plain), <base>.npy (normalised, image size) and
 // <base>.raw.npy (layer or input resolution, unnormalised); for pixel methods also <base>.attr.npy
 // (per-channel attribution, H x W x C) and <base>.rgb.png. Returns the images' JSON entries.
 nlohmann::json write_maps(OutputDir& out, const std::vector<cv::Mat>& images, const std::vector<ImageExplanation>& explained,

@@ -107,7 +107,7 @@ void write_audit_report(OutputDir& out, const Explainer& explainer, const AuditR
   report::Page page("lumen audit: " + run.method);
   page.paragraph("Share of the map's mass inside the boxes of the image's class; flagged below " + number(run.threshold) +
                  ". Green: ground-truth boxes.");
-  page.preformatted(result.table);
+  page.markdown_table(result.table);
   page.heading("Evidence mostly off the object (worst first)");
   for (size_t rank = 0; rank < result.rows.size() && rank < static_cast<size_t>(std::max(0, run.show)); ++rank) {
     const auto& r = result.rows[rank];
@@ -115,11 +115,11 @@ void write_audit_report(OutputDir& out, const Explainer& explainer, const AuditR
     const cv::Mat img = read_image(r.sample->path);
     cv::Mat pic = overlay(img, explainer.explain({img}, options_of(run, {r.sample->label}), {r.sample->name})[0].maps.at(0).normalized, Colormap::Jet);
     for (const auto& b : r.sample->boxes)
-      if (b.label == r.sample->label) cv::rectangle(pic, cv::Point(int(b.x0), int(b.y0)), cv::Point(int(b.x1) - 1, int(b.y1) - 1), {0, 255, 0}, 1);
+      if (b.label == r.sample->label) cv::rectangle(pic, cv::Point(int(b.x0), int(b.y0)), cv::Point(int(b.x1) - 1, int(b.y1) - 1), {0, 255, 0}, 2);
     const std::string file = "flagged/" + std::to_string(rank + 1) + "." + safe_name(std::filesystem::path(r.sample->name).stem().string()) + ".png";
     out.write(file, encode_png(pic));
     page.figure(file, {"#" + std::to_string(rank + 1) + " " + r.sample->name, r.label + " (predicted " + r.predicted_label + ")",
-                       "share on object " + number(r.share)});
+                       "share of the map on the object " + report::decimals(r.share) + " (flagged below " + report::decimals(run.threshold) + ")"});
   }
   out.write("index.html", page.html());
 }

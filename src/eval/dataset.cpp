@@ -55,7 +55,7 @@ void check_inside(const std::string& name, const std::string& where) {
 
 // Rows of a CSV file after checking its header.
 std::vector<std::pair<int, std::vector<std::string>>> read_csv(const fs::path& path, const std::vector<std::string>& header) {
-  if (!fs::exists(path)) throw Error("dataset file not found: " + path.string());
+  if (!path_exists(path.string())) throw Error("dataset file not found: " + path.string());
   std::istringstream in(read_text_file(path.string(), "dataset file"));
   std::string line;
   if (!std::getline(in, line) || split_csv(line) != header) {
@@ -89,7 +89,7 @@ ImageHeader header_of(const std::string& path) {
 }  // namespace
 
 Dataset load_dataset(const std::string& dir) {
-  if (!fs::is_directory(dir)) throw Error("dataset folder not found: " + dir);
+  if (!is_folder(dir)) throw Error("dataset folder not found: " + dir);
   Dataset d;
   d.root = dir;
   std::map<std::string, size_t> index;
@@ -102,16 +102,16 @@ Dataset load_dataset(const std::string& dir) {
     Sample s;
     s.name = f[0];
     s.path = (fs::path(dir) / "images" / f[0]).string();
-    if (!fs::exists(s.path)) throw Error(where + ": image not found: " + s.path);
+    if (!path_exists(s.path)) throw Error(where + ": image not found: " + s.path);
     s.label = label;
     const fs::path mask = fs::path(dir) / "masks" / (fs::path(f[0]).stem().string() + ".png");
-    if (fs::exists(mask)) s.mask = mask.string();
+    if (path_exists(mask.string())) s.mask = mask.string();
     index[s.name] = d.samples.size();
     d.samples.push_back(std::move(s));
   }
   if (d.samples.empty()) throw Error(labels.string() + " lists no images");
   const fs::path boxes = fs::path(dir) / "boxes.csv";
-  if (fs::exists(boxes)) {
+  if (path_exists(boxes.string())) {
     std::map<size_t, ImageHeader> sizes;  // per sample, read once however many boxes it has
     for (const auto& [n, f] : read_csv(boxes, {"image", "label", "x0", "y0", "x1", "y1"})) {
       const std::string where = boxes.string() + ":" + std::to_string(n);

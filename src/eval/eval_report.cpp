@@ -9,6 +9,7 @@
 #include <opencv2/imgproc.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 
 namespace lumen {
@@ -16,18 +17,97 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string fixed(double v, int digits) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
-  return buf;
-}
-
 // The image with the ground-truth boxes (green) and the map's box (white) over its map.
 cv::Mat example_picture(const cv::Mat& image, const Sample& s, const Map& shown) {
   cv::Mat pic = overlay(image, shown.normalized, Colormap::Jet);
   for (const auto& b : s.boxes) cv::rectangle(pic, cv::Point(int(b.x0), int(b.y0)), cv::Point(int(b.x1), int(b.y1)), {0, 255, 0}, 1);
   if (shown.box.valid) draw_box(pic, shown.box, {255, 255, 255}, 1);
   return pic;
+}
+
+std::vector<std::string> text_lines(const std::string& text) {
+  std::vector<std::string> out;
+  std::string line;
+  for (char c : text) {
+    if (c == '\n') {
+      if (!line.empty()) out.push_back(line);
+      line.clear();
+    } else {
+      line += c;
+    }
+  }
+  if (!line.empty()) out.push_back(line);
+  return out;
+}
+
+std::string class_label(const std::vector<std::string>& labels, int64_t cls) {
+  if (cls >= 0 && static_cast<size_t>(cls) < labels.size()) return labels[static_cast<size_t>(cls)];
+  return std::to_string(cls);
+}
+
+// ImageNet labels list synonyms ("tricycle, trike, velocipede"): the first, for a grid cell (the cell's
+// title has them all).
+std::string short_label(const std::string& label) {
+  const auto comma = label.find(',');
+  std::string s = comma == std::string::npos ? label : label.substr(0, comma);
+  return s.size() > 28 ? s.substr(0, 27) + "..." : s;
+}
+
+// Deletion and insertion: the mean curve of each method with a band of one standard deviation, the
+// mean AUC in the legend.
+void curve_plots(report::Page& page, const EvalResult& result, int steps) {
+  for (const std::string kind : {"deletion", "insertion"}) {
+    report::Plot plot;
+    plot.title = kind == "deletion" ? "Deletion: class probability as the most important pixels are removed (lower is better)"
+                                    : "Insertion: class probability as the most important pixels are restored (higher is better)";
+    plot.x_label = "fraction of pixels " + std::string(kind == "deletion" ? "removed" : "inserted");
+    plot.y_label = "probability of the true class";
+    plot.y_min = 0, plot.y_max = 1;
+    plot.width = 900, plot.height = 380;
+    for (const auto& m : result.methods) {
+      const auto& s = result.summary.at(m);
+      const std::string key = kind + "_curve";
+      if (!s.contains(key)) continue;
+      report::Series series;
+      const auto mean = s[key]["mean"].get<std::vector<double>>(), sd = s[key]["sd"].get<std::vector<double>>();
+      const double auc = s.value(kind + "_auc", 0.0);
+      series.name = m + " (AUC " + report::decimals(auc, 3) + ")";
+      for (size_t i = 0; i < mean.size(); ++i) {
+        series.x.push_back(static_cast<double>(i) / std::max(1, steps));
+        series.y.push_back(mean[i]);
+        series.low.push_back(std::max(0.0, mean[i] - sd[i]));
+        series.high.push_back(std::min(1.0, mean[i] + sd[i]));
+      }
+      plot.series.push_back(series);
+    }
+    if (plot.series.empty()) continue;
+    page.heading(kind == "deletion" ? "Deletion curves" : "Insertion curves", 2);
+    page.svg(report::svg_plot(plot));
+    page.paragraph("Mean over the images, with a band of one standard deviation.");
+  }
+}
+
+// Per class: how often the map localised the object and pointed at it, and how often the class was right.
+void per_class_tables(report::Page& page, const EvalResult& result, const std::vector<std::string>& labels) {
+  for (const auto& m : result.methods) {
+    const auto& s = result.summary.at(m);
+    if (!s.contains("per_class") || s["per_class"].empty()) continue;
+    std::vector<std::string> header{"class", "images", "top-1 right"};
+    const bool loc = s["per_class"].begin()->contains("loc_top1"), pointing = s["per_class"].begin()->contains("pointing");
+    if (loc) header.push_back("localised (top-1, IoU >= 0.5)");
+    if (pointing) header.push_back("pointing hits");
+    std::vector<std::vector<report::Page::Cell>> rows;
+    for (const auto& [cls, c] : s["per_class"].items()) {
+      const std::string label = class_label(labels, std::stoll(cls));
+      std::vector<report::Page::Cell> row{{"", {cls + " " + short_label(label)}, "", label},
+                                          {"", {std::to_string(c.value("images", 0))}, "", ""},
+                                          {"", {std::to_string(c.value("top1_correct", 0))}, "", ""}};
+      if (loc) row.push_back({"", {std::to_string(c.value("loc_top1", 0))}, "", ""});
+      if (pointing) row.push_back({"", {std::to_string(c.value("pointing", 0))}, "", ""});
+      rows.push_back(row);
+    }
+    page.details(m + ": per class (" + std::to_string(rows.size()) + " classes)", rows, header);
+  }
 }
 
 }  // namespace
@@ -43,14 +123,26 @@ void write_eval_report(const Explainer& explainer, const Dataset& data, const Da
   out.write("results.csv", result.csv);
   out.write("table.md", result.table + "\n" + result.notes);
 
-  // Per method the best and worst images by IoU of the paper's box (or by insertion - deletion).
   report::Page page("lumen eval");
-  page.preformatted(result.table + "\n" + result.notes);
+  page.paragraph(std::to_string(data.samples.size()) + " images of " + data.root + "; " + std::to_string(result.pairs) +
+                 " image x method pairs. results.json, results.csv and records.jsonl hold every number on this page.");
+  // The table: every line of the Markdown table that is a table row; its other lines (the
+  // classification error above it) and the notes as paragraphs.
+  for (const auto& line : text_lines(result.table))
+    if (line[0] != '|') page.paragraph(line);
+  page.markdown_table(result.table);
+  for (const auto& note : text_lines(result.notes)) page.paragraph(note);
+  curve_plots(page, result, run.eval.steps);
+  per_class_tables(page, result, explainer.labels());
+
+  // Per method the best and worst images by IoU of the paper's box (or by insertion - deletion).
   ExplainOptions base;
   base.layers = run.layers;
   base.aggregate = run.aggregate;
   base.box_threshold = run.eval.box_threshold;
   base.shared = run.shared;
+  const bool by_iou = run.eval.has("loc");
+  const auto& labels = explainer.labels();
   for (const auto& m : result.methods) {
     const auto& scores = result.example_scores.at(m);
     std::vector<std::pair<double, const Sample*>> scored;
@@ -59,7 +151,8 @@ void write_eval_report(const Explainer& explainer, const Dataset& data, const Da
     const size_t show = std::min<size_t>(4, scored.size() / 2);
     std::vector<std::pair<double, const Sample*>> picks(scored.begin(), scored.begin() + static_cast<int64_t>(show));
     picks.insert(picks.end(), scored.end() - static_cast<int64_t>(show), scored.end());
-    page.heading(m, 2);
+    page.heading(m + ": best and worst " + (by_iou ? "by IoU of the paper's box" : "by insertion - deletion"), 2);
+    std::vector<std::vector<report::Page::Cell>> rows(2);
     for (size_t i = 0; i < picks.size(); ++i) {
       const Sample& s = *picks[i].second;
       const cv::Mat img = read_image(s.path);
@@ -70,13 +163,24 @@ void write_eval_report(const Explainer& explainer, const Dataset& data, const Da
       const auto e = explainer.explain({img}, opt, {s.name});
       const std::string file = "examples/" + safe_name(m) + "." + std::to_string(i + 1) + "." + safe_name(fs::path(s.name).stem().string()) + ".png";
       out.write(file, encode_png(example_picture(img, s, e[0].maps.back())));
-      if (i == 0) page.heading("best", 3);
-      if (i == show) page.heading("worst", 3);
-      const auto& labels = explainer.labels();
-      page.figure(file, {s.name, labels.empty() ? std::to_string(s.label) : labels.at(static_cast<size_t>(s.label)), "score " + fixed(picks[i].first, 3)});
+      report::Page::Cell cell;
+      cell.image = cell.link = file;
+      const std::string label = class_label(labels, s.label);
+      cell.title = s.name + ": " + label;
+      cell.lines.push_back(s.name);
+      cell.lines.push_back("class " + std::to_string(s.label) + " " + short_label(label));
+      const int64_t predicted = e[0].top.empty() ? -1 : e[0].top[0].cls;
+      cell.lines.push_back(predicted == s.label ? "right class (top-1)" : "wrong class: predicted " + short_label(class_label(labels, predicted)));
+      if (by_iou) cell.lines.push_back("IoU " + report::decimals(std::floor(picks[i].first * 1000) / 1000, 3) + (picks[i].first >= 0.5 ? " (hit, >= 0.5)" : " (miss, < 0.5)"));
+      else cell.lines.push_back("insertion - deletion " + report::decimals(picks[i].first, 3));
+      rows[i < show ? 0 : 1].push_back(cell);
     }
+    rows[0].insert(rows[0].begin(), report::Page::Cell{"", {"best"}, "", ""});
+    rows[1].insert(rows[1].begin(), report::Page::Cell{"", {"worst"}, "", ""});
+    page.table(rows);
   }
-  page.paragraph("Green: ground-truth boxes. White: the map's box (15% threshold, largest region).");
+  page.paragraph("Green: ground-truth boxes. White: the map's box (" + report::decimals(100 * run.eval.box_threshold, 0) +
+                 " % of the map's maximum, largest region). Click a picture for its full size.");
   out.write("index.html", page.html());
   out.commit();
 }

@@ -19,6 +19,14 @@ torch::Tensor class_probability(const Model& model, const torch::Tensor& batch, 
   return torch::softmax(logits.to(torch::kFloat64), 1).select(1, cls);
 }
 
+// Curves are kept in the records (so that a report can draw them again) to 6 decimals: probabilities,
+// where more digits are noise and would triple the records file.
+std::vector<double> rounded(const std::vector<double>& curve) {
+  std::vector<double> out;
+  for (double v : curve) out.push_back(std::round(v * 1e6) / 1e6);
+  return out;
+}
+
 }  // namespace
 
 bool EvalOptions::has(const std::string& m) const { return std::find(metrics.begin(), metrics.end(), m) != metrics.end(); }
@@ -70,10 +78,12 @@ nlohmann::json measure_image(const Model& model, const Preprocess& pre, const Sa
       auto black = reference_input(x.unsqueeze(0), "black", pre)[0];
       auto curve = metrics::causal_curve(x, black, m, o.steps, score, o.curve_batch);
       r["deletion"] = metrics::auc(curve);
+      r["deletion_curve"] = rounded(curve);
     }
     if (o.has("insertion")) {
       auto curve = metrics::causal_curve(gaussian_blur(x.unsqueeze(0), o.insertion_blur_sigma)[0], x, m, o.steps, score, o.curve_batch);
       r["insertion"] = metrics::auc(curve);
+      r["insertion_curve"] = rounded(curve);
     }
     if (o.has("drop")) {
       // The image's pixels (0-255) times the map, then normalised again.
@@ -103,6 +113,21 @@ void Summary::add(const nlohmann::json& r) {
       ++means_[key].n;
     }
   }
+  for (const char* key : {"deletion_curve", "insertion_curve"}) {
+    // Records of runs before curves were kept have none; the plot then says how many it averages.
+    if (!r.contains(key) || !r[key].is_array()) continue;
+    const auto curve = r[key].get<std::vector<double>>();
+    auto& c = curves_[key];
+    if (c.n == 0) c.sum.assign(curve.size(), 0.0), c.sq.assign(curve.size(), 0.0);
+    if (curve.size() != c.sum.size()) continue;
+    for (size_t i = 0; i < curve.size(); ++i) c.sum[i] += curve[i], c.sq[i] += curve[i] * curve[i];
+    ++c.n;
+  }
+  auto& cls = per_class_[r.value("label", int64_t{-1})];
+  ++cls.images;
+  cls.loc += r.value("loc_top1", false) ? 1 : 0;
+  cls.pointing += r.value("pointing", false) ? 1 : 0;
+  cls.correct += r.value("top1_correct", false) ? 1 : 0;
   if (options_.has("loc")) {
     v1_.add_ious(r.at("maxbox_v1").get<std::vector<double>>());
     v2_.add_ious(r.at("maxbox_v2").get<std::vector<double>>());
@@ -138,6 +163,25 @@ nlohmann::json Summary::result() const {
   if (o.has("pointing")) s["pointing_accuracy"] = rate("pointing");
   if (o.has("deletion")) s["deletion_auc"] = mean("deletion");
   if (o.has("insertion")) s["insertion_auc"] = mean("insertion");
+  // The mean curve and its standard deviation per step (fraction of pixels k / steps).
+  for (const auto& [key, c] : curves_) {
+    if (c.n == 0) continue;
+    std::vector<double> mean_curve, sd;
+    for (size_t i = 0; i < c.sum.size(); ++i) {
+      const double m = c.sum[i] / static_cast<double>(c.n);
+      mean_curve.push_back(m);
+      sd.push_back(std::sqrt(std::max(0.0, c.sq[i] / static_cast<double>(c.n) - m * m)));
+    }
+    s[key] = {{"mean", mean_curve}, {"sd", sd}, {"images", c.n}};
+  }
+  nlohmann::json classes = nlohmann::json::object();
+  for (const auto& [label, c] : per_class_) {
+    nlohmann::json row{{"images", c.images}, {"top1_correct", c.correct}};
+    if (o.has("loc")) row["loc_top1"] = c.loc;
+    if (o.has("pointing")) row["pointing"] = c.pointing;
+    classes[std::to_string(label)] = row;
+  }
+  s["per_class"] = classes;
   if (o.has("drop")) {
     s["average_drop"] = 100.0 * mean("drop");
     s["increase_in_confidence"] = rate("increase");

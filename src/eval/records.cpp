@@ -34,7 +34,7 @@ RecordsFile::RecordsFile(const std::string& path, const nlohmann::json& config, 
   }
   std::error_code ec;
   if (fresh) fs::remove(path, ec);
-  if (fs::exists(path)) {
+  if (path_exists(path)) {
     std::istringstream in(read_text_file(path, "records file"));
     std::string line;
     std::getline(in, line);

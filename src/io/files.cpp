@@ -40,4 +40,14 @@ std::string read_text_file(const std::string& path, const std::string& what, std
   return text;
 }
 
+bool path_exists(const std::string& path) noexcept {
+  std::error_code ec;
+  return std::filesystem::exists(std::filesystem::status(path, ec));
+}
+
+bool is_folder(const std::string& path) noexcept {
+  std::error_code ec;
+  return std::filesystem::is_directory(std::filesystem::status(path, ec));
+}
+
 }  // namespace lumen

@@ -97,54 +97,6 @@ cv::Mat read_npy(const std::string& path) {
   }
 }
 
-Colormap parse_colormap(const std::string& name) {
-  if (name == "jet") return Colormap::Jet;
-  if (name == "turbo") return Colormap::Turbo;
-  throw Error("unknown colour map '" + name + "' (expected jet or turbo)");
-}
-
-cv::Mat heatmap(const cv::Mat& normalized, Colormap cmap) {
-  cv::Mat u8, out;
-  normalized.convertTo(u8, CV_8U, 255.0);
-  cv::applyColorMap(u8, out, cmap == Colormap::Jet ? cv::COLORMAP_JET : cv::COLORMAP_TURBO);
-  return out;
-}
-
-cv::Mat signed_picture(const cv::Mat& map) {
-  double lo, hi;
-  cv::minMaxLoc(map, &lo, &hi);
-  double scale = std::max(std::abs(lo), std::abs(hi));
-  cv::Mat out;
-  // 0 -> mid grey, +max|m| -> white, -max|m| -> black.
-  map.convertTo(out, CV_8U, scale > 0 ? 127.5 / scale : 0.0, 127.5);
-  return out;
-}
-
-cv::Mat attribution_picture(const cv::Mat& attribution, cv::Size size, bool rgb_order) {
-  cv::Mat resized;
-  cv::resize(attribution, resized, size, 0, 0, cv::INTER_LINEAR);
-  std::vector<cv::Mat> planes;
-  cv::split(resized, planes);
-  double scale = 0;
-  for (const auto& p : planes) scale = std::max(scale, cv::norm(p, cv::NORM_INF));
-  cv::Mat merged, out;
-  if (rgb_order && planes.size() == 3) std::swap(planes[0], planes[2]);
-  cv::merge(planes, merged);
-  merged.convertTo(out, CV_8U, scale > 0 ? 127.5 / scale : 0.0, 127.5);
-  return out;
-}
-
-cv::Mat overlay(const cv::Mat& bgr, const cv::Mat& normalized, Colormap cmap, float alpha) {
-  cv::Mat heat = heatmap(normalized, cmap), out;
-  cv::addWeighted(heat, alpha, bgr, 1.0 - alpha, 0.0, out);
-  return out;
-}
-
-void draw_box(cv::Mat& bgr, const Box& box, const cv::Scalar& colour, int thickness) {
-  if (!box.valid) return;
-  cv::rectangle(bgr, cv::Point(box.x0, box.y0), cv::Point(box.x1 - 1, box.y1 - 1), colour, thickness);
-}
-
 std::string encode_png(const cv::Mat& image) {
   std::vector<uchar> buf;
   if (!cv::imencode(".png", image, buf)) throw Error("PNG encoding failed");
@@ -160,19 +112,26 @@ std::string safe_name(const std::string& s) {
 OutputDir::OutputDir(const std::string& dir) : dir_(dir) {
   std::error_code ec;
   created_ = !fs::exists(dir, ec);
-  fs::create_directories(dir, ec);
-  if (ec || !fs::is_directory(dir)) throw Error("cannot create output directory " + dir + ": " + (ec ? ec.message() : "not a directory"));
+  // A new folder is staged beside where it will be (in its nearest existing ancestor, on the same file
+  // system) and renamed into place whole by commit(): until the run succeeds there is no folder, even
+  // if the process is killed. An existing folder gets its staging folder inside.
+  fs::path home = fs::path(dir);
+  if (created_) {
+    home = fs::absolute(home, ec).lexically_normal();
+    if (home.filename().empty()) home = home.parent_path();  // "out/"
+    home = home.parent_path();
+    while (!home.empty() && !fs::exists(home, ec) && home != home.parent_path()) home = home.parent_path();
+  }
+  if (!fs::is_directory(home, ec)) throw Error("cannot create output directory " + dir + ": " + home.string() + " is not a directory");
   std::random_device rd;
-  staging_ = (fs::path(dir) / (".lumen-staging-" + std::to_string(rd()))).string();
+  staging_ = (home / (".lumen-staging-" + std::to_string(rd()))).string();
   fs::create_directory(staging_, ec);
-  if (ec) throw Error("output directory " + dir + " is not writable: " + ec.message());
+  if (ec) throw Error((created_ ? "cannot create output directory " : "output directory ") + dir + (created_ ? ": " : " is not writable: ") + ec.message());
 }
 
 OutputDir::~OutputDir() {
   std::error_code ec;
   fs::remove_all(staging_, ec);
-  // A run that failed leaves no folder it made behind (fs::remove only removes an empty one).
-  if (!committed_ && created_) fs::remove(dir_, ec);
 }
 
 void OutputDir::write(const std::string& name, const std::string& bytes) {
@@ -189,6 +148,17 @@ void OutputDir::write(const std::string& name, const std::string& bytes) {
 }
 
 void OutputDir::commit() {
+  if (created_ && !path_exists(dir_)) {
+    // The whole folder at once (its parents made first; they hold nothing of this run).
+    std::error_code ec;
+    fs::path target = fs::absolute(fs::path(dir_), ec).lexically_normal();
+    if (target.filename().empty()) target = target.parent_path();
+    fs::create_directories(target.parent_path(), ec);
+    fs::rename(staging_, target, ec);
+    if (ec) throw Error("cannot create output directory " + dir_ + ": " + ec.message());
+    committed_ = true;
+    return;
+  }
   // Each rename is atomic on one file system, and nothing is renamed before every file was written.
   // Files of an earlier run that would be replaced are set aside first, so that a failure part-way puts
   // the folder back as it was.
@@ -247,9 +217,9 @@ nlohmann::json map_json(const Map& m) {
 }
 
 std::string map_file_stem(const std::string& image_stem, const Map& m) {
-  std::string target = m.target;
-  if (target.rfind("top-", 0) == 0) target = "top" + target.substr(4);
-  if (target.rfind("class ", 0) == 0) target = "c" + target.substr(6);
+  // The class id, so that a file says which class it explains (its rank is in run.json); a custom
+  // target's name otherwise.
+  const std::string target = m.cls >= 0 ? std::to_string(m.cls) : m.target;
   return safe_name(image_stem + "." + m.method + "." + m.layer + "." + target + (m.counterfactual ? ".cf" : "") + (m.contrastive ? ".contrast" : ""));
 }
 
@@ -260,10 +230,8 @@ nlohmann::json write_maps(OutputDir& out, const std::vector<cv::Mat>& images, co
     for (size_t k = 0; k < explained[i].maps.size(); ++k) {
       const Map& m = explained[i].maps[k];
       const std::string base = map_file_stem(stems.at(i), m);
-      cv::Mat over = overlay(images[i], m.normalized, options.colormap, options.alpha);
-      if (options.draw_box) draw_box(over, m.box, cv::Scalar(255, 255, 255), 2);
-      out.write(base + ".heat.png", encode_png(m.is_signed ? signed_picture(m.upsampled) : heatmap(m.normalized, options.colormap)));
-      out.write(base + ".overlay.png", encode_png(over));
+      out.write(base + ".heat.png", encode_png(heat_picture(m, explained[i], options)));
+      out.write(base + ".overlay.png", encode_png(overlay_picture(images[i], m, explained[i], options)));
       out.write(base + ".npy", encode_npy(m.normalized));
       out.write(base + ".raw.npy", encode_npy(m.raw));
       entries[i]["maps"][k]["files"] = {{"heat", base + ".heat.png"}, {"overlay", base + ".overlay.png"},

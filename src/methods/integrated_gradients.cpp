@@ -76,7 +76,14 @@ LUMEN_METHOD(integrated_gradients) {
       auto diff = e.input[i] - b[i];
       auto view = std::vector<int64_t>{-1, 1, 1, 1};
       auto rows = b[i].unsqueeze(0) + alphas.view(view) * diff.unsqueeze(0);
-      auto grads = e.passes->gradient(rows, i, BackwardRule::Plain);
+      // Pass by pass, so that a long run reports its progress (the passes would chunk the rows alike).
+      std::vector<torch::Tensor> parts;
+      for (int64_t start = 0; start < steps; start += e.passes->rows_per_pass()) {
+        const int64_t end = std::min<int64_t>(steps, start + e.passes->rows_per_pass());
+        parts.push_back(e.passes->gradient(rows.slice(0, start, end), i, BackwardRule::Plain));
+        e.passes->progress("integrated-gradients", i * steps + end, e.input.size(0) * steps);
+      }
+      auto grads = torch::cat(parts);
       auto attr = diff * (w.view(view) * grads).sum(0);
       attrs.push_back(attr);
       double fx = e.target_values[i].item<double>();

@@ -52,13 +52,20 @@ LUMEN_METHOD(smoothgrad) {
       auto gen = at::detail::createCPUGenerator(seed + static_cast<uint64_t>(i));
       std::vector<int64_t> shape{samples};
       for (auto d : x.sizes()) shape.push_back(d);
-      Result noisy = e.passes->run(base, x.unsqueeze(0) + sigma * torch::randn(shape, gen), i);
-      const auto& a = noisy.attribution;
+      const auto rows = x.unsqueeze(0) + sigma * torch::randn(shape, gen);
+      // Pass by pass, so that a long run reports its progress (the passes would chunk the rows alike).
+      std::vector<torch::Tensor> parts;
+      for (int64_t start = 0; start < samples; start += e.passes->rows_per_pass()) {
+        const int64_t end = std::min<int64_t>(samples, start + e.passes->rows_per_pass());
+        Result noisy = e.passes->run(base, rows.slice(0, start, end), i);
+        parts.push_back(noisy.attribution);
+        r.is_signed = type == "smoothgrad" && noisy.is_signed;
+        e.passes->progress("smoothgrad", i * samples + end, n * samples);
+      }
+      const auto a = torch::cat(parts);
       attrs.push_back(type == "smoothgrad" ? a.mean(0) : type == "smoothgrad-sq" ? a.pow(2).mean(0) : a.pow(2).mean(0) - a.mean(0).pow(2));
-      r.is_signed = type == "smoothgrad" && noisy.is_signed;
       r.extra.push_back({{"samples", samples}, {"noise", s.number("noise")}, {"base", base.name}, {"seed", seed + static_cast<uint64_t>(i)}});
       if (type != "smoothgrad") r.extra.back()["type"] = type;
-      e.passes->progress("smoothgrad", i + 1, n);
     }
     r.attribution = torch::stack(attrs);
     r.maps = base.reduce(r.attribution);

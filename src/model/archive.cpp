@@ -84,7 +84,7 @@ void check_archive(const std::string& b, const std::string& path) {
 void try_in_child(const std::string& what, const std::function<void()>& work) {
   int fds[2];
   if (::pipe(fds) != 0) return work();
-  const double limit_mib = std::max(2048.0, available_mib() / 2);
+  [[maybe_unused]] const double limit_mib = std::max(2048.0, available_mib() / 2);
   const pid_t pid = ::fork();
   if (pid < 0) {
     ::close(fds[0]);

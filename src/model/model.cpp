@@ -27,20 +27,6 @@
 namespace lumen {
 namespace {
 
-// Optimal-string-alignment distance: a typo that swaps two characters (features.81) costs 1.
-size_t edit_distance(const std::string& a, const std::string& b) {
-  std::vector<std::vector<size_t>> d(a.size() + 1, std::vector<size_t>(b.size() + 1));
-  for (size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
-  for (size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    for (size_t j = 1; j <= b.size(); ++j) {
-      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
-    }
-  }
-  return d[a.size()][b.size()];
-}
-
 // The submodule whose call failed, from the interpreter's traceback: its first frame marks the failing
 // line of lumen's forward ("v98 = self.pool_ReduceMean.forward(v97)" then "~~~ <--- HERE").
 std::string failing_submodule(const std::string& message) {
@@ -305,12 +291,10 @@ void Model::check_layer(const std::string& layer) const {
   if (std::find(paths.begin(), paths.end(), path) != paths.end()) return;
   if (paths.empty())
     throw Error("unknown layer '" + layer + "': the model has no submodules (a frozen or fully inlined TorchScript file?)");
-  std::vector<std::pair<size_t, std::string>> scored;
-  for (const auto& p : paths) scored.emplace_back(edit_distance(layer, p), p);
-  for (const auto& a : impl_->onnx.aliases) scored.emplace_back(edit_distance(layer, a.first), a.first);
-  std::stable_sort(scored.begin(), scored.end(), [](auto& a, auto& b) { return a.first < b.first; });
+  std::vector<std::string> names = paths;
+  for (const auto& a : impl_->onnx.aliases) names.push_back(a.first);
   std::string close;
-  for (size_t i = 0; i < std::min<size_t>(5, scored.size()); ++i) close += (i ? ", " : "") + scored[i].second;
+  for (const auto& n : closest_names(layer, names, 5)) close += (close.empty() ? "" : ", ") + n;
   throw Error("unknown layer '" + layer + "'; closest: " + close + " (lumen layers MODEL lists all)");
 }
 

@@ -21,8 +21,8 @@ done
 ls "$p"/lib/liblumen.* >/dev/null 2>&1 || fail "the install has no liblumen"
 version=$("$p/bin/lumen" --version)
 echo "$version"
-[[ "$version" =~ ^lumen\ [0-9]+\.[0-9]+\.[0-9]+$ ]] || fail "lumen --version printed '$version'"
-grep -q "\"${version#lumen }\"" "$p/include/lumen/version.h" || fail "version.h does not say ${version#lumen }"
+[[ "$version" =~ ^lumen\ ([0-9]+\.[0-9]+\.[0-9]+)\ \(LibTorch ]] || fail "lumen --version printed '$version'"
+grep -q "\"${BASH_REMATCH[1]}\"" "$p/include/lumen/version.h" || fail "version.h does not say ${BASH_REMATCH[1]}"
 
 # What the installed command says about the image: the class and the box the examples must reproduce.
 "$p/bin/lumen" explain --model "$model" --card "$card" --image "$image" --layer features.18 --out "$work/cli" >/dev/null

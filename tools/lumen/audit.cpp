@@ -9,6 +9,7 @@
 #include <lumen/model.h>
 
 #include <algorithm>
+#include <iomanip>
 #include <iostream>
 
 namespace lumen::cli {
@@ -32,7 +33,7 @@ Command add_audit(CLI::App& app) {
   sub->add_option("--limit", a->limit, "only the first N images");
   sub->add_option("--batch", a->batch, "images per pass (8)")->check(CLI::Range(1, 4096));
   sub->add_option("--show", a->show, "flagged images drawn on the page (24)");
-  sub->add_option("--out,-o", a->out, "output directory (default lumen-audit)");
+  sub->add_option("--out,-o", a->out, "output directory (default lumen-audit)")->check(output_folder());
   add_runtime_flags(sub, a->runtime, false);
   return {sub, [a] {
             a->runtime.apply();
@@ -48,7 +49,7 @@ Command add_audit(CLI::App& app) {
             run.threshold = a->threshold;
             run.batch = a->batch;
             run.show = a->show;
-            run.progress = progress_printer();
+            run.progress = progress_printer(a->runtime.quiet);
             const Explainer explainer(Model::load(a->model), card.preprocess, card.labels);
             OutputDir out(a->out);
             const AuditResult result = audit_dataset(explainer, data, run);
@@ -58,7 +59,7 @@ Command add_audit(CLI::App& app) {
                       << " of the map on the object. Worst:\n";
             for (size_t rank = 0; rank < std::min<size_t>(10, result.rows.size()); ++rank) {
               const auto& r = result.rows[rank];
-              std::cout << "  " << rank + 1 << ". " << r.sample->name << " (" << r.label << "): " << r.share << "\n";
+              std::cout << "  " << rank + 1 << ". " << r.sample->name << " (" << r.label << "): " << std::fixed << std::setprecision(3) << r.share << std::defaultfloat << "\n";
             }
             std::cout << "wrote " << a->out << "/audit.json, audit.csv, index.html\n";
             return 0;

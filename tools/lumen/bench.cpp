@@ -184,7 +184,7 @@ Command add_bench(CLI::App& app) {
   auto a = std::make_shared<bench::Args>();
   add_model_flag(sub, a->model);
   sub->add_option("--card", a->card, "model card JSON (gives the input size)");
-  sub->add_option("--methods", a->methods, "methods to time, comma-separated (gradcam)");
+  sub->add_option("--methods,--method", a->methods, "methods to time, comma-separated (gradcam)");
   sub->add_option("--layer,-l", a->layers, "layer(s) for the CAM methods");
   sub->add_option("--batches", a->batches, "images per pass to time, comma-separated (1,16)")->delimiter(',');
   a->old_batch = sub->add_option("--batch", a->batches, "old spelling of --batches (until 0.3)")->delimiter(',');

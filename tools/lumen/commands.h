@@ -53,12 +53,15 @@ struct Runtime {
   bool deterministic = false;
   long long max_pixels = kMaxImagePixels;
   bool allow_truncated = false;
+  bool quiet = false;  // --quiet: no progress lines
   void apply() const;  // lumen::set_threads, lumen::set_deterministic, lumen::set_image_limits
 };
 // --threads, --max-pixels, --allow-truncated, and --deterministic where the command computes maps.
 void add_runtime_flags(CLI::App* sub, Runtime& runtime, bool deterministic_flag = true);
 // Refuses NaN or infinity given to any option of this (parsed) subcommand.
 void refuse_non_finite(const CLI::App& sub);
+// Refuses an --out that is not a folder name: "-" (lumen writes a set of files, not one stream) or "".
+const CLI::Validator& output_folder();
 // --model (required).
 void add_model_flag(CLI::App* sub, std::string& model);
 
@@ -68,7 +71,11 @@ std::string stem_of(const std::string& path);
 std::string joined(const std::vector<std::string>& items, const std::string& separator = ", ");
 // Model input H, W: --input-size, else the card's, else what an ONNX file declares, else 224 x 224.
 std::pair<int, int> input_size(const Model& model, const std::string& card, const std::vector<int>& size);
-// Progress of long work on stderr, at most every half second and always at the end.
-Progress progress_printer();
+// Progress of long work on stderr: done/total, rate and ETA, as a live line twice a second on a terminal,
+// one line per tenth (or per 5 s) into a file or pipe, and always the final count; nothing when quiet.
+// `extra` adds text to each line (eval: the resident memory).
+Progress progress_printer(bool quiet, std::function<std::string()> extra = {});
+// 12.3 s, or 4:05 from a minute on.
+std::string duration_text(double seconds);
 
 }  // namespace lumen::cli

@@ -10,6 +10,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <cmath>
 #include <iomanip>
 #include <iostream>
 #include <map>
@@ -74,11 +75,17 @@ void train_once(const Args& a, const fs::path& dir, const Variant& v, const demo
       topt.warmup_steps = 100;
     }
     topt.scenes = scene_options;
-    auto report = demo::train(net, topt, [&](int step, float loss) {
-      std::cout << "\r  step " << std::setw(4) << step << "/" << steps << "  loss " << std::fixed << std::setprecision(3)
-                << loss << std::flush;
+    auto last_loss = std::make_shared<float>(0);
+    const Progress training = progress_printer(a.runtime.quiet, [last_loss] {
+      std::ostringstream loss;
+      loss << "loss " << std::fixed << std::setprecision(3) << *last_loss;
+      return loss.str();
     });
-    std::cout << "\n  trained in " << std::setprecision(1) << report.seconds << " s\n";
+    auto report = demo::train(net, topt, [&, last_loss](int step, float loss) {
+      *last_loss = loss;
+      training("training", step, steps);
+    });
+    std::cout << "  trained in " << std::fixed << std::setprecision(1) << report.seconds << " s\n";
     fs::path tmp = model_path.string() + ".tmp";
     net.save(tmp.string());
     fs::rename(tmp, model_path);
@@ -194,7 +201,7 @@ int run(const Args& a) {
     std::vector<report::Page::Cell> row;
     if (i < a.show) {
       out.write(stem + ".png", encode_png(enlarge(s.image, f)));
-      row.push_back({stem + ".png", {}});
+      row.push_back({stem + ".png", {}, stem + ".png", "scene " + std::to_string(i)});
     }
     std::vector<std::string> caption{"true: " + names[s.label]};
     for (const auto& m : explained[i].maps) {
@@ -210,9 +217,9 @@ int run(const Args& a) {
       draw_box(over, scale(m.box, f), cv::Scalar(255, 255, 255), 2);
       out.write(name + ".overlay.png", encode_png(over));
       out.write(name + ".npy", encode_npy(m.normalized));
-      row.push_back({name + ".overlay.png", {}});
+      row.push_back({name + ".overlay.png", {}, name + ".overlay.png", m.method});
       std::ostringstream iou;
-      iou << (v.methods.size() > 1 ? m.method + ": " : "") << "IoU " << std::fixed << std::setprecision(2) << overlap
+      iou << (v.methods.size() > 1 ? m.method + ": " : "") << "IoU " << std::fixed << std::setprecision(2) << std::floor(overlap * 100) / 100  // truncated: 0.4996 is a miss, not "0.50"
           << (overlap >= 0.5 ? " hit" : " miss");
       caption.push_back(iou.str());
     }
@@ -220,7 +227,7 @@ int run(const Args& a) {
     std::ostringstream predicted;
     predicted << "predicted: " << explained[i].top[0].label << " (" << std::fixed << std::setprecision(2) << explained[i].top[0].probability << ")";
     caption.insert(caption.begin() + 1, predicted.str());
-    row.push_back({"", caption});
+    row.push_back({"", caption, "", ""});
     rows.push_back(row);
   }
   std::string method_list;
@@ -253,7 +260,7 @@ int run(const Args& a) {
 Command add_demo(CLI::App& app) {
   auto* sub = app.add_subcommand("demo", "Train the built-in shapes CNN (once) and explain held-out scenes");
   auto a = std::make_shared<demo_command::Args>();
-  sub->add_option("--out,-o", a->out, "output directory (default lumen-demo)");
+  sub->add_option("--out,-o", a->out, "output directory (default lumen-demo)")->check(output_folder());
   sub->add_option("--scenes", a->scenes, "held-out scenes to explain (100)")->check(CLI::Range(1, 100000));
   sub->add_option("--steps", a->steps, "training steps (400; 600 with --vit)")->check(CLI::Range(1, 1000000));
   sub->add_option("--show", a->show, "scenes shown on the page (24)");

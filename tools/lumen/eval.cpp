@@ -32,14 +32,6 @@ struct Args {
   MethodFlags shared;
 };
 
-std::string duration(double s) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%d:%02d", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
-  return buf;
-}
-
-// Ctrl-C: the run stops at its next progress report, so that every record written stays whole and
-// the run can resume. A second Ctrl-C kills at once.
 std::atomic<bool> g_interrupted{false};
 extern "C" void on_interrupt(int) {
   g_interrupted = true;
@@ -48,14 +40,11 @@ extern "C" void on_interrupt(int) {
 struct Interrupted {};
 
 // Progress with the time so far, the time to go, and the resident memory (which must stay flat).
-Progress eval_progress() {
-  const auto start = std::chrono::steady_clock::now();
-  return [start](const std::string& what, int64_t done, int64_t total) {
+Progress eval_progress(bool quiet) {
+  const Progress print = progress_printer(quiet, [] { return "rss " + std::to_string(static_cast<int>(resident_mib())) + " MiB"; });
+  return [print](const std::string& what, int64_t done, int64_t total) {
     if (g_interrupted) throw Interrupted{};
-    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    const std::string eta = done > 0 ? duration(elapsed / static_cast<double>(done) * static_cast<double>(total - done)) : "?";
-    std::cerr << "\r  " << what << " " << done << "/" << total << "  elapsed " << duration(elapsed) << "  eta " << eta << "  rss "
-              << static_cast<int>(resident_mib()) << " MiB      " << (done >= total ? "\n" : "") << std::flush;
+    print(what, done, total);
   };
 }
 
@@ -78,7 +67,7 @@ int run(const Args& a) {
   ExplainOptions shared;
   apply(a.shared, shared);
   run.shared = shared.shared;
-  run.progress = eval_progress();
+  run.progress = eval_progress(a.runtime.quiet);
   run.note = [](const std::string& note) { std::cerr << note << "\n"; };
   const ModelCard card = load_card(a.card);
   run.layers = split_list({a.layer});
@@ -97,9 +86,11 @@ int run(const Args& a) {
     return 130;
   }
   std::signal(SIGINT, SIG_DFL);
-  std::cout << result.table << "\n" << result.notes << "evaluated " << result.pairs << " image x method pairs in " << result.seconds << " s\n";
+  std::cout << result.table << "\n" << result.notes << "evaluated " << result.pairs << " image x method pairs in " << duration_text(result.seconds) << "\n";
   write_eval_report(explainer, data, run, result, a.out);
-  std::cout << "wrote " << a.out << "/table.md, results.csv, results.json, index.html\n";
+  std::string folder = a.out;
+  while (folder.size() > 1 && folder.back() == '/') folder.pop_back();  // "report/" -> "report/table.md", not "report//table.md"
+  std::cout << "wrote " << folder << "/table.md, results.csv, results.json, index.html\n";
   return 0;
 }
 
@@ -116,7 +107,7 @@ Command add_eval(CLI::App& app) {
   sub->add_option("--layer,-l", a->layer, "layer(s) for CAM methods, comma-separated (default: the card's)");
   sub->add_option("--aggregate", a->aggregate, "with several layers: score their combination (mean, max, product)")
       ->check(CLI::IsMember({"mean", "max", "product"}));
-  sub->add_option("--out,-o", a->out, "report folder (default lumen-eval); an interrupted run resumes from it");
+  sub->add_option("--out,-o", a->out, "report folder (default lumen-eval); an interrupted run resumes from it")->check(output_folder());
   sub->add_flag("--fresh", a->fresh, "ignore records of an earlier run in --out");
   sub->add_option("--limit", a->limit, "only the first N images of labels.csv");
   sub->add_option("--batch", a->batch, "images per explanation pass (8)")->check(CLI::Range(1, 4096));

@@ -2,6 +2,8 @@
 
 #include <lumen/error.h>
 #include <lumen/explain.h>
+#include <lumen/files.h>
+#include <lumen/report.h>
 #include <lumen/image.h>
 #include <lumen/model.h>
 #include <lumen/output.h>
@@ -9,6 +11,8 @@
 #include <nlohmann/json.hpp>
 
 #include <chrono>
+#include <cmath>
+#include <iomanip>
 #include <filesystem>
 #include <iostream>
 #include <map>
@@ -29,7 +33,8 @@ struct Args {
   std::string color_order;
   int top_k = 1, batch = 8;
   Runtime runtime;
-  bool counterfactual = false, allow_empty = false, no_box = false;
+  bool counterfactual = false, allow_empty = false, no_box = false, plain = false;
+  std::string sign = "all";
   float box_threshold = 0.15f, alpha = 0.5f;
   std::string aggregate;
   std::vector<float> layer_weights;
@@ -97,7 +102,7 @@ ExplainOptions options_of(const Args& a, const std::vector<std::string>& layers)
     if (a.counterfactual) throw Error("--sequence has no counterfactual");
   }
   apply(a.method, opt);
-  opt.shared.progress = progress_printer();
+  opt.shared.progress = progress_printer(a.runtime.quiet);
   return opt;
 }
 
@@ -123,6 +128,24 @@ nlohmann::json run_document(const Args& a, const Inputs& in, const ExplainOption
           {"images", images}};
 }
 
+// Integrated gradients' completeness gap (sum of attributions against f(x) - f(baseline)) is its
+// error; above 5 % say so, with a step count that would bring it under 1 % if it falls as 1/steps (a
+// conservative guess: smooth integrands fall faster).
+void note_completeness_gaps(const nlohmann::json& images) {
+  for (const auto& image : images)
+    for (const auto& m : image["maps"]) {
+      if (!m.contains("extra") || !m["extra"].contains("completeness_gap")) continue;
+      const double gap = m["extra"]["completeness_gap"].get<double>();
+      if (!(gap > 0.05)) continue;
+      const int steps = m["extra"].value("steps", 50);
+      const auto needed = static_cast<int64_t>(std::ceil(steps * gap / 0.01));
+      std::cerr << "lumen: note: " << m["method"].get<std::string>() << " on " << image["source"].get<std::string>() << " ("
+                << m["target"].get<std::string>() << "): the attributions miss f(x) - f(baseline) by " << std::fixed << std::setprecision(1)
+                << 100 * gap << " % at " << steps << " steps; --steps " << needed << " or more should bring it under 1 %\n"
+                << std::defaultfloat;
+    }
+}
+
 void print_predictions(const nlohmann::json& images) {
   for (const auto& entry : images) {
     std::cout << entry["source"].get<std::string>() << ":";
@@ -142,12 +165,14 @@ int run(const Args& a) {
   const ExplainOptions opt = options_of(a, in.layers);
   check_request(opt);
   for (const auto& img : a.images)
-    if (!fs::exists(img)) throw Error("image not found: " + img);
+    if (!path_exists(img)) throw Error("image not found: " + img);
   RenderOptions render;
   render.rgb_input = in.pre.rgb;
   render.colormap = parse_colormap(a.colormap);
   render.alpha = a.alpha;
   render.draw_box = !a.no_box;
+  render.sign = parse_sign(a.sign);
+  render.plain = a.plain;
 
   Model model = Model::load(a.model);
   for (const auto& l : in.layers) model.check_layer(l);
@@ -158,6 +183,7 @@ int run(const Args& a) {
   nlohmann::json images = nlohmann::json::array();
   std::vector<std::string> empty_maps;
   auto start = std::chrono::steady_clock::now();
+  const Progress images_done = progress_printer(a.runtime.quiet || a.images.size() <= static_cast<size_t>(a.batch));
   for (size_t first = 0; first < a.images.size(); first += a.batch) {
     size_t last = std::min(a.images.size(), first + static_cast<size_t>(a.batch));
     std::vector<cv::Mat> imgs;
@@ -175,10 +201,8 @@ int run(const Args& a) {
     for (size_t i = 0; i < explained.size(); ++i)
       for (const auto& m : explained[i].maps)
         if (m.empty) empty_maps.push_back(map_file_stem(batch_stems[i], m));
-    if (a.images.size() > static_cast<size_t>(a.batch))
-      std::cerr << "\rexplained " << last << "/" << a.images.size() << " images" << std::flush;
+    images_done("images", static_cast<int64_t>(last), static_cast<int64_t>(a.images.size()));
   }
-  if (a.images.size() > static_cast<size_t>(a.batch)) std::cerr << "\n";
   // Say how each layer that is not a plain [N,C,h,w] map was read (transformer tokens, channels last).
   std::set<std::string> layouts;
   for (const auto& image : images)
@@ -189,9 +213,12 @@ int run(const Args& a) {
                        " read as " + m["extra"]["layout"].get<std::string>());
   for (const auto& l : layouts) std::cerr << "lumen: note: " << l << " (--tokens to say otherwise)\n";
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  out.write("run.json", run_document(a, in, opt, seconds, images).dump(2) + "\n");
+  const nlohmann::json run = run_document(a, in, opt, seconds, images);
+  out.write("run.json", run.dump(2) + "\n");
+  out.write("index.html", report::run_page(run));
   out.commit();
-  std::cout << "wrote " << images.size() << " image(s) to " << a.out << " (run.json) in " << seconds << " s\n";
+  note_completeness_gaps(images);
+  std::cout << "wrote " << images.size() << " image(s) to " << a.out << " (run.json, index.html) in " << duration_text(seconds) << "\n";
   print_predictions(images);
   if (!empty_maps.empty() && !a.allow_empty) {
     std::cerr << "lumen: error: " << empty_maps.size() << " map(s) are empty (constant: the target's gradient at the layer is zero), e.g. "
@@ -210,15 +237,21 @@ Command add_explain(CLI::App& app) {
   sub->add_option("--card", a->card, "model card JSON: input size, mean/std, colour order, labels, CAM layer");
   sub->add_option("--image,-i", a->images, "image file(s)")->required();
   sub->add_option("--layer,-l", a->layers, "module path(s) to explain at, e.g. features.18 (default: the card's)");
-  sub->add_option("--method", a->methods, "method(s), comma-separated (default gradcam): " + joined(method_names()));
+  sub->add_option("--method,--methods", a->methods, "method(s), comma-separated (default gradcam): " + joined(method_names()));
   sub->add_option("--class,-c", a->classes, "class index(es) to explain (default: the top-k predictions)");
   sub->add_option("--top-k,-k", a->top_k, "explain the k best predicted classes (default 1)")
       ->check(CLI::Range(1, 1000))
       ->excludes("--class");
   sub->add_option("--target", a->target, "score to explain: logit (default), prob, logprob");
   sub->add_flag("--counterfactual", a->counterfactual, "explain the negated score: evidence against the class");
-  sub->add_option("--out,-o", a->out, "output directory (default lumen-out)");
-  sub->add_option("--colormap", a->colormap, "jet (default) or turbo");
+  sub->add_option("--out,-o", a->out, "output directory (default lumen-out)")->check(output_folder());
+  sub->add_option("--colormap", a->colormap, "colour map of unsigned maps: jet (default), turbo, viridis or inferno")
+      ->check(CLI::IsMember({"jet", "turbo", "viridis", "inferno"}));
+  sub->add_option("--sign", a->sign,
+                  "signed maps (integrated-gradients, input-x-gradient, occlusion, contrast): all (default: diverging colours around "
+                  "zero), positive, negative or absolute")
+      ->check(CLI::IsMember({"all", "positive", "negative", "absolute"}));
+  sub->add_flag("--plain", a->plain, "pictures without the caption strip and colour bar (for composing your own figures)");
   sub->add_option("--alpha", a->alpha, "heat-map weight in the overlay (0.5)")->check(CLI::Range(0.0, 1.0));
   sub->add_flag("--no-box", a->no_box, "do not draw the box on overlays");
   sub->add_option("--box-threshold", a->box_threshold, "box threshold as a fraction of the map's max (0.15)")->check(CLI::Range(0.0, 0.999));

@@ -6,13 +6,19 @@
 #include <lumen/runtime.h>
 
 #include <c10/util/Exception.h>
+#include <torch/version.h>
 
 #include <opencv2/core.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <memory>
+#include <iomanip>
 #include <iostream>
+#include <map>
+
+#include <unistd.h>
 #include <sstream>
 
 namespace lumen::cli {
@@ -48,6 +54,7 @@ void Runtime::apply() const {
 
 void add_runtime_flags(CLI::App* sub, Runtime& runtime, bool deterministic_flag) {
   sub->add_option("--threads", runtime.threads, "intra-op threads (default: all cores)")->check(CLI::Range(1, 1024));
+  sub->add_flag("--quiet,-q", runtime.quiet, "no progress on stderr (errors and notes still)");
   sub->add_option("--max-pixels", runtime.max_pixels, "refuse images larger than this many pixels, read from the file's header before decoding (80000000)")
       ->check(CLI::Range(1LL, 1LL << 32));
   sub->add_flag("--allow-truncated", runtime.allow_truncated,
@@ -72,18 +79,62 @@ void refuse_non_finite(const CLI::App& sub) {
   }
 }
 
+const CLI::Validator& output_folder() {
+  static const CLI::Validator v(
+      [](const std::string& out) -> std::string {
+        if (out == "-") return "lumen writes a folder of files (maps, pictures, run.json), not one stream; give a folder name";
+        if (out.empty()) return "the folder name is empty";
+        return "";
+      },
+      "FOLDER");
+  return v;
+}
+
 void add_model_flag(CLI::App* sub, std::string& model) {
   sub->add_option("--model,-m", model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
 }
 
-Progress progress_printer() {
-  auto last_report = std::make_shared<std::chrono::steady_clock::time_point>();
-  return [last_report](const std::string& what, int64_t done, int64_t total) {
-    auto now = std::chrono::steady_clock::now();
-    if (done < total && now - *last_report < std::chrono::milliseconds(500)) return;
-    *last_report = now;
-    std::cerr << "\r  " << what << " " << done << "/" << total << (done >= total ? "\n" : "") << std::flush;
+Progress progress_printer(bool quiet, std::function<std::string()> extra) {
+  if (quiet) return [](const std::string&, int64_t, int64_t) {};
+  // Per kind of work (what): when it started, when it was last printed, the last tenth printed.
+  struct State {
+    std::chrono::steady_clock::time_point start, printed;
+    int64_t tenth = -1;
   };
+  auto states = std::make_shared<std::map<std::string, State>>();
+  const bool live = ::isatty(STDERR_FILENO) != 0;
+  return [states, live, extra](const std::string& what, int64_t done, int64_t total) {
+    const auto now = std::chrono::steady_clock::now();
+    auto [it, fresh] = states->try_emplace(what);
+    State& st = it->second;
+    if (fresh) st.start = st.printed = now;
+    const bool finished = done >= total;
+    const double since = std::chrono::duration<double>(now - st.printed).count();
+    const int64_t tenth = total > 0 ? done * 10 / total : 10;
+    // A terminal gets a live line twice a second; a file or pipe one line per tenth or per 5 s.
+    if (!finished && (live ? since < 0.5 : (tenth == st.tenth && since < 5))) return;
+    st.printed = now;
+    st.tenth = tenth;
+    const double elapsed = std::chrono::duration<double>(now - st.start).count();
+    std::ostringstream line;
+    line << "  " << what << " " << done << "/" << total;
+    if (elapsed > 0.2 && done > 0) {
+      const double rate = static_cast<double>(done) / elapsed;
+      line << "  " << std::setprecision(3) << rate << "/s";
+      if (!finished) line << "  eta " << duration_text(static_cast<double>(total - done) / rate);
+      else line << "  in " << duration_text(elapsed);
+    }
+    if (extra) line << "  " << extra();
+    std::cerr << (live ? "\r" : "") << line.str() << (live ? "\033[K" : "") << (finished || !live ? "\n" : "") << std::flush;
+    if (finished) states->erase(what);
+  };
+}
+
+std::string duration_text(double seconds) {
+  char buf[32];
+  if (seconds < 60) std::snprintf(buf, sizeof buf, "%.1f s", seconds);
+  else std::snprintf(buf, sizeof buf, "%d:%02d", static_cast<int>(seconds) / 60, static_cast<int>(seconds) % 60);
+  return buf;
 }
 
 std::pair<int, int> input_size(const Model& model, const std::string& card, const std::vector<int>& size) {
@@ -104,11 +155,24 @@ int main(int argc, char** argv) {
 
   CLI::App app{"lumen: why a deep network decided what it decided"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", std::string("lumen ") + lumen::version());
+  app.set_version_flag("--version", std::string("lumen ") + lumen::version() + " (LibTorch " + TORCH_VERSION + ", OpenCV " +
+                                        cv::getVersionString() + ")");
   std::vector<lumen::cli::Command> commands{lumen::cli::add_layers(app), lumen::cli::add_explain(app),
                                             lumen::cli::add_demo(app), lumen::cli::add_eval(app),
                                             lumen::cli::add_visualize(app), lumen::cli::add_audit(app),
                                             lumen::cli::add_bench(app)};
+  // A missing or unknown command: name them all, and the closest (CLI11 would only say that one is required).
+  std::vector<std::string> names;
+  for (const auto& c : commands) names.push_back(c.app->get_name());
+  if (argc < 2) {
+    std::cerr << "lumen: error: a command is required: " << lumen::cli::joined(names) << " (lumen --help describes them)\n";
+    return 2;
+  }
+  if (const std::string first = argv[1]; first[0] != '-' && std::find(names.begin(), names.end(), first) == names.end()) {
+    std::cerr << "lumen: error: unknown command '" << first << "'; did you mean '" << lumen::closest_names(first, names, 1).at(0)
+              << "'? The commands are " << lumen::cli::joined(names) << "\n";
+    return 2;
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -1,6 +1,8 @@
 // lumen visualize: activation maximisation for a class or a unit; writes the image and the score curve.
 #include "commands.h"
 
+#include <lumen/report.h>
+
 #include <lumen/error.h>
 #include <lumen/image.h>
 #include <lumen/model.h>
@@ -38,7 +40,7 @@ Command add_visualize(CLI::App& app) {
   sub->add_option("--tv", a->v.tv, "total-variation penalty weight (0)");
   sub->add_option("--seed", a->v.seed, "seed of the start image and the jitter (0)");
   sub->add_option("--input-size", a->size, "model input H W (overrides the card)")->expected(2);
-  sub->add_option("--out,-o", a->out, "output directory (default lumen-visualize)");
+  sub->add_option("--out,-o", a->out, "output directory (default lumen-visualize)")->check(output_folder());
   add_runtime_flags(sub, a->runtime, false);
   return {sub, [a] {
             a->runtime.apply();
@@ -53,11 +55,13 @@ Command add_visualize(CLI::App& app) {
             Model model = Model::load(a->model);
             OutputDir out(a->out);
             VisualizeOptions o = a->v;
-            o.progress = [&](int step, double score) {
-              if (step % 10 == 0 || step == o.steps) std::cerr << "\r  step " << step << "/" << o.steps << "  score " << score << std::flush;
+            auto score = std::make_shared<double>(0);
+            const Progress steps = progress_printer(a->runtime.quiet, [score] { return "score " + std::to_string(*score); });
+            o.progress = [&, score](int step, double value) {
+              *score = value;
+              steps("steps", step, o.steps);
             };
             auto v = visualize(model, pre, o);
-            std::cerr << "\n";
             const std::string what = a->v.layer.empty() ? "class-" + std::to_string(a->v.cls)
                                                          : safe_name(a->v.layer) + ".channel-" + std::to_string(a->v.channel);
             nlohmann::json curve = {{"objective", a->v.layer.empty() ? "logit of class " + std::to_string(a->v.cls)
@@ -73,6 +77,16 @@ Command add_visualize(CLI::App& app) {
                         return m;
                       }()));
             out.write(what + ".curve.json", curve.dump(2) + "\n");
+            // The same curve drawn, for a person to look at.
+            report::Plot plot;
+            plot.title = curve["objective"].get<std::string>() + " over the optimisation";
+            plot.x_label = "step";
+            plot.y_label = a->v.layer.empty() ? "logit" : "mean activation";
+            report::Series series;
+            series.name = "objective";
+            for (size_t k = 0; k < v.scores.size(); ++k) series.x.push_back(static_cast<double>(k)), series.y.push_back(v.scores[k]);
+            plot.series.push_back(series);
+            out.write(what + ".curve.svg", report::svg_plot(plot));
             out.commit();
             std::cout << curve["objective"].get<std::string>() << ": " << v.initial << " -> " << v.final << " (increase "
                       << v.final - v.initial << ") in " << o.steps << " steps\n";
