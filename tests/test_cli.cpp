@@ -386,7 +386,9 @@ TEST(Cli, BenchPrintsRatiosToTheForwardAndWritesJson) {
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_NE(r.out.find("2 methods together"), std::string::npos) << r.out;
   auto j = read_json(dir + "/bench.json");
-  ASSERT_EQ(j["rows"].size(), 8u);  // per batch: forward, gradcam, saliency, both together
+  // Per batch: the user's forward, lumen's forward (in the mode it chose), gradcam, saliency, both.
+  ASSERT_EQ(j["rows"].size(), 10u);
+  EXPECT_EQ(j["rows"][1]["forward_mode"]["chosen_by"].get<std::string>().find("probe") != std::string::npos, true) << j["rows"][1].dump();
   for (const auto& row : j["rows"]) {
     EXPECT_GT(row["seconds"].get<double>(), 0.0);
     EXPECT_GT(row["peak_rss_mib"].get<double>(), 0.0);

@@ -84,6 +84,7 @@ json portable(json j) {
   if (j.is_object()) {
     j.erase("seconds");
     j.erase("lumen_version");
+    j.erase("forward");
     for (auto& [k, v] : j.items()) v = portable(v);
   } else if (j.is_array()) {
     for (auto& v : j) v = portable(v);
@@ -98,7 +99,7 @@ json portable(json j) {
 
 json observe(const std::string& name, const std::string& args) {
   const std::string out = temp_dir("golden-" + name);
-  auto r = run_cli("explain " + expand(args) + " --deterministic --threads 1 --out " + q(out));
+  auto r = run_cli("explain " + expand(args) + " --deterministic --threads 1 --forward-mode plain --out " + q(out));
   json o = {{"code", r.code}};
   if (r.code != 0) {
     o["stderr"] = r.err;

@@ -91,6 +91,7 @@ struct EvalResult {
   // paper's box, else insertion - deletion).
   std::map<std::string, std::map<std::string, double>> example_scores;
   size_t pairs = 0;                 // image x method pairs
+  size_t resumed = 0;               // of them, read back from an earlier run's records
   double seconds = 0;
 };
 

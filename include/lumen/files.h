@@ -24,6 +24,10 @@ std::uintmax_t require_regular_file(const std::string& path, const std::string& 
 bool path_exists(const std::string& path) noexcept;
 bool is_folder(const std::string& path) noexcept;
 
+// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so readers never
+// see a half-written file.
+void write_file_atomic(const std::string& path, const std::string& bytes);
+
 // The whole file as text: a regular file of at most `max_bytes` with no NUL byte.
 std::string read_text_file(const std::string& path, const std::string& what, std::uintmax_t max_bytes = kMaxTextBytes);
 

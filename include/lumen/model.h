@@ -23,6 +23,13 @@ enum class BackwardRule {
   Deconvnet = 2,  // deconvnet: positive gradient, whatever the forward input
 };
 
+// How lumen runs its copy of the graph. Plain: as the file stores it. ChannelsLast: every 4-D weight and
+// the input in channels-last memory (NHWC), which oneDNN's convolutions run faster on many CPUs. The
+// values are the same up to float rounding; activations, gradients and maps keep their shapes.
+enum class ForwardMode { Plain, ChannelsLast };
+ForwardMode parse_forward_mode(const std::string& name);  // "plain" | "channels-last"
+std::string to_string(ForwardMode mode);
+
 struct LayerInfo {
   std::string path;                 // module path, e.g. "features.18"
   std::string type;                 // class name of the module, e.g. "Conv2d"
@@ -105,6 +112,14 @@ class Model {
   // Wall time spent inside those executions, in seconds: what `lumen bench` calls the forward share.
   double forward_seconds() const;
 
+  // A model with the same names that runs every forward in `mode` (its own copy of the weights in that
+  // layout); caches of rewritten graphs start empty.
+  Model with_forward_mode(ForwardMode mode) const;
+  ForwardMode forward_mode() const;
+  // A stable fingerprint of the file the model was loaded from (size and FNV-1a hash of its bytes), for
+  // caches keyed by model; empty for a module built in memory.
+  const std::string& fingerprint() const;
+
   // The underlying module (lumen's own copy; parameters have requires_grad = false).
   const torch::jit::Module& module() const;
 
@@ -112,6 +127,21 @@ class Model {
   struct Impl;
   std::shared_ptr<Impl> impl_;
 };
+
+// The faster forward mode for `model` at input shape `shape` ([N,C,H,W]), decided by a short probe: a
+// warm-up and then alternating timed inference forwards of each mode, the median of each compared.
+// With a `cache_file`, a decision for the same model fingerprint and shape is read from it instead of
+// probing again, and a new one is added (the file is JSON, written atomically; a damaged file is
+// ignored and rewritten).
+struct ForwardPlan {
+  ForwardMode mode = ForwardMode::Plain;
+  double plain_ms = 0, channels_last_ms = 0;  // median per forward in the probe (of the cached probe)
+  bool cached = false;
+};
+ForwardPlan plan_forward(const Model& model, const std::vector<int64_t>& shape, const std::string& cache_file = "");
+// Where plan_forward's decisions are kept by default: $XDG_CACHE_HOME/lumen/forward-plans.json, else
+// ~/.cache/lumen/forward-plans.json; empty when neither can be named.
+std::string default_forward_cache();
 
 // The model's class scores from its output: the tensor itself, or the first tensor of a tuple/list.
 // Dicts and other structures need a user-supplied selector (see target.h).

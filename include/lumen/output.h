@@ -3,6 +3,7 @@
 // moved into place at the end, so a failed run leaves no partial files.
 #pragma once
 
+#include <lumen/files.h>
 #include <lumen/map.h>
 #include <lumen/picture.h>
 
@@ -45,10 +46,6 @@ class OutputDir {
   std::set<std::string> written_;
   bool committed_ = false, created_ = false;
 };
-
-// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so readers never
-// see a half-written file.
-void write_file_atomic(const std::string& path, const std::string& bytes);
 
 // File-name-safe stem: letters, digits, '-', '_' and '.' kept, everything else '_'.
 std::string safe_name(const std::string& s);

@@ -208,6 +208,23 @@ PYBIND11_MODULE(_lumen, m) {
             return Model::from_module(module, name);
           }, py::arg("bytes"), py::arg("name"))
       .def_property_readonly("name", &Model::name)
+      .def_property_readonly("forward_mode", [](const Model& self) { return to_string(self.forward_mode()); })
+      .def("with_forward_mode", [](const Model& self, const std::string& mode) {
+            const ForwardMode m = parse_forward_mode(mode);
+            py::gil_scoped_release release;
+            return self.with_forward_mode(m);
+          }, py::arg("mode"), "the model running \"plain\" or \"channels-last\" (maps agree to float rounding)")
+      .def("fastest", [](const Model& self, std::vector<int64_t> shape, const std::string& cache) {
+            ForwardPlan plan;
+            {
+              py::gil_scoped_release release;
+              plan = plan_forward(self, shape, cache == "default" ? default_forward_cache() : cache);
+            }
+            py::object model = py::cast(plan.mode == self.forward_mode() ? self : self.with_forward_mode(plan.mode));
+            return py::make_tuple(model, py::dict(py::arg("mode") = to_string(plan.mode), py::arg("plain_ms") = plan.plain_ms,
+                                                  py::arg("channels_last_ms") = plan.channels_last_ms, py::arg("cached") = plan.cached));
+          }, py::arg("shape") = std::vector<int64_t>{1, 3, 224, 224}, py::arg("cache") = "default",
+          "(model, plan): the model in the forward mode a short probe found faster at `shape` (as --forward-mode auto)")
       .def("module_paths", &Model::module_paths)
       .def("layers", [](const Model& self, std::vector<int64_t> input_shape) {
             py::gil_scoped_release release;

@@ -144,6 +144,7 @@ EvalResult evaluate_dataset(const Explainer& explainer, const Dataset& data, con
   Tally tally(run);
   detail::RecordsFile records((fs::path(out_dir) / "records.jsonl").string(), result.config, run.fresh,
                               [&](const nlohmann::json& r) { tally.take(r); });
+  result.resumed = tally.images_done();  // image x method pairs, despite the name
   if (tally.images_done() && run.note)
     run.note("resuming: " + std::to_string(tally.images_done()) + " image record(s) already in " + out_dir + "/records.jsonl");
   auto keep = [&](const nlohmann::json& r) {

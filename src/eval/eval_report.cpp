@@ -20,7 +20,7 @@ namespace fs = std::filesystem;
 // The image with the ground-truth boxes (green) and the map's box (white) over its map.
 cv::Mat example_picture(const cv::Mat& image, const Sample& s, const Map& shown) {
   cv::Mat pic = overlay(image, shown.normalized, Colormap::Jet);
-  for (const auto& b : s.boxes) cv::rectangle(pic, cv::Point(int(b.x0), int(b.y0)), cv::Point(int(b.x1), int(b.y1)), {0, 255, 0}, 1);
+  for (const auto& b : s.boxes) cv::rectangle(pic, cv::Point(int(b.x0), int(b.y0)), cv::Point(int(b.x1), int(b.y1)), {0, 255, 0}, 2);
   if (shown.box.valid) draw_box(pic, shown.box, {255, 255, 255}, 1);
   return pic;
 }

@@ -67,6 +67,8 @@ struct Model::Impl {
     std::vector<int64_t> input_shape;
   } onnx;
   bool fused_attention = false;  // the graphs hold aten::_native_multi_head_attention (tap.h)
+  ForwardMode mode = ForwardMode::Plain;
+  std::string fingerprint;
   std::mutex mutex;  // guards the three caches below; the module itself is never mutated after load
   std::map<std::string, std::shared_ptr<Compiled>> cache;
   std::map<std::string, int64_t> convolutions_after;  // by module path; guarded by `mutex`
@@ -96,8 +98,11 @@ struct Model::Impl {
   }
 
   torch::IValue run(const Compiled& c, const torch::Tensor& input, const torch::Tensor& extra = {}) const {
-    torch::jit::Stack stack{module._ivalue(), input};
-    if (extra.defined()) stack.push_back(extra);
+    auto layout = [this](const torch::Tensor& t) {
+      return mode == ForwardMode::ChannelsLast && t.dim() == 4 ? t.contiguous(at::MemoryFormat::ChannelsLast) : t;
+    };
+    torch::jit::Stack stack{module._ivalue(), layout(input)};
+    if (extra.defined()) stack.push_back(layout(extra));
     torch::jit::InterpreterState state(*c.code);
     ++passes;
     const auto start = std::chrono::steady_clock::now();
@@ -169,6 +174,25 @@ void check_storages(const torch::jit::Module& module, const std::string& path) {
 }
 }  // namespace
 
+namespace {
+
+// Size and 64-bit FNV-1a of the bytes: a cache key that changes whenever the file does (not a
+// security hash; nothing is trusted on its strength).
+std::string fingerprint_of(const std::string& bytes) {
+  uint64_t h = 1469598103934665603ULL;
+  for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ULL;
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%zu-%016llx", bytes.size(), static_cast<unsigned long long>(h));
+  return buf;
+}
+
+std::string file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+}  // namespace
+
 Model Model::load(const std::string& path) {
   require_regular_file(path, "model file");
   auto ext = std::filesystem::path(path).extension().string();
@@ -177,12 +201,14 @@ Model Model::load(const std::string& path) {
     auto imported = detail::import_onnx(path);
     Model m = from_module(imported.module, std::filesystem::path(path).filename().string());
     m.impl_->onnx = {std::move(imported.aliases), std::move(imported.described), std::move(imported.input_shape)};
+    m.impl_->fingerprint = fingerprint_of(file_bytes(path));
     return m;
   }
+  std::string fingerprint;
   {
-    std::ifstream in(path, std::ios::binary);
-    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string bytes = file_bytes(path);
     detail::check_archive(bytes, path);
+    fingerprint = fingerprint_of(bytes);
   }
   auto load = [&path] {
     torch::jit::Module module;
@@ -204,7 +230,9 @@ Model Model::load(const std::string& path) {
   // First in a child process: what LibTorch's reader does with a hostile file stays there.
   detail::try_in_child("model " + path, [&] { load(); });
   torch::jit::Module module = load();
-  return from_module(module, std::filesystem::path(path).filename().string());
+  Model m = from_module(module, std::filesystem::path(path).filename().string());
+  m.impl_->fingerprint = fingerprint;
+  return m;
 }
 
 const std::string& Model::name() const { return impl_->name; }
@@ -264,6 +292,30 @@ Model Model::with_module(torch::jit::Module module, std::string name) const {
   m.impl_->onnx = impl_->onnx;
   return m;
 }
+
+ForwardMode parse_forward_mode(const std::string& name) {
+  if (name == "plain") return ForwardMode::Plain;
+  if (name == "channels-last") return ForwardMode::ChannelsLast;
+  throw Error("unknown forward mode '" + name + "' (expected auto, plain or channels-last)");
+}
+
+std::string to_string(ForwardMode mode) { return mode == ForwardMode::ChannelsLast ? "channels-last" : "plain"; }
+
+Model Model::with_forward_mode(ForwardMode mode) const {
+  Model m = with_module(impl_->module, impl_->name);  // a clone of the weights
+  m.impl_->fingerprint = impl_->fingerprint;
+  m.impl_->mode = mode;
+  if (mode == ForwardMode::ChannelsLast) {
+    torch::NoGradGuard no_grad;
+    for (auto sub : m.impl_->module.modules())
+      for (const auto& p : sub.named_parameters(/*recurse=*/false))
+        if (p.value.dim() == 4) sub.register_parameter(p.name, p.value.contiguous(at::MemoryFormat::ChannelsLast), /*is_buffer=*/false);
+  }
+  return m;
+}
+
+ForwardMode Model::forward_mode() const { return impl_->mode; }
+const std::string& Model::fingerprint() const { return impl_->fingerprint; }
 
 std::string Model::Impl::resolve(const std::string& layer) const {
   auto it = onnx.aliases.find(layer);

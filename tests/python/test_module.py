@@ -167,6 +167,21 @@ class ModuleTest(unittest.TestCase):
         self.explainer.explain(IMAGES[0], methods=["smoothgrad"], samples=4, progress=lambda what, done, total: seen.append((done, total)))
         self.assertTrue(seen and seen[-1][0] == seen[-1][1], seen)
 
+    def test_forward_modes_give_the_same_maps(self):
+        x = model_input(IMAGES[0])
+        last = self.model.with_forward_mode("channels-last")
+        self.assertEqual(last.forward_mode, "channels-last")
+        [a] = self.explainer.explain_tensor(x)
+        [b] = lumen.Explainer(last, self.card).explain_tensor(x)
+        np.testing.assert_allclose(a["gradcam"].raw, b["gradcam"].raw, rtol=1e-4, atol=1e-4 * float(a["gradcam"].raw.max()))
+        with tempfile.TemporaryDirectory() as tmp:
+            model, plan = self.model.fastest([1, 3, 64, 64], cache=os.path.join(tmp, "plans.json"))
+            self.assertEqual(model.forward_mode, plan["mode"])
+            self.assertFalse(plan["cached"])
+            self.assertTrue(self.model.fastest([1, 3, 64, 64], cache=os.path.join(tmp, "plans.json"))[1]["cached"])
+        with self.assertRaisesRegex(lumen.Error, "forward mode"):
+            self.model.with_forward_mode("nhwc")
+
     def test_onnx_model(self):
         x = model_input(IMAGES[2])
         onnx = lumen.Explainer(ONNX, CARD)

@@ -35,6 +35,7 @@ Command add_audit(CLI::App& app) {
   sub->add_option("--show", a->show, "flagged images drawn on the page (24)");
   sub->add_option("--out,-o", a->out, "output directory (default lumen-audit)")->check(output_folder());
   add_runtime_flags(sub, a->runtime, false);
+  add_forward_flag(sub, a->runtime);
   return {sub, [a] {
             a->runtime.apply();
             const ModelCard card = load_card(a->card);
@@ -50,7 +51,10 @@ Command add_audit(CLI::App& app) {
             run.batch = a->batch;
             run.show = a->show;
             run.progress = progress_printer(a->runtime.quiet);
-            const Explainer explainer(Model::load(a->model), card.preprocess, card.labels);
+            nlohmann::json forward;
+            const Explainer explainer(
+                with_forward_mode(Model::load(a->model), a->runtime, {a->batch, 3, card.preprocess.height, card.preprocess.width}, forward),
+                card.preprocess, card.labels);
             OutputDir out(a->out);
             const AuditResult result = audit_dataset(explainer, data, run);
             write_audit_report(out, explainer, run, result, {{"model", a->model}, {"data", a->data}, {"layer", layer}});

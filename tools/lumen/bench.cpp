@@ -109,7 +109,7 @@ void record(nlohmann::json& rows, const std::string& what, int batch, const Timi
   const bool forward = t.ratios.empty();
   const std::string ratio = forward ? "1" : std::to_string(t.ratios[0]).substr(0, 5);
   const std::string share = forward ? "" : std::to_string(100.0 * t.forward_share).substr(0, 4) + "%";
-  std::printf("%-22s %5d %12.2f %10.2f %12s %14s %10.0f\n", what.c_str(), batch, t.seconds * 1e3, batch / t.seconds, ratio.c_str(),
+  std::printf("%-28s %5d %12.2f %10.2f %12s %14s %10.0f\n", what.c_str(), batch, t.seconds * 1e3, batch / t.seconds, ratio.c_str(),
               share.c_str(), t.peak_mib);
   std::fflush(stdout);
   nlohmann::json row{{"what", forward ? "forward" : what}, {"batch", batch}, {"seconds", t.seconds}, {"runs", t.runs},
@@ -118,17 +118,28 @@ void record(nlohmann::json& rows, const std::string& what, int batch, const Timi
   rows.push_back(row);
 }
 
-// Every request at one batch size, each timed against the inference forward run beside it.
-void time_batch(const Args& a, const Model& model, const Explainer& explainer, const ExplainOptions& given, int batch, int h, int w,
-                nlohmann::json& rows) {
+// Every request at one batch size, each timed against the user's inference forward run beside it: the
+// file's module as torch::jit::load gives it, called under c10::InferenceMode in its own layout (what
+// an application pays for inference alone). lumen runs its copy in the forward mode --forward-mode
+// chooses; its bare inference forward is a row of its own.
+void time_batch(const Args& a, const Model& user, const ExplainOptions& given, int batch, int h, int w, nlohmann::json& rows) {
   if (batch < 1) throw Error("batch sizes must be positive");
+  nlohmann::json chosen;
+  const Model model = with_forward_mode(user, a.runtime, {batch, 3, h, w}, chosen);
+  const Explainer explainer(model, Preprocess{});
   torch::manual_seed(0);
   const auto x = torch::randn({batch, 3, h, w});
   auto inference = [&] {
     c10::InferenceMode guard;
-    model.module().get_method("forward")({x});
+    user.module().get_method("forward")({x});
   };
-  record(rows, "forward (inference)", batch, measure(inference, a.min_time, model, {}));
+  record(rows, "user's forward", batch, measure(inference, a.min_time, model, {}));
+  auto lumen_forward = [&] {
+    torch::NoGradGuard no_grad;
+    model.forward(x);
+  };
+  record(rows, "lumen forward (" + to_string(model.forward_mode()) + ")", batch, measure(lumen_forward, a.min_time, model, {inference}));
+  rows.back()["forward_mode"] = chosen;
   auto options = [&](const std::vector<std::string>& ms) {
     ExplainOptions o = given;
     o.methods = ms;
@@ -147,7 +158,7 @@ void time_batch(const Args& a, const Model& model, const Explainer& explainer, c
     record(rows, combined ? std::to_string(ms.size()) + " methods together" : ms[0], batch, t);
     if (combined) {
       // Against the first method alone, timed beside each combined run: the cost of the extra methods.
-      std::printf("%-22s %5d %12s %10s %12.3f\n", ("  / " + ms[0] + " alone").c_str(), batch, "", "", t.ratios.at(1));
+      std::printf("%-28s %5d %12s %10s %12.3f\n", ("  / " + ms[0] + " alone").c_str(), batch, "", "", t.ratios.at(1));
       rows.back()["ratio_to_first_method"] = t.ratios.at(1);
     }
   }
@@ -162,14 +173,13 @@ int run(const Args& a) {
   given.top_k = a.top_k;
   apply(a.method, given);
   check_request(given);
-  Model model = Model::load(a.model);
+  const Model model = Model::load(a.model);
   const auto [h, w] = input_size(model, a.card, a.size);
-  const Explainer explainer(model, Preprocess{});
   std::printf("lumen bench: %s, input %dx%d, %d threads, top-%d; median of timed runs after a warm-up\n", model.name().c_str(), h, w,
               at::get_num_threads(), a.top_k);
-  std::printf("%-22s %5s %12s %10s %12s %14s %10s\n", "what", "batch", "ms/batch", "img/s", "/ forward", "forward share", "peak MiB");
+  std::printf("%-28s %5s %12s %10s %12s %14s %10s\n", "what", "batch", "ms/batch", "img/s", "/ user fwd", "forward share", "peak MiB");
   nlohmann::json rows = nlohmann::json::array();
-  for (int batch : a.batches) time_batch(a, model, explainer, given, batch, h, w, rows);
+  for (int batch : a.batches) time_batch(a, model, given, batch, h, w, rows);
   if (!a.json.empty()) {
     const nlohmann::json doc{{"model", model.name()}, {"input", {h, w}}, {"threads", at::get_num_threads()}, {"top_k", a.top_k}, {"rows", rows}};
     write_file_atomic(a.json, doc.dump(1) + "\n");
@@ -193,6 +203,7 @@ Command add_bench(CLI::App& app) {
   sub->add_option("--min-time", a->min_time, "seconds of timed runs per row (2)");
   sub->add_option("--input-size", a->size, "input H W (default: card, else the file's, else 224 224)")->expected(2);
   add_runtime_flags(sub, a->runtime);
+  add_forward_flag(sub, a->runtime);
   sub->add_option("--json", a->json, "also write the rows as JSON to this file");
   add_method_flags(sub, a->method);
   return {sub, [a] { return bench::run(*a); }};

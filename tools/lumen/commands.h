@@ -9,6 +9,7 @@
 #include <lumen/version.h>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <functional>
 #include <map>
@@ -54,8 +55,14 @@ struct Runtime {
   long long max_pixels = kMaxImagePixels;
   bool allow_truncated = false;
   bool quiet = false;  // --quiet: no progress lines
+  std::string forward_mode = "auto";  // --forward-mode, where the command runs a model
   void apply() const;  // lumen::set_threads, lumen::set_deterministic, lumen::set_image_limits
 };
+// The model in the forward mode --forward-mode asks for; auto probes which is faster at `shape` (or
+// reads the decision cached for this model file and shape). What was chosen, and how, for run.json.
+Model with_forward_mode(const Model& model, const Runtime& runtime, const std::vector<int64_t>& shape, nlohmann::json& chosen);
+// --forward-mode (explain, eval, audit, bench).
+void add_forward_flag(CLI::App* sub, Runtime& runtime);
 // --threads, --max-pixels, --allow-truncated, and --deterministic where the command computes maps.
 void add_runtime_flags(CLI::App* sub, Runtime& runtime, bool deterministic_flag = true);
 // Refuses NaN or infinity given to any option of this (parsed) subcommand.

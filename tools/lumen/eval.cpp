@@ -74,7 +74,9 @@ int run(const Args& a) {
   if (run.layers.empty() && !card.cam_layer.empty()) run.layers.push_back(card.cam_layer);
   Dataset data = load_dataset(a.data);
   if (a.limit > 0 && static_cast<size_t>(a.limit) < data.samples.size()) data.samples.resize(static_cast<size_t>(a.limit));
-  const Explainer explainer(Model::load(a.model), card.preprocess, card.labels);
+  nlohmann::json forward;
+  const Model model = with_forward_mode(Model::load(a.model), a.runtime, {a.batch, 3, card.preprocess.height, card.preprocess.width}, forward);
+  const Explainer explainer(model, card.preprocess, card.labels);
   EvalResult result;
   try {
     result = evaluate_dataset(explainer, data, run, a.out);
@@ -86,7 +88,9 @@ int run(const Args& a) {
     return 130;
   }
   std::signal(SIGINT, SIG_DFL);
-  std::cout << result.table << "\n" << result.notes << "evaluated " << result.pairs << " image x method pairs in " << duration_text(result.seconds) << "\n";
+  std::cout << result.table << "\n" << result.notes << "evaluated " << result.pairs << " image x method pairs"
+            << (result.resumed ? " (" + std::to_string(result.resumed) + " of them resumed from records.jsonl)" : std::string())
+            << (result.resumed < result.pairs ? " in " + duration_text(result.seconds) : std::string()) << "\n";
   write_eval_report(explainer, data, run, result, a.out);
   std::string folder = a.out;
   while (folder.size() > 1 && folder.back() == '/') folder.pop_back();  // "report/" -> "report/table.md", not "report//table.md"
@@ -116,6 +120,7 @@ Command add_eval(CLI::App& app) {
   add_shared_flags(sub, a->shared);
   sub->add_option("--seed", a->seed, "seed of random methods and of the sanity randomisation (0)");
   add_runtime_flags(sub, a->runtime);
+  add_forward_flag(sub, a->runtime);
   return {sub, [a] { return eval::run(*a); }};
 }
 

@@ -176,6 +176,10 @@ int run(const Args& a) {
 
   Model model = Model::load(a.model);
   for (const auto& l : in.layers) model.check_layer(l);
+  nlohmann::json forward;
+  model = with_forward_mode(model, a.runtime,
+                            {static_cast<int64_t>(std::min(a.images.size(), static_cast<size_t>(a.batch))), 3, in.pre.height, in.pre.width},
+                            forward);
   Explainer explainer(model, in.pre, in.labels);
   OutputDir out(a.out);
 
@@ -213,7 +217,8 @@ int run(const Args& a) {
                        " read as " + m["extra"]["layout"].get<std::string>());
   for (const auto& l : layouts) std::cerr << "lumen: note: " << l << " (--tokens to say otherwise)\n";
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const nlohmann::json run = run_document(a, in, opt, seconds, images);
+  nlohmann::json run = run_document(a, in, opt, seconds, images);
+  run["forward"] = forward;
   out.write("run.json", run.dump(2) + "\n");
   out.write("index.html", report::run_page(run));
   out.commit();
@@ -278,6 +283,7 @@ Command add_explain(CLI::App& app) {
       ->delimiter(',');
   add_method_flags(sub, a->method);
   add_runtime_flags(sub, a->runtime);
+  add_forward_flag(sub, a->runtime);
   return {sub, [a] { return explain::run(*a); }};
 }
 

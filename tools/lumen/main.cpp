@@ -63,6 +63,33 @@ void add_runtime_flags(CLI::App* sub, Runtime& runtime, bool deterministic_flag)
     sub->add_flag("--deterministic", runtime.deterministic, "the same maps for any thread count (ATen's convolutions; slower)");
 }
 
+void add_forward_flag(CLI::App* sub, Runtime& runtime) {
+  sub->add_option("--forward-mode", runtime.forward_mode,
+                  "how lumen runs the model: auto (default: the faster of the two, probed once per model file and input size and "
+                  "cached), plain, or channels-last (NHWC weights and inputs); maps agree to float rounding")
+      ->check(CLI::IsMember({"auto", "plain", "channels-last"}));
+}
+
+Model with_forward_mode(const Model& model, const Runtime& runtime, const std::vector<int64_t>& shape, nlohmann::json& chosen) {
+  if (runtime.forward_mode == "auto" && runtime.deterministic) {
+    // --deterministic promises the same maps on any machine and thread count: no probe that could
+    // choose differently from one run to the next.
+    chosen = {{"mode", "plain"}, {"chosen_by", "--deterministic"}};
+    return model.forward_mode() == ForwardMode::Plain ? model : model.with_forward_mode(ForwardMode::Plain);
+  }
+  if (runtime.forward_mode != "auto") {
+    const ForwardMode mode = parse_forward_mode(runtime.forward_mode);
+    chosen = {{"mode", to_string(mode)}, {"chosen_by", "--forward-mode"}};
+    return mode == model.forward_mode() ? model : model.with_forward_mode(mode);
+  }
+  const std::string cache = default_forward_cache();
+  const ForwardPlan plan = plan_forward(model, shape, cache);
+  chosen = {{"mode", to_string(plan.mode)}, {"chosen_by", plan.cached ? "cached probe" : "probe"}, {"plain_ms", plan.plain_ms},
+            {"channels_last_ms", plan.channels_last_ms}, {"probe_shape", shape}};
+  // Said in run.json (and bench's rows), not on stderr: a run that then fails prints its one error line.
+  return plan.mode == model.forward_mode() ? model : model.with_forward_mode(plan.mode);
+}
+
 void refuse_non_finite(const CLI::App& sub) {
   for (const CLI::Option* opt : sub.get_options()) {
     for (const std::string& given : opt->results()) {
