@@ -13,10 +13,13 @@
 #include <atomic>
 #include <chrono>
 #include <csignal>
+#include <ctime>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <iterator>
+
+#include <unistd.h>
 
 namespace lumen::cli {
 // This command's own pieces (named, so that the CLI's files can be compiled as one batch).
@@ -33,9 +36,24 @@ struct Args {
 };
 
 std::atomic<bool> g_interrupted{false};
+std::atomic<int64_t> g_first_interrupt_ns{0};
+// The first Ctrl-C asks the run to stop at its next record. `timeout -s INT` and a shell's Ctrl-C can
+// deliver the same interrupt twice (to the process and to its group), so only a second one a second or
+// more later means "stop now". Only async-signal-safe calls here.
 extern "C" void on_interrupt(int) {
-  g_interrupted = true;
-  std::signal(SIGINT, SIG_DFL);
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  const int64_t now = static_cast<int64_t>(ts.tv_sec) * 1000000000LL + ts.tv_nsec;
+  int64_t first = 0;
+  if (g_first_interrupt_ns.compare_exchange_strong(first, now)) {
+    g_interrupted = true;
+    return;
+  }
+  if (now - first > 1000000000LL) {
+    static const char message[] = "\nlumen: interrupted again; stopping now (records.jsonl keeps every finished image)\n";
+    [[maybe_unused]] const auto written = ::write(STDERR_FILENO, message, sizeof message - 1);
+    ::_exit(130);
+  }
 }
 struct Interrupted {};
 
