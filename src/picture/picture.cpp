@@ -275,11 +275,8 @@ cv::Mat heat_picture(const Map& m, const ImageExplanation& e, const RenderOption
     if (options.sign == Sign::All) {
       pic = diverging_heatmap(m.upsampled, s);
     } else {
-      cv::Mat part = m.upsampled.clone(), n;
-      if (options.sign == Sign::Positive) cv::max(part, 0.0, part);
-      if (options.sign == Sign::Negative) cv::max(-part, 0.0, part);
-      if (options.sign == Sign::Absolute) part = cv::abs(part);
-      part.convertTo(n, CV_32F, s > 0 ? 1.0 / s : 0.0);
+      cv::Mat n;
+      signed_part(m.upsampled, options.sign).convertTo(n, CV_32F, s > 0 ? 1.0 / s : 0.0);
       cv::min(n, 1.0, n);
       pic = heatmap(n, options.colormap);
     }
