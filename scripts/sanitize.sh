@@ -34,9 +34,12 @@ for target in onnx image npy torchscript card labels dataset records; do
   work=$(mktemp -d)
   cp -r "fuzz/corpus/$target/." "$work/"
   log="$work/log"
-  if ! "build-asan/fuzz/lumen_fuzz_$target" -max_total_time="$seconds" -rss_limit_mb=3072 -timeout=30 -print_final_stats=1 \
+  # lumen silences decoders' stderr while they run, which would swallow a crash report there: the
+  # sanitizers write theirs to files as well.
+  if ! ASAN_OPTIONS="$ASAN_OPTIONS:log_path=$work/asan" UBSAN_OPTIONS="$UBSAN_OPTIONS:log_path=$work/ubsan" "build-asan/fuzz/lumen_fuzz_$target" -max_total_time="$seconds" -rss_limit_mb=3072 -timeout=30 -print_final_stats=1 \
        -artifact_prefix="build-asan/fuzz/crash-$target-" "$work" >"$log" 2>&1; then
     tail -40 "$log"
+    cat "$work"/asan.* "$work"/ubsan.* 2>/dev/null | head -80 || true
     echo "sanitize: fuzz target $target failed; the input is in build-asan/fuzz/crash-$target-*"
     exit 1
   fi

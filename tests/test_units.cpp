@@ -4,6 +4,7 @@
 
 #include <lumen/demo.h>
 
+#include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
 namespace lumen::test::units_tests {
@@ -147,6 +148,24 @@ TEST(Images, BadFilesAreClearErrors) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("truncated.png"), std::string::npos);
   }
+  // Formats OpenCV could decode but lumen cannot measure first never reach a decoder: TIFF, JPEG 2000
+  // (codestream and JP2), PNM, Radiance HDR.
+  const cv::Mat small(4, 4, CV_8UC3, cv::Scalar(1, 2, 3));
+  std::vector<uchar> tiff;
+  ASSERT_TRUE(cv::imencode(".tiff", small, tiff));
+  for (const std::string& bytes : {std::string(tiff.begin(), tiff.end()), std::string("\xFF\x4F\xFF\x51\x00\x2F", 6),
+                                   std::string("\x00\x00\x00\x0C\x6A\x50\x20\x20\x0D\x0A", 10), std::string("P6\n4 4\n255\n") + std::string(48, 'x'),
+                                   std::string("#?RADIANCE\n")}) {
+    try {
+      decode_image(bytes, "odd.img");
+      ADD_FAILURE() << "decoded " << bytes.substr(0, 4);
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("odd.img is not a PNG, JPEG, BMP or WebP file"), std::string::npos) << e.what();
+    }
+  }
+  std::vector<uchar> png;
+  ASSERT_TRUE(cv::imencode(".png", small, png));
+  EXPECT_EQ(decode_image(std::string(png.begin(), png.end()), "ok.png").size(), small.size());
 }
 
 TEST(Output, StagedFilesAppearOnlyOnCommit) {

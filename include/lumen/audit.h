@@ -6,6 +6,7 @@
 #include <lumen/dataset.h>
 #include <lumen/explain.h>
 #include <lumen/output.h>
+#include <lumen/shard.h>
 
 #include <nlohmann/json.hpp>
 
@@ -23,6 +24,12 @@ struct AuditRun {
   int batch = 8;                     // images per explanation pass
   int show = 24;                     // flagged images drawn on the page
   Progress progress;
+  // With an output folder (the overload below): what the records are tied to, as in DatasetRun.
+  std::string model_file, card_file;
+  int limit = 0;
+  bool fresh = false;                // start over instead of resuming from OUT/records.jsonl
+  Shard shard;                       // measure only this block of the images (lumen/shard.h)
+  std::function<void(const std::string&)> note;
 };
 
 struct AuditRow {
@@ -38,10 +45,20 @@ struct AuditResult {
   nlohmann::json per_class;     // class -> images, mean, median, min, flagged
   std::string table;            // per class, Markdown
   size_t flagged = 0;
+  nlohmann::json config;        // the records file's configuration (the overload with a folder)
+  size_t resumed = 0;           // images read back from an earlier run's records
 };
 
 // Explains every image (maps are not kept: a dataset's worth would not fit) and measures it.
 AuditResult audit_dataset(const Explainer& explainer, const Dataset& data, const AuditRun& run);
+// The same over run.shard's images, each image's record appended to OUT/records.jsonl as it is measured:
+// a killed run resumes where it stopped, and `lumen merge` joins shards.
+AuditResult audit_dataset(const Explainer& explainer, const Dataset& data, const AuditRun& run, const std::string& out_dir);
+// The rows, per-class table and flags of measured records ({"image", "share", "predicted"}, in dataset
+// order); the images are looked up in `data`.
+AuditResult audit_result(const Explainer& explainer, const Dataset& data, const AuditRun& run, const std::vector<nlohmann::json>& records);
+// What audit.json says the run was ({"model", "data", "layer"}), from the records' configuration.
+nlohmann::json audit_about(const nlohmann::json& config);
 // audit.json, audit.csv, index.html and the flagged images (explained again, drawn with their boxes).
 void write_audit_report(OutputDir& out, const Explainer& explainer, const AuditRun& run, const AuditResult& result,
                         const nlohmann::json& about);

@@ -7,6 +7,7 @@
 #include <lumen/explain.h>
 #include <lumen/metrics.h>
 #include <lumen/settings.h>
+#include <lumen/shard.h>
 
 #include <nlohmann/json.hpp>
 
@@ -78,6 +79,8 @@ struct DatasetRun {
   // What the records are tied to, beside the above: a resumed run must name the same files.
   std::string model_file, card_file;
   int limit = 0;                    // the dataset was cut to its first `limit` images (0: all)
+  Shard shard;                      // this process measures only this block of the images (lumen/shard.h);
+                                    // the sanity cascade runs in shard 0, on the dataset's first images
   Progress progress;                // "eval" (image x method pairs) and "sanity" (cascade steps)
   std::function<void(const std::string&)> note;  // one-line notes, such as how much was resumed
 };

@@ -19,6 +19,7 @@
 #include <lumen/report.h>
 #include <lumen/runtime.h>
 #include <lumen/settings.h>
+#include <lumen/shard.h>
 #include <lumen/target.h>
 #include <lumen/version.h>
 #include <lumen/visualize.h>

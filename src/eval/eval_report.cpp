@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <map>
 
 namespace lumen {
 namespace {
@@ -124,7 +125,8 @@ void write_eval_report(const Explainer& explainer, const Dataset& data, const Da
   out.write("table.md", result.table + "\n" + result.notes);
 
   report::Page page("lumen eval");
-  page.paragraph(std::to_string(data.samples.size()) + " images of " + data.root + "; " + std::to_string(result.pairs) +
+  page.paragraph(std::to_string(result.pairs / std::max<size_t>(1, result.methods.size())) + " images of " + data.root +
+                 (run.shard.whole() ? std::string() : " (shard " + run.shard.text() + ")") + "; " + std::to_string(result.pairs) +
                  " image x method pairs. results.json, results.csv and records.jsonl hold every number on this page.");
   // The table: every line of the Markdown table that is a table row; its other lines (the
   // classification error above it) and the notes as paragraphs.
@@ -144,9 +146,12 @@ void write_eval_report(const Explainer& explainer, const Dataset& data, const Da
   const bool by_iou = run.eval.has("loc");
   const auto& labels = explainer.labels();
   for (const auto& m : result.methods) {
-    const auto& scores = result.example_scores.at(m);
+    static const std::map<std::string, double> none;  // a shard with no images has no scores
+    const auto found = result.example_scores.find(m);
+    const auto& scores = found == result.example_scores.end() ? none : found->second;
     std::vector<std::pair<double, const Sample*>> scored;
-    for (const auto& s : data.samples) scored.emplace_back(scores.at(s.name), &s);
+    for (const auto& s : data.samples)  // a shard's run has scores for its own images only
+      if (const auto it = scores.find(s.name); it != scores.end()) scored.emplace_back(it->second, &s);
     std::stable_sort(scored.begin(), scored.end(), [](auto& x, auto& y) { return x.first > y.first; });
     const size_t show = std::min<size_t>(4, scored.size() / 2);
     std::vector<std::pair<double, const Sample*>> picks(scored.begin(), scored.begin() + static_cast<int64_t>(show));

@@ -43,6 +43,35 @@ void sanity_cascade(const Explainer& explainer, const Dataset& data, const Datas
                     const std::set<std::string>& done, const std::function<void(const nlohmann::json&)>& append);
 std::string sanity_key(const nlohmann::json& record);
 
+// The explanation options every method of the run shares; each request adds its method and targets.
+ExplainOptions base_options(const DatasetRun& run);
+
+// What a run knows so far, from earlier records and new ones alike (and, in `lumen merge`, from every
+// shard's records in shard order). Per method: the images done, the table's counts and sums, and the
+// score that picks the report's examples. The records themselves stay on disk, so memory stays flat.
+class EvalTally {
+ public:
+  explicit EvalTally(const DatasetRun& run);
+  void take(const nlohmann::json& record);  // a record of a method not in the run is ignored
+  bool has(const std::string& method, const std::string& image) const;
+  size_t images_done() const;               // image x method pairs
+  const std::set<std::string>& sanity_done() const { return sanity_done_; }
+  // The summary, the table and the examples' scores over `images` images.
+  void finish(EvalResult& result, const EvalOptions& options, size_t images);
+
+ private:
+  std::vector<std::string> methods_;
+  std::map<std::string, std::set<std::string>> done_;
+  std::map<std::string, Summary> summaries_;
+  std::vector<nlohmann::json> sanity_;  // a few per method and cascade step
+  std::set<std::string> sanity_done_;
+  std::map<std::string, std::map<std::string, double>> example_scores_;
+};
+
+// Reads a records file without locking or changing it: its configuration line, then each record (a
+// line cut short by a killed run is skipped). Throws lumen::Error for a file that is not one.
+nlohmann::json read_records(const std::string& path, const std::function<void(const nlohmann::json&)>& each);
+
 struct Table {
   std::string markdown, csv, notes;
 };

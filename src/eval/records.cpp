@@ -70,3 +70,23 @@ void RecordsFile::append(const nlohmann::json& record) {
 }
 
 }  // namespace lumen::detail
+
+namespace lumen::detail {
+
+nlohmann::json read_records(const std::string& path, const std::function<void(const nlohmann::json&)>& each) {
+  require_regular_file(path, "records file");
+  // Streamed line by line: a merged 10,000-image run is hundreds of MiB of records.
+  std::ifstream in(path);
+  std::string line;
+  if (!in || !std::getline(in, line)) throw Error("cannot read records file " + path);
+  const nlohmann::json head = nlohmann::json::parse(line, nullptr, false);
+  if (head.is_discarded() || !head.is_object() || !head.contains("config") || !head["config"].is_object())
+    throw Error(path + " is not a lumen records file (its first line is not {\"config\": ...})");
+  while (std::getline(in, line)) {
+    const auto record = nlohmann::json::parse(line, nullptr, false);
+    if (!record.is_discarded() && record.is_object()) each(record);
+  }
+  return head["config"];
+}
+
+}  // namespace lumen::detail

@@ -32,6 +32,11 @@ const std::vector<Column> kColumns{
     {"sanity_half_spearman", "rank corr., top half random", "sanity", 3},
 };
 
+// A summary's number, or NaN ("-" in the table) where it has none: an empty shard has no rates.
+double number(const nlohmann::json& s, const std::string& key) {
+  return s.contains(key) && s[key].is_number() ? s[key].get<double>() : std::nan("");
+}
+
 }  // namespace
 
 Table summary_table(const nlohmann::json& summary, const std::vector<std::string>& methods, const EvalOptions& eo, size_t images) {
@@ -40,8 +45,8 @@ Table summary_table(const nlohmann::json& summary, const std::vector<std::string
     if (eo.has(c.metric)) cols.push_back(c);
   const auto& any = summary[methods.front()];
   std::ostringstream table;
-  table << "classification error on " << images << " images: top-1 " << fmt(any["cls_top1_error"]) << "%, top-5 "
-        << fmt(any["cls_top5_error"]) << "%\n\n| method |";
+  table << "classification error on " << images << " images: top-1 " << fmt(number(any, "cls_top1_error")) << "%, top-5 "
+        << fmt(number(any, "cls_top5_error")) << "%\n\n| method |";
   std::vector<std::string> header{"method", "images", "cls_top1_error", "cls_top5_error", "empty_maps"};
   for (const auto& c : cols) table << " " << c.header << " |", header.push_back(c.key);
   table << "\n|---|";
@@ -51,9 +56,10 @@ Table summary_table(const nlohmann::json& summary, const std::vector<std::string
   for (const auto& m : methods) {
     const auto& s = summary[m];
     table << "| " << m << " |";
-    std::vector<std::string> row{m, s["images"].dump(), fmt(s["cls_top1_error"], 3), fmt(s["cls_top5_error"], 3), s["empty_maps"].dump()};
+    std::vector<std::string> row{m, s["images"].dump(), fmt(number(s, "cls_top1_error"), 3), fmt(number(s, "cls_top5_error"), 3),
+                                 std::to_string(s.value("empty_maps", 0))};
     for (const auto& c : cols) {
-      double v = s.contains(c.key) ? s[c.key].get<double>() : std::nan("");
+      const double v = number(s, c.key);
       std::string cell = fmt(v, c.digits);
       if (c.key == "sanity_half_spearman" && s.value("sanity_flag", false)) cell += " FLAG";
       table << " " << cell << " |";

@@ -241,18 +241,20 @@ cv::Mat decode_image(const std::string& bytes, const std::string& path) {
     return Error("image " + path + " is " + std::to_string(w) + "x" + std::to_string(h) + ", over lumen's limit of " +
                  std::to_string(limits.max_pixels) + " pixels (--max-pixels)");
   };
-  // JPEG 2000 (a raw codestream or a JP2 file) is refused: OpenCV's decoder for it (OpenJPEG) crashed on
-  // a fuzzed codestream (found by fuzz/fuzz_image.cpp), and no model card here expects it.
-  static const std::string j2k("\xFF\x4F\xFF\x51", 4), jp2("\x00\x00\x00\x0C\x6A\x50\x20\x20", 8);
-  if (bytes.compare(0, j2k.size(), j2k) == 0 || bytes.compare(0, jp2.size(), jp2) == 0)
-    throw Error("image " + path + " is JPEG 2000, which lumen does not decode; convert it to PNG or JPEG");
+  // Only the formats whose header lumen reads (PNG, JPEG, BMP, WebP) reach a decoder. OpenCV also
+  // decodes JPEG 2000, TIFF, OpenEXR, Radiance HDR, PNM, PFM and Sun raster; its JPEG 2000 decoder
+  // (OpenJPEG) crashed on fuzzed codestreams (fuzz/fuzz_image.cpp), the others' sizes could not be
+  // checked before decoding, and no model card here expects them.
+  if (header.format.empty() || header.format == "GIF")
+    throw Error("image " + path + " is not a PNG, JPEG, BMP or WebP file" +
+                (header.format == "GIF" ? std::string(" (GIF)") : std::string()) + "; convert it to PNG or JPEG");
   // A header that declares no pixels is refused before any decoder sees it: a WebP whose VP8 frame
   // says 0x0 crashed inside OpenCV's decoder (found by fuzz/fuzz_image.cpp).
-  if (!header.format.empty() && (header.width < 1 || header.height < 1))
+  if ((header.width < 1 || header.height < 1))
     throw Error("image " + path + " is a " + header.format + " file that declares a " + std::to_string(header.width) + "x" +
                 std::to_string(header.height) + " image");
   // In double: two 32-bit sizes can overflow a 64-bit product.
-  if (!header.format.empty() && static_cast<double>(header.width) * static_cast<double>(header.height) > static_cast<double>(limits.max_pixels))
+  if (static_cast<double>(header.width) * static_cast<double>(header.height) > static_cast<double>(limits.max_pixels))
     throw over(header.width, header.height);
   if (header.truncated) {
     if (!limits.allow_truncated)

@@ -17,7 +17,8 @@ namespace lumen::cli {
 Command add_audit(CLI::App& app) {
   auto* sub = app.add_subcommand("audit", "Bias audit: how much of each explanation lies on the object");
   struct Args {
-    std::string model, card, data, layer, method = "gradcam", out = "lumen-audit";
+    std::string model, card, data, layer, method = "gradcam", out = "lumen-audit", shard;
+    bool fresh = false;
     double threshold = 0.5;
     int limit = 0, batch = 8, show = 24;
     Runtime runtime;
@@ -33,7 +34,9 @@ Command add_audit(CLI::App& app) {
   sub->add_option("--limit", a->limit, "only the first N images");
   sub->add_option("--batch", a->batch, "images per pass (8)")->check(CLI::Range(1, 4096));
   sub->add_option("--show", a->show, "flagged images drawn on the page (24)");
-  sub->add_option("--out,-o", a->out, "output directory (default lumen-audit)")->check(output_folder());
+  sub->add_option("--out,-o", a->out, "output directory (default lumen-audit); an interrupted run resumes from it")->check(output_folder());
+  sub->add_flag("--fresh", a->fresh, "ignore records of an earlier run in --out");
+  add_shard_flag(sub, a->shard);
   add_runtime_flags(sub, a->runtime, false);
   add_forward_flag(sub, a->runtime);
   return {sub, [a] {
@@ -51,13 +54,19 @@ Command add_audit(CLI::App& app) {
             run.batch = a->batch;
             run.show = a->show;
             run.progress = progress_printer(a->runtime.quiet);
+            run.model_file = a->model;
+            run.card_file = a->card;
+            run.limit = a->limit;
+            run.fresh = a->fresh;
+            run.shard = shard_of_flag(a->shard);
+            run.note = [](const std::string& note) { std::cerr << note << "\n"; };
             nlohmann::json forward;
             const Explainer explainer(
                 with_forward_mode(Model::load(a->model), a->runtime, {a->batch, 3, card.preprocess.height, card.preprocess.width}, forward),
                 card.preprocess, card.labels);
+            const AuditResult result = audit_dataset(explainer, data, run, a->out);
             OutputDir out(a->out);
-            const AuditResult result = audit_dataset(explainer, data, run);
-            write_audit_report(out, explainer, run, result, {{"model", a->model}, {"data", a->data}, {"layer", layer}});
+            write_audit_report(out, explainer, run, result, audit_about(result.config));
             out.commit();
             std::cout << result.table << "\n" << result.flagged << " of " << result.rows.size() << " images have less than " << a->threshold
                       << " of the map on the object. Worst:\n";

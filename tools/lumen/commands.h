@@ -6,6 +6,7 @@
 #include <lumen/image.h>
 #include <lumen/model.h>
 #include <lumen/runtime.h>
+#include <lumen/shard.h>
 #include <lumen/version.h>
 
 #include <CLI/CLI.hpp>
@@ -29,6 +30,7 @@ Command add_demo(CLI::App& app);
 Command add_eval(CLI::App& app);
 Command add_visualize(CLI::App& app);
 Command add_audit(CLI::App& app);
+Command add_merge(CLI::App& app);
 Command add_bench(CLI::App& app);
 
 // Flags of method settings (method_flags.cpp).
@@ -63,6 +65,11 @@ struct Runtime {
 Model with_forward_mode(const Model& model, const Runtime& runtime, const std::vector<int64_t>& shape, nlohmann::json& chosen);
 // --forward-mode (explain, eval, audit, bench).
 void add_forward_flag(CLI::App* sub, Runtime& runtime);
+// --shard K/N|auto|auto/N (eval, audit, explain): which block of the images this process does.
+void add_shard_flag(CLI::App* sub, std::string& shard);
+// The parsed --shard (the whole list when empty); says on stderr, even with --quiet (a cluster job's log
+// should say which piece it did), which shard and where it came from.
+Shard shard_of_flag(const std::string& shard);
 // --threads, --max-pixels, --allow-truncated, and --deterministic where the command computes maps.
 void add_runtime_flags(CLI::App* sub, Runtime& runtime, bool deterministic_flag = true);
 // Refuses NaN or infinity given to any option of this (parsed) subcommand.

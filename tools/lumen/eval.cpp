@@ -26,7 +26,7 @@ namespace lumen::cli {
 namespace eval {
 
 struct Args {
-  std::string model, card, data, layer, out = "lumen-eval", aggregate;
+  std::string model, card, data, layer, out = "lumen-eval", aggregate, shard;
   std::vector<std::string> methods{"gradcam"}, metrics{"loc,pointing,deletion,insertion,drop"};
   int limit = 0, batch = 8, steps = 50, sanity_images = 8;
   Runtime runtime;
@@ -82,6 +82,7 @@ int run(const Args& a) {
   run.model_file = a.model;
   run.card_file = a.card;
   run.limit = a.limit;
+  run.shard = shard_of_flag(a.shard);
   ExplainOptions shared;
   apply(a.shared, shared);
   run.shared = shared.shared;
@@ -134,6 +135,7 @@ Command add_eval(CLI::App& app) {
   sub->add_option("--limit", a->limit, "only the first N images of labels.csv");
   sub->add_option("--batch", a->batch, "images per explanation pass (8)")->check(CLI::Range(1, 4096));
   sub->add_option("--steps", a->steps, "deletion/insertion: steps of the curve (50)")->check(CLI::Range(1, 1000000));
+  add_shard_flag(sub, a->shard);
   sub->add_option("--sanity-images", a->sanity_images, "sanity: images used (8)")->check(CLI::Range(1, 100000));
   add_shared_flags(sub, a->shared);
   sub->add_option("--seed", a->seed, "seed of random methods and of the sanity randomisation (0)");

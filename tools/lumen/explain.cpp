@@ -27,6 +27,7 @@ namespace explain {
 struct Args {
   std::string model, card, labels, out = "lumen-out", colormap = "jet", target = "logit";
   std::vector<std::string> images, layers, methods{"gradcam"};
+  std::string image_list, shard;  // a file of image paths; this process's block of them
   std::vector<int64_t> classes;
   std::vector<int> size;
   std::vector<float> mean, std;
@@ -157,8 +158,36 @@ void print_predictions(const nlohmann::json& images) {
   }
 }
 
-int run(const Args& a) {
-  a.runtime.apply();
+// --image-list: one path per line, relative to the list's folder; blank lines and # comments skipped.
+std::vector<std::string> read_image_list(const std::string& list) {
+  std::vector<std::string> out;
+  std::istringstream in(read_text_file(list, "image list"));
+  const fs::path base = fs::path(list).parent_path();
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    const auto first = line.find_first_not_of(" \t");
+    if (first == std::string::npos || line[first] == '#') continue;
+    const fs::path p = line.substr(first);
+    out.push_back(p.is_absolute() ? p.string() : (base / p).string());
+  }
+  if (out.empty()) throw Error("image list " + list + " names no image");
+  return out;
+}
+
+int run(const Args& given) {
+  given.runtime.apply();
+  // The images: --image, then --image-list's; with --shard, this process's block of them. File stems are
+  // made unique over the whole list, so that shards writing into one folder never collide.
+  Args a = given;
+  if (!a.image_list.empty())
+    for (auto& p : read_image_list(a.image_list)) a.images.push_back(std::move(p));
+  if (a.images.empty()) throw Error("no image given: --image FILE ... or --image-list FILE");
+  const Shard shard = shard_of_flag(a.shard);
+  const auto stems = shard_of(unique_stems(a.images), shard, static_cast<size_t>(std::max(1, a.batch)));
+  a.images = shard_of(a.images, shard, static_cast<size_t>(std::max(1, a.batch)));
+  // One run file per shard: the shards of one list write their maps into the same folder.
+  const std::string run_file = shard.whole() ? "run.json" : "run." + std::to_string(shard.index) + "-of-" + std::to_string(shard.count) + ".json";
+  const std::string page_file = shard.whole() ? "index.html" : "index." + std::to_string(shard.index) + "-of-" + std::to_string(shard.count) + ".html";
   // Everything that can be checked before any work is checked first, so a typo costs no time.
   if (a.batch < 1) throw Error("--batch must be at least 1");
   const Inputs in = inputs_of(a);
@@ -183,7 +212,6 @@ int run(const Args& a) {
   Explainer explainer(model, in.pre, in.labels);
   OutputDir out(a.out);
 
-  const auto stems = unique_stems(a.images);
   nlohmann::json images = nlohmann::json::array();
   std::vector<std::string> empty_maps;
   auto start = std::chrono::steady_clock::now();
@@ -219,11 +247,12 @@ int run(const Args& a) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   nlohmann::json run = run_document(a, in, opt, seconds, images);
   run["forward"] = forward;
-  out.write("run.json", run.dump(2) + "\n");
-  out.write("index.html", report::run_page(run));
+  if (!shard.whole()) run["shard"] = {{"index", shard.index}, {"count", shard.count}, {"source", shard.source}};
+  out.write(run_file, run.dump(2) + "\n");
+  out.write(page_file, report::run_page(run));
   out.commit();
   note_completeness_gaps(images);
-  std::cout << "wrote " << images.size() << " image(s) to " << a.out << " (run.json, index.html) in " << duration_text(seconds) << "\n";
+  std::cout << "wrote " << images.size() << " image(s) to " << a.out << " (" << run_file << ", " << page_file << ") in " << duration_text(seconds) << "\n";
   print_predictions(images);
   if (!empty_maps.empty() && !a.allow_empty) {
     std::cerr << "lumen: error: " << empty_maps.size() << " map(s) are empty (constant: the target's gradient at the layer is zero), e.g. "
@@ -240,7 +269,9 @@ Command add_explain(CLI::App& app) {
   auto a = std::make_shared<explain::Args>();
   add_model_flag(sub, a->model);
   sub->add_option("--card", a->card, "model card JSON: input size, mean/std, colour order, labels, CAM layer");
-  sub->add_option("--image,-i", a->images, "image file(s)")->required();
+  sub->add_option("--image,-i", a->images, "image file(s)");
+  sub->add_option("--image-list", a->image_list, "a file of image paths, one per line (relative to the list's folder); for bulk runs");
+  add_shard_flag(sub, a->shard);
   sub->add_option("--layer,-l", a->layers, "module path(s) to explain at, e.g. features.18 (default: the card's)");
   sub->add_option("--method,--methods", a->methods, "method(s), comma-separated (default gradcam): " + joined(method_names()));
   sub->add_option("--class,-c", a->classes, "class index(es) to explain (default: the top-k predictions)");

@@ -70,6 +70,19 @@ void add_forward_flag(CLI::App* sub, Runtime& runtime) {
       ->check(CLI::IsMember({"auto", "plain", "channels-last"}));
 }
 
+void add_shard_flag(CLI::App* sub, std::string& shard) {
+  sub->add_option("--shard", shard,
+                  "do only block K of N of the images (K from 0 to N-1, in list order; docs/scale.md); auto reads Kubernetes' "
+                  "JOB_COMPLETION_INDEX (with auto/N or JOB_COMPLETIONS) or Slurm's array task; lumen merge joins the shards");
+}
+
+Shard shard_of_flag(const std::string& shard) {
+  if (shard.empty()) return {};
+  const Shard s = parse_shard(shard, process_environment());
+  std::cerr << "lumen: shard " << s.text() << " (" << s.source << ")\n";
+  return s;
+}
+
 Model with_forward_mode(const Model& model, const Runtime& runtime, const std::vector<int64_t>& shape, nlohmann::json& chosen) {
   if (runtime.forward_mode == "auto" && runtime.deterministic) {
     // --deterministic promises the same maps on any machine and thread count: no probe that could
@@ -186,7 +199,7 @@ int main(int argc, char** argv) {
                                         cv::getVersionString() + ")");
   std::vector<lumen::cli::Command> commands{lumen::cli::add_layers(app), lumen::cli::add_explain(app),
                                             lumen::cli::add_demo(app), lumen::cli::add_eval(app),
-                                            lumen::cli::add_visualize(app), lumen::cli::add_audit(app),
+                                            lumen::cli::add_visualize(app), lumen::cli::add_audit(app), lumen::cli::add_merge(app),
                                             lumen::cli::add_bench(app)};
   // A missing or unknown command: name them all, and the closest (CLI11 would only say that one is required).
   std::vector<std::string> names;
