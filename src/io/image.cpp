@@ -242,9 +242,10 @@ cv::Mat decode_image(const std::string& bytes, const std::string& path) {
                  std::to_string(limits.max_pixels) + " pixels (--max-pixels)");
   };
   // Only the formats whose header lumen reads (PNG, JPEG, BMP, WebP) reach a decoder. OpenCV also
-  // decodes JPEG 2000, TIFF, OpenEXR, Radiance HDR, PNM, PFM and Sun raster; its JPEG 2000 decoder
-  // (OpenJPEG) crashed on fuzzed codestreams (fuzz/fuzz_image.cpp), the others' sizes could not be
-  // checked before decoding, and no model card here expects them.
+  // decodes JPEG 2000, DICOM, TIFF, OpenEXR, Radiance HDR, PNM, PFM and Sun raster; its JPEG 2000
+  // decoder (OpenJPEG) crashed and its DICOM reader (GDCM) aborted on an assertion for fuzzed bytes
+  // (fuzz/fuzz_image.cpp; the inputs are in its corpus), the others' sizes could not be checked before
+  // decoding, and no model card here expects them.
   if (header.format.empty() || header.format == "GIF")
     throw Error("image " + path + " is not a PNG, JPEG, BMP or WebP file" +
                 (header.format == "GIF" ? std::string(" (GIF)") : std::string()) + "; convert it to PNG or JPEG");
