@@ -13,7 +13,7 @@ PACKAGES=(
   pybind11-dev python3-dev python3-numpy       # the Python module (import lumen)
   pkg-config                                   # the package test builds examples/ with lumen.pc
   chromium chromium-driver python3-selenium    # test tooling: the pages are tested in a real browser
-  python3-torch python3-torchvision python3-jsonschema python3-onnx python3-pil python3-yaml   # test tooling: fixtures, references, deploy files
+  python3-torch python3-torchvision python3-jsonschema python3-onnx python3-pil python3-yaml python3-sklearn python3-opencv   # test tooling: fixtures, references (the anchors: scikit-learn, OpenCV), deploy files
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -50,7 +50,7 @@ TEST(Cam, EveryMethodMatchesReference) {
 // references (raw maps, or the final scaled map at the input size for the compat pipeline).
 TEST(Cam, SmoothingFullGradAndCompatMatchReferences) {
   const auto cases = read_json(fixture("manifest_variants.json"))["cases"];
-  ASSERT_GE(cases.size(), 13u);
+  ASSERT_GE(cases.size(), 18u);
   for (const auto& c : cases) {
     const std::string name = c["name"];
     SCOPED_TRACE(name);
@@ -68,6 +68,8 @@ TEST(Cam, SmoothingFullGradAndCompatMatchReferences) {
     if (eigen) opt.settings.set("eigen_smooth", true);
     opt.shared.aug_smooth = o.value("aug_smooth", false);
     opt.shared.compat = o.value("compat", false) ? Compat::PytorchGradCam : Compat::Papers;
+    const nlohmann::json settings = o.value("settings", nlohmann::json::object());  // kept: items() refers to it
+    for (const auto& [key, value] : settings.items()) opt.settings.set(key, value);
     // Maps at the model's input size, where pytorch-grad-cam's pipeline leaves them.
     auto result = ex.explain_tensor(to_batch(images, card.preprocess), opt);
     const bool normalized = c["compare"] == "normalized";

@@ -372,3 +372,39 @@ TEST(Headers, UmbrellaIncludesEveryPublicHeader) {
 }
 
 }  // namespace lumen::test::units_tests
+
+namespace lumen::test::units_tests {
+
+// Shards: every list position is in exactly one shard, in order, in whole batches; the job engines'
+// variables give the same shards as K/N.
+TEST(Shard, BlocksCoverTheListOnceInWholeBatches) {
+  for (size_t n : {0, 1, 7, 8, 9, 300, 1001})
+    for (int count : {1, 2, 3, 4, 16, 50})
+      for (size_t unit : {1, 8}) {
+        size_t next = 0;
+        for (int k = 0; k < count; ++k) {
+          const auto [first, last] = shard_range(n, Shard{k, count, ""}, unit);
+          EXPECT_EQ(first, next) << n << " " << count << " " << unit;
+          EXPECT_LE(first, last);
+          if (last < n) {
+            EXPECT_EQ(last % unit, 0u) << "a shard ends inside a batch";
+          }
+          next = last;
+        }
+        EXPECT_EQ(next, n);
+      }
+  EXPECT_EQ(shard_of(std::vector<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, Shard{1, 3, ""}), (std::vector<int>{3, 4, 5}));
+  const std::map<std::string, std::string> none;
+  EXPECT_EQ(parse_shard("3/16", none).text(), "3/16");
+  EXPECT_EQ(parse_shard("auto", {{"JOB_COMPLETION_INDEX", "2"}, {"JOB_COMPLETIONS", "4"}}).text(), "2/4");
+  EXPECT_EQ(parse_shard("auto/8", {{"JOB_COMPLETION_INDEX", "7"}}).text(), "7/8");
+  EXPECT_EQ(parse_shard("auto", {{"SLURM_ARRAY_TASK_ID", "12"}, {"SLURM_ARRAY_TASK_MIN", "10"}, {"SLURM_ARRAY_TASK_COUNT", "4"}}).text(), "2/4");
+  for (const auto& [text, env] : std::vector<std::pair<std::string, std::map<std::string, std::string>>>{
+           {"16/16", none}, {"-1/4", none}, {"1/0", none}, {"3", none}, {"1/2x", none}, {"auto", none},
+           {"auto", {{"JOB_COMPLETION_INDEX", "4"}, {"JOB_COMPLETIONS", "4"}}},
+           {"auto", {{"SLURM_ARRAY_TASK_ID", "3"}, {"SLURM_ARRAY_TASK_COUNT", "4"}, {"SLURM_ARRAY_TASK_STEP", "2"}}},
+           {"auto", {{"SLURM_ARRAY_TASK_ID", "3"}, {"SLURM_ARRAY_TASK_MIN", "5"}, {"SLURM_ARRAY_TASK_COUNT", "4"}}}})
+    EXPECT_THROW(parse_shard(text, env), Error) << text;
+}
+
+}  // namespace lumen::test::units_tests

@@ -72,6 +72,7 @@ struct DatasetRun {
   std::string aggregate;
   EvalOptions eval;
   int batch = 8;                    // images per explanation pass
+  bool overlap = true;              // decode the next batch while this one is explained
   int sanity_images = 8;            // the sanity cascade runs on the first N images
   uint64_t seed = 0;                // of random methods; the cascade randomises with seed + 1
   SharedSettings shared;            // rows per pass, memory budget

@@ -4,6 +4,11 @@
 
 namespace lumen {
 
+std::mutex& stderr_mutex() {
+  static std::mutex m;
+  return m;
+}
+
 std::string first_line(const std::string& message) {
   // Some c10 messages start with a blank line; the first line that says something is the one to show.
   size_t start = message.find_first_not_of(" \n");

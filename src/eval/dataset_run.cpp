@@ -7,6 +7,7 @@
 #include "eval/eval_run.h"
 
 #include <chrono>
+#include <future>
 #include <filesystem>
 
 namespace lumen {
@@ -65,13 +66,28 @@ ExplainOptions for_method(const ExplainOptions& base, const std::string& method,
   return opt;
 }
 
+// One batch's images, decoded and made into the model's input.
+struct Loaded {
+  std::vector<const Sample*> samples;
+  std::vector<cv::Mat> images;
+  torch::Tensor inputs;
+};
+
+Loaded load_batch(const Explainer& explainer, const Dataset& data, size_t first, size_t last) {
+  Loaded b;
+  for (size_t i = first; i < last; ++i) b.samples.push_back(&data.samples[i]);
+  for (const auto* s : b.samples) b.images.push_back(read_image(s->path));
+  b.inputs = to_batch(b.images, explainer.preprocess());
+  return b;
+}
+
 // One batch of images: each method explains the images it has not measured yet, and each image's
 // record is handed to `keep` as soon as it is measured.
-void measure_batch(const Explainer& explainer, const std::vector<const Sample*>& samples, const DatasetRun& run, const ExplainOptions& base,
+void measure_batch(const Explainer& explainer, const Loaded& batch, const DatasetRun& run, const ExplainOptions& base,
                    detail::EvalTally& tally, const std::function<void(const nlohmann::json&)>& keep, size_t total) {
-  std::vector<cv::Mat> images;
-  for (const auto* s : samples) images.push_back(read_image(s->path));
-  const auto inputs = to_batch(images, explainer.preprocess());
+  const auto& samples = batch.samples;
+  const auto& images = batch.images;
+  const auto& inputs = batch.inputs;
   for (const auto& m : run.methods) {
     // A batch that was measured in part (a run killed part-way) is explained whole again: each image is
     // then explained with the same companions as in an uninterrupted run, so its numbers are the same.
@@ -175,10 +191,15 @@ EvalResult evaluate_dataset(const Explainer& explainer, const Dataset& data, con
     run.note("shard " + run.shard.text() + " holds no images: " + std::to_string(data.samples.size()) + " images make " +
              std::to_string((data.samples.size() + static_cast<size_t>(run.batch) - 1) / static_cast<size_t>(run.batch)) +
              " batch(es) of --batch " + std::to_string(run.batch) + ", fewer than the shards");
-  for (size_t first = first_sample; first < last_sample; first += static_cast<size_t>(run.batch)) {
-    std::vector<const Sample*> samples;
-    for (size_t i = first; i < std::min(last_sample, first + static_cast<size_t>(run.batch)); ++i) samples.push_back(&data.samples[i]);
-    measure_batch(explainer, samples, run, base, tally, keep, total);
+  // A bounded pipeline of two stages: the next batch is decoded and preprocessed on a second thread
+  // while this one is explained and measured (run.overlap; one batch ahead, so memory stays flat).
+  const size_t step = static_cast<size_t>(run.batch);
+  const auto load = [&](size_t first) { return load_batch(explainer, data, first, std::min(last_sample, first + step)); };
+  std::future<Loaded> ahead;
+  for (size_t first = first_sample; first < last_sample; first += step) {
+    Loaded batch = ahead.valid() ? ahead.get() : load(first);
+    if (run.overlap && first + step < last_sample) ahead = std::async(std::launch::async, load, first + step);
+    measure_batch(explainer, batch, run, base, tally, keep, total);
   }
   if (run.progress) run.progress("eval", static_cast<int64_t>(total), static_cast<int64_t>(total));
   // The cascade runs on the dataset's first images, once: in the shard that holds them.

@@ -88,6 +88,12 @@ torch::Tensor TargetPasses::reference(const std::string& kind, uint64_t seed, do
   return reference_input(batch_, kind, preprocess_, seed, blur_sigma);
 }
 
+torch::Tensor TargetPasses::pixels() const {
+  const auto mean = torch::tensor(preprocess_.mean).view({1, -1, 1, 1}), std = torch::tensor(preprocess_.std).view({1, -1, 1, 1});
+  const auto px = batch_.to(torch::kFloat32) * std + mean;
+  return preprocess_.rgb ? px : px.flip(1);
+}
+
 void TargetPasses::progress(const std::string& what, int64_t done, int64_t total) const {
   if (plan_.shared.progress) plan_.shared.progress(what, done, total);
 }

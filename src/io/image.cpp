@@ -25,10 +25,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Points file descriptor 2 at /dev/null while alive. Serialised, since the descriptor is process-wide.
+// Points file descriptor 2 at /dev/null while alive. Serialised with every other writer to stderr
+// (lumen::stderr_mutex), since the descriptor is process-wide.
 class StderrSilencer {
  public:
-  StderrSilencer() : lock_(mutex()) {
+  StderrSilencer() : lock_(stderr_mutex()) {
     std::fflush(stderr);
     saved_ = ::dup(2);
     int null = ::open("/dev/null", O_WRONLY);
@@ -44,10 +45,6 @@ class StderrSilencer {
   }
 
  private:
-  static std::mutex& mutex() {
-    static std::mutex m;
-    return m;
-  }
   std::lock_guard<std::mutex> lock_;
   int saved_ = -1;
 };

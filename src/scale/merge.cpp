@@ -148,6 +148,19 @@ std::vector<std::string> unfinished(const std::vector<Sample>& samples, const st
   return out;
 }
 
+// The dataset's images without a record, in dataset order: those of absent shards, and those of the
+// shards given that have no record (`done`).
+std::vector<std::string> missing_images(const std::vector<Part>& parts, const Dataset& all, const std::function<bool(const std::string&)>& done) {
+  const int count = parts[0].shard.count;
+  std::vector<bool> have(static_cast<size_t>(count), false);
+  for (const auto& p : parts) have[static_cast<size_t>(p.shard.index)] = true;
+  std::vector<std::string> out;
+  for (int k = 0; k < count; ++k)
+    for (const auto& s : shard_of(all.samples, Shard{k, count, ""}, parts[0].batch))
+      if (!have[static_cast<size_t>(k)] || !done(s.name)) out.push_back(s.name);
+  return out;
+}
+
 void refuse_unfinished(const Part& p, const std::vector<std::string>& missing, size_t images) {
   throw Error(p.folder + " (shard " + p.shard.text() + ") is unfinished: " + std::to_string(missing.size()) + " of its " +
               std::to_string(images) + " images have no record (first: " + missing.front() +
@@ -189,6 +202,9 @@ MergeResult merge_eval(const MergeRun& run, const std::vector<Part>& parts) {
   Dataset present;
   present.root = all.root;
   double seconds = 0;
+  const auto finished = [&](const std::string& image) {
+    return std::all_of(dr.methods.begin(), dr.methods.end(), [&](const std::string& m) { return tally.has(m, image); });
+  };
   for (const auto& p : parts) {
     detail::read_records(p.records, [&](const nlohmann::json& r) {
       merged.add(r);
@@ -196,13 +212,8 @@ MergeResult merge_eval(const MergeRun& run, const std::vector<Part>& parts) {
       ++out.records;
     });
     const auto mine = shard_of(all.samples, p.shard, p.batch);
-    const auto missing = unfinished(mine, [&](const std::string& image) {
-      return std::all_of(dr.methods.begin(), dr.methods.end(), [&](const std::string& m) { return tally.has(m, image); });
-    });
+    const auto missing = unfinished(mine, finished);
     if (!missing.empty() && !run.partial) refuse_unfinished(p, missing, mine.size());
-    for (const auto& s : mine)
-      if (std::find(missing.begin(), missing.end(), s.name) == missing.end()) present.samples.push_back(s);
-    out.missing.insert(out.missing.end(), missing.begin(), missing.end());
     const auto results = fs::path(p.folder) / "results.json";
     if (path_exists(results.string())) {
       const auto j = nlohmann::json::parse(read_text_file(results.string(), "results file"), nullptr, false);
@@ -210,11 +221,10 @@ MergeResult merge_eval(const MergeRun& run, const std::vector<Part>& parts) {
     }
     ++out.shards;
   }
-  std::vector<bool> have(static_cast<size_t>(parts[0].shard.count), false);
-  for (const auto& p : parts) have[static_cast<size_t>(p.shard.index)] = true;
-  for (int k = 0; k < parts[0].shard.count; ++k)
-    if (!have[static_cast<size_t>(k)])
-      for (const auto& s : shard_of(all.samples, Shard{k, parts[0].shard.count, ""}, parts[0].batch)) out.missing.push_back(s.name);
+  out.missing = missing_images(parts, all, finished);
+  const std::set<std::string> left_out(out.missing.begin(), out.missing.end());
+  for (const auto& s : all.samples)
+    if (!left_out.count(s.name)) present.samples.push_back(s);
   EvalResult result;
   result.config = config;
   result.seconds = seconds;  // the shards' compute time, summed
@@ -222,10 +232,8 @@ MergeResult merge_eval(const MergeRun& run, const std::vector<Part>& parts) {
   tally.finish(result, dr.eval, present.samples.size());
   // With --partial, images of an absent or unfinished shard are in no table, and an image one method
   // finished and another did not is in none of the examples; the notes say so.
-  std::set<std::string> shown;
-  for (const auto& s : present.samples) shown.insert(s.name);
   for (auto& [m, scores] : result.example_scores)
-    for (auto it = scores.begin(); it != scores.end();) it = shown.count(it->first) ? std::next(it) : scores.erase(it);
+    for (auto it = scores.begin(); it != scores.end();) it = left_out.count(it->first) ? scores.erase(it) : std::next(it);
   if (!out.missing.empty())
     result.notes += "Partial merge: " + std::to_string(out.missing.size()) + " of " + std::to_string(all.samples.size()) +
                     " images have no record (their shards are missing or unfinished); missing.txt names them.\n";
@@ -252,6 +260,7 @@ MergeResult merge_audit(const MergeRun& run, const std::vector<Part>& parts) {
   MergeResult out;
   out.kind = "audit";
   std::vector<nlohmann::json> records;
+  std::set<std::string> recorded;
   for (const auto& p : parts) {
     std::map<std::string, nlohmann::json> got;
     detail::read_records(p.records, [&](const nlohmann::json& r) {
@@ -260,21 +269,17 @@ MergeResult merge_audit(const MergeRun& run, const std::vector<Part>& parts) {
     const auto mine = shard_of(all.samples, p.shard, p.batch);
     const auto missing = unfinished(mine, [&](const std::string& image) { return got.count(image) > 0; });
     if (!missing.empty() && !run.partial) refuse_unfinished(p, missing, mine.size());
-    out.missing.insert(out.missing.end(), missing.begin(), missing.end());
     // In dataset order, as one process holds them.
     for (const auto& s : mine)
       if (got.count(s.name)) {
         merged.add(got.at(s.name));
         records.push_back(got.at(s.name));
+        recorded.insert(s.name);
       }
     ++out.shards;
   }
   out.records = records.size();
-  std::vector<bool> have(static_cast<size_t>(parts[0].shard.count), false);
-  for (const auto& p : parts) have[static_cast<size_t>(p.shard.index)] = true;
-  for (int k = 0; k < parts[0].shard.count; ++k)
-    if (!have[static_cast<size_t>(k)])
-      for (const auto& s : shard_of(all.samples, Shard{k, parts[0].shard.count, ""}, parts[0].batch)) out.missing.push_back(s.name);
+  out.missing = missing_images(parts, all, [&](const std::string& image) { return recorded.count(image) > 0; });
   AuditResult result = audit_result(explainer, all, ar, records);
   merged.commit();
   OutputDir dir(run.out);

@@ -247,7 +247,19 @@ class Scale(unittest.TestCase):
         self.assertEqual(a, b)
         self.assertIn("sanity", b["summary"]["gradcam"])
 
-    def test_6_shard_flags(self):
+    def test_6_workers_on_one_machine(self):
+        # Two processes on one core each, merged: the same table as the single run (one thread each
+        # instead of two may round differently in the last bits, which the table's digits do not show).
+        out = os.path.join(self.tmp, "workers")
+        single = list(self.single)
+        single[single.index("--out") + 1] = out
+        p = run([LUMEN, *single, *EXTRA, "--workers", "2"])
+        self.assertIn("evaluated with 2 workers", p.stdout)
+        self.assertEqual(read(os.path.join(self.tmp, "one", "table.md")), read(os.path.join(out, "table.md")))
+        self.assertEqual(records(os.path.join(self.tmp, "one"))[0], records(out)[0], "the merged run's configuration")
+        self.assertEqual(sorted(os.listdir(os.path.join(out, "workers"))), ["part-0", "part-1"])
+
+    def test_7_shard_flags(self):
         bad = [(["--shard", "4/4"], "--shard's K (0-based) must be from 0 to 3"), (["--shard", "1"], "--shard must be K/N"),
                (["--shard", "auto"], "neither is set"), (["--shard", "x/2"], "whole number")]
         base = ["eval", "--model", os.path.join(SHARED, "models", "mobilenet_v2_imagenet.pt"), "--card",

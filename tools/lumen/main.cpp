@@ -165,6 +165,7 @@ Progress progress_printer(bool quiet, std::function<std::string()> extra) {
       else line << "  in " << duration_text(elapsed);
     }
     if (extra) line << "  " << extra();
+    const std::lock_guard<std::mutex> lock(stderr_mutex());  // not while a decoder has stderr silenced
     std::cerr << (live ? "\r" : "") << line.str() << (live ? "\033[K" : "") << (finished || !live ? "\n" : "") << std::flush;
     if (finished) states->erase(what);
   };

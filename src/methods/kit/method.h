@@ -93,6 +93,9 @@ class Passes {
   virtual Result run(const Method& method, const torch::Tensor& rows, int64_t image) const = 0;
   // A reference input for the whole batch ([N,C,H,W], model-input space): lumen::reference_input.
   virtual torch::Tensor reference(const std::string& kind, uint64_t seed, double blur_sigma) const = 0;
+  // The batch as the image's pixels at the model's input size: the preprocessing (mean, std, colour
+  // order) undone, [N,3,H,W] RGB in 0-255 (for methods that read the picture, not the model).
+  virtual torch::Tensor pixels() const = 0;
   virtual int rows_per_pass() const = 0;
   virtual void progress(const std::string& what, int64_t done, int64_t total) const = 0;
 };
