@@ -314,8 +314,21 @@ TEST(Hostile, EvalLocksItsFolderAndResumesAfterAnInterrupt) {
     EXPECT_NE(r.err.find("another lumen run (process 4242) is writing"), std::string::npos) << r.err;
     ::close(fd);
   }
-  // `timeout -s INT` is Ctrl-C after 4 s; 300 images take far longer.
-  const std::string ctrl_c = "timeout --preserve-status -s INT 4 ";
+  // Ctrl-C once the run has written a record of its own (not after a fixed time: under the sanitizers on
+  // a busy machine 4 s once passed before the first record). 300 images take far longer.
+  const std::string ctrl_c_script = out + "/../ctrl-c-after-a-new-record.sh";
+  {
+    const std::string records = q(out + "/records.jsonl");
+    std::ofstream script(ctrl_c_script);
+    script << "lines() { if [ -f " << records << " ]; then wc -l < " << records << "; else echo 1; fi; }\n"
+              "before=$(lines)\n"
+              "\"$@\" & pid=$!\n"
+              "i=0\n"
+              "while [ $i -lt 1800 ] && kill -0 $pid 2>/dev/null && [ \"$(lines)\" -le \"$before\" ]; do sleep 0.1; i=$((i + 1)); done\n"
+              "kill -INT $pid 2>/dev/null\n"
+              "wait $pid\n";
+  }
+  const std::string ctrl_c = "sh " + q(ctrl_c_script) + " ";
   const auto first = run_cli_prefixed(ctrl_c, eval);
   EXPECT_EQ(first.code, 130) << first.err;
   EXPECT_NE(first.err.find("lumen: interrupted; "), std::string::npos) << first.err;
