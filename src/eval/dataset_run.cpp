@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <future>
+#include <memory>
 #include <filesystem>
 
 namespace lumen {
@@ -81,13 +82,22 @@ Loaded load_batch(const Explainer& explainer, const Dataset& data, size_t first,
   return b;
 }
 
-// One batch of images: each method explains the images it has not measured yet, and each image's
-// record is handed to `keep` as soon as it is measured.
-void measure_batch(const Explainer& explainer, const Loaded& batch, const DatasetRun& run, const ExplainOptions& base,
-                   detail::EvalTally& tally, const std::function<void(const nlohmann::json&)>& keep, size_t total) {
-  const auto& samples = batch.samples;
-  const auto& images = batch.images;
-  const auto& inputs = batch.inputs;
+// One batch of images: each method explains (on this thread) the images it has not measured yet. What
+// comes back measures the maps and hands each record, in order, to its argument as soon as it is
+// measured; with only map metrics (loc, pointing) it reads no model, so it may run on another thread
+// while the next batch is explained.
+using Keep = std::function<void(const nlohmann::json&)>;
+using Measurement = std::function<void(const Keep&)>;
+
+Measurement explain_batch(const Explainer& explainer, std::shared_ptr<const Loaded> batch, const DatasetRun& run, const ExplainOptions& base,
+                          const detail::EvalTally& tally, size_t total) {
+  struct Explained {
+    std::string method;
+    std::vector<ImageExplanation> images;
+    std::vector<bool> measured;  // before this run
+  };
+  std::vector<Explained> explained;
+  const auto& samples = batch->samples;
   for (const auto& m : run.methods) {
     // A batch that was measured in part (a run killed part-way) is explained whole again: each image is
     // then explained with the same companions as in an uninterrupted run, so its numbers are the same.
@@ -96,16 +106,21 @@ void measure_batch(const Explainer& explainer, const Loaded& batch, const Datase
     std::vector<int64_t> labels;
     std::vector<std::string> names;
     for (const auto* s : samples) labels.push_back(s->label), names.push_back(s->name);
-    const auto explained = explainer.explain(images, for_method(base, m, labels), names);
-    for (size_t k = 0; k < samples.size(); ++k) {
-      if (tally.has(m, samples[k]->name)) continue;
-      // With --aggregate the combined map comes last; otherwise there is one map.
-      auto r = measure_image(explainer.model(), explainer.preprocess(), *samples[k], explained[k], explained[k].maps.back(),
-                             inputs[static_cast<int64_t>(k)], run.eval);
-      r["method"] = m;
-      keep(r);
-    }
+    Explained e{m, explainer.explain(batch->images, for_method(base, m, labels), names), {}};
+    for (const auto* s : samples) e.measured.push_back(tally.has(m, s->name));
+    explained.push_back(std::move(e));
   }
+  return [&explainer, &run, batch, explained = std::move(explained)](const Keep& keep) {
+    for (const auto& e : explained)
+      for (size_t k = 0; k < batch->samples.size(); ++k) {
+        if (e.measured[k]) continue;
+        // With --aggregate the combined map comes last; otherwise there is one map.
+        auto r = measure_image(explainer.model(), explainer.preprocess(), *batch->samples[k], e.images[k], e.images[k].maps.back(),
+                               batch->inputs[static_cast<int64_t>(k)], run.eval);
+        r["method"] = e.method;
+        keep(r);
+      }
+  };
 }
 
 }  // namespace
@@ -195,12 +210,37 @@ EvalResult evaluate_dataset(const Explainer& explainer, const Dataset& data, con
   // while this one is explained and measured (run.overlap; one batch ahead, so memory stays flat).
   const size_t step = static_cast<size_t>(run.batch);
   const auto load = [&](size_t first) { return load_batch(explainer, data, first, std::min(last_sample, first + step)); };
+  // A third stage with map metrics only: a batch's maps are measured on a second thread while the next
+  // batch is explained; its records are kept, in order, before the next batch's.
+  const bool causal = run.eval.has("deletion") || run.eval.has("insertion") || run.eval.has("drop");
   std::future<Loaded> ahead;
+  std::future<std::vector<nlohmann::json>> measuring;
+  const auto settle = [&] {
+    if (measuring.valid())
+      for (const auto& r : measuring.get()) keep(r);
+  };
   for (size_t first = first_sample; first < last_sample; first += step) {
-    Loaded batch = ahead.valid() ? ahead.get() : load(first);
+    auto batch = std::make_shared<const Loaded>(ahead.valid() ? ahead.get() : load(first));
     if (run.overlap && first + step < last_sample) ahead = std::async(std::launch::async, load, first + step);
-    measure_batch(explainer, batch, run, base, tally, keep, total);
+    Measurement measure;
+    try {
+      measure = explain_batch(explainer, batch, run, base, tally, total);
+    } catch (...) {
+      settle();  // an interrupted run keeps the batch measured so far
+      throw;
+    }
+    settle();
+    if (run.overlap && !causal) {
+      measuring = std::async(std::launch::async, [measure] {
+        std::vector<nlohmann::json> records;
+        measure([&](const nlohmann::json& r) { records.push_back(r); });
+        return records;
+      });
+    } else {
+      measure(keep);
+    }
   }
+  settle();
   if (run.progress) run.progress("eval", static_cast<int64_t>(total), static_cast<int64_t>(total));
   // The cascade runs on the dataset's first images, once: in the shard that holds them.
   if (run.eval.has("sanity") && run.shard.index == 0) detail::sanity_cascade(explainer, data, run, base, tally.sanity_done(), keep);
