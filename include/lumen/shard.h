@@ -5,8 +5,8 @@
 // A shard K/N (K from 0 to N-1) is the K-th contiguous block of the list in its file order (labels.csv,
 // or an --image-list). The list is cut into batches of `unit` items (the run's --batch) and the batches
 // into N blocks: shard K holds batches [floor(b*K/N), floor(b*(K+1)/N)) of the b batches. Contiguous
-// blocks, not a hash, so that the shards' records laid end to end are the single run's records in its
-// order; whole batches, so that every image is explained in the same batch as in the single run (a
+// blocks, not a hash, so that the shards' records laid end to end hold each method's records in the
+// single run's order; whole batches, so that every image is explained in the same batch as in the single run (a
 // convolution's float rounding can depend on the batch). Together: the merged sums are the same sums,
 // bit for bit, when the shards run with the same --batch and thread count.
 #pragma once
