@@ -200,7 +200,9 @@ EvalResult evaluate_dataset(const Explainer& explainer, const Dataset& data, con
 
   const ExplainOptions base = detail::base_options(run);
   const auto start = std::chrono::steady_clock::now();
-  const auto [first_sample, last_sample] = shard_range(data.samples.size(), run.shard, static_cast<size_t>(run.batch));
+  // Not a structured binding: lambdas below capture the ends, which C++17 does not allow of bindings.
+  const auto range = shard_range(data.samples.size(), run.shard, static_cast<size_t>(run.batch));
+  const size_t first_sample = range.first, last_sample = range.second;
   const size_t total = (last_sample - first_sample) * run.methods.size();
   if (first_sample == last_sample && run.note)
     run.note("shard " + run.shard.text() + " holds no images: " + std::to_string(data.samples.size()) + " images make " +
