@@ -62,14 +62,20 @@ TEST(ForwardMode, EveryMethodGivesThePlainMapsInChannelsLast) {
   ExplainOptions opt;
   opt.methods.clear();
   for (const auto& m : method_catalog())
-    if (m.family != "attention") opt.methods.push_back(m.name);
-  opt.layers = {"layer4"};
+    if (m.family != "attention" && m.name != "cam") opt.methods.push_back(m.name);
+  // layer2 (128 channels): Score-CAM and Ablation-CAM run one pass per channel, twice per mode. CAM
+  // needs the layer before the pooled linear head.
+  opt.layers = {"layer2"};
   opt.top_k = 2;
   opt.settings.set("masks", 200).set("stride", 32).set("samples", 4).set("steps", 8);
   const std::vector<cv::Mat> images{read_image(shared("images/pets.jpg"))};
   const auto a = Explainer(plain, pre).explain(images, opt);
   const auto b = Explainer(last, pre).explain(images, opt);
-  EXPECT_GE(compare_runs(a, b), 2u * 20u);
+  ExplainOptions cam = opt;
+  cam.methods = {"cam"};
+  cam.layers = {"layer4"};
+  cam.settings = Settings();
+  EXPECT_GE(compare_runs(a, b) + compare_runs(Explainer(plain, pre).explain(images, cam), Explainer(last, pre).explain(images, cam)), 2u * 20u);
 }
 
 // The shared MobileNetV2 (depthwise convolutions, where channels-last gains most), the common methods.

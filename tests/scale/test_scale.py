@@ -26,9 +26,9 @@ BUILD, SOURCE, SHARED = (os.path.abspath(p) for p in sys.argv[1:4])
 del sys.argv[1:4]
 LUMEN = os.path.join(BUILD, "lumen")
 DEPLOY = os.path.join(SOURCE, "deploy")
-# Appended to every eval command of the deploy files: 32 images (a batch of 8 per shard) and 10 deletion
+# Appended to every eval command of the deploy files: 16 images (a batch of 4 per shard) and 10 deletion
 # steps keep the test short.
-EXTRA = ["--limit", "32", "--steps", "10", "--quiet"]
+EXTRA = ["--limit", "16", "--batch", "4", "--steps", "10", "--quiet"]
 ENV = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
 for key in ("JOB_COMPLETION_INDEX", "JOB_COMPLETIONS", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT"):
     ENV.pop(key, None)
@@ -128,7 +128,7 @@ class Scale(unittest.TestCase):
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 kept = len(read(out).splitlines()) - 1
-                self.assertLess(kept, 16, "the kill came after the shard had finished")
+                self.assertLess(kept, 8, "the kill came after the shard had finished")
                 again = run([LUMEN, *args, *extra], env)
                 self.assertIn("resuming", again.stderr)
             else:
@@ -182,7 +182,7 @@ class Scale(unittest.TestCase):
         args, env, extra = self.k8s_shard(2)
         other = os.path.join(self.tmp, "other-steps")
         args[args.index("--out") + 1] = other
-        run([LUMEN, *args, "--limit", "32", "--steps", "7", "--quiet"], env)
+        run([LUMEN, *args, "--limit", "16", "--batch", "4", "--steps", "7", "--quiet"], env)
         refused(names[:2] + [other] + names[3:], "belongs to a different run than")
         refused(names[:2] + [other] + names[3:], "steps (10 vs 7)")
         # Another model file: the checksum the shard recorded differs.
@@ -207,12 +207,12 @@ class Scale(unittest.TestCase):
         refused(names[:3] + [cut], "is unfinished")
         # --partial merges what is there and names what is not.
         p = run([LUMEN, "merge", *names[:3], "--out", out, "--partial"])
-        self.assertIn("8 image(s) missing", p.stdout)
+        self.assertIn("4 image(s) missing", p.stdout)
         missing = read(os.path.join(out, "missing.txt")).decode().split()
         one = [json.loads(line) for line in read(os.path.join(self.tmp, "one", "records.jsonl")).decode().splitlines()[1:]]
         order = list(dict.fromkeys(r["image"] for r in one if "image" in r))
-        self.assertEqual(missing, order[24:32])
-        self.assertIn("Partial merge: 8 of 32 images", read(os.path.join(out, "table.md")).decode())
+        self.assertEqual(missing, order[12:16])
+        self.assertIn("Partial merge: 4 of 16 images", read(os.path.join(out, "table.md")).decode())
 
     def test_4_audit_shards_merge_to_the_single_run(self):
         base = ["audit", "--model", os.path.join(SHARED, "models", "mobilenet_v2_imagenet.pt"), "--card",
