@@ -50,7 +50,7 @@ TEST(Cam, EveryMethodMatchesReference) {
 // references (raw maps, or the final scaled map at the input size for the compat pipeline).
 TEST(Cam, SmoothingFullGradAndCompatMatchReferences) {
   const auto cases = read_json(fixture("manifest_variants.json"))["cases"];
-  ASSERT_GE(cases.size(), 18u);
+  ASSERT_GE(cases.size(), 22u);
   for (const auto& c : cases) {
     const std::string name = c["name"];
     SCOPED_TRACE(name);
@@ -61,9 +61,11 @@ TEST(Cam, SmoothingFullGradAndCompatMatchReferences) {
     for (const auto& p : c["images"]) images.push_back(read_image(p));
     ExplainOptions opt;
     opt.methods = {c["method"].get<std::string>()};
-    if (!c["layer"].is_null()) opt.layers = {c["layer"].get<std::string>()};
-    opt.targets = {class_target(c["classes"].get<std::vector<int64_t>>())};
     const auto& o = c["options"];
+    if (!c["layer"].is_null()) opt.layers = {c["layer"].get<std::string>()};
+    if (o.contains("layers")) opt.layers = o["layers"].get<std::vector<std::string>>();
+    opt.aggregate = o.value("aggregate", "");
+    opt.targets = {class_target(c["classes"].get<std::vector<int64_t>>(), parse_score(o.value("score", "logit")))};
     const bool eigen = o.value("eigen_smooth", false);
     if (eigen) opt.settings.set("eigen_smooth", true);
     opt.shared.aug_smooth = o.value("aug_smooth", false);
@@ -75,7 +77,8 @@ TEST(Cam, SmoothingFullGradAndCompatMatchReferences) {
     const bool normalized = c["compare"] == "normalized";
     for (size_t i = 0; i < images.size(); ++i) {
       cv::Mat ref = read_npy(fixture(c["files"][i]));
-      const Map& m = result[i].maps.at(0);
+      // With --aggregate, the map compared is the layers' combination (the last one, layer "a+b+c").
+      const Map& m = opt.aggregate.empty() ? result[i].maps.at(0) : result[i].maps.back();
       const cv::Mat& got = normalized ? m.normalized : m.raw;
       ASSERT_EQ(got.size(), ref.size());
       double r = pearson(got, ref), rel = max_abs_diff(got, ref) / std::max(1e-12, cv::norm(ref, cv::NORM_INF));

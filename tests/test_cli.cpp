@@ -134,7 +134,7 @@ struct BadCase {
 // and a whole teacher-forced caption, each against eager Grad-CAM of the same scalar.
 TEST(Cli, TargetLanguageMatchesReferences) {
   const auto cases = read_json(fixture("manifest_targets.json"))["cases"];
-  ASSERT_EQ(cases.size(), 4u);
+  ASSERT_EQ(cases.size(), 6u);
   for (const auto& c : cases) {
     SCOPED_TRACE(c["name"].get<std::string>());
     std::string out = temp_dir("target");
@@ -299,6 +299,12 @@ TEST(Cli, BadSettingsAreRefusedBeforeAnythingRuns) {
       {"SmoothGrad type", "--method smoothgrad --smooth-type median", "--smooth-type must be one of smoothgrad, smoothgrad-sq, vargrad"},
       {"CAM eigen-smooth", "--method saliency --eigen-smooth", "--eigen-smooth is a setting of"},
       {"FEM k", "--method fem --fem-k -2", "--fem-k must be a number from 0 to 10"},
+      {"FinerCAM base", "--method finercam --finer-base scorecam", "--finer-base 'scorecam' is not a gradient CAM without extra passes"},
+      {"FinerCAM alpha NaN", "--method finercam --finer-alpha nan", "--finer-alpha must be a finite number"},
+      {"segmentation class", "--task segmentation", "--task segmentation needs --class C"},
+      {"segmentation region", "--task segmentation --class 1 --region 5,5,2,2", "--region must be x0,y0,x1,y1 with x0 < x1"},
+      {"segmentation mask", "--task segmentation --class 1 --mask /nonexistent.png", "mask not found: /nonexistent.png"},
+      {"region without segmentation", "--region 1,1,5,5", "--region and --mask belong to --task segmentation"},
       {"setting of another method", "--method gradcam --steps 8", "--steps is a setting of integrated-gradients"},
       {"not a number", "--method rise --masks many", "--masks must be an integer"},
       {"rows per pass", "--method rise --rows-per-pass -1", "--rows-per-pass must be from 0"},

@@ -142,6 +142,47 @@ TEST(Metrics, CausalCurvesAndAuc) {
   EXPECT_TRUE(metrics::increase(0.8, 0.9));
 }
 
+// ROAD against the fixture script's imputation (scipy's sparse solve of the same neighbour weights)
+// and its scores under a fixed linear read-out; the noise's size and its seed.
+TEST(Metrics, RoadImputesAndScoresLikeTheReference) {
+  const auto ref = read_json(fixture("road_reference.json"));
+  const auto shape = ref["shape"].get<std::vector<int64_t>>();
+  auto x = torch::tensor(ref["x"].get<std::vector<float>>()).view(shape);
+  cv::Mat map(static_cast<int>(shape[1]), static_cast<int>(shape[2]), CV_32F);
+  const auto values = ref["map"].get<std::vector<float>>();
+  std::copy(values.begin(), values.end(), map.ptr<float>());
+  auto read_out = [](const torch::Tensor& b) { return b.slice(1, 0, 1).slice(2, 0, 8).slice(3, 0, 8).mean({1, 2, 3}); };
+  const auto r = metrics::road(x, map, metrics::kRoadPercentiles, /*noise=*/0.0, 0, read_out, 5);
+  const auto morf = ref["morf"].get<std::vector<double>>(), lerf = ref["lerf"].get<std::vector<double>>();
+  ASSERT_EQ(r.morf.size(), morf.size());
+  for (size_t k = 0; k < morf.size(); ++k) {
+    EXPECT_NEAR(r.morf[k], morf[k], 1e-5) << "MoRF at percentile " << metrics::kRoadPercentiles[k];
+    EXPECT_NEAR(r.lerf[k], lerf[k], 1e-5) << "LeRF at percentile " << metrics::kRoadPercentiles[k];
+  }
+  EXPECT_NEAR(r.combined, ref["combined"].get<double>(), 1e-5);
+  EXPECT_GT(r.combined, 0.0);  // the map's blob sits on the read-out's pixels: removing it first hurts more
+  // The imputed image itself: MoRF at percentile 30 imputes the pixels at or above it (the top 70%).
+  cv::Mat keep(map.size(), CV_8U);
+  std::vector<float> sorted(values);
+  std::sort(sorted.begin(), sorted.end());
+  const double pos = 0.3 * static_cast<double>(sorted.size() - 1);
+  const auto lo = static_cast<size_t>(pos);
+  const double threshold = sorted[lo] + (pos - static_cast<double>(lo)) * (sorted[lo + 1] - sorted[lo]);
+  for (int i = 0; i < map.rows * map.cols; ++i) keep.data[i] = map.ptr<float>()[i] < threshold ? 1 : 0;
+  const auto imputed = metrics::road_impute(x, keep, 0.0, 0);
+  const auto expected = torch::tensor(ref["imputed"]["morf_30"].get<std::vector<float>>()).view(shape);
+  EXPECT_LT((imputed - expected).abs().max().item<double>(), 1e-4);
+  // Noise: only the imputed pixels move, by N(0, noise^2), the same for the same seed.
+  const auto noisy = metrics::road_impute(x, keep, 0.01, 3);
+  const auto kept = torch::from_blob(keep.data, {1, map.rows, map.cols}, torch::kUInt8).to(torch::kBool).expand(shape);
+  EXPECT_EQ((noisy - imputed).masked_select(kept).abs().max().item<double>(), 0.0);
+  const double sd = (noisy - imputed).masked_select(~kept).std().item<double>();
+  EXPECT_NEAR(sd, 0.01, 0.002);
+  EXPECT_TRUE(torch::equal(noisy, metrics::road_impute(x, keep, 0.01, 3)));
+  cv::Mat none = cv::Mat::zeros(map.size(), CV_8U);
+  EXPECT_THROW(metrics::road_impute(x, none, 0.0, 0), Error);
+}
+
 TEST(Metrics, RankCorrelationAndSsim) {
   cv::Mat a = blob(40, 30, 10, 10, 6), b;
   cv::exp(a * 3, b);  // a monotone transform keeps every rank
@@ -271,7 +312,7 @@ TEST(Eval, GradCamLocalisationAndPointingMatchPython) {
 
 TEST(Eval, AllMetricsWriteTheReportAndResume) {
   const std::string out = temp_dir("eval-all");
-  const std::string args = kEval + " --limit 3 --methods gradcam,saliency --metrics loc,pointing,deletion,insertion,drop,sanity"
+  const std::string args = kEval + " --limit 3 --methods gradcam,saliency --metrics loc,pointing,deletion,insertion,drop,road,sanity"
                                    " --steps 8 --sanity-images 2 --out " + q(out);
   auto r = run_cli(args);
   ASSERT_EQ(r.code, 0) << r.err;
@@ -286,6 +327,11 @@ TEST(Eval, AllMetricsWriteTheReportAndResume) {
       EXPECT_GE(s[k].get<double>(), 0.0);
       EXPECT_LE(s[k].get<double>(), 1.0);
     }
+    for (const char* k : {"road", "road_morf", "road_lerf"}) {  // differences of probabilities
+      EXPECT_GE(s[k].get<double>(), -1.0);
+      EXPECT_LE(s[k].get<double>(), 1.0);
+    }
+    EXPECT_NEAR(s["road"].get<double>(), (s["road_lerf"].get<double>() - s["road_morf"].get<double>()) / 2, 1e-9);
     EXPECT_GE(s["average_drop"].get<double>(), 0.0);
     EXPECT_LE(s["average_drop"].get<double>(), 100.0);
     EXPECT_EQ(s["sanity"].size(), 20u);

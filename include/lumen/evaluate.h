@@ -26,7 +26,10 @@ struct EvalOptions {
   int steps = 50;                   // deletion/insertion: the curve has steps + 1 points
   int curve_batch = 16;             // inputs per forward pass for curves and drop
   double insertion_blur_sigma = 5;  // insertion's blurred start, sigma in model-input pixels (RISE's)
+  double road_noise = 0.01;         // ROAD's imputation noise (model-input units, pytorch-grad-cam's)
   bool has(const std::string& m) const;
+  // Whether some metric runs the model on altered inputs (deletion, insertion, drop, road).
+  bool runs_model() const;
 };
 
 // Every metric of one image for one method, from the map of the image's ground-truth class. `x` is the

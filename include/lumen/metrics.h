@@ -79,6 +79,23 @@ std::vector<double> causal_curve(const torch::Tensor& start, const torch::Tensor
 // Area under a curve sampled at equal steps on [0, 1] (trapezoid rule).
 double auc(const std::vector<double>& curve);
 
+// ROAD, Remove And Debias (Rong et al. 2022), as pytorch-grad-cam computes it. `road_impute` fills the
+// pixels of `x` ([C,H,W]) where `keep` (CV_8U, H x W) is 0 with the noisy linear imputation: each the
+// weighted mean of its 8 neighbours (1/6 edge, 1/12 diagonal) solved jointly, plus N(0, noise^2) from a
+// CPU generator seeded with `seed`. `road` scores the image, then for each percentile p the image
+// with the pixels at or above the p-th percentile of `map` imputed (MoRF: most relevant first) and
+// of 1 - map (LeRF); each as score(after) - score(before). Pixels are kept by rank, ties in raster
+// order (src/eval/road.cpp says why), which is pytorch-grad-cam's threshold wherever values differ. combined = (mean LeRF - mean MoRF) / 2:
+// higher is better (removing what the map calls important hurts more than removing the rest).
+torch::Tensor road_impute(const torch::Tensor& x, const cv::Mat& keep, double noise, uint64_t seed);
+struct Road {
+  std::vector<double> morf, lerf;  // per percentile
+  double morf_mean = 0, lerf_mean = 0, combined = 0;
+};
+inline const std::vector<double> kRoadPercentiles{10, 20, 30, 40, 50, 60, 70, 80, 90};
+Road road(const torch::Tensor& x, const cv::Mat& map, const std::vector<double>& percentiles, double noise, uint64_t seed,
+          const std::function<torch::Tensor(const torch::Tensor&)>& score, int batch);
+
 // Average Drop and Increase in Confidence (Chattopadhyay et al. 2018) for one image: y the class score
 // on the image, o on the image multiplied by the explanation map.
 inline double drop(double y, double o) { return y > 0 ? std::max(0.0, y - o) / y : 0.0; }

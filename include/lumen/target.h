@@ -39,6 +39,21 @@ struct Target {
 Target class_target(std::vector<int64_t> classes, Score score = Score::Logit,
                     bool counterfactual = false, OutputSelector select = {});
 Target custom_target(std::string name, TargetFn fn);
+// FinerCAM's target (Zhang et al. 2025; pytorch-grad-cam's FinerWeightedTarget): each image's class c
+// against the `comparisons` classes whose logits lie closest to c's, weighted by their probabilities,
+//   y = sum_j p_j (z_c - alpha z_j) / (sum_j p_j + 1e-9),   p = softmax(z) (differentiated, as there).
+// The comparison classes are read from the logits of each call. `main` must be a class target.
+// Semantic segmentation (pytorch-grad-cam's SemanticSegmentationTarget): y = the sum of class `cls`'s
+// scores over a mask, from a [N, classes, h, w] output (`select`; by default segmentation_scores()).
+// The mask is `region` ([H, W] of any size, nonzero = inside) laid over the whole output — the model
+// input is the whole image stretched, so a mask drawn at the image's size lines up — or, when
+// `region` is undefined, the pixels whose highest score is `cls` in the output being scored (for
+// gradient methods, the image's own prediction). Named "seg-<cls>".
+Target segmentation_target(int64_t cls, torch::Tensor region = {}, OutputSelector select = {});
+// The [N, classes, h, w] scores of a segmentation network: the output itself, or a dict's "out" entry
+// (torchvision's FCN, DeepLabV3 and LR-ASPP return {"out": ..., "aux": ...}).
+OutputSelector segmentation_scores();
+Target finer_target(const Target& main, double alpha = 1.0, int comparisons = 3);
 
 // The CLI's small target language, also usable from C++.
 // An output path picks a tensor out of nested tuples, lists and dicts: components separated by '.',

@@ -16,12 +16,12 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const std::vector<std::string> kMetrics{"loc", "pointing", "deletion", "insertion", "drop", "sanity"};
+const std::vector<std::string> kMetrics{"loc", "pointing", "deletion", "insertion", "drop", "road", "sanity"};
 
 void check_run(const Explainer& explainer, const Dataset& data, const DatasetRun& run) {
   for (const auto& m : run.eval.metrics)
     if (std::find(kMetrics.begin(), kMetrics.end(), m) == kMetrics.end())
-      throw Error("unknown metric '" + m + "' (available: loc, pointing, deletion, insertion, drop, sanity)");
+      throw Error("unknown metric '" + m + "' (available: loc, pointing, deletion, insertion, drop, road, sanity)");
   if (run.methods.empty()) throw Error("no method given");
   for (const auto& m : run.methods) check_settings({m}, Settings());
   if (run.layers.size() > 1 && run.aggregate.empty())
@@ -214,7 +214,7 @@ EvalResult evaluate_dataset(const Explainer& explainer, const Dataset& data, con
   const auto load = [&](size_t first) { return load_batch(explainer, data, first, std::min(last_sample, first + step)); };
   // A third stage with map metrics only: a batch's maps are measured on a second thread while the next
   // batch is explained; its records are kept, in order, before the next batch's.
-  const bool causal = run.eval.has("deletion") || run.eval.has("insertion") || run.eval.has("drop");
+  const bool causal = run.eval.runs_model();
   std::future<Loaded> ahead;
   std::future<std::vector<nlohmann::json>> measuring;
   const auto settle = [&] {

@@ -30,6 +30,7 @@ std::vector<double> rounded(const std::vector<double>& curve) {
 }  // namespace
 
 bool EvalOptions::has(const std::string& m) const { return std::find(metrics.begin(), metrics.end(), m) != metrics.end(); }
+bool EvalOptions::runs_model() const { return has("deletion") || has("insertion") || has("drop") || has("road"); }
 
 nlohmann::json measure_image(const Model& model, const Preprocess& pre, const Sample& sample, const ImageExplanation& explained,
                              const Map& map, const torch::Tensor& x, const EvalOptions& o) {
@@ -69,8 +70,7 @@ nlohmann::json measure_image(const Model& model, const Preprocess& pre, const Sa
     r["pointing"] = !map.empty && metrics::pointing_hit(map.stats.peak_x, map.stats.peak_y, sample.boxes, sample.label, o.pointing_tolerance);
 
   // Faithfulness metrics work on the model input: the map is resized to it.
-  const bool causal = o.has("deletion") || o.has("insertion") || o.has("drop");
-  if (causal) {
+  if (o.runs_model()) {
     cv::Mat m;
     cv::resize(map.normalized, m, cv::Size(static_cast<int>(x.size(2)), static_cast<int>(x.size(1))), 0, 0, cv::INTER_LINEAR);
     auto score = [&](const torch::Tensor& b) { return class_probability(model, b, sample.label); };
@@ -84,6 +84,18 @@ nlohmann::json measure_image(const Model& model, const Preprocess& pre, const Sa
       auto curve = metrics::causal_curve(gaussian_blur(x.unsqueeze(0), o.insertion_blur_sigma)[0], x, m, o.steps, score, o.curve_batch);
       r["insertion"] = metrics::auc(curve);
       r["insertion_curve"] = rounded(curve);
+    }
+    if (o.has("road")) {
+      // The noise of an image is seeded by its name (FNV-1a), so that a resumed or sharded run draws
+      // the same numbers for it wherever it falls.
+      uint64_t seed = 1469598103934665603ull;
+      for (unsigned char ch : sample.name) seed = (seed ^ ch) * 1099511628211ull;
+      const auto road = metrics::road(x, m, metrics::kRoadPercentiles, o.road_noise, seed, score, o.curve_batch);
+      r["road"] = road.combined;
+      r["road_morf"] = road.morf_mean;
+      r["road_lerf"] = road.lerf_mean;
+      r["road_morf_curve"] = rounded(road.morf);
+      r["road_lerf_curve"] = rounded(road.lerf);
     }
     if (o.has("drop")) {
       // The image's pixels (0-255) times the map, then normalised again.
@@ -107,7 +119,7 @@ void Summary::add(const nlohmann::json& r) {
   ++images_;
   for (const char* key : {"top1_correct", "top5_correct", "empty", "loc_top1", "loc_top5", "pointing", "increase"})
     counts_[key] += r.value(key, false) ? 1 : 0;
-  for (const char* key : {"deletion", "insertion", "drop"}) {
+  for (const char* key : {"deletion", "insertion", "drop", "road", "road_morf", "road_lerf"}) {
     if (r.contains(key) && r[key].is_number()) {
       means_[key].sum += r[key].get<double>();
       ++means_[key].n;
@@ -163,6 +175,11 @@ nlohmann::json Summary::result() const {
   if (o.has("pointing")) s["pointing_accuracy"] = rate("pointing");
   if (o.has("deletion")) s["deletion_auc"] = mean("deletion");
   if (o.has("insertion")) s["insertion_auc"] = mean("insertion");
+  if (o.has("road")) {
+    s["road"] = mean("road");
+    s["road_morf"] = mean("road_morf");
+    s["road_lerf"] = mean("road_lerf");
+  }
   // The mean curve and its standard deviation per step (fraction of pixels k / steps).
   for (const auto& [key, c] : curves_) {
     if (c.n == 0) continue;

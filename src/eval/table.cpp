@@ -28,6 +28,8 @@ const std::vector<Column> kColumns{
     {"pointing_accuracy", "pointing %", "pointing", 1},  {"deletion_auc", "deletion AUC (lower)", "deletion", 4},
     {"insertion_auc", "insertion AUC (higher)", "insertion", 4}, {"average_drop", "avg drop % (lower)", "drop", 1},
     {"increase_in_confidence", "incr. conf. %", "drop", 1},
+    {"road", "ROAD (higher)", "road", 4},                {"road_morf", "ROAD MoRF (lower)", "road", 4},
+    {"road_lerf", "ROAD LeRF (higher)", "road", 4},
     {"sanity_top_spearman", "rank corr., top block random", "sanity", 3},
     {"sanity_half_spearman", "rank corr., top half random", "sanity", 3},
 };

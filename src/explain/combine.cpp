@@ -60,7 +60,9 @@ void aggregate(std::vector<Map>& maps, const ExplainOptions& opt, const std::vec
     if (g.size() != layers.size()) continue;
     cv::Mat acc;
     for (size_t l = 0; l < g.size(); ++l) {
-      cv::Mat n = minmax(g[l]->upsampled);
+      // --compat pytorch-grad-cam: each layer's map as that library finishes it (scaled at the layer,
+      // resized, scaled again), so that "product" is its RefineCAM exactly.
+      cv::Mat n = canvas.compat ? g[l]->normalized : minmax(g[l]->upsampled);
       if (l == 0) acc = opt.aggregate == "product" ? n : (opt.aggregate == "max" ? n : n * w[0]);
       else if (opt.aggregate == "max") acc = cv::max(acc, n);
       else if (opt.aggregate == "product") acc = acc.mul(n);

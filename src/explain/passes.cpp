@@ -84,6 +84,33 @@ Result TargetPasses::run(const Method& method, const torch::Tensor& rows, int64_
   return concatenated(parts);
 }
 
+// The batch itself under another target: the stages again from the forward (the first forward's graph
+// is not kept for this; a wrapper's target is only known once the method runs).
+Result TargetPasses::run_for(const Method& method, const Target& target, size_t layer) const {
+  torch::AutoGradMode enable(true);
+  const Plan plan = plan_alone(model_, method, plan_);
+  const Forward forward = run_forward(model_, plan, batch_);
+  const TargetPasses passes(model_, plan, forward, target, batch_, preprocess_);
+  const Evidence ev = gather_evidence(model_, plan, forward, target, /*last=*/true, torch::Tensor(), passes);
+  torch::NoGradGuard no_grad;
+  return method.compute(ev, layer);
+}
+
+// The network above the layer run again from the captured activations A with the graph kept through
+// the first backward (create_graph), so that the gradient G = dy/dA can itself be differentiated:
+// d(G . A)/dA with A held fixed is H A. Only the head runs twice; nothing below the layer.
+torch::Tensor TargetPasses::hessian_times_activations(size_t layer) const {
+  torch::AutoGradMode enable(true);
+  const auto a = forward_.capture.layers.at(layer).detach().requires_grad_(true);
+  const auto y = target_(model_.forward_from(plan_.layers.at(layer), a, batch_)).sum();
+  const auto g = torch::autograd::grad({y}, {a}, {}, /*retain_graph=*/true, /*create_graph=*/true, /*allow_unused=*/true)[0];
+  torch::Tensor hv;
+  // A head that is linear in A leaves G without a graph: its Hessian is zero.
+  if (g.defined() && g.requires_grad()) hv = torch::autograd::grad({g}, {a}, {a.detach()}, false, false, /*allow_unused=*/true)[0];
+  if (!hv.defined()) hv = torch::zeros_like(a);
+  return to_spatial(hv.detach(), forward_.layouts.at(layer));
+}
+
 torch::Tensor TargetPasses::reference(const std::string& kind, uint64_t seed, double blur_sigma) const {
   return reference_input(batch_, kind, preprocess_, seed, blur_sigma);
 }

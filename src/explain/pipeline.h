@@ -85,6 +85,8 @@ class TargetPasses : public Passes {
   torch::Tensor score(const torch::Tensor& rows, int64_t image) const override;
   torch::Tensor score_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const override;
   Result run(const Method& method, const torch::Tensor& rows, int64_t image) const override;
+  Result run_for(const Method& method, const Target& target, size_t layer) const override;
+  torch::Tensor hessian_times_activations(size_t layer) const override;
   torch::Tensor reference(const std::string& kind, uint64_t seed, double blur_sigma) const override;
   torch::Tensor pixels() const override;
   int rows_per_pass() const override { return plan_.shared.rows_per_pass; }

@@ -125,6 +125,69 @@ Target sequence_target(std::vector<int64_t> tokens, OutputSelector select) {
   });
 }
 
+OutputSelector segmentation_scores() {
+  return [](const torch::IValue& output) {
+    if (output.isGenericDict()) {
+      for (const auto& e : output.toGenericDict())
+        if (e.key().isString() && e.key().toStringRef() == "out" && e.value().isTensor()) return e.value().toTensor();
+      throw Error("the model's output is a dict without an \"out\" tensor; name the entry with --output");
+    }
+    return default_logits(output);
+  };
+}
+
+Target segmentation_target(int64_t cls, torch::Tensor region, OutputSelector select) {
+  if (cls < 0) throw Error("segmentation class must be 0 or more, got " + std::to_string(cls));
+  if (!select) select = segmentation_scores();
+  if (region.defined()) {
+    if (region.dim() != 2 || region.numel() == 0) throw Error("a segmentation region must be a non-empty [H, W] mask");
+    region = (region.detach() != 0).to(torch::kFloat32);
+    if (region.sum().item<double>() == 0) throw Error("the segmentation region is empty: it covers no pixel");
+  }
+  return custom_target("seg-" + std::to_string(cls), [cls, region, select](const torch::IValue& output) {
+    torch::Tensor s = select(output);
+    if (s.dim() != 4) throw Error("a segmentation output must be [N, classes, h, w], got shape " + c10::str(s.sizes()));
+    if (cls >= s.size(1))
+      throw Error("class index " + std::to_string(cls) + " out of range: the model segments " + std::to_string(s.size(1)) + " classes (0.." +
+                  std::to_string(s.size(1) - 1) + ")");
+    torch::Tensor mask;
+    if (region.defined())  // nearest neighbour (torch's "nearest"), at the output's resolution
+      mask = at::upsample_nearest2d(region.view({1, 1, region.size(0), region.size(1)}), {s.size(2), s.size(3)}).view({1, s.size(2), s.size(3)});
+    else
+      mask = (s.detach().argmax(1) == cls).to(s.scalar_type());
+    return (s.select(1, cls) * mask).sum({1, 2});
+  });
+}
+
+Target finer_target(const Target& main, double alpha, int comparisons) {
+  if (main.classes.empty()) throw Error("finercam compares classes: its target must be a class (--class or --top-k)");
+  if (main.score != Score::Logit) throw Error("finercam weighs logits: its target's score must be logit, not " + to_string(main.score));
+  if (comparisons < 1) throw Error("finercam needs at least one class to compare against");
+  Target t = main;
+  const auto classes = main.classes;
+  const auto select = main.select ? main.select : OutputSelector(default_logits);
+  const bool negate = main.counterfactual;
+  t.fn = [classes, select, negate, alpha, comparisons](const torch::IValue& output) {
+    torch::Tensor z = select(output);
+    if (z.dim() != 2) throw Error("class scores must be [N, classes], got shape " + c10::str(z.sizes()));
+    const int64_t n = z.size(0), k = z.size(1);
+    if (static_cast<int64_t>(classes.size()) != n)
+      throw Error("target has " + std::to_string(classes.size()) + " classes for a batch of " + std::to_string(n));
+    if (comparisons >= k)
+      throw Error("finercam compares against " + std::to_string(comparisons) + " classes but the model has only " + std::to_string(k));
+    const auto idx = torch::tensor(classes, torch::kLong).view({n, 1});
+    if (idx.min().item<int64_t>() < 0 || idx.max().item<int64_t>() >= k) throw Error("class index out of range for " + std::to_string(k) + " classes");
+    const auto zc = z.gather(1, idx);
+    // Rivals by |z_j - z_c| on the values, not the graph; the class itself sorts first even on a tie.
+    auto distance = (z.detach() - zc.detach()).abs().scatter(1, idx, -1.0);
+    const auto rivals = std::get<1>(distance.sort(1)).narrow(1, 1, comparisons);
+    const auto p = torch::softmax(z, 1).gather(1, rivals);
+    auto y = (p * (zc - alpha * z.gather(1, rivals))).sum(1) / (p.sum(1) + 1e-9);
+    return negate ? -y : y;
+  };
+  return t;
+}
+
 Target custom_target(std::string name, TargetFn fn) {
   Target t;
   t.name = std::move(name);

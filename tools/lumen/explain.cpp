@@ -9,6 +9,7 @@
 #include <lumen/output.h>
 
 #include <nlohmann/json.hpp>
+#include <opencv2/imgproc.hpp>
 
 #include <chrono>
 #include <cmath>
@@ -44,8 +45,48 @@ struct Args {
   int64_t token = -1;              // position of a [N,T,V] output
   std::vector<int64_t> sequence;   // teacher-forced tokens
   std::string tokens;              // --tokens grid=HxW,prefix=P,channels=first|last
+  std::string task = "classification";
+  std::vector<int> region;         // segmentation: x0,y0,x1,y1 in the image's pixels
+  std::string mask;                // segmentation: a mask image, nonzero = inside
   MethodFlags method;
 };
+
+// --task segmentation: one target per --class, the sum of its scores over the predicted pixels, a
+// region or a mask. A region is in each image's pixels, so it needs the image's size (`image`).
+std::vector<Target> segmentation_targets(const Args& a, cv::Size image) {
+  torch::Tensor region;
+  if (!a.mask.empty()) {
+    cv::Mat m = read_image(a.mask), grey;
+    cv::cvtColor(m, grey, cv::COLOR_BGR2GRAY);
+    grey.convertTo(grey, CV_32F);
+    region = torch::from_blob(grey.data, {grey.rows, grey.cols}, torch::kFloat32).clone();
+  } else if (!a.region.empty()) {
+    region = torch::zeros({image.height, image.width});
+    const int x0 = std::max(0, a.region[0]), y0 = std::max(0, a.region[1]);
+    const int x1 = std::min(image.width, a.region[2]), y1 = std::min(image.height, a.region[3]);
+    if (x1 <= x0 || y1 <= y0) throw Error("--region lies outside the image (" + std::to_string(image.width) + "x" + std::to_string(image.height) + ")");
+    region.slice(0, y0, y1).slice(1, x0, x1).fill_(1);
+  }
+  const OutputSelector select = a.output.empty() ? segmentation_scores() : output_path(a.output);
+  std::vector<Target> targets;
+  for (int64_t c : a.classes) targets.push_back(segmentation_target(c, region, select));
+  return targets;
+}
+
+void check_segmentation(const Args& a) {
+  if (a.task != "segmentation") {
+    if (!a.region.empty() || !a.mask.empty()) throw Error("--region and --mask belong to --task segmentation");
+    return;
+  }
+  if (a.classes.empty()) throw Error("--task segmentation needs --class C: the class whose pixels are explained");
+  if (a.target != "logit") throw Error("--task segmentation explains the sum of a class's logits over the mask; --target must be logit");
+  if (a.counterfactual || !a.sequence.empty() || a.token >= 0 || a.contrast)
+    throw Error("--task segmentation takes none of --counterfactual, --sequence, --token, --contrast");
+  if (!a.region.empty() && !a.mask.empty()) throw Error("give --region or --mask, not both");
+  if (!a.region.empty() && (a.region.size() != 4 || a.region[2] <= a.region[0] || a.region[3] <= a.region[1]))
+    throw Error("--region must be x0,y0,x1,y1 with x0 < x1 and y0 < y1 (image pixels)");
+  if (!a.mask.empty() && !path_exists(a.mask)) throw Error("mask not found: " + a.mask);
+}
 
 // Unique file stems: cat.jpg and other/cat.png become cat and cat-2.
 std::vector<std::string> unique_stems(const std::vector<std::string>& paths) {
@@ -102,6 +143,8 @@ ExplainOptions options_of(const Args& a, const std::vector<std::string>& layers)
     opt.targets = {sequence_target(a.sequence, output_path(a.output))};
     if (a.counterfactual) throw Error("--sequence has no counterfactual");
   }
+  check_segmentation(a);
+  if (a.task == "segmentation" && a.region.empty()) opt.targets = segmentation_targets(a, {});
   apply(a.method, opt);
   opt.shared.progress = progress_printer(a.runtime.quiet);
   return opt;
@@ -190,6 +233,7 @@ int run(const Args& given) {
   const std::string page_file = shard.whole() ? "index.html" : "index." + std::to_string(shard.index) + "-of-" + std::to_string(shard.count) + ".html";
   // Everything that can be checked before any work is checked first, so a typo costs no time.
   if (a.batch < 1) throw Error("--batch must be at least 1");
+  if (!a.region.empty()) a.batch = 1;  // a region is in each image's own pixels
   const Inputs in = inputs_of(a);
   const ExplainOptions opt = options_of(a, in.layers);
   check_request(opt);
@@ -222,7 +266,9 @@ int run(const Args& given) {
     std::vector<std::string> paths(a.images.begin() + first, a.images.begin() + last);
     std::vector<std::string> batch_stems(stems.begin() + first, stems.begin() + last);
     for (const auto& p : paths) imgs.push_back(read_image(p));
-    auto explained = explainer.explain(imgs, opt, paths);
+    ExplainOptions batch_opt = opt;
+    if (a.task == "segmentation" && !a.region.empty()) batch_opt.targets = segmentation_targets(a, imgs.front().size());
+    auto explained = explainer.explain(imgs, batch_opt, paths);
     auto entries = write_maps(out, imgs, explained, batch_stems, render);
     for (size_t i = 0; i < entries.size(); ++i) {
       // Only --allow-truncated lets such a file through; the record says what was explained.
@@ -256,7 +302,11 @@ int run(const Args& given) {
   print_predictions(images);
   if (!empty_maps.empty() && !a.allow_empty) {
     std::cerr << "lumen: error: " << empty_maps.size() << " map(s) are empty (constant: the target's gradient at the layer is zero), e.g. "
-              << empty_maps.front() << "; files were written and flagged \"empty\" in run.json (--allow-empty accepts this)\n";
+              << empty_maps.front() << "; files were written and flagged \"empty\" in run.json (--allow-empty accepts this)"
+              << (a.task == "segmentation" && a.region.empty() && a.mask.empty()
+                      ? "; with --task segmentation this happens when no pixel is predicted as the class: give --region or --mask"
+                      : "")
+              << "\n";
     return 3;
   }
   return 0;
@@ -312,6 +362,14 @@ Command add_explain(CLI::App& app) {
   sub->add_option("--sequence", a->sequence,
                   "with a [N,T,V] output: explain the sum of log-softmax scores of these tokens (a teacher-forced caption)")
       ->delimiter(',');
+  sub->add_option("--task", a->task,
+                  "what the model does: classification (default) or segmentation ([N,classes,h,w] scores, or a dict's \"out\"; "
+                  "explains --class over the pixels predicted as it, --region or --mask)")
+      ->check(CLI::IsMember({"classification", "segmentation"}));
+  sub->add_option("--region", a->region, "--task segmentation: explain the class over this box, x0,y0,x1,y1 in image pixels")
+      ->delimiter(',')
+      ->expected(4);
+  sub->add_option("--mask", a->mask, "--task segmentation: explain the class over this mask image (nonzero = inside, stretched over the image)");
   add_method_flags(sub, a->method);
   add_runtime_flags(sub, a->runtime);
   add_forward_flag(sub, a->runtime);

@@ -91,6 +91,13 @@ class Passes {
   virtual torch::Tensor score_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const = 0;
   // Another method's result on `rows` (all of image `image`), each row its own input (wrappers).
   virtual Result run(const Method& method, const torch::Tensor& rows, int64_t image) const = 0;
+  // Another method's result on this batch under another target (wrappers that change what is
+  // explained: FinerCAM), at requested layer `layer`: a forward and backward of its own.
+  virtual Result run_for(const Method& method, const Target& target, size_t layer) const = 0;
+  // H A: the Hessian of y with respect to requested layer `layer`'s activations A, times A itself
+  // ([N,C,h,w], as the methods see the layer), from a second backward through the network above the
+  // layer (ShapleyCAM). Zero where y is piecewise linear in A.
+  virtual torch::Tensor hessian_times_activations(size_t layer) const = 0;
   // A reference input for the whole batch ([N,C,H,W], model-input space): lumen::reference_input.
   virtual torch::Tensor reference(const std::string& kind, uint64_t seed, double blur_sigma) const = 0;
   // The batch as the image's pixels at the model's input size: the preprocessing (mean, std, colour
