@@ -1,6 +1,8 @@
 #include <lumen/error.h>
 #include <lumen/evaluate.h>
 
+#include "core/hash.h"
+
 #include <opencv2/imgproc.hpp>
 
 #include <algorithm>
@@ -86,10 +88,9 @@ nlohmann::json measure_image(const Model& model, const Preprocess& pre, const Sa
       r["insertion_curve"] = rounded(curve);
     }
     if (o.has("road")) {
-      // The noise of an image is seeded by its name (FNV-1a), so that a resumed or sharded run draws
-      // the same numbers for it wherever it falls.
-      uint64_t seed = 1469598103934665603ull;
-      for (unsigned char ch : sample.name) seed = (seed ^ ch) * 1099511628211ull;
+      // The noise of an image is seeded by its name, so that a resumed or sharded run draws the same
+      // numbers for it wherever it falls.
+      const uint64_t seed = detail::fnv1a(sample.name);
       const auto road = metrics::road(x, m, metrics::kRoadPercentiles, o.road_noise, seed, score, o.curve_batch);
       r["road"] = road.combined;
       r["road_morf"] = road.morf_mean;

@@ -5,6 +5,7 @@
 
 #include <caffe2/serialize/inline_container.h>
 
+#include "core/hash.h"
 #include "model/archive.h"
 #include "model/onnx/import.h"
 #include "model/tap.h"
@@ -179,8 +180,7 @@ namespace {
 // Size and 64-bit FNV-1a of the bytes: a cache key that changes whenever the file does (not a
 // security hash; nothing is trusted on its strength).
 std::string fingerprint_of(const std::string& bytes) {
-  uint64_t h = 1469598103934665603ULL;
-  for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ULL;
+  const uint64_t h = detail::fnv1a(bytes);
   char buf[64];
   std::snprintf(buf, sizeof buf, "%zu-%016llx", bytes.size(), static_cast<unsigned long long>(h));
   return buf;
