@@ -220,7 +220,7 @@ TEST(Cli, CommandLineErrorsAreOneLineWithExitTwo) {
   const std::string img = q(shared("images/cat.png"));
   const std::string data = q(shared("data/imagenet-loc-dev"));
   const std::vector<BadCase> cases{
-      {"no command", "", "a command is required: layers, explain, demo, eval, visualize, audit, merge, bench"},
+      {"no command", "", "a command is required: layers, explain, demo, eval, visualize, audit, merge, bench, serve"},
       {"unknown command", "expalin --image x", "unknown command 'expalin'; did you mean 'explain'?"},
       {"unknown flag", "explain " + kModel + " --image " + img + " --frobnicate 3", "--frobnicate"},
       {"missing required", "explain --image " + img, "--model is required"},

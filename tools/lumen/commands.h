@@ -32,6 +32,7 @@ Command add_visualize(CLI::App& app);
 Command add_audit(CLI::App& app);
 Command add_merge(CLI::App& app);
 Command add_bench(CLI::App& app);
+Command add_serve(CLI::App& app);
 
 // Flags of method settings (method_flags.cpp).
 struct MethodFlags {

@@ -201,7 +201,7 @@ int main(int argc, char** argv) {
   std::vector<lumen::cli::Command> commands{lumen::cli::add_layers(app), lumen::cli::add_explain(app),
                                             lumen::cli::add_demo(app), lumen::cli::add_eval(app),
                                             lumen::cli::add_visualize(app), lumen::cli::add_audit(app), lumen::cli::add_merge(app),
-                                            lumen::cli::add_bench(app)};
+                                            lumen::cli::add_bench(app), lumen::cli::add_serve(app)};
   // A missing or unknown command: name them all, and the closest (CLI11 would only say that one is required).
   std::vector<std::string> names;
   for (const auto& c : commands) names.push_back(c.app->get_name());

@@ -1,0 +1,136 @@
+#include "serve/batcher.h"
+
+#include <lumen/error.h>
+
+#include <algorithm>
+
+namespace lumen::serve {
+
+Batcher::Batcher(const Explainer& explainer, int max_batch, std::chrono::microseconds wait, size_t queue_limit)
+    : explainer_(explainer), max_batch_(static_cast<size_t>(std::max(1, max_batch))), wait_(wait), queue_limit_(queue_limit) {
+  worker_ = std::thread([this] { work(); });
+}
+
+Batcher::~Batcher() { stop(); }
+
+void Batcher::submit(const std::shared_ptr<Job>& job) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) throw Busy("the server is stopping");
+    if (queue_.size() >= queue_limit_) throw Busy("the queue is full (" + std::to_string(queue_limit_) + " jobs waiting; --queue)");
+    queue_.push_back(job);
+  }
+  wake_.notify_all();
+}
+
+size_t Batcher::queued() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return queue_.size();
+}
+
+void Batcher::stop() {
+  std::deque<std::shared_ptr<Job>> dropped;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_ && !worker_.joinable()) return;
+    stopping_ = true;
+    dropped.swap(queue_);
+  }
+  wake_.notify_all();
+  for (auto& job : dropped) job->result.set_exception(std::make_exception_ptr(Cancelled("the server stopped before the job ran")));
+  if (worker_.joinable()) worker_.join();
+}
+
+// The first queued job, and every queued job with its key, up to max_batch; while the batch is short,
+// waits for more until the first job has waited `wait_`.
+std::deque<std::shared_ptr<Job>> Batcher::take_batch(std::unique_lock<std::mutex>& lock) {
+  std::deque<std::shared_ptr<Job>> batch;
+  batch.push_back(queue_.front());
+  queue_.pop_front();
+  const auto until = Clock::now() + wait_;
+  for (;;) {
+    for (auto it = queue_.begin(); it != queue_.end() && batch.size() < max_batch_;) {
+      if ((*it)->key == batch.front()->key) {
+        batch.push_back(*it);
+        it = queue_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (batch.size() >= max_batch_ || stopping_) break;
+    if (wake_.wait_until(lock, until) == std::cv_status::timeout) {
+      // One last look: jobs that came with the timeout.
+      for (auto it = queue_.begin(); it != queue_.end() && batch.size() < max_batch_;)
+        if ((*it)->key == batch.front()->key) {
+          batch.push_back(*it);
+          it = queue_.erase(it);
+        } else {
+          ++it;
+        }
+      break;
+    }
+  }
+  return batch;
+}
+
+void Batcher::work() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  for (;;) {
+    wake_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+    if (queue_.empty()) return;  // stopping
+    auto batch = take_batch(lock);
+    lock.unlock();
+    run_batch(batch);
+    lock.lock();
+  }
+}
+
+void Batcher::run_batch(std::deque<std::shared_ptr<Job>>& batch) {
+  // Jobs no longer wanted are answered now and left out.
+  std::vector<std::shared_ptr<Job>> jobs;
+  for (auto& job : batch) {
+    if (job->wanted()) {
+      jobs.push_back(job);
+    } else {
+      job->state = 2;
+      job->result.set_exception(std::make_exception_ptr(Cancelled(job->cancelled ? "cancelled" : "timed out before it ran (--timeout)")));
+    }
+  }
+  if (jobs.empty()) return;
+  std::vector<cv::Mat> images;
+  std::vector<std::string> sources;
+  for (auto& job : jobs) {
+    images.push_back(job->image);
+    sources.push_back(job->source);
+    job->state = 1;
+    job->batched_with = static_cast<int>(jobs.size());
+  }
+  ExplainOptions options = *jobs.front()->options;
+  // The engine reports long work here; this is also where a batch that nobody wants any more stops.
+  options.shared.progress = [&jobs](const std::string&, int64_t done, int64_t total) {
+    bool wanted = false;
+    for (auto& job : jobs) {
+      job->done = done;
+      job->total = total;
+      wanted |= job->wanted();
+    }
+    if (!wanted) throw Cancelled("cancelled");
+  };
+  try {
+    auto explained = explainer_.explain(images, options, sources);
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      jobs[i]->state = 2;
+      if (jobs[i]->wanted()) jobs[i]->result.set_value(std::move(explained[i]));
+      else jobs[i]->result.set_exception(std::make_exception_ptr(Cancelled(jobs[i]->cancelled ? "cancelled" : "timed out (--timeout)")));
+    }
+  } catch (...) {
+    const auto error = std::current_exception();
+    for (auto& job : jobs) {
+      job->state = 2;
+      if (!job->wanted()) job->result.set_exception(std::make_exception_ptr(Cancelled(job->cancelled ? "cancelled" : "timed out (--timeout)")));
+      else job->result.set_exception(error);
+    }
+  }
+}
+
+}  // namespace lumen::serve

@@ -1,0 +1,81 @@
+// Dynamic batching: jobs that ask the same model the same thing (same methods, layers, targets and
+// settings: the same `key`) are gathered, up to max_batch or until the first has waited batch_wait,
+// into one Explainer::explain call, whose one forward pass serves them all. One worker per model runs
+// the batches in turn (the model's threads already use every core). Jobs can be cancelled and time
+// out; a batch stops early (through the engine's progress callback) only when none of its jobs is
+// still wanted.
+#pragma once
+
+#include <lumen/explain.h>
+
+#include <opencv2/core.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace lumen::serve {
+
+using Clock = std::chrono::steady_clock;
+
+struct Job {
+  cv::Mat image;                                 // BGR, decoded
+  std::string source;                            // file name or data id
+  std::shared_ptr<const ExplainOptions> options;
+  std::string key;                               // jobs with equal keys may share a batch
+  Clock::time_point deadline;
+  std::promise<ImageExplanation> result;         // an exception when it failed or was cancelled
+
+  std::atomic<bool> cancelled{false};
+  // Progress as the engine reports it, for GET /api/jobs/{id}.
+  std::atomic<int64_t> done{0}, total{0};
+  std::atomic<int> state{0};                     // 0 queued, 1 running, 2 finished
+  std::atomic<int> batched_with{0};              // images in the batch it ran in
+  bool wanted() const { return !cancelled && Clock::now() < deadline; }
+};
+
+// Thrown into a job's future: it was cancelled or ran out of time (the message says which).
+struct Cancelled : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+// Thrown by submit: the queue is full.
+struct Busy : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+class Batcher {
+ public:
+  Batcher(const Explainer& explainer, int max_batch, std::chrono::microseconds wait, size_t queue_limit);
+  ~Batcher();  // stop()
+  Batcher(const Batcher&) = delete;
+  Batcher& operator=(const Batcher&) = delete;
+
+  void submit(const std::shared_ptr<Job>& job);  // throws Busy
+  size_t queued() const;
+  // Refuses new jobs, cancels the queued ones, lets the running batch finish, joins the worker.
+  void stop();
+
+ private:
+  void work();
+  std::deque<std::shared_ptr<Job>> take_batch(std::unique_lock<std::mutex>& lock);
+  void run_batch(std::deque<std::shared_ptr<Job>>& batch);
+
+  const Explainer& explainer_;
+  const size_t max_batch_;
+  const std::chrono::microseconds wait_;
+  const size_t queue_limit_;
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::shared_ptr<Job>> queue_;
+  bool stopping_ = false;
+  std::thread worker_;
+};
+
+}  // namespace lumen::serve

@@ -1,0 +1,321 @@
+// lumen serve's page: plain JavaScript over the HTTP API (docs/serve.md); no library, no network.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const token = new URLSearchParams(location.hash.slice(1)).get("token") || "";
+const state = { models: [], model: null, labels: [], image: null, classes: [], answer: null, job: null, data: [] };
+
+function authHeaders() { return token ? { Authorization: "Bearer " + token } : {}; }
+function withToken(url) { return token ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : url; }
+
+async function api(path, options = {}) {
+  const res = await fetch(path, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+  const body = await res.json().catch(() => ({ error: "HTTP " + res.status }));
+  if (!res.ok) throw new Error(body.error || "HTTP " + res.status);
+  return body;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c);
+  return e;
+}
+
+function showError(message) {
+  $("error").textContent = message || "";
+  $("error").hidden = !message;
+}
+
+function label(cls) { return state.labels[cls] !== undefined ? state.labels[cls] : "class " + cls; }
+
+// ---- models, layers, labels, methods ----
+async function loadModels() {
+  const { models } = await api("/api/models");
+  state.models = models;
+  $("model").replaceChildren(...models.map((m) => el("option", { value: m.id }, m.name + " (" + m.file + ")")));
+  await chooseModel(models[0].id);
+}
+
+async function chooseModel(id) {
+  state.model = state.models.find((m) => m.id === id);
+  const [{ layers, default_layer }, { labels }] = await Promise.all([api(`/api/models/${id}/layers`), api(`/api/models/${id}/labels`)]);
+  state.labels = labels;
+  const usable = layers.filter((l) => l.output === "tensor" && l.shape.length >= 3);
+  $("layer").replaceChildren(...usable.map((l) => el("option", { value: l.path }, `${l.path} · ${l.type} · ${l.shape.join("×")}`)));
+  if (default_layer) $("layer").value = default_layer;
+  $("labels").replaceChildren(...labels.map((name, i) => el("option", { value: `${i} ${name}` })));
+  $("status").textContent = `${state.model.name}: ${labels.length} classes, ${usable.length} layers`;
+}
+
+async function loadMethods() {
+  const { methods } = await api("/api/methods");
+  const families = { cam: "CAM family (at the layer)", pixel: "pixel gradients", perturbation: "perturbation (slower)", attention: "attention (transformers)" };
+  const groups = {};
+  for (const m of methods) (groups[m.family] = groups[m.family] || []).push(m);
+  $("methods").replaceChildren(...Object.entries(groups).map(([family, list]) =>
+    el("fieldset", {}, el("legend", {}, families[family] || family),
+      ...list.map((m) => el("label", { title: m.paper }, el("input", { type: "checkbox", value: m.name, ...(m.name === "gradcam" ? { checked: "" } : {}) }), " " + m.name)))));
+}
+
+// ---- images: upload, drop, dataset ----
+function setImage(image) {
+  state.image = image;
+  $("explain").disabled = false;
+  $("intro").hidden = true;
+  explain();
+}
+
+function pickFile(file) {
+  if (!file) return;
+  setImage({ file, name: file.name, url: URL.createObjectURL(file), boxes: [] });
+}
+
+async function loadData() {
+  const { images } = await api("/api/data");
+  state.data = images;
+  if (!images.length) return;
+  $("data-panel").hidden = false;
+  $("data-count").textContent = images.length;
+  renderDataList();
+}
+
+function renderDataList() {
+  const filter = $("data-filter").value.toLowerCase();
+  const shown = state.data.filter((d) => !filter || d.id.toLowerCase().includes(filter) || d.label_name.toLowerCase().includes(filter)).slice(0, 400);
+  $("data-list").replaceChildren(...shown.map((d) => el("li", { title: d.id, "data-id": d.id, onclick: () => pickData(d) }, `${d.id} — ${d.label_name || d.label}`)));
+}
+
+function pickData(d) {
+  for (const li of $("data-list").children) li.classList.toggle("chosen", li.dataset.id === d.id);
+  setImage({ dataId: d.id, name: d.id, url: withToken("/api/data/image?id=" + encodeURIComponent(d.id)), boxes: d.boxes, label: d.label });
+}
+
+// ---- targets ----
+function addClass(text) {
+  const n = parseInt(String(text), 10);
+  let cls = Number.isInteger(n) ? n : state.labels.findIndex((l) => l.toLowerCase().includes(String(text).toLowerCase()));
+  if (!(cls >= 0 && cls < state.labels.length)) return showError(`no class matches "${text}"`);
+  showError("");
+  if (!state.classes.includes(cls)) state.classes.push(cls);
+  document.querySelector('input[name=targetmode][value=classes]').checked = true;
+  renderChips();
+}
+
+function renderChips() {
+  $("chips").replaceChildren(...state.classes.map((c) => el("span", { class: "chip" }, `${c} ${label(c)}`,
+    el("button", { title: "remove", onclick: () => { state.classes = state.classes.filter((x) => x !== c); renderChips(); } }, "×"))));
+}
+
+// ---- explain ----
+function params() {
+  const methods = [...document.querySelectorAll("#methods input:checked")].map((i) => i.value);
+  const p = { model: state.model.id, methods, layers: [$("layer").value], raw: true, job: "j" + Math.random().toString(36).slice(2, 12) };
+  const mode = document.querySelector("input[name=targetmode]:checked").value;
+  if (mode === "classes" && state.classes.length) p.classes = state.classes;
+  else p.top_k = Math.max(1, parseInt($("topk").value, 10) || 1);
+  if ($("counterfactual").checked) p.counterfactual = true;
+  if ($("contrast").checked) p.contrast = true;
+  return p;
+}
+
+async function explain() {
+  if (!state.image) return;
+  const p = params();
+  if (!p.methods.length) return showError("choose at least one method");
+  showError("");
+  const form = new FormData();
+  if (state.image.file) form.append("image", state.image.file, state.image.name);
+  else form.append("data_id", state.image.dataId);
+  form.append("params", JSON.stringify(p));
+  state.job = p.job;
+  $("explain").disabled = true;
+  $("cancel").hidden = false;
+  $("progress").hidden = false;
+  $("progress").removeAttribute("value");
+  $("status").textContent = "explaining " + state.image.name + "…";
+  const poll = setInterval(async () => {
+    try {
+      const s = await api("/api/jobs/" + p.job);
+      if (s.total > 0) { $("progress").max = s.total; $("progress").value = s.done; }
+      $("status").textContent = `${s.state}: ${state.image.name}` + (s.total ? ` (${s.done}/${s.total})` : "");
+    } catch (e) { /* finished between two polls */ }
+  }, 300);
+  const started = performance.now();
+  try {
+    const answer = await api("/api/explain", { method: "POST", body: form });
+    state.answer = answer;
+    render(answer);
+    $("status").textContent = `${state.image.name}: ${answer.maps.length} map(s) in ${((performance.now() - started) / 1000).toFixed(2)} s`;
+  } catch (e) {
+    showError(e.message);
+    $("status").textContent = "stopped";
+  } finally {
+    clearInterval(poll);
+    state.job = null;
+    $("explain").disabled = false;
+    $("cancel").hidden = true;
+    $("progress").hidden = true;
+  }
+}
+
+async function cancel() {
+  if (!state.job) return;
+  try { await api("/api/jobs/" + state.job, { method: "DELETE" }); } catch (e) { /* it ended first */ }
+}
+
+// ---- the grid ----
+function decodeMap(m) {
+  if (!m.map) return null;
+  const bytes = Uint8Array.from(atob(m.map.float32_base64), (c) => c.charCodeAt(0));
+  return { h: m.map.shape[0], w: m.map.shape[1], values: new Float32Array(bytes.buffer) };
+}
+
+function npyBlob(map) {
+  // NumPy .npy 1.0: magic, header length, a dict padded with spaces to a multiple of 64, the data.
+  let header = `{'descr': '<f4', 'fortran_order': False, 'shape': (${map.h}, ${map.w}), }`;
+  const total = 10 + header.length + 1;
+  header += " ".repeat((64 - (total % 64)) % 64) + "\n";
+  const head = new Uint8Array(10 + header.length);
+  head.set([0x93, 78, 85, 77, 80, 89, 1, 0, header.length & 255, header.length >> 8]);
+  for (let i = 0; i < header.length; ++i) head[10 + i] = header.charCodeAt(i);
+  return new Blob([head, map.values.buffer], { type: "application/octet-stream" });
+}
+
+function pngBlob(base64) { return new Blob([Uint8Array.from(atob(base64), (c) => c.charCodeAt(0))], { type: "image/png" }); }
+
+function svgBoxes(width, height, m) {
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("preserveAspectRatio", "none");
+  const rect = (b, cls, colour) => {
+    const r = document.createElementNS(ns, "rect");
+    r.setAttribute("x", b[0]); r.setAttribute("y", b[1]); r.setAttribute("width", b[2] - b[0]); r.setAttribute("height", b[3] - b[1]);
+    r.setAttribute("fill", "none"); r.setAttribute("stroke", colour); r.setAttribute("stroke-width", Math.max(2, width / 150));
+    r.setAttribute("class", cls);
+    svg.append(r);
+  };
+  for (const b of state.image.boxes || []) rect(b, "truth", "#00e000");
+  if (m.box) rect(m.box, "paper", "#fff200");
+  return svg;
+}
+
+function stack(answer, m, map) {
+  const s = el("div", { class: "stack" },
+    el("img", { class: "base", src: state.image.url, alt: state.image.name }),
+    el("img", { class: "heat", src: "data:image/png;base64," + m.heat_png, alt: `${m.method} map` }));
+  s.querySelector(".heat").style.opacity = $("opacity").value;
+  s.append(svgBoxes(answer.width, answer.height, m));
+  s.addEventListener("mousemove", (ev) => {
+    if (!map) return;
+    const r = s.getBoundingClientRect();
+    const x = Math.min(map.w - 1, Math.floor(((ev.clientX - r.left) / r.width) * map.w));
+    const y = Math.min(map.h - 1, Math.floor(((ev.clientY - r.top) / r.height) * map.h));
+    const tip = $("tip");
+    tip.hidden = false;
+    tip.textContent = `(${x}, ${y}): ${map.values[y * map.w + x].toFixed(3)}`;
+    tip.style.left = ev.clientX + 12 + "px";
+    tip.style.top = ev.clientY + 12 + "px";
+  });
+  s.addEventListener("mouseleave", () => { $("tip").hidden = true; });
+  return s;
+}
+
+function cell(answer, m) {
+  const map = decodeMap(m);
+  const name = `${state.image.name}.${m.method}.${m.layer}.${m.class >= 0 ? m.class : m.target}`.replace(/[^A-Za-z0-9._-]/g, "_");
+  const downloads = el("div", { class: "downloads" },
+    el("a", { href: URL.createObjectURL(pngBlob(m.overlay_png)), download: name + ".overlay.png" }, "PNG"));
+  if (map) downloads.append(el("a", { href: URL.createObjectURL(npyBlob(map)), download: name + ".npy" }, ".npy"));
+  const s = stack(answer, m, map);
+  s.addEventListener("click", () => openLarge(answer, m, map));
+  const caption = `${m.method}${m.contrastive ? " (contrast)" : ""} · ${m.layer} · peak ${m.stats.peak[0]},${m.stats.peak[1]}` + (m.box ? "" : " · no box");
+  return el("figure", { class: "cell" + (m.empty ? " empty" : ""), "data-method": m.method, "data-target": m.target, "data-layer": m.layer }, s, el("figcaption", {}, caption), downloads);
+}
+
+function render(answer) {
+  $("predictions").hidden = false;
+  $("top5").replaceChildren(...answer.predictions.map((p) =>
+    el("li", { onclick: () => addClass(p.class), title: "explain this class" }, `${p.label || "class " + p.class} (${p.class}): ${(100 * p.probability).toFixed(1)} %`)));
+  $("legend").hidden = false;
+  const signed = answer.maps.some((m) => m.signed);
+  $("legend").querySelector("i").className = signed ? "bar-diverging" : "bar-jet";
+  $("legend").querySelector(".bar span").textContent = signed ? "− (against)" : "0 (least)";
+  $("legend").querySelector(".bar span:last-child").textContent = signed ? "+ (for the class)" : "1 (most evidence, the map's maximum)";
+  // Rows: targets; columns: method (and layer, and contrast) in the order the answer gives them.
+  const rows = [], columns = [];
+  const col = (m) => `${m.method}${m.contrastive ? " (contrast)" : ""} @ ${m.layer}`;
+  const rowOf = (m) => (m.class >= 0 ? `${m.class}` : m.target) + (m.counterfactual ? " (against)" : "");
+  for (const m of answer.maps) {
+    if (!rows.includes(rowOf(m))) rows.push(rowOf(m));
+    if (!columns.includes(col(m))) columns.push(col(m));
+  }
+  const table = el("table", { class: "grid" }, el("tr", {}, el("th"), ...columns.map((c) => el("th", {}, c))));
+  for (const r of rows) {
+    const first = answer.maps.find((m) => rowOf(m) === r);
+    const tr = el("tr", {}, el("th", { class: "row" }, first.class >= 0 ? `${first.class} ${first.label}` : first.target,
+      el("br"), el("small", {}, `score ${first.target_value.toFixed(3)}` + (first.counterfactual ? ", against" : ""))));
+    for (const c of columns) {
+      const m = answer.maps.find((x) => rowOf(x) === r && col(x) === c);
+      tr.append(el("td", { style: `width:${Math.max(160, Math.floor(560 / columns.length))}px` }, m ? cell(answer, m) : ""));
+    }
+    table.append(tr);
+  }
+  const json = new Blob([JSON.stringify(answer, null, 1)], { type: "application/json" });
+  $("grid").replaceChildren(table, el("p", {}, el("a", { href: URL.createObjectURL(json), download: "run.json" }, "Download run.json"),
+    ` · ${answer.seconds.toFixed(3)} s on the server, batched with ${answer.batched_with - 1} other image(s)`));
+}
+
+function openLarge(answer, m, map) {
+  const s = stack(answer, m, map);
+  $("large-body").replaceChildren(s, el("img", { src: "data:image/png;base64," + m.overlay_png, alt: "overlay with caption", style: "max-width:100%" }));
+  $("large").hidden = false;
+}
+
+// ---- report ----
+async function loadReport() {
+  let report;
+  try { report = await api("/api/report"); } catch (e) { return; }
+  $("report").hidden = false;
+  $("report-link").href = withToken(report.index);
+  const summary = report.summary || {};
+  const methods = Object.keys(summary);
+  const metrics = [...new Set(methods.flatMap((m) => Object.keys(summary[m]).filter((k) => typeof summary[m][k] === "number")))];
+  $("report-table").replaceChildren(el("tr", {}, el("th", {}, "method"), ...metrics.map((k) => el("th", {}, k))),
+    ...methods.map((m) => el("tr", {}, el("td", {}, m), ...metrics.map((k) => el("td", {}, typeof summary[m][k] === "number" ? summary[m][k].toFixed(3) : "")))));
+  $("report-examples").replaceChildren(...report.examples.map((x) => el("img", {
+    src: withToken(x.file), alt: x.method, title: `${x.method}: ${x.data_id || "not in --data"} (click to explain live)`,
+    onclick: () => {
+      const d = state.data.find((d) => d.id === x.data_id);
+      if (!d) return showError("this image is not in --data");
+      for (const i of document.querySelectorAll("#methods input")) i.checked = i.value === x.method;
+      pickData(d);
+    } })));
+}
+
+// ---- wiring ----
+function wire() {
+  $("model").addEventListener("change", (e) => chooseModel(e.target.value).catch((x) => showError(x.message)));
+  $("file").addEventListener("change", (e) => pickFile(e.target.files[0]));
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); pickFile(e.dataTransfer.files[0]); });
+  $("data-filter").addEventListener("input", renderDataList);
+  $("class-search").addEventListener("change", (e) => { if (e.target.value) { addClass(e.target.value); e.target.value = ""; } });
+  $("explain").addEventListener("click", explain);
+  $("layer").addEventListener("change", explain);
+  $("cancel").addEventListener("click", cancel);
+  $("opacity").addEventListener("input", (e) => { for (const h of document.querySelectorAll("img.heat")) h.style.opacity = e.target.value; });
+  $("large-close").addEventListener("click", () => { $("large").hidden = true; });
+  $("large").addEventListener("click", (e) => { if (e.target === $("large")) $("large").hidden = true; });
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape") $("large").hidden = true; });
+}
+
+wire();
+Promise.all([loadModels(), loadMethods()]).then(loadData).then(loadReport).catch((e) => { showError(e.message); $("status").textContent = "error"; });

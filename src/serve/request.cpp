@@ -1,0 +1,204 @@
+#include "serve/request.h"
+
+#include <lumen/error.h>
+#include <lumen/image.h>
+#include <lumen/methods.h>
+#include <lumen/output.h>
+#include <lumen/target.h>
+
+#include <cmath>
+#include <set>
+
+namespace lumen::serve {
+
+namespace {
+
+const std::set<std::string>& presentation_keys() {
+  // Keys that change how an answer is drawn or delivered, not what is explained: left out of the
+  // batching key, so that requests differing only in them share a forward pass.
+  static const std::set<std::string> keys{"model", "job", "raw", "pictures", "colormap", "alpha", "sign", "plain"};
+  return keys;
+}
+
+bool is_setting(const std::string& name) {
+  for (const auto& s : setting_catalog())
+    if (s.name == name) return true;
+  return false;
+}
+
+template <typename T>
+T get_as(const nlohmann::json& params, const std::string& key, const std::string& what) {
+  try {
+    return params.at(key).get<T>();
+  } catch (const nlohmann::json::exception&) {
+    throw HttpError(400, "parameter \"" + key + "\" must be " + what);
+  }
+}
+
+// A list parameter may also be given as one value ("gradcam" or ["gradcam", "hirescam"]).
+template <typename T>
+std::vector<T> list_of(const nlohmann::json& params, const std::string& key, const std::string& what) {
+  const auto& v = params.at(key);
+  try {
+    if (v.is_array()) return v.get<std::vector<T>>();
+    return {v.get<T>()};
+  } catch (const nlohmann::json::exception&) {
+    throw HttpError(400, "parameter \"" + key + "\" must be " + what + " or a list of them");
+  }
+}
+
+double finite_in(const nlohmann::json& params, const std::string& key, double low, double high) {
+  const double v = get_as<double>(params, key, "a number");
+  if (!std::isfinite(v) || v < low || v > high)
+    throw HttpError(400, "parameter \"" + key + "\" must be from " + std::to_string(low) + " to " + std::to_string(high));
+  return v;
+}
+
+std::string choice(const nlohmann::json& params, const std::string& key, const std::set<std::string>& allowed) {
+  const auto v = get_as<std::string>(params, key, "text");
+  if (!allowed.count(v)) {
+    std::string names;
+    for (const auto& a : allowed) names += (names.empty() ? "" : ", ") + a;
+    throw HttpError(400, "parameter \"" + key + "\" must be one of " + names + ", got \"" + v + "\"");
+  }
+  return v;
+}
+
+}  // namespace
+
+nlohmann::json parse_params_json(const std::string& text) {
+  if (text.empty()) return nlohmann::json::object();
+  nlohmann::json params;
+  try {
+    params = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw HttpError(400, std::string("params is not JSON: ") + e.what());
+  }
+  if (!params.is_object()) throw HttpError(400, "params must be a JSON object");
+  return params;
+}
+
+Params read_params(const nlohmann::json& params, const ServedModel& model) {
+  Params p;
+  auto opt = std::make_shared<ExplainOptions>();
+  nlohmann::json key = nlohmann::json::object();
+  for (const auto& [name, value] : params.items()) {
+    if (!presentation_keys().count(name)) key[name] = value;
+    if (name == "model") p.model = get_as<std::string>(params, name, "a model id (GET /api/models)");
+    else if (name == "methods") opt->methods = list_of<std::string>(params, name, "a method name");
+    else if (name == "layers") opt->layers = list_of<std::string>(params, name, "a layer path");
+    else if (name == "classes") opt->classes = list_of<int64_t>(params, name, "a class index");
+    else if (name == "top_k") opt->top_k = static_cast<int>(finite_in(params, name, 1, 1000));
+    else if (name == "target") opt->score = parse_score(choice(params, name, {"logit", "prob", "logprob"}));
+    else if (name == "counterfactual") opt->counterfactual = get_as<bool>(params, name, "true or false");
+    else if (name == "contrast") opt->contrast = get_as<bool>(params, name, "true or false");
+    else if (name == "aggregate") opt->aggregate = choice(params, name, {"mean", "max", "product", "weighted"});
+    else if (name == "layer_weights") opt->layer_weights = list_of<float>(params, name, "a number");
+    else if (name == "box_threshold") opt->box_threshold = static_cast<float>(finite_in(params, name, 0, 0.999));
+    else if (name == "compat")
+      opt->shared.compat = choice(params, name, {"papers", "pytorch-grad-cam"}) == "papers" ? Compat::Papers : Compat::PytorchGradCam;
+    else if (name == "aug_smooth") opt->shared.aug_smooth = get_as<bool>(params, name, "true or false");
+    else if (name == "nonlinearity") opt->shared.strict_nonlinearities = choice(params, name, {"strict", "plain"}) == "strict";
+    else if (name == "rows_per_pass") opt->shared.rows_per_pass = static_cast<int>(finite_in(params, name, 0, 256));
+    else if (name == "settings") {
+      if (!value.is_object()) throw HttpError(400, "parameter \"settings\" must be an object of method settings by name");
+      for (const auto& [s, v] : value.items()) opt->settings.set(s, v);
+    } else if (is_setting(name)) opt->settings.set(name, value);
+    else if (name == "raw") p.raw = get_as<bool>(params, name, "true or false");
+    else if (name == "pictures") p.pictures = get_as<bool>(params, name, "true or false");
+    else if (name == "plain") p.render.plain = get_as<bool>(params, name, "true or false");
+    else if (name == "colormap") p.render.colormap = parse_colormap(choice(params, name, {"jet", "turbo", "viridis", "inferno"}));
+    else if (name == "alpha") p.render.alpha = static_cast<float>(finite_in(params, name, 0, 1));
+    else if (name == "sign") p.render.sign = parse_sign(choice(params, name, {"all", "positive", "negative", "absolute"}));
+    else if (name == "job") {
+      p.job = get_as<std::string>(params, name, "text");
+      if (p.job.empty() || p.job.size() > 64 || p.job.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") != std::string::npos)
+        throw HttpError(400, "parameter \"job\" must be 1 to 64 letters, digits, '-' or '_'");
+    } else
+      throw HttpError(400, "unknown parameter \"" + name + "\" (the CLI's option names with '_' for '-': methods, layers, classes, top_k, target, ...)");
+  }
+  if (!opt->classes.empty() && params.contains("top_k")) throw HttpError(400, "give \"classes\" or \"top_k\", not both");
+  for (const auto c : opt->classes)
+    if (c < 0) throw HttpError(400, "parameter \"classes\" holds a negative class index");
+  if (opt->layers.empty() && !model.default_layer.empty()) opt->layers.push_back(model.default_layer);
+  for (const auto& l : opt->layers) {
+    try {
+      model.explainer.model().check_layer(l);
+    } catch (const Error& e) {
+      throw HttpError(404, e.what());
+    }
+  }
+  p.render.rgb_input = model.explainer.preprocess().rgb;
+  try {
+    check_request(*opt);
+  } catch (const Error& e) {
+    throw HttpError(400, e.what());
+  }
+  key["layers"] = opt->layers;  // with the default filled in
+  p.key = model.id + "\n" + key.dump();
+  p.options = std::move(opt);
+  return p;
+}
+
+cv::Mat decode_upload(const std::string& bytes, const std::string& name, long long max_pixels) {
+  if (bytes.empty()) throw HttpError(400, "the image part is empty");
+  const ImageHeader header = read_image_header(bytes);
+  if (header.format.empty() || header.format == "GIF") throw HttpError(415, name + " is not a PNG, JPEG, BMP or WebP image");
+  if (header.width < 1 || header.height < 1)
+    throw HttpError(415, name + " is a " + header.format + " file that declares a " + std::to_string(header.width) + "x" + std::to_string(header.height) + " image");
+  if (static_cast<double>(header.width) * static_cast<double>(header.height) > static_cast<double>(max_pixels))
+    throw HttpError(413, name + " declares " + std::to_string(header.width) + "x" + std::to_string(header.height) + " pixels, over the limit of " +
+                             std::to_string(max_pixels) + " (--max-pixels); refused before decoding");
+  if (header.truncated) throw HttpError(400, name + " is truncated: the " + header.format + " file ends before its end marker");
+  try {
+    return decode_image(bytes, name);
+  } catch (const Error& e) {
+    throw HttpError(415, e.what());
+  }
+}
+
+std::string base64(const std::string& bytes) {
+  // Written here: none of the libraries lumen links (OpenCV, nlohmann-json, LibTorch) exposes an
+  // encoder, cpp-httplib keeps its own in a detail namespace, and this is the whole of RFC 4648's.
+  static const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  size_t i = 0;
+  for (; i + 2 < bytes.size(); i += 3) {
+    const uint32_t v = (static_cast<uint8_t>(bytes[i]) << 16) | (static_cast<uint8_t>(bytes[i + 1]) << 8) | static_cast<uint8_t>(bytes[i + 2]);
+    out += {alphabet[v >> 18], alphabet[(v >> 12) & 63], alphabet[(v >> 6) & 63], alphabet[v & 63]};
+  }
+  if (i + 1 == bytes.size()) {
+    const uint32_t v = static_cast<uint8_t>(bytes[i]) << 16;
+    out += {alphabet[v >> 18], alphabet[(v >> 12) & 63], '=', '='};
+  } else if (i + 2 == bytes.size()) {
+    const uint32_t v = (static_cast<uint8_t>(bytes[i]) << 16) | (static_cast<uint8_t>(bytes[i + 1]) << 8);
+    out += {alphabet[v >> 18], alphabet[(v >> 12) & 63], alphabet[(v >> 6) & 63], '='};
+  }
+  return out;
+}
+
+nlohmann::json answer_json(const ImageExplanation& explained, const cv::Mat& image, const Params& params) {
+  nlohmann::json entry = run_json({explained}, nlohmann::json::object())["images"][0];
+  entry["predictions"] = std::move(entry["top5"]);
+  entry.erase("top5");
+  for (size_t k = 0; k < explained.maps.size(); ++k) {
+    const Map& m = explained.maps[k];
+    auto& j = entry["maps"][k];
+    if (params.pictures) {
+      j["overlay_png"] = base64(encode_png(overlay_picture(image, m, explained, params.render)));
+      RenderOptions plain = params.render;
+      plain.plain = true;  // the page lays it over the image itself, with its own colour bar
+      j["heat_png"] = base64(encode_png(heat_picture(m, explained, plain)));
+    }
+    if (params.raw) {
+      // Little-endian float32, as the x86 and ARM machines lumen runs on store it.
+      const cv::Mat map = m.normalized.isContinuous() ? m.normalized : m.normalized.clone();
+      j["map"] = {{"shape", {map.rows, map.cols}},
+                  {"float32_base64", base64(std::string(reinterpret_cast<const char*>(map.data), map.total() * sizeof(float)))}};
+    }
+  }
+  return entry;
+}
+
+}  // namespace lumen::serve
