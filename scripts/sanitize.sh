@@ -45,7 +45,7 @@ echo "sanitize: tests under ASan+UBSan passed in $(( $(date +%s) - start )) s"
 
 if [ "${1:-}" = "--no-fuzz" ]; then exit 0; fi
 seconds=${FUZZ_SECONDS:-20}
-for target in onnx image npy torchscript card labels dataset records; do
+for target in onnx image npy torchscript card labels dataset records serve; do
   work=$(mktemp -d)
   cp -r "fuzz/corpus/$target/." "$work/"
   log="$work/log"

@@ -15,6 +15,9 @@
 #include <httplib.h>
 
 #include <csignal>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -464,6 +467,12 @@ int run(std::vector<ServedModel> models, const Options& options) {
       !(options.limits.image_pixels >= 1) || options.limits.body_bytes < 1024)
     throw Error("--max-images, --queue, --timeout and --max-pixels must be positive, --max-body at least 1024");
   set_image_limits({options.limits.image_pixels, false});
+#if defined(__GLIBC__)
+  // glibc gives each thread that allocates its own arena (up to 8 per core), and lumen's CLI asks
+  // every arena to keep what it frees (keep_freed_memory). With a pool of HTTP threads the server's
+  // memory would then grow with every thread that ever built an answer; two arenas bound it.
+  mallopt(M_ARENA_MAX, 2);
+#endif
   Server server(std::move(models), options);
   return server.run();
 }

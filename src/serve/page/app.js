@@ -255,6 +255,8 @@ function render(answer) {
     if (!rows.includes(rowOf(m))) rows.push(rowOf(m));
     if (!columns.includes(col(m))) columns.push(col(m));
   }
+  // Cells share the view's width, between 200 and 480 pixels each.
+  const cellWidth = Math.max(200, Math.min(480, Math.floor(($("view").clientWidth - 200) / columns.length) - 16));
   const table = el("table", { class: "grid" }, el("tr", {}, el("th"), ...columns.map((c) => el("th", {}, c))));
   for (const r of rows) {
     const first = answer.maps.find((m) => rowOf(m) === r);
@@ -262,7 +264,9 @@ function render(answer) {
       el("br"), el("small", {}, `score ${first.target_value.toFixed(3)}` + (first.counterfactual ? ", against" : ""))));
     for (const c of columns) {
       const m = answer.maps.find((x) => rowOf(x) === r && col(x) === c);
-      tr.append(el("td", { style: `width:${Math.max(160, Math.floor(560 / columns.length))}px` }, m ? cell(answer, m) : ""));
+      const c = m ? cell(answer, m) : "";
+      if (m) c.style.width = cellWidth + "px";
+      tr.append(el("td", {}, c));
     }
     table.append(tr);
   }
@@ -273,11 +277,20 @@ function render(answer) {
 
 function openLarge(answer, m, map) {
   const s = stack(answer, m, map);
-  $("large-body").replaceChildren(s, el("img", { src: "data:image/png;base64," + m.overlay_png, alt: "overlay with caption", style: "max-width:100%" }));
+  const what = `${m.method}${m.contrastive ? " (contrast)" : ""} at ${m.layer} for ${m.class >= 0 ? m.class + " " + m.label : m.target}` +
+    `${m.counterfactual ? " (evidence against)" : ""}: score ${m.target_value.toFixed(3)}; hover the map to read its values.`;
+  $("large-body").replaceChildren(el("p", { class: "large-title" }, what), s,
+    el("p", { class: "hint" }, "The same map as lumen writes it, with its caption and colour bar:"),
+    el("img", { src: "data:image/png;base64," + m.overlay_png, alt: "overlay with caption", class: "captioned" }));
   $("large").hidden = false;
 }
 
 // ---- report ----
+function number(v) {
+  if (typeof v !== "number") return "";
+  return Number.isInteger(v) ? String(v) : v.toFixed(3);
+}
+
 async function loadReport() {
   let report;
   try { report = await api("/api/report"); } catch (e) { return; }
@@ -287,7 +300,7 @@ async function loadReport() {
   const methods = Object.keys(summary);
   const metrics = [...new Set(methods.flatMap((m) => Object.keys(summary[m]).filter((k) => typeof summary[m][k] === "number")))];
   $("report-table").replaceChildren(el("tr", {}, el("th", {}, "method"), ...metrics.map((k) => el("th", {}, k))),
-    ...methods.map((m) => el("tr", {}, el("td", {}, m), ...metrics.map((k) => el("td", {}, typeof summary[m][k] === "number" ? summary[m][k].toFixed(3) : "")))));
+    ...methods.map((m) => el("tr", {}, el("td", {}, m), ...metrics.map((k) => el("td", {}, number(summary[m][k]))))));
   $("report-examples").replaceChildren(...report.examples.map((x) => el("img", {
     src: withToken(x.file), alt: x.method, title: `${x.method}: ${x.data_id || "not in --data"} (click to explain live)`,
     onclick: () => {
