@@ -67,7 +67,10 @@ def main():
     run = json.load(open(os.path.join(work.name, "run.json")))
     reference = {}
     for entry in run["images"]:
-        reference[os.path.basename(entry["source"])] = np.load(os.path.join(work.name, entry["maps"][0]["files"]["map"]))
+        values = np.load(os.path.join(work.name, entry["maps"][0]["files"]["map"])).astype("<f4")
+        # The map as the server encodes it: an equal answer is the same string, compared at C speed, so
+        # that checking every answer takes little of the CPU the clients share with the server.
+        reference[os.path.basename(entry["source"])] = (values, base64.b64encode(values.tobytes()).decode())
 
     server = subprocess.Popen([lumen, "serve", *model, "--port", "0", "--quiet"], stdout=subprocess.PIPE, text=True)
     url = server.stdout.readline().split("serving on ")[1].split()[0].rstrip("/")
@@ -90,9 +93,12 @@ def main():
                     continue
                 took = time.perf_counter() - start
                 m = answer["maps"][0]
-                h, w = m["map"]["shape"]
-                values = np.frombuffer(base64.b64decode(m["map"]["float32_base64"]), "<f4").reshape(h, w)
-                diff = float(np.abs(values - reference[name]).max())
+                want, want_text = reference[name]
+                diff = 0.0
+                if m["map"]["float32_base64"] != want_text:
+                    h, w = m["map"]["shape"]
+                    values = np.frombuffer(base64.b64decode(m["map"]["float32_base64"]), "<f4").reshape(h, w)
+                    diff = float(np.abs(values - want).max()) if values.shape == want.shape else float("inf")
                 with lock:
                     latencies.append(took)
                     batched.append(answer["batched_with"])

@@ -7,6 +7,7 @@
 #include <lumen/target.h>
 
 #include <cmath>
+#include <random>
 #include <set>
 
 namespace lumen::serve {
@@ -71,8 +72,8 @@ nlohmann::json parse_params_json(const std::string& text) {
   nlohmann::json params;
   try {
     params = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw HttpError(400, std::string("params is not JSON: ") + e.what());
+  } catch (const nlohmann::json::exception& e) {  // parse errors, and numbers too large for any type (found by fuzz/fuzz_serve.cpp)
+    throw HttpError(400, std::string("params is not JSON lumen can read: ") + e.what());
   }
   if (!params.is_object()) throw HttpError(400, "params must be a JSON object");
   return params;
@@ -161,24 +162,59 @@ std::string base64(const std::string& bytes) {
   // Written here: none of the libraries lumen links (OpenCV, nlohmann-json, LibTorch) exposes an
   // encoder, cpp-httplib keeps its own in a detail namespace, and this is the whole of RFC 4648's.
   static const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::string out;
-  out.reserve((bytes.size() + 2) / 3 * 4);
+  std::string out((bytes.size() + 2) / 3 * 4, '=');
+  const auto* in = reinterpret_cast<const uint8_t*>(bytes.data());
+  char* o = out.data();
   size_t i = 0;
-  for (; i + 2 < bytes.size(); i += 3) {
-    const uint32_t v = (static_cast<uint8_t>(bytes[i]) << 16) | (static_cast<uint8_t>(bytes[i + 1]) << 8) | static_cast<uint8_t>(bytes[i + 2]);
-    out += {alphabet[v >> 18], alphabet[(v >> 12) & 63], alphabet[(v >> 6) & 63], alphabet[v & 63]};
+  for (; i + 2 < bytes.size(); i += 3, o += 4) {
+    const uint32_t v = (uint32_t{in[i]} << 16) | (uint32_t{in[i + 1]} << 8) | in[i + 2];
+    o[0] = alphabet[v >> 18], o[1] = alphabet[(v >> 12) & 63], o[2] = alphabet[(v >> 6) & 63], o[3] = alphabet[v & 63];
   }
-  if (i + 1 == bytes.size()) {
-    const uint32_t v = static_cast<uint8_t>(bytes[i]) << 16;
-    out += {alphabet[v >> 18], alphabet[(v >> 12) & 63], '=', '='};
-  } else if (i + 2 == bytes.size()) {
-    const uint32_t v = (static_cast<uint8_t>(bytes[i]) << 16) | (static_cast<uint8_t>(bytes[i + 1]) << 8);
-    out += {alphabet[v >> 18], alphabet[(v >> 12) & 63], alphabet[(v >> 6) & 63], '='};
+  if (i < bytes.size()) {  // one or two bytes left: the padding '=' is already there
+    const uint32_t v = (uint32_t{in[i]} << 16) | (i + 1 < bytes.size() ? uint32_t{in[i + 1]} << 8 : 0);
+    o[0] = alphabet[v >> 18], o[1] = alphabet[(v >> 12) & 63];
+    if (i + 1 < bytes.size()) o[2] = alphabet[(v >> 6) & 63];
   }
   return out;
 }
 
-nlohmann::json answer_json(const ImageExplanation& explained, const cv::Mat& image, const Params& params) {
+Blobs::Blobs() {
+  static const std::string process_marker = [] {
+    std::random_device device;
+    std::string m = "\x01lumen-blob-";
+    for (int i = 0; i < 4; ++i) m += std::to_string(device()) + "-";
+    return m;
+  }();
+  marker_ = process_marker;
+}
+
+std::string Blobs::put(std::string blob) {
+  items_.push_back(std::move(blob));
+  return marker_ + std::to_string(items_.size() - 1);
+}
+
+std::string Blobs::render(const nlohmann::json& document) const {
+  const std::string text = document.dump();
+  // The marker as dump() writes it: the control character escaped.
+  const std::string mark = "\"\\u0001" + marker_.substr(1);
+  size_t total = text.size();
+  for (const auto& b : items_) total += b.size();
+  std::string out;
+  out.reserve(total);
+  size_t pos = 0;
+  for (size_t at; (at = text.find(mark, pos)) != std::string::npos;) {
+    out.append(text, pos, at + 1 - pos);  // through the opening quote
+    const size_t digits = at + mark.size(), end = text.find('"', digits);
+    const size_t index = std::stoul(text.substr(digits, end - digits));
+    if (index >= items_.size()) throw std::logic_error("an answer names a blob it does not hold");
+    out += items_[index];
+    pos = end;  // the closing quote
+  }
+  out.append(text, pos, std::string::npos);
+  return out;
+}
+
+nlohmann::json answer_json(const ImageExplanation& explained, const cv::Mat& image, const Params& params, Blobs& blobs) {
   nlohmann::json entry = run_json({explained}, nlohmann::json::object())["images"][0];
   entry["predictions"] = std::move(entry["top5"]);
   entry.erase("top5");
@@ -186,16 +222,16 @@ nlohmann::json answer_json(const ImageExplanation& explained, const cv::Mat& ima
     const Map& m = explained.maps[k];
     auto& j = entry["maps"][k];
     if (params.pictures) {
-      j["overlay_png"] = base64(encode_png(overlay_picture(image, m, explained, params.render)));
+      j["overlay_png"] = blobs.put(base64(encode_png(overlay_picture(image, m, explained, params.render))));
       RenderOptions plain = params.render;
       plain.plain = true;  // the page lays it over the image itself, with its own colour bar
-      j["heat_png"] = base64(encode_png(heat_picture(m, explained, plain)));
+      j["heat_png"] = blobs.put(base64(encode_png(heat_picture(m, explained, plain))));
     }
     if (params.raw) {
       // Little-endian float32, as the x86 and ARM machines lumen runs on store it.
       const cv::Mat map = m.normalized.isContinuous() ? m.normalized : m.normalized.clone();
       j["map"] = {{"shape", {map.rows, map.cols}},
-                  {"float32_base64", base64(std::string(reinterpret_cast<const char*>(map.data), map.total() * sizeof(float)))}};
+                  {"float32_base64", blobs.put(base64(std::string(reinterpret_cast<const char*>(map.data), map.total() * sizeof(float))))}};
     }
   }
   return entry;

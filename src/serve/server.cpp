@@ -390,7 +390,13 @@ class Server {
       job->deadline = deadline;
       jobs.push_back(job);
     };
-    for (const auto& u : uploads) add_job(decode_upload(u.content, u.filename.empty() ? "the image" : u.filename, options_.limits.image_pixels), u.filename);
+    for (const auto& u : uploads) {
+      // The client's file name is echoed as the source: no control characters, at most 200 bytes.
+      std::string name = u.filename.substr(0, 200);
+      for (auto& ch : name)
+        if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) ch = '_';
+      add_job(decode_upload(u.content, name.empty() ? "the image" : name, options_.limits.image_pixels), name);
+    }
     for (const auto& id : ids) {
       const auto it = data_.samples.find(id.content);
       if (it == data_.samples.end()) throw HttpError(404, "no --data image has the id \"" + id.content.substr(0, 200) + "\" (GET /api/data lists them)");
@@ -422,6 +428,7 @@ class Server {
       }
     }
     nlohmann::json images = nlohmann::json::array();
+    Blobs blobs;
     for (size_t i = 0; i < jobs.size(); ++i) {
       // A little past the deadline: the batch notices it at its next progress report.
       if (results[i].wait_until(deadline + std::chrono::seconds(2)) != std::future_status::ready) {
@@ -430,7 +437,7 @@ class Server {
       }
       try {
         const ImageExplanation explained = results[i].get();
-        images.push_back(answer_json(explained, jobs[i]->image, p));
+        images.push_back(answer_json(explained, jobs[i]->image, p, blobs));
         images.back()["batched_with"] = jobs[i]->batched_with.load();
       } catch (const Cancelled& e) {
         const std::string why = e.what();
@@ -445,7 +452,8 @@ class Server {
     } else {
       answer["images"] = std::move(images);
     }
-    reply_json(res, 200, answer);
+    res.status = 200;
+    res.set_content(blobs.render(answer), "application/json");
   }
 
   Options options_;

@@ -264,9 +264,9 @@ function render(answer) {
       el("br"), el("small", {}, `score ${first.target_value.toFixed(3)}` + (first.counterfactual ? ", against" : ""))));
     for (const c of columns) {
       const m = answer.maps.find((x) => rowOf(x) === r && col(x) === c);
-      const c = m ? cell(answer, m) : "";
-      if (m) c.style.width = cellWidth + "px";
-      tr.append(el("td", {}, c));
+      const figure = m ? cell(answer, m) : "";
+      if (m) figure.style.width = cellWidth + "px";
+      tr.append(el("td", {}, figure));
     }
     table.append(tr);
   }
