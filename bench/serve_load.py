@@ -14,6 +14,7 @@ Needs numpy (Debian's python3-numpy).
 
 import argparse
 import base64
+import http.client
 import json
 import os
 import statistics
@@ -22,7 +23,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 
 import numpy as np
@@ -38,15 +38,18 @@ def rss_mib(pid):
     return 0.0
 
 
-def post(url, image_bytes, name, params):
+def post(connection, image_bytes, name, params):
+    """One explain request on a kept-alive connection (as a real client keeps one): (status, answer)."""
     boundary = uuid.uuid4().hex
     body = (b"--%s\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n%s\r\n" % (boundary.encode(), json.dumps(params).encode()) +
             b"--%s\r\nContent-Disposition: form-data; name=\"image\"; filename=\"%s\"\r\n\r\n" % (boundary.encode(), name.encode()) + image_bytes +
             b"\r\n--%s--\r\n" % boundary.encode())
-    req = urllib.request.Request(url + "/api/explain", data=body, method="POST",
-                                 headers={"Content-Type": "multipart/form-data; boundary=" + boundary})
-    with urllib.request.urlopen(req, timeout=300) as r:
-        return r.status, json.loads(r.read())
+    connection.request("POST", "/api/explain", body, {"Content-Type": "multipart/form-data; boundary=" + boundary})
+    r = connection.getresponse()
+    data = r.read()
+    if r.status != 200:
+        raise RuntimeError("HTTP %d: %s" % (r.status, data[:200]))
+    return r.status, json.loads(data)
 
 
 def main():
@@ -82,14 +85,18 @@ def main():
 
         def client(k):
             nonlocal worst
+            host, port = url.split("//")[1].split(":")
+            connection = http.client.HTTPConnection(host, int(port), timeout=300)
             for r in range(a.requests):
                 name = IMAGES[(k + r) % len(IMAGES)]
                 start = time.perf_counter()
                 try:
-                    status, answer = post(url, images[name], name, {"methods": ["gradcam"], "raw": True, "pictures": pictures})
+                    status, answer = post(connection, images[name], name, {"methods": ["gradcam"], "raw": True, "pictures": pictures})
                 except Exception as e:  # noqa: BLE001 - every failure is counted
                     with lock:
                         errors.append(str(e))
+                    connection.close()
+                    connection = http.client.HTTPConnection(host, int(port), timeout=300)
                     continue
                 took = time.perf_counter() - start
                 m = answer["maps"][0]

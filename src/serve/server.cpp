@@ -170,6 +170,7 @@ class Server {
  public:
   Server(std::vector<ServedModel> models, const Options& options) : options_(options) {
     for (auto& m : models) {
+      warm_up(m);
       auto served = std::make_unique<Served>(Served{std::move(m), nullptr});
       served->batcher = std::make_unique<Batcher>(served->model.explainer, options.max_batch,
                                                   std::chrono::microseconds(static_cast<int64_t>(options.batch_wait_ms * 1000)),
@@ -180,12 +181,25 @@ class Server {
     report_ = index_report(options.report, data_);
   }
 
+  // One Grad-CAM at the default layer for every batch size the batcher can form, before the first
+  // request: each new batch shape makes LibTorch and oneDNN build and keep kernels and buffers, which
+  // otherwise show as memory growing and slow answers during the first minutes of serving.
+  void warm_up(const ServedModel& m) const {
+    if (m.default_layer.empty()) return;
+    const auto& pre = m.explainer.preprocess();
+    ExplainOptions opt;
+    opt.layers = {m.default_layer};
+    const cv::Mat grey(pre.height, pre.width, CV_8UC3, cv::Scalar(128, 128, 128));
+    for (int n = 1; n <= options_.max_batch; ++n) m.explainer.explain(std::vector<cv::Mat>(static_cast<size_t>(n), grey), opt);
+  }
+
   int run() {
     httplib::Server http;
     const int threads = std::max(2, options_.http_threads);
     http.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
     http.set_payload_max_length(options_.limits.body_bytes);
     http.set_read_timeout(10, 0);  // a slow client holds a thread at most this long per read
+    http.set_keep_alive_max_count(100);  // cpp-httplib's default of 5 made a busy client reconnect every fifth request
     http.set_write_timeout(10, 0);
     http.set_default_headers({{"X-Content-Type-Options", "nosniff"}, {"Content-Security-Policy", kPagePolicy},
                               {"Referrer-Policy", "no-referrer"}, {"Cache-Control", "no-store"}});
