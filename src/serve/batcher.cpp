@@ -47,8 +47,7 @@ std::deque<std::shared_ptr<Job>> Batcher::take_batch(std::unique_lock<std::mutex
   std::deque<std::shared_ptr<Job>> batch;
   batch.push_back(queue_.front());
   queue_.pop_front();
-  const auto until = Clock::now() + wait_;
-  for (;;) {
+  const auto gather = [&] {
     for (auto it = queue_.begin(); it != queue_.end() && batch.size() < max_batch_;) {
       if ((*it)->key == batch.front()->key) {
         batch.push_back(*it);
@@ -57,18 +56,13 @@ std::deque<std::shared_ptr<Job>> Batcher::take_batch(std::unique_lock<std::mutex
         ++it;
       }
     }
-    if (batch.size() >= max_batch_ || stopping_) break;
-    if (wake_.wait_until(lock, until) == std::cv_status::timeout) {
-      // One last look: jobs that came with the timeout.
-      for (auto it = queue_.begin(); it != queue_.end() && batch.size() < max_batch_;)
-        if ((*it)->key == batch.front()->key) {
-          batch.push_back(*it);
-          it = queue_.erase(it);
-        } else {
-          ++it;
-        }
-      break;
-    }
+  };
+  const auto until = Clock::now() + wait_;
+  gather();
+  while (batch.size() < max_batch_ && !stopping_) {
+    const bool timed_out = wake_.wait_until(lock, until) == std::cv_status::timeout;
+    gather();  // after a timeout too: jobs that came with it
+    if (timed_out) break;
   }
   return batch;
 }
