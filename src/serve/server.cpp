@@ -8,6 +8,7 @@
 #include "serve/request.h"
 
 #include <lumen/error.h>
+#include <lumen/files.h>
 #include <lumen/image.h>
 #include <lumen/methods.h>
 #include <lumen/version.h>
@@ -69,6 +70,7 @@ std::string content_type_of(const std::string& path) {
   return it == types.end() ? "application/octet-stream" : it->second;
 }
 
+// Binary files (images, report pictures) as they are; text goes through lumen::read_text_file.
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});
@@ -140,7 +142,7 @@ ReportIndex index_report(const std::string& dir, const DataIndex& data) {
   s["index"] = "/report/index.html";
   if (index.files.count("results.json")) {
     try {
-      const auto results = nlohmann::json::parse(read_file(index.files["results.json"]));
+      const auto results = nlohmann::json::parse(read_text_file(index.files["results.json"], "report results"));
       s["summary"] = results.value("summary", nlohmann::json::object());
       s["methods"] = results.value("methods", nlohmann::json::array());
       s["config"] = results.value("config", nlohmann::json::object());

@@ -52,7 +52,8 @@ Command add_serve(CLI::App& app) {
               ModelCard card;
               if (!card_path.empty()) card = load_card(card_path);
               Model model = Model::load(a->models[i]);
-              const auto [h, w] = input_size(model, card_path, {});
+              // The card is read once: its size is handed on, where input_size would read the card again.
+              const auto [h, w] = input_size(model, "", card_path.empty() ? std::vector<int>{} : std::vector<int>{card.preprocess.height, card.preprocess.width});
               card.preprocess.height = h;
               card.preprocess.width = w;
               nlohmann::json forward;
