@@ -126,6 +126,67 @@ TEST(Cam, OcclusionMatchesBruteForceAndRiseMatchesReference) {
   EXPECT_GE(r, 0.99);
 }
 
+// Feature ablation, Shapley value sampling, KernelSHAP and LIME against the fixture's references: the
+// same groups (a grid; SLIC through OpenCV's Python binding), the same seeded draws, and scikit-learn's
+// LinearRegression / Lasso for the fits.
+TEST(Cam, FeatureGroupMethodsMatchReferences) {
+  const auto spec = read_json(fixture("feature_groups.json"));
+  Model model = Model::load(fixture(spec["model"]));
+  Explainer ex(model, load_card(fixture(spec["card"])).preprocess);
+  const cv::Mat img = read_image(spec["image"]);
+  for (const auto& [kind, maps] : spec["maps"].items()) {
+    for (const auto& [method, file] : maps.items()) {
+      SCOPED_TRACE(kind + " " + method);
+      ExplainOptions opt;
+      opt.classes = {spec["class"].get<int64_t>()};
+      opt.methods = {method};
+      for (const auto& [name, value] : spec["settings"].items())
+        if ((method == "lime" || name != "lime_alpha") && (method != "feature-ablation" || name != "samples")) opt.settings.set(name, value);
+      opt.settings.set("features", kind);
+      opt.shared.rows_per_pass = 5;  // chunks that do not divide the coalitions
+      const Map m = ex.explain({img}, opt)[0].maps.at(0);
+      const cv::Mat ref = read_npy(fixture(file));
+      EXPECT_EQ(m.extra.at("groups").get<int64_t>(), spec["groups"][kind].get<int64_t>());
+      const double scale = cv::norm(ref, cv::NORM_INF);
+      // LIME's lasso stops on scikit-learn's tolerance (a duality gap) and lumen's on the step size:
+      // both within 1e-4 of the optimum's scale.
+      const double tolerance = method == "lime" ? 2e-2 : 1e-4;
+      EXPECT_LE(max_abs_diff(m.raw, ref), tolerance * scale);
+      std::printf("%-5s %-17s max |diff|/max %.2e\n", kind.c_str(), method.c_str(), max_abs_diff(m.raw, ref) / scale);
+      if (method == "shapley-sampling" || method == "kernel-shap") {  // efficiency: the groups share y(x) - y(baseline)
+        EXPECT_LE(m.extra.at("completeness_gap").get<double>(), 1e-5);
+      }
+    }
+  }
+}
+
+// Captum's layer methods at the small model's conv1 against their formulas through a forward hook.
+TEST(Cam, LayerMethodsMatchReferences) {
+  const auto spec = read_json(fixture("layer_methods.json"));
+  Model model = Model::load(fixture(spec["model"]));
+  Explainer ex(model, load_card(fixture(spec["card"])).preprocess);
+  std::vector<cv::Mat> images;
+  for (const auto& p : spec["images"]) images.push_back(read_image(p));
+  for (const auto& [method, file] : spec["maps"].items()) {
+    SCOPED_TRACE(method);
+    ExplainOptions opt;
+    opt.targets = {class_target(spec["classes"].get<std::vector<int64_t>>())};
+    opt.methods = {method};
+    opt.layers = {spec["layer"].get<std::string>()};
+    if (method != "layer-gradient-x-activation") opt.settings.set("steps", spec["steps"]);
+    opt.shared.rows_per_pass = 5;
+    const auto result = ex.explain(images, opt);
+    for (size_t i = 0; i < images.size(); ++i) {
+      const Map& m = result[i].maps.at(0);
+      const cv::Mat expected = read_npy(fixture(file[i]));
+      const double r = pearson(m.raw, expected), rel = max_abs_diff(m.raw, expected) / cv::norm(expected, cv::NORM_INF);
+      EXPECT_GE(r, 0.9999);
+      EXPECT_LE(rel, 1e-3);
+      std::printf("%-28s image %zu r %.6f max |diff|/max %.2e\n", method.c_str(), i, r, rel);
+    }
+  }
+}
+
 // A forward row of resnet18 at 224x224 is taken as its input (3 x 224 x 224 floats) plus three of its
 // largest layer output (the stem's 64 x 112 x 112 floats): 10,235,904 bytes.
 TEST(Cam, RowsPerPassFollowTheMemoryBudget) {

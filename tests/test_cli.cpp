@@ -305,7 +305,7 @@ TEST(Cli, BadSettingsAreRefusedBeforeAnythingRuns) {
       {"segmentation region", "--task segmentation --class 1 --region 5,5,2,2", "--region must be x0,y0,x1,y1 with x0 < x1"},
       {"segmentation mask", "--task segmentation --class 1 --mask /nonexistent.png", "mask not found: /nonexistent.png"},
       {"region without segmentation", "--region 1,1,5,5", "--region and --mask belong to --task segmentation"},
-      {"setting of another method", "--method gradcam --steps 8", "--steps is a setting of integrated-gradients"},
+      {"setting of another method", "--method gradcam --steps 8", "--steps is a setting of internal-influence, layer-conductance, integrated-gradients; none of"},
       {"not a number", "--method rise --masks many", "--masks must be an integer"},
       {"rows per pass", "--method rise --rows-per-pass -1", "--rows-per-pass must be from 0"},
   };

@@ -183,6 +183,36 @@ TEST(Metrics, RoadImputesAndScoresLikeTheReference) {
   EXPECT_THROW(metrics::road_impute(x, none, 0.0, 0), Error);
 }
 
+// pytorch-grad-cam's CamMultImageConfidenceChange in closed form: a map of ones leaves the input as it
+// is (no change); a map of zeros makes the model input 0 (the mean colour), whose probability a direct
+// forward gives.
+TEST(Metrics, CamMultConfidenceChangeInClosedForm) {
+  const std::string shared = LUMEN_SHARED_DIR;
+  Model model = Model::load(shared + "/models/mobilenet_v2_imagenet.pt");
+  const auto card = load_card(shared + "/models/mobilenet_v2_imagenet.json");
+  const cv::Mat img = read_image(shared + "/images/cat.png");
+  const auto x = to_input(img, card.preprocess);
+  Sample sample{"cat.png", shared + "/images/cat.png", 285, {}, ""};
+  EvalOptions o;
+  o.metrics = {"cam-mult"};
+  ImageExplanation explained;
+  auto softmax = [&](const torch::Tensor& in) {
+    torch::NoGradGuard no_grad;
+    return torch::softmax(model.forward(in.unsqueeze(0)).output.toTensor().to(torch::kFloat64), 1)[0][285].item<double>();
+  };
+  for (float value : {1.0f, 0.0f}) {
+    Map map;
+    map.normalized = cv::Mat(img.rows, img.cols, CV_32F, cv::Scalar(value));
+    const auto r = measure_image(model, card.preprocess, sample, explained, map, x, o);
+    const double expected = softmax(x * value) - softmax(x);
+    EXPECT_NEAR(r["cam_mult"].get<double>(), expected, 1e-5) << value;
+    EXPECT_DOUBLE_EQ(r["cam_mult_drop"].get<double>(), std::max(0.0, -r["cam_mult"].get<double>()));
+    if (value == 0.0f) {
+      EXPECT_LT(expected, -0.1);  // the cat is gone
+    }
+  }
+}
+
 TEST(Metrics, RankCorrelationAndSsim) {
   cv::Mat a = blob(40, 30, 10, 10, 6), b;
   cv::exp(a * 3, b);  // a monotone transform keeps every rank
@@ -312,7 +342,7 @@ TEST(Eval, GradCamLocalisationAndPointingMatchPython) {
 
 TEST(Eval, AllMetricsWriteTheReportAndResume) {
   const std::string out = temp_dir("eval-all");
-  const std::string args = kEval + " --limit 3 --methods gradcam,saliency --metrics loc,pointing,deletion,insertion,drop,road,sanity"
+  const std::string args = kEval + " --limit 3 --methods gradcam,saliency --metrics loc,pointing,deletion,insertion,drop,cam-mult,road,sanity"
                                    " --steps 8 --sanity-images 2 --out " + q(out);
   auto r = run_cli(args);
   ASSERT_EQ(r.code, 0) << r.err;
@@ -334,6 +364,9 @@ TEST(Eval, AllMetricsWriteTheReportAndResume) {
     EXPECT_NEAR(s["road"].get<double>(), (s["road_lerf"].get<double>() - s["road_morf"].get<double>()) / 2, 1e-9);
     EXPECT_GE(s["average_drop"].get<double>(), 0.0);
     EXPECT_LE(s["average_drop"].get<double>(), 100.0);
+    EXPECT_GE(s["cam_mult_change"].get<double>(), -100.0);
+    EXPECT_LE(s["cam_mult_change"].get<double>(), 100.0);
+    EXPECT_GE(s["cam_mult_drop"].get<double>(), std::max(0.0, -s["cam_mult_change"].get<double>()) - 1e-9);
     EXPECT_EQ(s["sanity"].size(), 20u);
     EXPECT_GE(s["sanity_half_spearman"].get<double>(), -1.0);
     EXPECT_TRUE(s.contains("maxboxacc_v2_at"));

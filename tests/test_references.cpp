@@ -24,6 +24,10 @@ TEST(References, EveryRegisteredMethodHasAnIndependentReference) {
   for (const auto& c : variants) covered.insert(c["method"].get<std::string>());
   const auto perturbation = read_json(fixture("perturbation.json"));
   for (const auto& [key, value] : perturbation.items()) covered.insert(key);
+  const auto groups = read_json(fixture("feature_groups.json")), layer = read_json(fixture("layer_methods.json"));
+  for (const auto& [kind, maps] : groups["maps"].items())  // grid, slic
+    for (const auto& [key, file] : maps.items()) covered.insert(key);
+  for (const auto& [key, files] : layer["maps"].items()) covered.insert(key);
   const auto catalog = method_catalog();
   ASSERT_GE(catalog.size(), 21u);
   for (const auto& m : catalog)

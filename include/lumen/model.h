@@ -21,6 +21,30 @@ enum class BackwardRule {
   Plain = 0,      // the true gradient
   Guided = 1,     // guided backprop: positive gradient where the forward input was in the linear region
   Deconvnet = 2,  // deconvnet: positive gradient, whatever the forward input
+  // DeepLIFT's rescale rule (Shrikumar et al. 2017): the rows come as two equal halves, inputs then
+  // their references, and each unit passes gradient times (f(x) - f(x0)) / (x - x0) against the
+  // reference row (the plain gradient where x = x0).
+  Rescale = 3,
+  // LRP-epsilon (Bach et al. 2015) as a modified gradient: the output z of every linear-like layer
+  // (convolution, linear, batch norm, pooling) passes gradient times z / (z + eps sign z), and every
+  // ReLU-like unit passes gradient times f(x) / x (relevance through unchanged, the identity rule).
+  // Relevance is then the input times this gradient. eps: lumen::LrpEpsilon.
+  Lrp = 4,
+};
+
+// The epsilon of the LRP rule for forwards run on this thread while it lives (Captum's default 1e-9).
+// Why a scope and not an argument: the rule's ops read it when the graph runs, so one rewritten graph
+// serves every epsilon.
+class LrpEpsilon {
+ public:
+  explicit LrpEpsilon(double epsilon);
+  ~LrpEpsilon();
+  LrpEpsilon(const LrpEpsilon&) = delete;
+  LrpEpsilon& operator=(const LrpEpsilon&) = delete;
+  static double current();
+
+ private:
+  double previous_;
 };
 
 // How lumen runs its copy of the graph. Plain: as the file stores it. ChannelsLast: every 4-D weight and

@@ -32,7 +32,7 @@ std::vector<double> rounded(const std::vector<double>& curve) {
 }  // namespace
 
 bool EvalOptions::has(const std::string& m) const { return std::find(metrics.begin(), metrics.end(), m) != metrics.end(); }
-bool EvalOptions::runs_model() const { return has("deletion") || has("insertion") || has("drop") || has("road"); }
+bool EvalOptions::runs_model() const { return has("deletion") || has("insertion") || has("drop") || has("cam-mult") || has("road"); }
 
 nlohmann::json measure_image(const Model& model, const Preprocess& pre, const Sample& sample, const ImageExplanation& explained,
                              const Map& map, const torch::Tensor& x, const EvalOptions& o) {
@@ -110,6 +110,16 @@ nlohmann::json measure_image(const Model& model, const Preprocess& pre, const Sa
       r["drop"] = metrics::drop(y, out);
       r["increase"] = metrics::increase(y, out);
     }
+    if (o.has("cam-mult")) {
+      // pytorch-grad-cam's CamMultImageConfidenceChange: the model input itself times the map (in its
+      // own units, where 0 is the mean colour, unlike drop's pixels), the class probability's change.
+      auto mt = torch::from_blob(m.data, {1, m.rows, m.cols}, torch::kFloat32).clone();
+      auto p = score(torch::stack({x, x * mt}));
+      const double change = p[1].item<double>() - p[0].item<double>();
+      r["cam_mult"] = change;
+      r["cam_mult_drop"] = std::max(0.0, -change);  // its DropInConfidence
+      r["cam_mult_increase"] = change > 0;          // its IncreaseInConfidence
+    }
   }
   return r;
 }
@@ -118,9 +128,9 @@ Summary::Summary(EvalOptions options) : options_(std::move(options)), v1_(false,
 
 void Summary::add(const nlohmann::json& r) {
   ++images_;
-  for (const char* key : {"top1_correct", "top5_correct", "empty", "loc_top1", "loc_top5", "pointing", "increase"})
+  for (const char* key : {"top1_correct", "top5_correct", "empty", "loc_top1", "loc_top5", "pointing", "increase", "cam_mult_increase"})
     counts_[key] += r.value(key, false) ? 1 : 0;
-  for (const char* key : {"deletion", "insertion", "drop", "road", "road_morf", "road_lerf"}) {
+  for (const char* key : {"deletion", "insertion", "drop", "cam_mult", "cam_mult_drop", "road", "road_morf", "road_lerf"}) {
     if (r.contains(key) && r[key].is_number()) {
       means_[key].sum += r[key].get<double>();
       ++means_[key].n;
@@ -203,6 +213,11 @@ nlohmann::json Summary::result() const {
   if (o.has("drop")) {
     s["average_drop"] = 100.0 * mean("drop");
     s["increase_in_confidence"] = rate("increase");
+  }
+  if (o.has("cam-mult")) {
+    s["cam_mult_change"] = 100.0 * mean("cam_mult");
+    s["cam_mult_drop"] = 100.0 * mean("cam_mult_drop");
+    s["cam_mult_increase"] = rate("cam_mult_increase");
   }
   if (o.has("sanity") && !sanity_.empty()) {
     // Per cascade step: mean Spearman / SSIM between the original and the randomised maps.

@@ -48,6 +48,39 @@ torch::Tensor TargetPasses::gradient(const torch::Tensor& rows, int64_t image, B
   });
 }
 
+// Inputs and their references in one forward, [inputs; references], so that each unit of the rescale
+// rule sees both; the target reads the inputs' half. Half a pass of pairs per chunk.
+torch::Tensor TargetPasses::rescale_gradient(const torch::Tensor& rows, const torch::Tensor& references, int64_t image) const {
+  if (rows.sizes() != references.sizes()) throw Error("internal: rescale_gradient needs one reference per row");
+  torch::AutoGradMode enable(true);
+  const int pairs = std::max(1, rows_per_pass() / 2);
+  std::vector<torch::Tensor> parts;
+  for (int64_t start = 0; start < rows.size(0); start += pairs) {
+    const int64_t end = std::min<int64_t>(rows.size(0), start + pairs);
+    auto x = torch::cat({rows.slice(0, start, end), references.slice(0, start, end)}).detach().requires_grad_(true);
+    auto out = model_.forward(x, {}, BackwardRule::Rescale, plan_.shared.strict_nonlinearities).output;
+    auto y = for_rows(target_, image, 2 * (end - start))(out).slice(0, 0, end - start);
+    parts.push_back(torch::autograd::grad({y.sum()}, {x})[0].slice(0, 0, end - start));
+  }
+  return torch::cat(parts);
+}
+
+LayerTensors TargetPasses::layer_at(const torch::Tensor& rows, int64_t image, size_t layer) const {
+  torch::AutoGradMode enable(true);
+  std::vector<torch::Tensor> acts, grads;
+  for (int64_t start = 0; start < rows.size(0); start += rows_per_pass()) {
+    const auto chunk = rows.slice(0, start, std::min<int64_t>(rows.size(0), start + rows_per_pass())).detach();
+    const auto capture = model_.forward(chunk, {plan_.layers.at(layer)});
+    const auto& a = capture.layers.at(0);
+    const auto y = for_rows(target_, image, chunk.size(0))(capture.output);
+    auto g = torch::autograd::grad({y.sum()}, {a}, {}, false, false, /*allow_unused=*/true)[0];
+    if (!g.defined()) g = torch::zeros_like(a);
+    acts.push_back(to_spatial(a.detach(), forward_.layouts.at(layer)));
+    grads.push_back(to_spatial(g, forward_.layouts.at(layer)));
+  }
+  return {torch::cat(acts), torch::cat(grads)};
+}
+
 torch::Tensor TargetPasses::score(const torch::Tensor& rows, int64_t image) const {
   torch::NoGradGuard no_grad;
   return in_chunks(rows, rows_per_pass(), [&](const torch::Tensor& chunk) {

@@ -9,7 +9,7 @@
 
 LUMEN_METHOD(occlusion) {
   Method m("occlusion", "Zeiler & Fergus 2014, occlusion sensitivity", Family::Perturbation, Space::Input, ExtraPasses::Forward);
-  m.params = {integer("patch", 32, 1, 100000, "occlusion: patch size in input pixels"),
+  m.params = {patch_param(),
               integer("stride", 16, 1, 100000, "occlusion: stride in input pixels"),
               reference_param("fill", "0", "occlusion: what fills the patch: a pixel value 0-255, black, blur, noise or an image"),
               blur_sigma_param(), seed_param()};

@@ -33,7 +33,7 @@ LUMEN_METHOD(smoothgrad) {
   Method m("smoothgrad", "Smilkov et al. 2017, SmoothGrad", Family::Pixel, Space::Input, ExtraPasses::Gradient);
   Param base = text("smooth_base", "saliency", "smoothgrad: the method it smooths, one that gives an input attribution");
   base.check = check_base;
-  m.params = {integer("samples", 50, 1, 100000, "smoothgrad: noisy copies"),
+  m.params = {samples_param(),
               number32("noise", 0.15f, 0, 10, "smoothgrad: sigma as a fraction of the input's range"), base, seed_param(),
               choice("smooth_type", "smoothgrad", {"smoothgrad", "smoothgrad-sq", "vargrad"},
                      "smoothgrad: how the noisy copies' attributions combine: mean, mean of squares, or variance")};

@@ -44,7 +44,27 @@ at::Tensor tap(const at::Tensor& x) {
 // clamp(x, lo, hi) whose backward follows a rule (Springenberg et al. 2015; Zeiler & Fergus 2013):
 //   guided:    g_in = max(g_out, 0) * [lo < x < hi]   (positive gradient, and only where the unit passed)
 //   deconvnet: g_in = max(g_out, 0)                   (positive gradient, whatever the forward input)
+//   rescale:   g_in = g_out * m, m = (f(x) - f(x0)) / (x - x0) against the reference row x0 (DeepLIFT,
+//              Shrikumar et al. 2017, sec. 3.5.1; the batch is [inputs; references]); where |x - x0| is
+//              below 1e-10 (Captum's eps), m is the plain gradient. Both halves get the inputs' m, as
+//              Captum's DeepLift does; only the inputs' half carries the target's gradient.
 // relu is clamp(x, 0, inf), ReLU6 / hardtanh(0, 6) is clamp(x, 0, 6).
+at::Tensor clamp_between(const at::Tensor& x, double lo, double hi) {
+  return at::clamp(x, std::isinf(lo) ? c10::optional<at::Scalar>() : c10::optional<at::Scalar>(lo),
+                   std::isinf(hi) ? c10::optional<at::Scalar>() : c10::optional<at::Scalar>(hi));
+}
+
+at::Tensor rescale_multiplier(const at::Tensor& x, double lo, double hi) {
+  TORCH_CHECK(x.size(0) % 2 == 0, "lumen: the rescale rule needs rows as inputs then references, got ", x.size(0), " rows");
+  const auto halves = x.chunk(2);
+  const auto din = halves[0] - halves[1];
+  const auto dout = clamp_between(halves[0], lo, hi) - clamp_between(halves[1], lo, hi);
+  const auto tiny = din.abs() < 1e-10;
+  const auto plain = ((halves[0] > lo) & (halves[0] < hi)).to(x.scalar_type());
+  const auto m = at::where(tiny, plain, dout / at::where(tiny, at::ones_like(din), din));
+  return at::cat({m, m});
+}
+
 class RuleClamp : public torch::autograd::Function<RuleClamp> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, double lo, double hi, int64_t rule) {
@@ -52,15 +72,23 @@ class RuleClamp : public torch::autograd::Function<RuleClamp> {
     ctx->saved_data["hi"] = hi;
     ctx->saved_data["rule"] = rule;
     ctx->save_for_backward({x});
-    return at::clamp(x, std::isinf(lo) ? c10::optional<at::Scalar>() : c10::optional<at::Scalar>(lo),
-                     std::isinf(hi) ? c10::optional<at::Scalar>() : c10::optional<at::Scalar>(hi));
+    return clamp_between(x, lo, hi);
   }
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list g) {
     auto x = ctx->get_saved_variables()[0];
     double lo = ctx->saved_data["lo"].toDouble(), hi = ctx->saved_data["hi"].toDouble();
+    const auto rule = ctx->saved_data["rule"].toInt();
+    if (rule == static_cast<int64_t>(BackwardRule::Rescale)) return {g[0] * rescale_multiplier(x, lo, hi), at::Tensor(), at::Tensor(), at::Tensor()};
+    if (rule == static_cast<int64_t>(BackwardRule::Lrp)) {
+      // The identity rule: f(x) / x, which for ReLU is its derivative; at x = 0 the unit's slope there.
+      const auto at_zero = at::full_like(x, lo < 0 && hi > 0 ? 1.0 : 0.0);
+      const auto zero = x == 0;
+      return {g[0] * at::where(zero, at_zero, clamp_between(x, lo, hi) / at::where(zero, at::ones_like(x), x)), at::Tensor(), at::Tensor(),
+              at::Tensor()};
+    }
     auto positive = g[0].clamp_min(0);
     at::Tensor grad;
-    if (ctx->saved_data["rule"].toInt() == static_cast<int64_t>(BackwardRule::Guided)) {
+    if (rule == static_cast<int64_t>(BackwardRule::Guided)) {
       grad = positive * ((x > lo) & (x < hi)).to(positive.scalar_type());
     } else {
       grad = positive;
@@ -70,6 +98,31 @@ class RuleClamp : public torch::autograd::Function<RuleClamp> {
 };
 
 at::Tensor rule_clamp(const at::Tensor& x, double lo, double hi, int64_t rule) { return RuleClamp::apply(x, lo, hi, rule); }
+
+thread_local double g_lrp_epsilon = 1e-9;
+
+// The LRP-epsilon rule at a linear-like layer's output z (the identity forward): the gradient times
+// z / (z + eps sign z), sign 0 counted positive. In gradient-times-input form this is relevance
+// R_j = a_j sum_k w_jk R_k / (z_k + eps sign z_k) (Bach et al. 2015; Montavon et al. 2019, eq. 2).
+class LrpEpsilonFn : public torch::autograd::Function<LrpEpsilonFn> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& z) {
+    ctx->saved_data["eps"] = g_lrp_epsilon;
+    ctx->save_for_backward({z});
+    return z.clone();
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list g) {
+    const auto z = ctx->get_saved_variables()[0];
+    const double eps = ctx->saved_data["eps"].toDouble();
+    const auto stabilised = z + eps * at::where(z >= 0, at::ones_like(z), -at::ones_like(z));
+    return {g[0] * z / stabilised};
+  }
+};
+
+at::Tensor lrp_epsilon(const at::Tensor& z) {
+  if (!z.is_floating_point()) return z;
+  return LrpEpsilonFn::apply(z);
+}
 
 // Where lumen::attention_tap records, per thread: a forward that records attention opens it.
 thread_local AttentionMaps* g_attention = nullptr;
@@ -89,11 +142,13 @@ TORCH_LIBRARY(lumen, m) {
   m.def("tap(Tensor x) -> Tensor", tap);
   m.def("rule_clamp(Tensor x, float lo, float hi, int rule) -> Tensor", rule_clamp);
   m.def("attention_tap(Tensor x, str scope) -> Tensor", attention_tap);
+  m.def("lrp_epsilon(Tensor z) -> Tensor", lrp_epsilon);
 }
 
 const c10::Symbol kTap = c10::Symbol::fromQualString("lumen::tap");
 const c10::Symbol kRuleClamp = c10::Symbol::fromQualString("lumen::rule_clamp");
 const c10::Symbol kAttentionTap = c10::Symbol::fromQualString("lumen::attention_tap");
+const c10::Symbol kLrpEpsilon = c10::Symbol::fromQualString("lumen::lrp_epsilon");
 const c10::Symbol kFusedAttention = c10::Symbol::fromQualString("aten::_native_multi_head_attention");
 
 // aten::_native_multi_head_attention written out, with its argument list, so that it can stand in its
@@ -375,7 +430,21 @@ class Rewriter {
     }
   }
 
+  // LRP: the epsilon rule after every linear-like layer's output (Captum's EpsilonRule layers: conv,
+  // linear, batch norm, average and max pooling). Residual sums keep their gradient, as in Captum.
+  void mark_lrp_layer(Node* n) {
+    static const std::set<std::string> linear_like{
+        "aten::_convolution", "aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::linear", "aten::addmm", "aten::batch_norm",
+        "aten::avg_pool2d", "aten::adaptive_avg_pool2d", "aten::max_pool2d", "aten::mean"};
+    if (!linear_like.count(n->kind().toQualString()) || n->outputs().size() != 1) return;
+    Graph* g = n->owningGraph();
+    torch::jit::WithInsertPoint guard(n->next());
+    Value* out = g->insert(kLrpEpsilon, {n->output()});
+    n->output()->replaceAllUsesAfterNodeWith(out->node(), out);
+  }
+
   void replace_activation(Node* n) {
+    if (rule_ == BackwardRule::Lrp) mark_lrp_layer(n);
     const std::string kind = n->kind().toQualString();
     double lo = 0, hi = std::numeric_limits<double>::infinity();
     bool in_place = !kind.empty() && kind.back() == '_';
@@ -415,7 +484,11 @@ class Rewriter {
     if (!strict_) return;
     auto it = scope_.find(n);
     std::string where = it == scope_.end() || it->second.empty() ? "the model's own forward" : "layer '" + it->second + "'";
-    throw Error(where + " uses " + what + ", which has no " + (rule_ == BackwardRule::Guided ? "guided-backprop" : "deconvnet") +
+    const char* rule = rule_ == BackwardRule::Guided    ? "guided-backprop"
+                       : rule_ == BackwardRule::Rescale ? "deeplift rescale"
+                       : rule_ == BackwardRule::Lrp     ? "lrp"
+                                                        : "deconvnet";
+    throw Error(where + " uses " + what + ", which has no " + rule +
                 " rule; pass --nonlinearity plain to keep its ordinary gradient");
   }
 
@@ -462,3 +535,11 @@ TapResult rewrite_forward(const torch::jit::Module& root, const RewriteOptions& 
 }
 
 }  // namespace lumen::detail
+
+namespace lumen {
+
+LrpEpsilon::LrpEpsilon(double epsilon) : previous_(detail::g_lrp_epsilon) { detail::g_lrp_epsilon = epsilon; }
+LrpEpsilon::~LrpEpsilon() { detail::g_lrp_epsilon = previous_; }
+double LrpEpsilon::current() { return detail::g_lrp_epsilon; }
+
+}  // namespace lumen

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cmath>
 #include <iomanip>
+#include <sstream>
 #include <filesystem>
 #include <iostream>
 #include <map>
@@ -172,21 +173,31 @@ nlohmann::json run_document(const Args& a, const Inputs& in, const ExplainOption
           {"images", images}};
 }
 
-// Integrated gradients' completeness gap (sum of attributions against f(x) - f(baseline)) is its
-// error; above 5 % say so, with a step count that would bring it under 1 % if it falls as 1/steps (a
-// conservative guess: smooth integrands fall faster).
+// A completeness gap (sum of attributions against f(x) - f(baseline)) above 5 % is said, with what
+// would close it: integrated gradients' steps, if the error falls as 1/steps (a conservative guess:
+// smooth integrands fall faster); a sampling estimate's draws, if it falls as 1/sqrt(draws); DeepLIFT's
+// gap comes from a unit the rescale rule does not cover (max-pool keeps its gradient).
 void note_completeness_gaps(const nlohmann::json& images) {
   for (const auto& image : images)
     for (const auto& m : image["maps"]) {
       if (!m.contains("extra") || !m["extra"].contains("completeness_gap")) continue;
-      const double gap = m["extra"]["completeness_gap"].get<double>();
+      const auto& extra = m["extra"];
+      const double gap = extra["completeness_gap"].get<double>();
       if (!(gap > 0.05)) continue;
-      const int steps = m["extra"].value("steps", 50);
-      const auto needed = static_cast<int64_t>(std::ceil(steps * gap / 0.01));
+      std::ostringstream advice;
+      if (extra.contains("steps")) {
+        const int steps = extra["steps"].get<int>();
+        advice << " at " << steps << " steps; --steps " << static_cast<int64_t>(std::ceil(steps * gap / 0.01)) << " or more should bring it under 1 %";
+      } else if (extra.contains("samples")) {
+        const int samples = extra["samples"].get<int>();
+        advice << " at " << samples << " samples, an estimate; --samples " << static_cast<int64_t>(std::ceil(samples * std::min(1e4, (gap / 0.05) * (gap / 0.05))))
+               << " should bring it near 5 %";
+      } else {
+        advice << "; a unit without the rescale rule (max-pool) breaks summation-to-delta";
+      }
       std::cerr << "lumen: note: " << m["method"].get<std::string>() << " on " << image["source"].get<std::string>() << " ("
                 << m["target"].get<std::string>() << "): the attributions miss f(x) - f(baseline) by " << std::fixed << std::setprecision(1)
-                << 100 * gap << " % at " << steps << " steps; --steps " << needed << " or more should bring it under 1 %\n"
-                << std::defaultfloat;
+                << 100 * gap << " %" << std::defaultfloat << advice.str() << "\n";
     }
 }
 

@@ -52,6 +52,9 @@ Param seed_param();        // "seed": of the method's random numbers
 Param blur_sigma_param();  // "blur_sigma": the "blur" reference input's sigma, as a share of the width
 // A reference input (lumen::reference_input): black, blur, noise, a pixel value 0-255 or an image path.
 Param reference_param(std::string name, std::string fallback, std::string help);
+Param baseline_param();  // "baseline": the reference of path and Shapley methods (IG, DeepLIFT, SHAP, ablation)
+Param samples_param();   // "samples": how many random draws a sampling method averages or fits
+Param patch_param();     // "patch": the side of a square in input pixels (occlusion, feature groups)
 
 struct LayerTensors {
   torch::Tensor activations;  // A, [N,C,h,w]
@@ -84,6 +87,12 @@ class Passes {
   virtual ~Passes() = default;
   // d y / d x at other inputs `rows` ([M,C,H,W]) of image `image`, under a backward rule.
   virtual torch::Tensor gradient(const torch::Tensor& rows, int64_t image, BackwardRule rule) const = 0;
+  // DeepLIFT's multipliers: d y / d x at `rows` of image `image` under the rescale rule, each row
+  // against the reference row of `references` beside it (both [M,C,H,W]).
+  virtual torch::Tensor rescale_gradient(const torch::Tensor& rows, const torch::Tensor& references, int64_t image) const = 0;
+  // Requested layer `layer`'s activations A and d y / d A at other inputs `rows` of image `image`
+  // ([M,C,h,w] each, as the methods see the layer; Captum's layer methods).
+  virtual LayerTensors layer_at(const torch::Tensor& rows, int64_t image, size_t layer) const = 0;
   // y at other inputs of image `image`, without gradients.
   virtual torch::Tensor score(const torch::Tensor& rows, int64_t image) const = 0;
   // y when the network runs on from requested layer `layer` with `activations` ([M,C,h,w]) of image
@@ -177,6 +186,10 @@ Settings resolve_settings(const std::vector<const Method*>& requested, const Set
 std::vector<const Method*> with_used_methods(const std::vector<const Method*>& requested, const Settings& settings);
 
 // Shared arithmetic.
+// Completeness (summation-to-delta) of an attribution whose sum should be f(x) - f(b): f_input,
+// f_baseline (`baseline_key`), attribution_sum and completeness_gap = |sum - (fx - fb)| / |fx - fb|,
+// for run.json.
+nlohmann::json completeness(double fx, double fb, double total, const std::string& baseline_key = "f_baseline");
 torch::Tensor max_abs_over_channels(const torch::Tensor& attribution);  // [N,C,H,W] -> [N,H,W]
 torch::Tensor sum_over_channels(const torch::Tensor& attribution);      // [N,C,H,W] -> [N,H,W]
 // Runs `fn` over `rows` in chunks of at most `batch` rows and concatenates the results.

@@ -104,6 +104,20 @@ Param reference_param(std::string name, std::string fallback, std::string help) 
   return p;
 }
 
+Param baseline_param() {
+  return reference_param("baseline", "black",
+                         "the reference input of path and Shapley methods (integrated-gradients, deeplift, gradient-shap, feature groups): "
+                         "black, blur, noise, a pixel value 0-255 or an image path");
+}
+
+Param samples_param() {
+  return integer("samples", 50, 1, 100000,
+                 "random draws: smoothgrad's noisy copies, gradient-shap's points, shapley-sampling's permutations, "
+                 "kernel-shap's and lime's coalitions");
+}
+
+Param patch_param() { return integer("patch", 32, 1, 100000, "square side in input pixels: occlusion's patch, the grid of feature-group methods"); }
+
 Param flag(std::string name, std::string help) { return declared(std::move(name), Param::Kind::Flag, false, std::move(help)); }
 
 std::string kind_name(Param::Kind k) {
