@@ -213,6 +213,26 @@ TEST(Metrics, CamMultConfidenceChangeInClosedForm) {
   }
 }
 
+// Infidelity in closed form: for a score linear in the input, f(x) = sum M[h,w] x[c,h,w], a map
+// proportional to M predicts every change exactly (infidelity 0 whatever its scale); a map that
+// ignores half of M does not, and one that is M's negative is rescaled by beta = -1 back to exact.
+TEST(Metrics, InfidelityInClosedForm) {
+  torch::manual_seed(0);
+  const auto weights = torch::rand({1, 6, 5});
+  const auto x = torch::rand({3, 6, 5});
+  auto linear = [&](const torch::Tensor& batch) { return (batch * weights).sum({1, 2, 3}).to(torch::kFloat64); };
+  cv::Mat m(6, 5, CV_32F, weights.data_ptr<float>());
+  EXPECT_LT(metrics::infidelity(x, m * 7.0, 0.1, 12, 3, linear, 5), 1e-9);  // float rounding of the perturbed scores
+  EXPECT_LT(metrics::infidelity(x, -m, 0.1, 12, 3, linear, 5), 1e-9);
+  cv::Mat half = m.clone();
+  half.rowRange(0, 3).setTo(0);
+  const double worse = metrics::infidelity(x, half, 0.1, 12, 3, linear, 5);
+  EXPECT_GT(worse, 1e-3);
+  // The same seed draws the same perturbations: the value is reproducible, and batching does not matter.
+  EXPECT_DOUBLE_EQ(worse, metrics::infidelity(x, half, 0.1, 12, 3, linear, 2));
+  EXPECT_THROW(metrics::infidelity(x, m, 0.1, 0, 3, linear, 5), Error);
+}
+
 TEST(Metrics, RankCorrelationAndSsim) {
   cv::Mat a = blob(40, 30, 10, 10, 6), b;
   cv::exp(a * 3, b);  // a monotone transform keeps every rank
@@ -342,13 +362,20 @@ TEST(Eval, GradCamLocalisationAndPointingMatchPython) {
 
 TEST(Eval, AllMetricsWriteTheReportAndResume) {
   const std::string out = temp_dir("eval-all");
-  const std::string args = kEval + " --limit 3 --methods gradcam,saliency --metrics loc,pointing,deletion,insertion,drop,cam-mult,road,sanity"
+  const std::string args = kEval + " --limit 3 --methods gradcam,saliency --metrics loc,pointing,deletion,insertion,drop,cam-mult,infidelity,road,sanity"
                                    " --steps 8 --sanity-images 2 --out " + q(out);
   auto r = run_cli(args);
   ASSERT_EQ(r.code, 0) << r.err;
   for (const char* f : {"table.md", "results.csv", "results.json", "index.html", "records.jsonl"})
     EXPECT_TRUE(std::filesystem::exists(out + "/" + f)) << f;
   EXPECT_NE(r.out.find("| gradcam |"), std::string::npos) << r.out;
+  {
+    // The report draws every kept curve: deletion, insertion and ROAD's two orders.
+    std::ifstream html(out + "/index.html");
+    const std::string page((std::istreambuf_iterator<char>(html)), {});
+    for (const char* heading : {"Deletion curves", "Insertion curves", "ROAD curves, most relevant first", "ROAD curves, least relevant first"})
+      EXPECT_NE(page.find(heading), std::string::npos) << heading;
+  }
   const auto first = read_json(out + "/results.json");
   for (const std::string m : {"gradcam", "saliency"}) {
     const auto& s = first["summary"][m];
@@ -367,6 +394,7 @@ TEST(Eval, AllMetricsWriteTheReportAndResume) {
     EXPECT_GE(s["cam_mult_change"].get<double>(), -100.0);
     EXPECT_LE(s["cam_mult_change"].get<double>(), 100.0);
     EXPECT_GE(s["cam_mult_drop"].get<double>(), std::max(0.0, -s["cam_mult_change"].get<double>()) - 1e-9);
+    EXPECT_GE(s["infidelity"].get<double>(), 0.0);
     EXPECT_EQ(s["sanity"].size(), 20u);
     EXPECT_GE(s["sanity_half_spearman"].get<double>(), -1.0);
     EXPECT_TRUE(s.contains("maxboxacc_v2_at"));

@@ -134,6 +134,33 @@ TEST(Pixel, ActivationWithoutRuleNamesTheLayer) {
   EXPECT_FALSE(r[0].maps[0].empty);
 }
 
+// Closed forms on a small ReLU network (functional and in-place ReLUs, a tuple output): DeepLIFT's
+// rescale rule makes the attributions sum to y(x) - y(x0) exactly, whatever the baseline; LRP with
+// epsilon 0 is input x gradient (Ancona et al. 2018), and a large epsilon absorbs relevance. Small
+// enough for the sanitizer build.
+TEST(Pixel, DeepLiftAndLrpClosedForms) {
+  Model model = Model::load(fixture("tuple_out_scripted.pt"));
+  Explainer ex(model, load_card(fixture("small_card.json")).preprocess);
+  const std::vector<cv::Mat> images{read_image(shared("images/cat.png")), read_image(shared("images/pets.jpg"))};
+  ExplainOptions opt;
+  opt.methods = {"deeplift"};
+  for (const std::string baseline : {"black", "noise", "128"}) {
+    opt.settings.set("baseline", baseline);
+    for (const auto& r : ex.explain(images, opt)) EXPECT_LT(r.maps.at(0).extra.at("completeness_gap").get<double>(), 1e-4) << baseline;
+  }
+  opt.settings = Settings();
+  opt.methods = {"lrp", "input-x-gradient"};
+  opt.settings.set("lrp_epsilon", 0.0);
+  for (const auto& r : ex.explain(images, opt)) {
+    const double scale = cv::norm(r.maps.at(1).raw, cv::NORM_INF);
+    EXPECT_GT(scale, 0);
+    EXPECT_LE(max_abs_diff(r.maps.at(0).raw, r.maps.at(1).raw), 1e-4 * scale);
+  }
+  opt.settings.set("lrp_epsilon", 10.0);
+  for (const auto& r : ex.explain(images, opt))
+    EXPECT_LT(std::abs(r.maps.at(0).extra.at("relevance_sum").get<double>()), std::abs(r.maps.at(0).extra.at("f_input").get<double>()));
+}
+
 TEST(Pixel, IntegratedGradientsCompletenessImprovesWithSteps) {
   ModelCard card = load_card(shared("models/mobilenet_v2_imagenet.json"));
   Model model = Model::load(shared("models/mobilenet_v2_imagenet.pt"));

@@ -27,6 +27,8 @@ struct EvalOptions {
   int curve_batch = 16;             // inputs per forward pass for curves and drop
   double insertion_blur_sigma = 5;  // insertion's blurred start, sigma in model-input pixels (RISE's)
   double road_noise = 0.01;         // ROAD's imputation noise (model-input units, pytorch-grad-cam's)
+  double infidelity_noise = 0.1;    // infidelity's perturbation sigma (model-input units)
+  int infidelity_samples = 10;      // perturbations per image (Captum's n_perturb_samples)
   bool has(const std::string& m) const;
   // Whether some metric runs the model on altered inputs (deletion, insertion, drop, road).
   bool runs_model() const;

@@ -96,6 +96,15 @@ inline const std::vector<double> kRoadPercentiles{10, 20, 30, 40, 50, 60, 70, 80
 Road road(const torch::Tensor& x, const cv::Mat& map, const std::vector<double>& percentiles, double noise, uint64_t seed,
           const std::function<torch::Tensor(const torch::Tensor&)>& score, int batch);
 
+// Infidelity (Yeh et al., NeurIPS 2019, def. 2.1; Captum's infidelity with normalize=True): for
+// `samples` perturbations I ~ N(0, noise^2) of `x` ([C,H,W], model input; a CPU generator seeded with
+// `seed`), the squared error between the map's prediction of the score change, beta * sum(I * map)
+// (the H x W map broadcast over channels), and the change itself, score(x) - score(x - I), averaged;
+// beta = sum_k (I_k . map) d_k / sum_k (I_k . map)^2 is the least-squares scale, so a map's units do
+// not matter. Lower is better.
+double infidelity(const torch::Tensor& x, const cv::Mat& map, double noise, int samples, uint64_t seed,
+                  const std::function<torch::Tensor(const torch::Tensor&)>& score, int batch);
+
 // Average Drop and Increase in Confidence (Chattopadhyay et al. 2018) for one image: y the class score
 // on the image, o on the image multiplied by the explanation map.
 inline double drop(double y, double o) { return y > 0 ? std::max(0.0, y - o) / y : 0.0; }

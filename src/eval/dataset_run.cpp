@@ -16,12 +16,12 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const std::vector<std::string> kMetrics{"loc", "pointing", "deletion", "insertion", "drop", "cam-mult", "road", "sanity"};
+const std::vector<std::string> kMetrics{"loc", "pointing", "deletion", "insertion", "drop", "cam-mult", "infidelity", "road", "sanity"};
 
 void check_run(const Explainer& explainer, const Dataset& data, const DatasetRun& run) {
   for (const auto& m : run.eval.metrics)
     if (std::find(kMetrics.begin(), kMetrics.end(), m) == kMetrics.end())
-      throw Error("unknown metric '" + m + "' (available: loc, pointing, deletion, insertion, drop, cam-mult, road, sanity)");
+      throw Error("unknown metric '" + m + "' (available: loc, pointing, deletion, insertion, drop, cam-mult, infidelity, road, sanity)");
   if (run.methods.empty()) throw Error("no method given");
   for (const auto& m : run.methods) check_settings({m}, Settings());
   if (run.layers.size() > 1 && run.aggregate.empty())

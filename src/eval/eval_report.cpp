@@ -54,35 +54,53 @@ std::string short_label(const std::string& label) {
   return s.size() > 28 ? s.substr(0, 27) + "..." : s;
 }
 
-// Deletion and insertion: the mean curve of each method with a band of one standard deviation, the
-// mean AUC in the legend.
+// The curves a run keeps per image (deletion, insertion, ROAD's two orders): the mean curve of each
+// method with a band of one standard deviation, its score in the legend.
+struct CurveKind {
+  std::string key, score, score_name, heading, title, x_label, y_label;
+  double y_min, y_max;
+  bool percentiles;  // x: ROAD's percentiles (else the fraction k / steps)
+};
+
+const std::vector<CurveKind> kCurveKinds{
+    {"deletion_curve", "deletion_auc", "AUC", "Deletion curves",
+     "Deletion: class probability as the most important pixels are removed (lower is better)", "fraction of pixels removed",
+     "probability of the true class", 0, 1, false},
+    {"insertion_curve", "insertion_auc", "AUC", "Insertion curves",
+     "Insertion: class probability as the most important pixels are restored (higher is better)", "fraction of pixels inserted",
+     "probability of the true class", 0, 1, false},
+    {"road_morf_curve", "road_morf", "mean", "ROAD curves, most relevant first",
+     "ROAD MoRF: probability change as the most relevant pixels are imputed (lower is better)", "fraction of pixels imputed",
+     "change of the true class's probability", -1, 1, true},
+    {"road_lerf_curve", "road_lerf", "mean", "ROAD curves, least relevant first",
+     "ROAD LeRF: probability change as the least relevant pixels are imputed (higher is better)", "fraction of pixels imputed",
+     "change of the true class's probability", -1, 1, true},
+};
+
 void curve_plots(report::Page& page, const EvalResult& result, int steps) {
-  for (const std::string kind : {"deletion", "insertion"}) {
+  for (const auto& kind : kCurveKinds) {
     report::Plot plot;
-    plot.title = kind == "deletion" ? "Deletion: class probability as the most important pixels are removed (lower is better)"
-                                    : "Insertion: class probability as the most important pixels are restored (higher is better)";
-    plot.x_label = "fraction of pixels " + std::string(kind == "deletion" ? "removed" : "inserted");
-    plot.y_label = "probability of the true class";
-    plot.y_min = 0, plot.y_max = 1;
+    plot.title = kind.title;
+    plot.x_label = kind.x_label;
+    plot.y_label = kind.y_label;
+    plot.y_min = kind.y_min, plot.y_max = kind.y_max;
     plot.width = 900, plot.height = 380;
     for (const auto& m : result.methods) {
       const auto& s = result.summary.at(m);
-      const std::string key = kind + "_curve";
-      if (!s.contains(key)) continue;
+      if (!s.contains(kind.key)) continue;
       report::Series series;
-      const auto mean = s[key]["mean"].get<std::vector<double>>(), sd = s[key]["sd"].get<std::vector<double>>();
-      const double auc = s.value(kind + "_auc", 0.0);
-      series.name = m + " (AUC " + report::decimals(auc, 3) + ")";
+      const auto mean = s[kind.key]["mean"].get<std::vector<double>>(), sd = s[kind.key]["sd"].get<std::vector<double>>();
+      series.name = m + " (" + kind.score_name + " " + report::decimals(s.value(kind.score, 0.0), 3) + ")";
       for (size_t i = 0; i < mean.size(); ++i) {
-        series.x.push_back(static_cast<double>(i) / std::max(1, steps));
+        series.x.push_back(kind.percentiles ? metrics::kRoadPercentiles.at(i) / 100.0 : static_cast<double>(i) / std::max(1, steps));
         series.y.push_back(mean[i]);
-        series.low.push_back(std::max(0.0, mean[i] - sd[i]));
-        series.high.push_back(std::min(1.0, mean[i] + sd[i]));
+        series.low.push_back(std::max(kind.y_min, mean[i] - sd[i]));
+        series.high.push_back(std::min(kind.y_max, mean[i] + sd[i]));
       }
       plot.series.push_back(series);
     }
     if (plot.series.empty()) continue;
-    page.heading(kind == "deletion" ? "Deletion curves" : "Insertion curves", 2);
+    page.heading(kind.heading, 2);
     page.svg(report::svg_plot(plot));
     page.paragraph("Mean over the images, with a band of one standard deviation.");
   }

@@ -32,7 +32,7 @@ std::vector<double> rounded(const std::vector<double>& curve) {
 }  // namespace
 
 bool EvalOptions::has(const std::string& m) const { return std::find(metrics.begin(), metrics.end(), m) != metrics.end(); }
-bool EvalOptions::runs_model() const { return has("deletion") || has("insertion") || has("drop") || has("cam-mult") || has("road"); }
+bool EvalOptions::runs_model() const { return has("deletion") || has("insertion") || has("drop") || has("cam-mult") || has("road") || has("infidelity"); }
 
 nlohmann::json measure_image(const Model& model, const Preprocess& pre, const Sample& sample, const ImageExplanation& explained,
                              const Map& map, const torch::Tensor& x, const EvalOptions& o) {
@@ -110,6 +110,10 @@ nlohmann::json measure_image(const Model& model, const Preprocess& pre, const Sa
       r["drop"] = metrics::drop(y, out);
       r["increase"] = metrics::increase(y, out);
     }
+    if (o.has("infidelity")) {
+      // Seeded by the image's name, like ROAD, so that a resumed or sharded run draws the same noise.
+      r["infidelity"] = metrics::infidelity(x, m, o.infidelity_noise, o.infidelity_samples, detail::fnv1a(sample.name) + 1, score, o.curve_batch);
+    }
     if (o.has("cam-mult")) {
       // pytorch-grad-cam's CamMultImageConfidenceChange: the model input itself times the map (in its
       // own units, where 0 is the mean colour, unlike drop's pixels), the class probability's change.
@@ -130,13 +134,13 @@ void Summary::add(const nlohmann::json& r) {
   ++images_;
   for (const char* key : {"top1_correct", "top5_correct", "empty", "loc_top1", "loc_top5", "pointing", "increase", "cam_mult_increase"})
     counts_[key] += r.value(key, false) ? 1 : 0;
-  for (const char* key : {"deletion", "insertion", "drop", "cam_mult", "cam_mult_drop", "road", "road_morf", "road_lerf"}) {
+  for (const char* key : {"deletion", "insertion", "drop", "cam_mult", "cam_mult_drop", "infidelity", "road", "road_morf", "road_lerf"}) {
     if (r.contains(key) && r[key].is_number()) {
       means_[key].sum += r[key].get<double>();
       ++means_[key].n;
     }
   }
-  for (const char* key : {"deletion_curve", "insertion_curve"}) {
+  for (const char* key : {"deletion_curve", "insertion_curve", "road_morf_curve", "road_lerf_curve"}) {
     // Records of runs before curves were kept have none; the plot then says how many it averages.
     if (!r.contains(key) || !r[key].is_array()) continue;
     const auto curve = r[key].get<std::vector<double>>();
@@ -214,6 +218,7 @@ nlohmann::json Summary::result() const {
     s["average_drop"] = 100.0 * mean("drop");
     s["increase_in_confidence"] = rate("increase");
   }
+  if (o.has("infidelity")) s["infidelity"] = mean("infidelity");
   if (o.has("cam-mult")) {
     s["cam_mult_change"] = 100.0 * mean("cam_mult");
     s["cam_mult_drop"] = 100.0 * mean("cam_mult_drop");

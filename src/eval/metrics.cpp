@@ -131,6 +131,28 @@ double MaxBoxAcc::mean_accuracy() const {
   return a.empty() ? 0.0 : std::accumulate(a.begin(), a.end(), 0.0) / static_cast<double>(a.size());
 }
 
+// --- infidelity ------------------------------------------------------------------------------------------
+
+double infidelity(const torch::Tensor& x, const cv::Mat& map, double noise, int samples, uint64_t seed,
+                  const std::function<torch::Tensor(const torch::Tensor&)>& score, int batch) {
+  if (samples < 1) throw Error("infidelity needs at least one perturbation");
+  if (map.rows != x.size(1) || map.cols != x.size(2) || map.type() != CV_32F) throw Error("infidelity: the map must be the input's size, float");
+  auto gen = at::detail::createCPUGenerator(seed);
+  std::vector<int64_t> shape{samples};
+  for (auto d : x.sizes()) shape.push_back(d);
+  const auto perturbation = noise * torch::randn(shape, gen);
+  const auto m = torch::from_blob(const_cast<float*>(map.ptr<float>()), {1, 1, map.rows, map.cols}, torch::kFloat32);
+  const auto predicted = (perturbation * m).sum({1, 2, 3}).to(torch::kFloat64);
+  std::vector<torch::Tensor> parts{score(x.unsqueeze(0))};
+  const auto perturbed = x.unsqueeze(0) - perturbation;
+  for (int64_t start = 0; start < samples; start += batch) parts.push_back(score(perturbed.slice(0, start, std::min<int64_t>(samples, start + batch))));
+  const auto scores = torch::cat(parts).to(torch::kFloat64);
+  const auto change = scores[0] - scores.slice(0, 1);
+  const double denominator = (predicted * predicted).sum().item<double>();
+  const double beta = denominator > 0 ? (predicted * change).sum().item<double>() / denominator : 0.0;
+  return (beta * predicted - change).pow(2).mean().item<double>();
+}
+
 // --- deletion / insertion ------------------------------------------------------------------------------
 
 std::vector<double> causal_curve(const torch::Tensor& start, const torch::Tensor& finish, const cv::Mat& map, int steps,

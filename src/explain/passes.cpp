@@ -50,19 +50,20 @@ torch::Tensor TargetPasses::gradient(const torch::Tensor& rows, int64_t image, B
 
 // Inputs and their references in one forward, [inputs; references], so that each unit of the rescale
 // rule sees both; the target reads the inputs' half. Half a pass of pairs per chunk.
-torch::Tensor TargetPasses::rescale_gradient(const torch::Tensor& rows, const torch::Tensor& references, int64_t image) const {
+Passes::Rescaled TargetPasses::rescale_gradient(const torch::Tensor& rows, const torch::Tensor& references, int64_t image) const {
   if (rows.sizes() != references.sizes()) throw Error("internal: rescale_gradient needs one reference per row");
   torch::AutoGradMode enable(true);
   const int pairs = std::max(1, rows_per_pass() / 2);
-  std::vector<torch::Tensor> parts;
+  std::vector<torch::Tensor> parts, scores;
   for (int64_t start = 0; start < rows.size(0); start += pairs) {
-    const int64_t end = std::min<int64_t>(rows.size(0), start + pairs);
-    auto x = torch::cat({rows.slice(0, start, end), references.slice(0, start, end)}).detach().requires_grad_(true);
+    const int64_t m = std::min<int64_t>(rows.size(0), start + pairs) - start;
+    auto x = torch::cat({rows.slice(0, start, start + m), references.slice(0, start, start + m)}).detach().requires_grad_(true);
     auto out = model_.forward(x, {}, BackwardRule::Rescale, plan_.shared.strict_nonlinearities).output;
-    auto y = for_rows(target_, image, 2 * (end - start))(out).slice(0, 0, end - start);
-    parts.push_back(torch::autograd::grad({y.sum()}, {x})[0].slice(0, 0, end - start));
+    auto y = for_rows(target_, image, 2 * m)(out);
+    parts.push_back(torch::autograd::grad({y.slice(0, 0, m).sum()}, {x})[0].slice(0, 0, m));
+    scores.push_back(y.slice(0, m).detach());
   }
-  return torch::cat(parts);
+  return {torch::cat(parts), torch::cat(scores)};
 }
 
 LayerTensors TargetPasses::layer_at(const torch::Tensor& rows, int64_t image, size_t layer) const {

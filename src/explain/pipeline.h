@@ -82,7 +82,7 @@ class TargetPasses : public Passes {
   TargetPasses(const Model& model, const Plan& plan, const Forward& forward, const Target& target, const torch::Tensor& batch,
                const Preprocess& preprocess);
   torch::Tensor gradient(const torch::Tensor& rows, int64_t image, BackwardRule rule) const override;
-  torch::Tensor rescale_gradient(const torch::Tensor& rows, const torch::Tensor& references, int64_t image) const override;
+  Rescaled rescale_gradient(const torch::Tensor& rows, const torch::Tensor& references, int64_t image) const override;
   LayerTensors layer_at(const torch::Tensor& rows, int64_t image, size_t layer) const override;
   torch::Tensor score(const torch::Tensor& rows, int64_t image) const override;
   torch::Tensor score_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const override;

@@ -19,9 +19,10 @@ LUMEN_METHOD(deeplift) {
     std::vector<torch::Tensor> attrs;
     for (int64_t i = 0; i < e.input.size(0); ++i) {
       const auto x = e.input[i].unsqueeze(0), x0 = b[i].unsqueeze(0);
-      const auto attr = ((x - x0) * e.passes->rescale_gradient(x, x0, i))[0];
+      const auto pass = e.passes->rescale_gradient(x, x0, i);
+      const auto attr = ((x - x0) * pass.gradient)[0];
       attrs.push_back(attr);
-      const double fx = e.target_values[i].item<double>(), fb = e.passes->score(x0, i)[0].item<double>();
+      const double fx = e.target_values[i].item<double>(), fb = pass.reference_scores[0].item<double>();
       const double total = attr.sum().item<double>();
       r.extra.push_back(completeness(fx, fb, total));
       r.extra.back()["baseline"] = s.text("baseline");

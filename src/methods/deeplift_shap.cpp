@@ -18,9 +18,10 @@ LUMEN_METHOD(deeplift_shap) {
     for (int64_t i = 0; i < n; ++i) {
       const auto refs = dist.select(1, i);
       const auto x = e.input[i].unsqueeze(0).expand_as(refs);
-      const auto attr = ((x - refs) * e.passes->rescale_gradient(x, refs, i)).mean(0);
+      const auto pass = e.passes->rescale_gradient(x, refs, i);
+      const auto attr = ((x - refs) * pass.gradient).mean(0);
       attrs.push_back(attr);
-      const double fx = e.target_values[i].item<double>(), fb = e.passes->score(refs, i).mean().item<double>();
+      const double fx = e.target_values[i].item<double>(), fb = pass.reference_scores.mean().item<double>();
       const double total = attr.sum().item<double>();
       r.extra.push_back(completeness(fx, fb, total, "f_baseline_mean"));
       r.extra.back().update({{"baseline", e.settings->text("baseline")}, {"baselines", k}});

@@ -114,8 +114,10 @@ class LrpEpsilonFn : public torch::autograd::Function<LrpEpsilonFn> {
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list g) {
     const auto z = ctx->get_saved_variables()[0];
     const double eps = ctx->saved_data["eps"].toDouble();
-    const auto stabilised = z + eps * at::where(z >= 0, at::ones_like(z), -at::ones_like(z));
-    return {g[0] * z / stabilised};
+    // z / (z + eps sign z) = |z| / (|z| + eps); 0 where z = 0, which eps = 0 would make 0 / 0.
+    auto factor = z.abs();
+    factor.div_(factor + eps).masked_fill_(z == 0, 0.0);
+    return {factor.mul_(g[0])};
   }
 };
 

@@ -45,7 +45,7 @@ void add_shared_flags(CLI::App* sub, MethodFlags& f) {
   sub->add_option("--compat", f.compat, "papers (default) or pytorch-grad-cam: reproduce that library's formulas and scaling")->group("Settings of every method");
   sub->add_flag("--aug-smooth", f.aug_smooth, "average each map over flip x input scale 0.9/1/1.1 (6 passes)")->group("Settings of every method");
   sub->add_option("--nonlinearity", f.nonlinearity,
-                  "guided-backprop/deconvnet on activations without a rule (SiLU, GELU, ...): strict (error) or plain")->group("Settings of every method");
+                  "guided-backprop, deconvnet, deeplift and lrp on activations without a rule (SiLU, GELU, ...): strict (error) or plain")->group("Settings of every method");
   sub->add_option("--rows-per-pass", f.rows_per_pass,
                   "rows per extra pass of smoothgrad, IG, scorecam, ablationcam, occlusion, rise (0: 8, fewer if memory is short)")->group("Settings of every method");
   f.old_rows = sub->add_option("--method-batch,--batch-size", f.rows_per_pass, "old spellings of --rows-per-pass (until 0.3)")->group("Settings of every method");

@@ -88,8 +88,12 @@ class Passes {
   // d y / d x at other inputs `rows` ([M,C,H,W]) of image `image`, under a backward rule.
   virtual torch::Tensor gradient(const torch::Tensor& rows, int64_t image, BackwardRule rule) const = 0;
   // DeepLIFT's multipliers: d y / d x at `rows` of image `image` under the rescale rule, each row
-  // against the reference row of `references` beside it (both [M,C,H,W]).
-  virtual torch::Tensor rescale_gradient(const torch::Tensor& rows, const torch::Tensor& references, int64_t image) const = 0;
+  // against the reference row of `references` beside it (both [M,C,H,W]); and y at the references,
+  // which the same forward computed.
+  struct Rescaled {
+    torch::Tensor gradient, reference_scores;
+  };
+  virtual Rescaled rescale_gradient(const torch::Tensor& rows, const torch::Tensor& references, int64_t image) const = 0;
   // Requested layer `layer`'s activations A and d y / d A at other inputs `rows` of image `image`
   // ([M,C,h,w] each, as the methods see the layer; Captum's layer methods).
   virtual LayerTensors layer_at(const torch::Tensor& rows, int64_t image, size_t layer) const = 0;
