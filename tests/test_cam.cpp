@@ -158,6 +158,17 @@ TEST(Cam, FeatureGroupMethodsMatchReferences) {
       }
     }
   }
+  // A grid of one square compares nothing: refused, not a constant map.
+  ExplainOptions one;
+  one.classes = {spec["class"].get<int64_t>()};
+  one.methods = {"feature-ablation"};
+  one.settings.set("patch", 64);
+  try {
+    ex.explain({img}, one);
+    ADD_FAILURE() << "a single feature group was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("makes one feature group"), std::string::npos) << e.what();
+  }
 }
 
 // Captum's layer methods at the small model's conv1 against their formulas through a forward hook.

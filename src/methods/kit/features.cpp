@@ -27,6 +27,9 @@ FeatureGroups feature_groups(const Evidence& e, int64_t image) {
     auto ys = torch::arange(h, torch::kLong).div(patch, "floor").view({-1, 1}), xs = torch::arange(w, torch::kLong).div(patch, "floor").view({1, -1});
     g.labels = ys * cols + xs;
     g.count = ((h + patch - 1) / patch) * cols;
+    if (g.count < 2)
+      throw Error("--patch " + std::to_string(patch) + " makes one feature group of the " + std::to_string(h) + "x" + std::to_string(w) +
+                  " input: nothing to compare it with; use a smaller --patch");
     return g;
   }
   // SLIC on the image's own pixels (the preprocessing undone), in CIELAB as the paper does.
