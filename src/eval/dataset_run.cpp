@@ -19,9 +19,12 @@ namespace fs = std::filesystem;
 const std::vector<std::string> kMetrics{"loc", "pointing", "deletion", "insertion", "drop", "cam-mult", "infidelity", "road", "sanity"};
 
 void check_run(const Explainer& explainer, const Dataset& data, const DatasetRun& run) {
-  for (const auto& m : run.eval.metrics)
-    if (std::find(kMetrics.begin(), kMetrics.end(), m) == kMetrics.end())
-      throw Error("unknown metric '" + m + "' (available: loc, pointing, deletion, insertion, drop, cam-mult, infidelity, road, sanity)");
+  for (const auto& m : run.eval.metrics) {
+    if (std::find(kMetrics.begin(), kMetrics.end(), m) != kMetrics.end()) continue;
+    std::string available;  // from the list itself, so that a new metric is named where it is added
+    for (const auto& k : kMetrics) available += (available.empty() ? "" : ", ") + k;
+    throw Error("unknown metric '" + m + "' (available: " + available + ")");
+  }
   if (run.methods.empty()) throw Error("no method given");
   for (const auto& m : run.methods) check_settings({m}, Settings());
   if (run.layers.size() > 1 && run.aggregate.empty())
