@@ -40,6 +40,16 @@ T get_as(const nlohmann::json& params, const std::string& key, const std::string
 template <typename T>
 std::vector<T> list_of(const nlohmann::json& params, const std::string& key, const std::string& what) {
   const auto& v = params.at(key);
+  // An integer beyond 64 bits parses as a float, which nlohmann would cast to T unchecked (undefined
+  // behaviour; a fuzz find): integers must be JSON integers.
+  if constexpr (std::is_integral_v<T>) {
+    bool integers = v.is_number_integer();
+    if (v.is_array()) {
+      integers = true;
+      for (const auto& e : v) integers = integers && e.is_number_integer();
+    }
+    if (!integers) throw HttpError(400, "parameter \"" + key + "\" must be " + what + " or a list of them");
+  }
   try {
     if (v.is_array()) return v.get<std::vector<T>>();
     return {v.get<T>()};
