@@ -229,6 +229,7 @@ class Api(unittest.TestCase):
             ({"layers": ["features.99"]}, 404, "features.99"),
             ({"model": "no-such-model"}, 404, "no-such-model"),
             ({"classes": [5000]}, 400, "5000"),
+            ({"classes": [10 ** 40]}, 400, "classes"),  # beyond 64 bits: parsed as a float (a fuzzer's find)
         ]
         for params, status, says in cases:
             s, h, a = explain(self.server, params, [PETS])
