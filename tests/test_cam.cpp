@@ -8,18 +8,27 @@
 
 namespace lumen::test::cam_tests {
 
+// A case of manifest_cam.json: its model (a fixture's name or a path) with its card, and its images.
+Explainer case_explainer(const nlohmann::json& c) {
+  std::string model_path = c["model"], card_path = c["card"];
+  if (model_path[0] != '/') model_path = fixture(model_path);
+  if (card_path[0] != '/') card_path = fixture(card_path);
+  return Explainer(Model::load(model_path), load_card(card_path).preprocess);
+}
+
+std::vector<cv::Mat> case_images(const nlohmann::json& c) {
+  std::vector<cv::Mat> images;
+  for (const auto& p : c["images"]) images.push_back(read_image(p));
+  return images;
+}
+
 TEST(Cam, EveryMethodMatchesReference) {
   const auto cases = read_json(fixture("manifest_cam.json"))["cases"];
   ASSERT_EQ(cases.size(), 4u);
   std::map<std::string, double> worst_r, worst_rel;
   for (const auto& c : cases) {
-    std::string model_path = c["model"], card_path = c["card"];
-    if (model_path[0] != '/') model_path = fixture(model_path);
-    if (card_path[0] != '/') card_path = fixture(card_path);
-    Model model = Model::load(model_path);
-    Explainer ex(model, load_card(card_path).preprocess);
-    std::vector<cv::Mat> images;
-    for (const auto& p : c["images"]) images.push_back(read_image(p));
+    Explainer ex = case_explainer(c);
+    const std::vector<cv::Mat> images = case_images(c);
     for (const auto& [key, files] : c["maps"].items()) {
       SCOPED_TRACE(c["name"].get<std::string>() + " " + key);
       // "method:counterfactual": the reference negated the gradients; lumen negates the target.
@@ -44,6 +53,66 @@ TEST(Cam, EveryMethodMatchesReference) {
     }
   }
   for (const auto& [k, r] : worst_r) std::printf("cam parity %-20s min r %.7f  max |diff|/max %.2e\n", k.c_str(), r, worst_rel[k]);
+}
+
+// DFF beyond its map: every concept's map against scikit-learn's NMF from the same documented start,
+// each concept's top-2 classes through the head, and the concepts picture (one colour per concept).
+TEST(Cam, DeepFeatureFactorizationMatchesScikitLearn) {
+  const auto cases = read_json(fixture("manifest_cam.json"))["cases"];
+  int checked = 0;
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c["name"].get<std::string>());
+    Explainer ex = case_explainer(c);
+    const std::vector<cv::Mat> images = case_images(c);
+    ExplainOptions opt;
+    opt.methods = {"dff"};
+    opt.layers = {c["layer"].get<std::string>()};
+    opt.targets = {class_target(c["classes"].get<std::vector<int64_t>>())};
+    const auto result = ex.explain(images, opt);
+    for (size_t i = 0; i < images.size(); ++i) {
+      const Map& m = result[i].maps.at(0);
+      ASSERT_EQ(m.parts.size(), 5u);
+      const cv::Mat ref = read_npy(fixture(c["dff"]["parts"][i]));
+      const int h = m.raw.rows;
+      ASSERT_EQ(ref.rows, 5 * h);
+      for (int j = 0; j < 5; ++j) {
+        const cv::Mat want = ref.rowRange(j * h, (j + 1) * h);
+        EXPECT_GE(pearson(m.parts[j].raw, want), 0.999) << "concept " << j;
+        EXPECT_LE(max_abs_diff(m.parts[j].raw, want), 1e-3 * cv::norm(want, cv::NORM_INF)) << "concept " << j;
+        ASSERT_EQ(m.parts[j].top.size(), 2u);
+        for (int r = 0; r < 2; ++r) EXPECT_EQ(m.parts[j].top[r].cls, c["dff"]["top"][i][j][r].get<int64_t>()) << "concept " << j;
+      }
+      // The map is the chosen concept's, and the concept scores highest for the class.
+      const int chosen = m.extra.at("concept");
+      EXPECT_LE(max_abs_diff(m.raw, m.parts[chosen].raw), 0.0);
+      const auto ys = m.extra.at("concept_target_values").get<std::vector<double>>();
+      EXPECT_EQ(std::max_element(ys.begin(), ys.end()) - ys.begin(), chosen);
+      EXPECT_LT(m.extra.at("nmf_relative_error").get<double>(), 1.0);
+      // The picture: at each concept's own peak (where it is the strongest), the colour blended over the
+      // image is that concept's, and the five colours are far apart; a legend strip lies below.
+      RenderOptions ro;
+      const cv::Mat pic = parts_picture(images[i], m, result[i], ro);
+      EXPECT_GT(pic.rows, images[i].rows + 5 * 12);
+      std::vector<cv::Vec3f> seen;
+      for (int j = 0; j < 5; ++j) {
+        cv::Point peak;
+        cv::minMaxLoc(m.parts[j].normalized, nullptr, nullptr, nullptr, &peak);
+        bool strongest = true;
+        for (int o = 0; o < 5; ++o)
+          if (o != j && m.parts[o].normalized.at<float>(peak) >= 1.0f) strongest = false;
+        if (!strongest) continue;
+        const int x0 = std::max(0, (pic.cols - images[i].cols) / 2);
+        const cv::Vec3b p = pic.at<cv::Vec3b>(peak.y, peak.x + x0), im = images[i].at<cv::Vec3b>(peak);
+        cv::Vec3f colour;
+        for (int ch = 0; ch < 3; ++ch) colour[ch] = (p[ch] - (1 - ro.alpha) * im[ch]) / ro.alpha;
+        for (const auto& other : seen) EXPECT_GT(cv::norm(colour - other), 60.0);
+        seen.push_back(colour);
+      }
+      EXPECT_GE(seen.size(), 3u);
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 6);
 }
 
 // --eigen-smooth, --aug-smooth, FullGrad, and --compat pytorch-grad-cam against the fixture script's

@@ -26,6 +26,20 @@ struct MapStats {
   int peak_x = 0, peak_y = 0;                // argmax of the upsampled map, original image pixels
 };
 
+struct Prediction {
+  int64_t cls = 0;
+  std::string label;
+  float logit = 0, probability = 0;
+};
+
+// One part of a decomposition of the layer (Deep Feature Factorization's concepts): its own map and the
+// classes the network reads in it.
+struct MapPart {
+  cv::Mat raw;                   // CV_32F, layer resolution
+  cv::Mat normalized;            // CV_32F in [0,1], original image size
+  std::vector<Prediction> top;   // its top-2 classes (softmax over the scores the network gives the part)
+};
+
 struct Map {
   std::string method, layer, target;   // layer is "input" for pixel-space methods
   int64_t cls = -1;                          // -1 for custom targets
@@ -42,12 +56,7 @@ struct Map {
   bool is_signed = false;  // the map's sign means something (pictures centre it on grey)
   cv::Mat attribution;     // pixel methods: CV_32FC3 per-channel attribution at the model's input size
   nlohmann::json extra = nlohmann::json::object();  // method-specific facts (IG completeness gap, ...)
-};
-
-struct Prediction {
-  int64_t cls = 0;
-  std::string label;
-  float logit = 0, probability = 0;
+  std::vector<MapPart> parts;  // decompositions (dff): every part; the map itself is the one chosen for the target
 };
 
 struct ImageExplanation {

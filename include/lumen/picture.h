@@ -75,6 +75,12 @@ struct RenderOptions {
 // `image` is the original (BGR); `explained` gives the source and the predictions for the caption.
 cv::Mat heat_picture(const Map& map, const ImageExplanation& explained, const RenderOptions& options);
 cv::Mat overlay_picture(const cv::Mat& image, const Map& map, const ImageExplanation& explained, const RenderOptions& options);
+// A decomposition's parts (Map::parts, DFF's concepts) in one picture, as pytorch-grad-cam's
+// show_factorization_on_image draws them: each pixel takes the colour of its strongest part, as bright
+// as that part's normalised value, blended over the image with weight options.alpha; below, a legend
+// gives each colour its part's top classes and marks the part chosen for the map's target.
+// Throws lumen::Error when the map has no parts.
+cv::Mat parts_picture(const cv::Mat& image, const Map& map, const ImageExplanation& explained, const RenderOptions& options);
 // The caption of a map's pictures (what heat_picture and overlay_picture draw under them).
 Caption map_caption(const Map& map, const ImageExplanation& explained, const RenderOptions& options);
 

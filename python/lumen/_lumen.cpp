@@ -286,6 +286,13 @@ PYBIND11_MODULE(_lumen, m) {
             if (!self.box.valid) return py::none();
             return py::make_tuple(self.box.x0, self.box.y0, self.box.x1, self.box.y1);
           }, "the paper's box (x0, y0, x1, y1; x1, y1 exclusive), or None")
+      .def_property_readonly("parts", [](py::object self) {
+            // A decomposition's parts (dff's concepts): (raw, map, top) each, the views kept alive by the map.
+            py::list out;
+            for (const auto& p : self.cast<const Map&>().parts)
+              out.append(py::dict(py::arg("raw") = view(p.raw, self), py::arg("map") = view(p.normalized, self), py::arg("top") = p.top));
+            return out;
+          }, "dff: every concept as a dict with 'raw' (layer resolution), 'map' (normalised, image size) and 'top' (its top-2 Predictions); else []")
       .def_property_readonly("stats", [](const Map& self) { return to_python(map_json(self)["stats"]); })
       .def_property_readonly("extra", [](const Map& self) { return to_python(self.extra); })
       .def("to_dict", [](const Map& self) { return to_python(map_json(self)); }, "the map's entry of run.json")

@@ -36,12 +36,33 @@ cv::Mat scale_like_pgc(const cv::Mat& t) {
 
 }  // namespace
 
+std::vector<MapPart> finish_parts(const Result& res, int64_t image, cv::Size size, const Canvas& canvas) {
+  std::vector<MapPart> parts;
+  for (int64_t j = 0; j < res.parts.size(1); ++j) {
+    Map scratch;
+    finish_map(scratch, res.parts[image][j], size, canvas);
+    MapPart p{scratch.raw, scratch.normalized, {}};
+    if (res.part_scores.defined()) {
+      const auto logits = res.part_scores[image][j].to(torch::kFloat64);
+      const auto prob = torch::softmax(logits, 0);
+      const auto [best, order] = prob.topk(std::min<int64_t>(2, prob.size(0)));
+      for (int64_t r = 0; r < order.size(0); ++r) {
+        const int64_t cls = order[r].item<int64_t>();
+        p.top.push_back({cls, label_of(canvas.labels, cls), logits[cls].item<float>(), best[r].item<float>()});
+      }
+    }
+    parts.push_back(std::move(p));
+  }
+  return parts;
+}
+
 void finish_map(Map& m, const torch::Tensor& raw_hw, cv::Size image, const Canvas& canvas) {
   const int width = image.width, height = image.height;
   // A Map copied from another shares its matrices; writing into them would change both.
   m.normalized = cv::Mat();
   m.upsampled = cv::Mat();
   m.box = Box();
+  m.parts.clear();  // a map made from other maps (aggregation, contrast, aug-smooth) is not a decomposition
   m.raw = to_mat(raw_hw);
   // Half-pixel-centre bilinear, as torch's interpolate(align_corners=False) and pytorch-grad-cam's
   // cv2.resize (they agree to 1e-7 of the map's range). OpenCV's vectorised kernel takes ~40 us for a
@@ -106,6 +127,7 @@ void finish_jobs(const std::vector<Job>& jobs, const Plan& plan, const Forward& 
       finish_map(m, res.maps[i], canvas.images[static_cast<size_t>(i)], canvas);
       if (res.attribution.defined()) m.attribution = to_mat_hwc(res.attribution[i]);
       if (i < static_cast<int64_t>(res.extra.size())) m.extra = res.extra[static_cast<size_t>(i)];
+      if (res.parts.defined()) m.parts = finish_parts(res, i, canvas.images[static_cast<size_t>(i)], canvas);
       if (canvas.compat) m.extra["compat"] = "pytorch-grad-cam";
       if (job.method->per_layer() && forward.layouts[job.layer].kind != TokenLayout::Kind::ChannelsFirst)
         m.extra["layout"] = forward.layouts[job.layer].describe();

@@ -89,14 +89,32 @@ torch::Tensor TargetPasses::score(const torch::Tensor& rows, int64_t image) cons
   });
 }
 
+torch::IValue TargetPasses::output_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const {
+  auto input = batch_[image].unsqueeze(0).expand({activations.size(0), -1, -1, -1});
+  // Back to the layer's own layout; prefix tokens (a class token, registers) are the image's.
+  const auto own = from_spatial(activations, forward_.layouts.at(layer), forward_.capture.layers.at(layer)[image].unsqueeze(0).detach());
+  return model_.forward_from(plan_.layers.at(layer), own, input);
+}
+
 torch::Tensor TargetPasses::score_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const {
   torch::NoGradGuard no_grad;
   return in_chunks(activations, rows_per_pass(), [&](const torch::Tensor& chunk) {
-    auto input = batch_[image].unsqueeze(0).expand({chunk.size(0), -1, -1, -1});
-    // Back to the layer's own layout; prefix tokens (a class token, registers) are the image's.
-    const auto own = from_spatial(chunk, forward_.layouts.at(layer), forward_.capture.layers.at(layer)[image].unsqueeze(0).detach());
-    return for_rows(target_, image, chunk.size(0))(model_.forward_from(plan_.layers.at(layer), own, input));
+    return for_rows(target_, image, chunk.size(0))(output_from_layer(layer, chunk, image));
   });
+}
+
+torch::Tensor TargetPasses::class_scores_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const {
+  torch::NoGradGuard no_grad;
+  try {
+    return in_chunks(activations, rows_per_pass(), [&](const torch::Tensor& chunk) {
+      const auto out = output_from_layer(layer, chunk, image);
+      auto scores = target_.select ? target_.select(out) : default_logits(out);
+      if (scores.dim() != 2) throw Error("not class scores");
+      return scores.detach();
+    });
+  } catch (const Error&) {
+    return {};  // an output without class scores
+  }
 }
 
 // Another method on other rows of one image, chunk by chunk, each chunk a batch of its own through

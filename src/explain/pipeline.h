@@ -86,6 +86,7 @@ class TargetPasses : public Passes {
   LayerTensors layer_at(const torch::Tensor& rows, int64_t image, size_t layer) const override;
   torch::Tensor score(const torch::Tensor& rows, int64_t image) const override;
   torch::Tensor score_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const override;
+  torch::Tensor class_scores_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const override;
   Result run(const Method& method, const torch::Tensor& rows, int64_t image) const override;
   Result run_for(const Method& method, const Target& target, size_t layer) const override;
   torch::Tensor hessian_times_activations(size_t layer) const override;
@@ -101,6 +102,8 @@ class TargetPasses : public Passes {
   const Target& target_;
   torch::Tensor batch_;
   const Preprocess& preprocess_;
+  // The model's output when it runs on from `layer` with `activations` in place of the layer's output.
+  torch::IValue output_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const;
 };
 
 // ---- methods ----------------------------------------------------------------------------------------
@@ -123,6 +126,8 @@ struct Canvas {
 };
 // Raw map -> upsampled, normalised, stats, box.
 void finish_map(Map& m, const torch::Tensor& raw, cv::Size image, const Canvas& canvas);
+// A decomposition's parts of image `image` (Result::parts), each finished like a map, with its top-2 classes.
+std::vector<MapPart> finish_parts(const Result& res, int64_t image, cv::Size size, const Canvas& canvas);
 // One target's jobs as Maps, appended to each image's list (job-major, as the jobs run).
 void finish_jobs(const std::vector<Job>& jobs, const Plan& plan, const Forward& forward, const Target& target,
                  const torch::Tensor& target_values, const Canvas& canvas, std::vector<std::vector<Map>>& maps);

@@ -205,6 +205,14 @@ nlohmann::json map_json(const Map& m) {
   j["empty"] = m.empty;
   j["signed"] = m.is_signed;
   if (!m.extra.empty()) j["extra"] = m.extra;
+  if (!m.parts.empty()) {
+    j["parts"] = nlohmann::json::array();
+    for (size_t p = 0; p < m.parts.size(); ++p) {
+      nlohmann::json top = nlohmann::json::array();
+      for (const auto& t : m.parts[p].top) top.push_back({{"class", t.cls}, {"label", t.label}, {"logit", t.logit}, {"probability", t.probability}});
+      j["parts"].push_back({{"index", p}, {"top", top}});
+    }
+  }
   j["raw_shape"] = {m.raw.rows, m.raw.cols};
   j["stats"] = {{"raw_min", m.stats.min}, {"raw_max", m.stats.max}, {"raw_mean", m.stats.mean},
                 {"peak", {m.stats.peak_x, m.stats.peak_y}}};
@@ -236,6 +244,16 @@ nlohmann::json write_maps(OutputDir& out, const std::vector<cv::Mat>& images, co
       out.write(base + ".raw.npy", encode_npy(m.raw));
       entries[i]["maps"][k]["files"] = {{"heat", base + ".heat.png"}, {"overlay", base + ".overlay.png"},
                                         {"map", base + ".npy"}, {"raw", base + ".raw.npy"}};
+      if (!m.parts.empty()) {
+        std::vector<cv::Mat> planes;
+        for (const auto& p : m.parts) planes.push_back(p.normalized);
+        cv::Mat stacked;
+        cv::merge(planes, stacked);
+        out.write(base + ".parts.npy", encode_npy(stacked));
+        out.write(base + ".parts.png", encode_png(parts_picture(images[i], m, explained[i], options)));
+        entries[i]["maps"][k]["files"]["parts_map"] = base + ".parts.npy";
+        entries[i]["maps"][k]["files"]["parts"] = base + ".parts.png";
+      }
       if (!m.attribution.empty()) {
         out.write(base + ".attr.npy", encode_npy(m.attribution));
         out.write(base + ".rgb.png", encode_png(attribution_picture(m.attribution, images[i].size(), options.rgb_input)));

@@ -294,4 +294,72 @@ cv::Mat overlay_picture(const cv::Mat& image, const Map& m, const ImageExplanati
   return options.plain ? pic : with_caption(pic, map_caption(m, e, options));
 }
 
+namespace {
+
+// Part j of k: evenly spaced hues at full saturation and value (pytorch-grad-cam samples matplotlib's
+// gist_rainbow the same way; OpenCV has no such map, and the hue circle gives as distinct colours).
+cv::Vec3b part_colour(size_t j, size_t k) {
+  cv::Mat hsv(1, 1, CV_8UC3, cv::Scalar(static_cast<double>(170 * j / std::max<size_t>(k, 1)), 255, 255)), bgr;
+  cv::cvtColor(hsv, bgr, cv::COLOR_HSV2BGR);
+  return bgr.at<cv::Vec3b>(0, 0);
+}
+
+std::string percent(float p) { return p < 0.005f ? "<1%" : std::to_string(static_cast<int>(std::lround(100 * p))) + "%"; }
+
+}  // namespace
+
+cv::Mat parts_picture(const cv::Mat& image, const Map& m, const ImageExplanation& e, const RenderOptions& options) {
+  if (m.parts.empty()) throw Error("the " + m.method + " map has no parts to draw");
+  const size_t k = m.parts.size();
+  cv::Mat colour(image.size(), CV_32FC3, cv::Scalar::all(0)), best(image.size(), CV_32F, cv::Scalar(-1));
+  for (size_t j = 0; j < k; ++j) {
+    const cv::Vec3b c = part_colour(j, k);
+    const cv::Mat& v = m.parts[j].normalized;
+    for (int y = 0; y < image.rows; ++y)
+      for (int x = 0; x < image.cols; ++x) {
+        const float value = v.at<float>(y, x);
+        if (value <= best.at<float>(y, x)) continue;
+        best.at<float>(y, x) = value;
+        colour.at<cv::Vec3f>(y, x) = cv::Vec3f(c[0], c[1], c[2]) * value;
+      }
+  }
+  cv::Mat img_f, pic;
+  image.convertTo(img_f, CV_32FC3);
+  cv::Mat blended = img_f * (1.0 - options.alpha) + colour * options.alpha;
+  blended.convertTo(pic, CV_8UC3);
+  if (options.plain) return pic;
+  // The legend: what the colours are, one line per part, its swatch at the left.
+  const int width = std::max(pic.cols, kMinCaptionWidth);
+  const double scale = std::clamp(width / 1300.0, 0.36, 0.6);
+  const int line = static_cast<int>(std::lround(30 * scale + 4)), margin = 8, swatch = line - 6;
+  const int chosen = m.extra.value("concept", -1);
+  std::vector<std::string> head = {std::filesystem::path(e.source).filename().string() + " | " + m.method + " at " + m.layer + ": " +
+                                       std::to_string(k) + " concepts (NMF)",
+                                   "colour: the strongest concept; brightness: its strength"};
+  const int height = margin + line * static_cast<int>(head.size() + k) + margin;
+  cv::Mat strip(height, width, CV_8UC3, kStripColour);
+  int y = margin;
+  for (const auto& text : head) {
+    y += line;
+    cv::putText(strip, fit(text, scale, width - 2 * margin), {margin, y - line / 4}, cv::FONT_HERSHEY_SIMPLEX, scale, kTextColour, 1, cv::LINE_AA);
+  }
+  for (size_t j = 0; j < k; ++j) {
+    y += line;
+    const cv::Vec3b c = part_colour(j, k);
+    cv::rectangle(strip, cv::Rect(margin, y - line + 3, swatch, swatch), cv::Scalar(c[0], c[1], c[2]), cv::FILLED);
+    std::string text = "concept " + std::to_string(j + 1);
+    if (static_cast<int>(j) == chosen) text += " [the map for " + (m.cls >= 0 ? std::to_string(m.cls) : m.target) + "]";
+    text += ":";
+    for (size_t r = 0; r < m.parts[j].top.size(); ++r)
+      text += (r ? ", " : " ") + (m.parts[j].top[r].label.empty() ? "class " + std::to_string(m.parts[j].top[r].cls) : m.parts[j].top[r].label) +
+              " " + percent(m.parts[j].top[r].probability);
+    const int x = margin + swatch + 6;
+    cv::putText(strip, fit(text, scale, width - x - margin), {x, y - line / 4}, cv::FONT_HERSHEY_SIMPLEX, scale, kTextColour, 1, cv::LINE_AA);
+  }
+  cv::Mat top(pic.rows, width, CV_8UC3, kStripColour), out;
+  pic.copyTo(top(cv::Rect((width - pic.cols) / 2, 0, pic.cols, pic.rows)));
+  cv::vconcat(top, strip, out);
+  return out;
+}
+
 }  // namespace lumen

@@ -163,6 +163,13 @@ class ModuleTest(unittest.TestCase):
         self.assertEqual(d["top5"][0]["class"], r.predictions[0].cls)
         [ig] = self.explainer.explain(IMAGES[0], methods=["integrated-gradients"], steps=8)
         self.assertIn("completeness_gap", ig["integrated-gradients"].extra)
+        [d] = self.explainer.explain(IMAGES[0], methods=["dff"], concepts=3)
+        parts = d["dff"].parts
+        self.assertEqual(len(parts), 3)
+        self.assertEqual(parts[0]["map"].shape, d["dff"].map.shape)
+        self.assertEqual(len(parts[0]["top"]), 2)
+        self.assertTrue(np.array_equal(parts[d["dff"].extra["concept"]]["raw"], d["dff"].raw))
+        self.assertEqual(r.maps[0].parts, [])
         seen = []
         self.explainer.explain(IMAGES[0], methods=["smoothgrad"], samples=4, progress=lambda what, done, total: seen.append((done, total)))
         self.assertTrue(seen and seen[-1][0] == seen[-1][1], seen)

@@ -68,6 +68,10 @@ struct Result {
   torch::Tensor attribution;   // optional, [N,C,H,W]: per-channel attribution in input space
   bool is_signed = false;      // the sign of the map means something (drawn around grey)
   std::vector<nlohmann::json> extra;  // optional, per image: method-specific facts for run.json
+  // Optional, for methods that decompose the layer into parts (DFF's concepts): each part's raw map,
+  // [N,k,h,w], and the class scores the network gives each part, [N,k,classes] (undefined when the
+  // output has no class scores). `maps` is then the part that speaks most for the target.
+  torch::Tensor parts, part_scores;
 };
 
 // A transformer's self-attention, block by block in the order the blocks ran (Needs::attention).
@@ -102,6 +106,9 @@ class Passes {
   // y when the network runs on from requested layer `layer` with `activations` ([M,C,h,w]) of image
   // `image` in place of the layer's output; nothing before the layer is recomputed.
   virtual torch::Tensor score_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const = 0;
+  // The same run's class scores, [M,classes], where the target reads them (undefined when the output
+  // has none, e.g. a custom target on a caption).
+  virtual torch::Tensor class_scores_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const = 0;
   // Another method's result on `rows` (all of image `image`), each row its own input (wrappers).
   virtual Result run(const Method& method, const torch::Tensor& rows, int64_t image) const = 0;
   // Another method's result on this batch under another target (wrappers that change what is
