@@ -253,7 +253,8 @@ TEST(Cam, LayerMethodsMatchReferences) {
     opt.targets = {class_target(spec["classes"].get<std::vector<int64_t>>())};
     opt.methods = {method};
     opt.layers = {spec["layer"].get<std::string>()};
-    if (method != "layer-gradient-x-activation") opt.settings.set("steps", spec["steps"]);
+    if (spec["settings"].contains(method))
+      for (const auto& [name, value] : spec["settings"][method].items()) opt.settings.set(name, value);
     opt.shared.rows_per_pass = 5;
     const auto result = ex.explain(images, opt);
     for (size_t i = 0; i < images.size(); ++i) {

@@ -7,6 +7,7 @@
 #include <lumen/evaluate.h>
 #include <lumen/metrics.h>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <opencv2/imgproc.hpp>
 
 #include <fstream>
@@ -233,6 +234,31 @@ TEST(Metrics, InfidelityInClosedForm) {
   EXPECT_THROW(metrics::infidelity(x, m, 0.1, 0, 3, linear, 5), Error);
 }
 
+// Max-sensitivity in closed form: an explanation that does not depend on the input scores 0; one linear
+// in it, phi = w . x, moves by w . u under a perturbation u, so the value is max_j ||w . u_j|| / ||w . x||
+// with u_j the documented draw (radius (2 rand - 1), one [samples, C, H, W] draw from the seed).
+TEST(Metrics, SensitivityMaxInClosedForm) {
+  torch::manual_seed(0);
+  const auto w = torch::rand({3, 6, 5}) + 0.5;
+  const auto x = torch::rand({3, 6, 5});
+  const auto constant = [&](const torch::Tensor& rows) { return w.expand_as(rows).clone(); };
+  EXPECT_EQ(metrics::sensitivity_max(x, w, 0.02, 10, 7, constant), 0.0);
+  const auto linear = [&](const torch::Tensor& rows) { return rows * w; };
+  auto gen = at::detail::createCPUGenerator(7);
+  const auto u = 0.02 * (2 * torch::rand({10, 3, 6, 5}, gen) - 1);
+  const double want = ((u * w).flatten(1).norm(2, 1) / (x * w).norm()).max().item<double>();
+  const double got = metrics::sensitivity_max(x, x * w, 0.02, 10, 7, linear);
+  EXPECT_NEAR(got, want, 1e-5 * want);
+  EXPECT_GT(got, 0.0);
+  // Another seed draws other noise; a larger radius moves the explanation more.
+  EXPECT_NE(metrics::sensitivity_max(x, x * w, 0.02, 10, 8, linear), got);
+  EXPECT_NEAR(metrics::sensitivity_max(x, x * w, 0.2, 10, 7, linear), 10 * got, 1e-4 * got);
+  // A zero explanation divides by 1 (Captum's rule), not by 0.
+  EXPECT_TRUE(std::isfinite(metrics::sensitivity_max(x, torch::zeros_like(x), 0.02, 10, 7, linear)));
+  EXPECT_THROW(metrics::sensitivity_max(x, x * w, 0.02, 0, 7, linear), Error);
+  EXPECT_THROW(metrics::sensitivity_max(x, x * w, std::nan(""), 10, 7, linear), Error);
+}
+
 TEST(Metrics, RankCorrelationAndSsim) {
   cv::Mat a = blob(40, 30, 10, 10, 6), b;
   cv::exp(a * 3, b);  // a monotone transform keeps every rank
@@ -362,7 +388,7 @@ TEST(Eval, GradCamLocalisationAndPointingMatchPython) {
 
 TEST(Eval, AllMetricsWriteTheReportAndResume) {
   const std::string out = temp_dir("eval-all");
-  const std::string args = kEval + " --limit 3 --methods gradcam,saliency --metrics loc,pointing,deletion,insertion,drop,cam-mult,infidelity,road,sanity"
+  const std::string args = kEval + " --limit 3 --methods gradcam,saliency --metrics loc,pointing,deletion,insertion,drop,cam-mult,infidelity,road,sensitivity,sanity"
                                    " --steps 8 --sanity-images 2 --out " + q(out);
   auto r = run_cli(args);
   ASSERT_EQ(r.code, 0) << r.err;
@@ -395,6 +421,9 @@ TEST(Eval, AllMetricsWriteTheReportAndResume) {
     EXPECT_LE(s["cam_mult_change"].get<double>(), 100.0);
     EXPECT_GE(s["cam_mult_drop"].get<double>(), std::max(0.0, -s["cam_mult_change"].get<double>()) - 1e-9);
     EXPECT_GE(s["infidelity"].get<double>(), 0.0);
+    // Maps of a trained network move, but not beyond recognition, under noise of 0.02.
+    EXPECT_GT(s["sensitivity_max"].get<double>(), 0.0);
+    EXPECT_LT(s["sensitivity_max"].get<double>(), 2.0);
     EXPECT_EQ(s["sanity"].size(), 20u);
     EXPECT_GE(s["sanity_half_spearman"].get<double>(), -1.0);
     EXPECT_TRUE(s.contains("maxboxacc_v2_at"));

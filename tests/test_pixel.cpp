@@ -159,6 +159,28 @@ TEST(Pixel, DeepLiftAndLrpClosedForms) {
   opt.settings.set("lrp_epsilon", 10.0);
   for (const auto& r : ex.explain(images, opt))
     EXPECT_LT(std::abs(r.maps.at(0).extra.at("relevance_sum").get<double>()), std::abs(r.maps.at(0).extra.at("f_input").get<double>()));
+  // The gamma rule with gamma 0 is the epsilon rule (rho(w) = w), through the other graph; a positive
+  // gamma changes the map.
+  opt.settings = Settings();
+  opt.methods = {"lrp"};
+  const auto epsilon = ex.explain(images, opt);
+  opt.settings.set("lrp_rule", "gamma");
+  opt.settings.set("lrp_gamma", 0.0);
+  const auto gamma0 = ex.explain(images, opt);
+  opt.settings.set("lrp_gamma", 1.0);
+  const auto gamma1 = ex.explain(images, opt);
+  for (size_t i = 0; i < images.size(); ++i) {
+    const double scale = cv::norm(epsilon[i].maps[0].raw, cv::NORM_INF);
+    EXPECT_LE(max_abs_diff(gamma0[i].maps[0].raw, epsilon[i].maps[0].raw), 1e-4 * scale);
+    EXPECT_GT(max_abs_diff(gamma1[i].maps[0].raw, epsilon[i].maps[0].raw), 1e-2 * scale);
+    EXPECT_EQ(gamma1[i].maps[0].extra.at("lrp_rules"), "gamma;gamma=1");
+  }
+  // A rule or a layer that does not exist is refused before anything runs.
+  opt.settings = Settings();
+  opt.settings.set("lrp_layer_rules", "0=sideways");
+  EXPECT_THROW(ex.explain(images, opt), Error);
+  opt.settings.set("lrp_layer_rules", "no.such.layer=gamma");
+  EXPECT_THROW(ex.explain(images, opt), Error);
 }
 
 TEST(Pixel, IntegratedGradientsCompletenessImprovesWithSteps) {

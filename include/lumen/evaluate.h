@@ -29,6 +29,8 @@ struct EvalOptions {
   double road_noise = 0.01;         // ROAD's imputation noise (model-input units, pytorch-grad-cam's)
   double infidelity_noise = 0.1;    // infidelity's perturbation sigma (model-input units)
   int infidelity_samples = 10;      // perturbations per image (Captum's n_perturb_samples)
+  double sensitivity_radius = 0.02; // sensitivity-max's uniform perturbation radius (model-input units, Captum's)
+  int sensitivity_samples = 10;     // perturbations per image, each explained again (Captum's n_perturb_samples)
   bool has(const std::string& m) const;
   // Whether some metric runs the model on altered inputs (deletion, insertion, drop, road).
   bool runs_model() const;
@@ -107,6 +109,9 @@ struct EvalResult {
 // Every metric of every method over `data`. Each image's record is appended to OUT/records.jsonl as it
 // is measured, so that a killed run resumes where it stopped; a records file of a different run is
 // refused. Memory stays flat: the records stay on disk, the summary keeps counts and sums.
+// The metrics evaluate_dataset knows, in the order the help lists them.
+const std::vector<std::string>& eval_metrics();
+
 EvalResult evaluate_dataset(const Explainer& explainer, const Dataset& data, const DatasetRun& run, const std::string& out_dir);
 // OUT/results.json, results.csv, table.md and index.html (the best and worst examples of each method,
 // explained again and drawn with their boxes), each written atomically.

@@ -105,6 +105,16 @@ Road road(const torch::Tensor& x, const cv::Mat& map, const std::vector<double>&
 double infidelity(const torch::Tensor& x, const cv::Mat& map, double noise, int samples, uint64_t seed,
                   const std::function<torch::Tensor(const torch::Tensor&)>& score, int batch);
 
+// Max-sensitivity (Yeh et al., NeurIPS 2019, def. 3.1; Captum's sensitivity_max with its default
+// perturbation and Frobenius norm): for `samples` perturbations u_j ~ U[-radius, radius) of `x`
+// ([C,H,W], model input; radius * (2 rand - 1) drawn as one [samples,C,H,W] tensor from a CPU
+// generator seeded with `seed`),
+//   max_j ||phi(x + u_j) - phi(x)||_F / ||phi(x)||_F,
+// phi(x) = `explanation` (any shape) and `explain` giving phi for a batch of inputs ([M,C,H,W] ->
+// [M, ...], the same target). A zero explanation divides by 1, as Captum does. Lower is steadier.
+double sensitivity_max(const torch::Tensor& x, const torch::Tensor& explanation, double radius, int samples, uint64_t seed,
+                       const std::function<torch::Tensor(const torch::Tensor&)>& explain);
+
 // Average Drop and Increase in Confidence (Chattopadhyay et al. 2018) for one image: y the class score
 // on the image, o on the image multiplied by the explanation map.
 inline double drop(double y, double o) { return y > 0 ? std::max(0.0, y - o) / y : 0.0; }

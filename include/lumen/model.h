@@ -47,6 +47,38 @@ class LrpEpsilon {
   double previous_;
 };
 
+// The LRP rules of every convolution and linear layer for forwards run on this thread while it lives
+// (Montavon et al. 2019, "Layer-Wise Relevance Propagation: An Overview", sec. 10.2): relevance R_k at
+// a layer's output z_k = sum_j a_j w_jk + b_k goes to its inputs as
+//   R_j = a_j sum_k rho(w_jk) R_k / (z'_k + eps sign z'_k),   z'_k = sum_j a_j rho(w_jk) + b_k,
+// with rho(w) = w ("epsilon", the default), w + gamma w+ ("gamma") or w+ ("alpha1beta0": the
+// z+ rule, for layers whose inputs are >= 0). The activations a_j are the network's own; only the
+// redistribution uses rho. Biases are kept, as in Captum. Batch norm and pooling keep the epsilon rule.
+// `layers` picks a rule per module path (a layer and everything inside it; the longest path wins).
+struct LrpRuleSet {
+  std::string rule = "epsilon";
+  std::vector<std::pair<std::string, std::string>> layers;
+  double gamma = 0.25;
+  // The rule of the layer at module path `scope` ("" for the model's own forward).
+  std::string rule_at(const std::string& scope) const;
+  // What shapes the rewritten graph: the rules and gamma (eps is read when the graph runs).
+  std::string signature() const;
+};
+// Throws lumen::Error unless `rule` is epsilon, gamma or alpha1beta0.
+void check_lrp_rule(const std::string& rule);
+
+class LrpRules {
+ public:
+  explicit LrpRules(LrpRuleSet rules);
+  ~LrpRules();
+  LrpRules(const LrpRules&) = delete;
+  LrpRules& operator=(const LrpRules&) = delete;
+  static const LrpRuleSet& current();
+
+ private:
+  LrpRuleSet previous_;
+};
+
 // How lumen runs its copy of the graph. Plain: as the file stores it. ChannelsLast: every 4-D weight and
 // the input in channels-last memory (NHWC), which oneDNN's convolutions run faster on many CPUs. The
 // values are the same up to float rounding; activations, gradients and maps keep their shapes.

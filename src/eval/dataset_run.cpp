@@ -4,6 +4,7 @@
 #include <lumen/evaluate.h>
 #include <lumen/version.h>
 
+#include "core/hash.h"
 #include "eval/eval_run.h"
 
 #include <chrono>
@@ -16,13 +17,12 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const std::vector<std::string> kMetrics{"loc", "pointing", "deletion", "insertion", "drop", "cam-mult", "infidelity", "road", "sanity"};
-
 void check_run(const Explainer& explainer, const Dataset& data, const DatasetRun& run) {
+  const auto& known = eval_metrics();
   for (const auto& m : run.eval.metrics) {
-    if (std::find(kMetrics.begin(), kMetrics.end(), m) != kMetrics.end()) continue;
+    if (std::find(known.begin(), known.end(), m) != known.end()) continue;
     std::string available;  // from the list itself, so that a new metric is named where it is added
-    for (const auto& k : kMetrics) available += (available.empty() ? "" : ", ") + k;
+    for (const auto& k : known) available += (available.empty() ? "" : ", ") + k;
     throw Error("unknown metric '" + m + "' (available: " + available + ")");
   }
   if (run.methods.empty()) throw Error("no method given");
@@ -70,6 +70,27 @@ ExplainOptions for_method(const ExplainOptions& base, const std::string& method,
   return opt;
 }
 
+// What the explanation of an image is for sensitivity-max: a pixel method's per-channel attribution,
+// else the map as the formula gives it (Captum compares attributions, not normalised pictures).
+torch::Tensor explanation_of(const Map& m) {
+  const cv::Mat& e = m.attribution.empty() ? m.raw : m.attribution;
+  const cv::Mat c = e.isContinuous() ? e : e.clone();
+  return torch::from_blob(const_cast<float*>(c.ptr<float>()), {static_cast<int64_t>(c.total() * c.channels())}, torch::kFloat32).clone();
+}
+
+// Captum's sensitivity_max of one image's map: the method explains the image's perturbed copies again,
+// in one batch, for the same class. Seeded by the image's name, like ROAD and infidelity.
+double sensitivity(const Explainer& explainer, const ExplainOptions& base, const std::string& method, const Sample& sample, const Map& map,
+                   const torch::Tensor& x, const EvalOptions& o) {
+  const auto explain = [&](const torch::Tensor& rows) {
+    const auto opt = for_method(base, method, std::vector<int64_t>(static_cast<size_t>(rows.size(0)), sample.label));
+    std::vector<torch::Tensor> out;
+    for (const auto& image : explainer.explain_tensor(rows, opt)) out.push_back(explanation_of(image.maps.back()));
+    return torch::stack(out);
+  };
+  return metrics::sensitivity_max(x, explanation_of(map), o.sensitivity_radius, o.sensitivity_samples, detail::fnv1a(sample.name) + 2, explain);
+}
+
 // One batch's images, decoded and made into the model's input.
 struct Loaded {
   std::vector<const Sample*> samples;
@@ -98,6 +119,7 @@ Measurement explain_batch(const Explainer& explainer, std::shared_ptr<const Load
     std::string method;
     std::vector<ImageExplanation> images;
     std::vector<bool> measured;  // before this run
+    std::vector<double> sensitivity;  // per image, when the run measures it
   };
   std::vector<Explained> explained;
   const auto& samples = batch->samples;
@@ -109,8 +131,11 @@ Measurement explain_batch(const Explainer& explainer, std::shared_ptr<const Load
     std::vector<int64_t> labels;
     std::vector<std::string> names;
     for (const auto* s : samples) labels.push_back(s->label), names.push_back(s->name);
-    Explained e{m, explainer.explain(batch->images, for_method(base, m, labels), names), {}};
+    Explained e{m, explainer.explain(batch->images, for_method(base, m, labels), names), {}, {}};
     for (const auto* s : samples) e.measured.push_back(tally.has(m, s->name));
+    if (run.eval.has("sensitivity"))
+      for (size_t k = 0; k < samples.size(); ++k)
+        e.sensitivity.push_back(e.measured[k] ? 0.0 : sensitivity(explainer, base, m, *samples[k], e.images[k].maps.back(), batch->inputs[static_cast<int64_t>(k)], run.eval));
     explained.push_back(std::move(e));
   }
   return [&explainer, &run, batch, explained = std::move(explained)](const Keep& keep) {
@@ -121,6 +146,7 @@ Measurement explain_batch(const Explainer& explainer, std::shared_ptr<const Load
         auto r = measure_image(explainer.model(), explainer.preprocess(), *batch->samples[k], e.images[k], e.images[k].maps.back(),
                                batch->inputs[static_cast<int64_t>(k)], run.eval);
         r["method"] = e.method;
+        if (!e.sensitivity.empty()) r["sensitivity"] = e.sensitivity[k];
         keep(r);
       }
   };
@@ -181,6 +207,12 @@ void EvalTally::finish(EvalResult& result, const EvalOptions& options, size_t im
 }
 
 }  // namespace detail
+
+const std::vector<std::string>& eval_metrics() {
+  static const std::vector<std::string> all{"loc",        "pointing", "deletion",    "insertion", "drop",  "cam-mult",
+                                            "infidelity", "road",     "sensitivity", "sanity"};
+  return all;
+}
 
 EvalResult evaluate_dataset(const Explainer& explainer, const Dataset& data, const DatasetRun& run, const std::string& out_dir) {
   check_run(explainer, data, run);

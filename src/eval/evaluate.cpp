@@ -134,7 +134,7 @@ void Summary::add(const nlohmann::json& r) {
   ++images_;
   for (const char* key : {"top1_correct", "top5_correct", "empty", "loc_top1", "loc_top5", "pointing", "increase", "cam_mult_increase"})
     counts_[key] += r.value(key, false) ? 1 : 0;
-  for (const char* key : {"deletion", "insertion", "drop", "cam_mult", "cam_mult_drop", "infidelity", "road", "road_morf", "road_lerf"}) {
+  for (const char* key : {"deletion", "insertion", "drop", "cam_mult", "cam_mult_drop", "infidelity", "sensitivity", "road", "road_morf", "road_lerf"}) {
     if (r.contains(key) && r[key].is_number()) {
       means_[key].sum += r[key].get<double>();
       ++means_[key].n;
@@ -219,6 +219,7 @@ nlohmann::json Summary::result() const {
     s["increase_in_confidence"] = rate("increase");
   }
   if (o.has("infidelity")) s["infidelity"] = mean("infidelity");
+  if (o.has("sensitivity")) s["sensitivity_max"] = mean("sensitivity");
   if (o.has("cam-mult")) {
     s["cam_mult_change"] = 100.0 * mean("cam_mult");
     s["cam_mult_drop"] = 100.0 * mean("cam_mult_drop");

@@ -153,6 +153,23 @@ double infidelity(const torch::Tensor& x, const cv::Mat& map, double noise, int 
   return (beta * predicted - change).pow(2).mean().item<double>();
 }
 
+// --- sensitivity-max -----------------------------------------------------------------------------------
+
+double sensitivity_max(const torch::Tensor& x, const torch::Tensor& explanation, double radius, int samples, uint64_t seed,
+                       const std::function<torch::Tensor(const torch::Tensor&)>& explain) {
+  if (samples < 1) throw Error("sensitivity-max needs at least one perturbation");
+  if (!(radius >= 0) || !std::isfinite(radius)) throw Error("sensitivity-max: the radius must be a finite number >= 0");
+  auto gen = at::detail::createCPUGenerator(seed);
+  std::vector<int64_t> shape{samples};
+  for (auto d : x.sizes()) shape.push_back(d);
+  const auto perturbed = x.unsqueeze(0) + radius * (2 * torch::rand(shape, gen) - 1);
+  const auto phi = explanation.to(torch::kFloat64).reshape({1, -1});
+  const auto moved = explain(perturbed).to(torch::kFloat64).reshape({samples, -1});
+  if (moved.size(1) != phi.size(1)) throw Error("sensitivity-max: the perturbed explanations differ in size from the explanation");
+  const double norm = phi.norm().item<double>();
+  return ((moved - phi).norm(2, 1) / (norm > 0 ? norm : 1.0)).max().item<double>();
+}
+
 // --- deletion / insertion ------------------------------------------------------------------------------
 
 std::vector<double> causal_curve(const torch::Tensor& start, const torch::Tensor& finish, const cv::Mat& map, int steps,

@@ -30,6 +30,7 @@ const std::vector<Column> kColumns{
     {"increase_in_confidence", "incr. conf. %", "drop", 1},
     {"cam_mult_change", "cam-mult conf. change % (higher)", "cam-mult", 2}, {"cam_mult_drop", "cam-mult drop % (lower)", "cam-mult", 2},
     {"cam_mult_increase", "cam-mult incr. %", "cam-mult", 1}, {"infidelity", "infidelity (lower)", "infidelity", 6},
+    {"sensitivity_max", "sensitivity-max (lower)", "sensitivity", 4},
     {"road", "ROAD (higher)", "road", 4},                {"road_morf", "ROAD MoRF (lower)", "road", 4},
     {"road_lerf", "ROAD LeRF (higher)", "road", 4},
     {"sanity_top_spearman", "rank corr., top block random", "sanity", 3},

@@ -66,6 +66,29 @@ Passes::Rescaled TargetPasses::rescale_gradient(const torch::Tensor& rows, const
   return {torch::cat(parts), torch::cat(scores)};
 }
 
+Passes::RescaledLayer TargetPasses::rescale_layer_at(const torch::Tensor& rows, const torch::Tensor& references, int64_t image,
+                                                     size_t layer) const {
+  if (rows.sizes() != references.sizes()) throw Error("internal: rescale_layer_at needs one reference per row");
+  torch::AutoGradMode enable(true);
+  const int pairs = std::max(1, rows_per_pass() / 2);
+  std::vector<torch::Tensor> acts, refs, grads, scores;
+  for (int64_t start = 0; start < rows.size(0); start += pairs) {
+    const int64_t m = std::min<int64_t>(rows.size(0), start + pairs) - start;
+    const auto x = torch::cat({rows.slice(0, start, start + m), references.slice(0, start, start + m)}).detach();
+    const auto capture = model_.forward(x, {plan_.layers.at(layer)}, BackwardRule::Rescale, plan_.shared.strict_nonlinearities);
+    const auto& a = capture.layers.at(0);
+    const auto y = for_rows(target_, image, 2 * m)(capture.output);
+    auto g = torch::autograd::grad({y.slice(0, 0, m).sum()}, {a}, {}, false, false, /*allow_unused=*/true)[0];
+    if (!g.defined()) g = torch::zeros_like(a);
+    const auto spatial = to_spatial(a.detach(), forward_.layouts.at(layer));
+    acts.push_back(spatial.slice(0, 0, m));
+    refs.push_back(spatial.slice(0, m));
+    grads.push_back(to_spatial(g, forward_.layouts.at(layer)).slice(0, 0, m));
+    scores.push_back(y.slice(0, m).detach());
+  }
+  return {torch::cat(acts), torch::cat(refs), torch::cat(grads), torch::cat(scores)};
+}
+
 LayerTensors TargetPasses::layer_at(const torch::Tensor& rows, int64_t image, size_t layer) const {
   torch::AutoGradMode enable(true);
   std::vector<torch::Tensor> acts, grads;

@@ -83,6 +83,7 @@ class TargetPasses : public Passes {
                const Preprocess& preprocess);
   torch::Tensor gradient(const torch::Tensor& rows, int64_t image, BackwardRule rule) const override;
   Rescaled rescale_gradient(const torch::Tensor& rows, const torch::Tensor& references, int64_t image) const override;
+  RescaledLayer rescale_layer_at(const torch::Tensor& rows, const torch::Tensor& references, int64_t image, size_t layer) const override;
   LayerTensors layer_at(const torch::Tensor& rows, int64_t image, size_t layer) const override;
   torch::Tensor score(const torch::Tensor& rows, int64_t image) const override;
   torch::Tensor score_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const override;

@@ -1,23 +1,17 @@
 // GradientSHAP (Lundberg & Lee 2017; Erion et al.'s expected gradients; Captum's GradientShap): the
 // expectation of (x' - b) * d y / d x at a random point b + a (x' - b) of the path from a baseline b of
 // the distribution (kit/baselines.h) to a noisy input x' = x + N(0, --stdevs^2), a ~ U(0, 1), over
-// --samples draws:
+// --samples draws (kit/baselines.h says how they are drawn):
 //   attr = mean_s (x'_s - b_s) * grad(b_s + a_s (x'_s - b_s)).
-// Draws of image i come from a CPU generator seeded with seed + i, in this order: the baseline
-// indices (randint K, [S]), the points on the path (rand [S]), then the noise (randn [S,C,H,W], only
-// when --stdevs > 0), so a run is reproducible in Python with torch.Generator. In expectation
-// sum(attr) = y(x) - E y(b); the gap of this estimate is reported. Map: the signed channel sum.
+// In expectation sum(attr) = y(x) - E y(b); the gap of this estimate is reported. Map: the signed
+// channel sum.
 #include "methods/kit/baselines.h"
-
-#include <ATen/CPUGeneratorImpl.h>
 
 LUMEN_METHOD(gradient_shap) {
   Method m("gradient-shap", "Lundberg & Lee 2017, A Unified Approach to Interpreting Model Predictions (expected gradients)",
            Family::Pixel, Space::Input, ExtraPasses::Gradient);
   m.reduce = sum_over_channels;
-  m.params = {baseline_param(), baselines_param(), samples_param(),
-              number32("stdevs", 0.0f, 0, 1e3, "gradient-shap: standard deviation of the noise added to the input per draw (model-input units)"),
-              blur_sigma_param(), seed_param()};
+  m.params = {baseline_param(), baselines_param(), samples_param(), stdevs_param(), blur_sigma_param(), seed_param()};
   m.compute = [](const Evidence& e, size_t) {
     const Settings& s = *e.settings;
     const auto dist = baseline_distribution(e);
@@ -26,17 +20,10 @@ LUMEN_METHOD(gradient_shap) {
     Result r;
     std::vector<torch::Tensor> attrs;
     for (int64_t i = 0; i < n; ++i) {
-      auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(s.integer("seed")) + static_cast<uint64_t>(i));
-      const auto index = torch::randint(k, {samples}, gen, torch::kLong);
-      const auto alpha = torch::rand({samples}, gen).view({-1, 1, 1, 1});
-      auto x = e.input[i].unsqueeze(0).expand({samples, -1, -1, -1});
-      if (stdevs > 0) {
-        std::vector<int64_t> shape{samples};
-        for (auto d : e.input[i].sizes()) shape.push_back(d);
-        x = x + stdevs * torch::randn(shape, gen);
-      }
-      const auto b = dist.select(1, i).index_select(0, index);
-      const auto points = b + alpha * (x - b);
+      const auto draw = shap_draws(e, dist, i);
+      const auto& x = draw.inputs;
+      const auto& b = draw.baselines;
+      const auto& points = draw.points;
       std::vector<torch::Tensor> parts;
       for (int64_t start = 0; start < samples; start += e.passes->rows_per_pass()) {
         const int64_t end = std::min<int64_t>(samples, start + e.passes->rows_per_pass());

@@ -83,7 +83,8 @@ struct Model::Impl {
     // Fused inference attention has no backward: lumen's graphs always compute it written out.
     options.decompose_attention = fused_attention;
     std::string key = std::to_string(options.lenient) + std::to_string(static_cast<int>(options.rule)) +
-                      std::to_string(options.strict_nonlinearities) + std::to_string(options.attention) + options.replace + "\n";
+                      std::to_string(options.strict_nonlinearities) + std::to_string(options.attention) + options.replace + "\n" +
+                      (options.rule == BackwardRule::Lrp ? options.lrp.signature() + "\n" : std::string());
     for (const auto& l : options.taps) key += l + "\n";
     std::lock_guard<std::mutex> lock(mutex);
     auto it = cache.find(key);
@@ -359,6 +360,7 @@ Capture Model::forward(const torch::Tensor& input, const std::vector<std::string
     options.taps.push_back(impl_->resolve(l));
   }
   options.rule = rule;
+  if (rule == BackwardRule::Lrp) options.lrp = LrpRules::current();
   options.strict_nonlinearities = strict;
   options.attention = attention;
   auto compiled = impl_->compiled(options);

@@ -19,6 +19,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iomanip>
+#include <sstream>
 #include <limits>
 #include <map>
 #include <set>
@@ -126,6 +128,39 @@ at::Tensor lrp_epsilon(const at::Tensor& z) {
   return LrpEpsilonFn::apply(z);
 }
 
+thread_local LrpRuleSet g_lrp_rules;
+
+// rho(w) of the gamma (rule 1) and alpha1beta0 (rule 2) rules. gamma is in the graph, not read when it
+// runs: weights stored as constants (ONNX imports) are folded with it when the graph is made.
+at::Tensor lrp_weight(const at::Tensor& w, double gamma, int64_t rule) {
+  const auto positive = w.detach().clamp_min(0);
+  return rule == 1 ? w.detach() + gamma * positive : positive;
+}
+
+// A layer under a rule with modified weights: forward z (the network's own output), backward through
+// z' (the same layer with rho(w), built beside it) with the gradient times z / (z' + eps sign z'):
+// in gradient-times-input form R_j = a_j sum_k rho(w_jk) R_k / (z'_k + eps sign z'_k). Nothing flows
+// back through z itself.
+class LrpMixFn : public torch::autograd::Function<LrpMixFn> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& z, const at::Tensor& modified) {
+    ctx->saved_data["eps"] = g_lrp_epsilon;
+    ctx->save_for_backward({z.detach(), modified.detach()});
+    return z.detach().clone();
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list g) {
+    const auto saved = ctx->get_saved_variables();
+    const auto &z = saved[0], &zm = saved[1];
+    const double eps = ctx->saved_data["eps"].toDouble();
+    const auto stabilised = zm + eps * at::where(zm >= 0, at::ones_like(zm), -at::ones_like(zm));
+    auto factor = z / at::where(stabilised == 0, at::ones_like(stabilised), stabilised);
+    factor.masked_fill_(stabilised == 0, 0.0);
+    return {at::Tensor(), factor * g[0]};
+  }
+};
+
+at::Tensor lrp_mix(const at::Tensor& z, const at::Tensor& modified) { return LrpMixFn::apply(z, modified); }
+
 // Where lumen::attention_tap records, per thread: a forward that records attention opens it.
 thread_local AttentionMaps* g_attention = nullptr;
 
@@ -145,12 +180,16 @@ TORCH_LIBRARY(lumen, m) {
   m.def("rule_clamp(Tensor x, float lo, float hi, int rule) -> Tensor", rule_clamp);
   m.def("attention_tap(Tensor x, str scope) -> Tensor", attention_tap);
   m.def("lrp_epsilon(Tensor z) -> Tensor", lrp_epsilon);
+  m.def("lrp_weight(Tensor w, float gamma, int rule) -> Tensor", lrp_weight);
+  m.def("lrp_mix(Tensor z, Tensor modified) -> Tensor", lrp_mix);
 }
 
 const c10::Symbol kTap = c10::Symbol::fromQualString("lumen::tap");
 const c10::Symbol kRuleClamp = c10::Symbol::fromQualString("lumen::rule_clamp");
 const c10::Symbol kAttentionTap = c10::Symbol::fromQualString("lumen::attention_tap");
 const c10::Symbol kLrpEpsilon = c10::Symbol::fromQualString("lumen::lrp_epsilon");
+const c10::Symbol kLrpWeight = c10::Symbol::fromQualString("lumen::lrp_weight");
+const c10::Symbol kLrpMix = c10::Symbol::fromQualString("lumen::lrp_mix");
 const c10::Symbol kFusedAttention = c10::Symbol::fromQualString("aten::_native_multi_head_attention");
 
 // aten::_native_multi_head_attention written out, with its argument list, so that it can stand in its
@@ -210,7 +249,7 @@ std::string join(const std::string& parent, const std::string& name) {
 class Rewriter {
  public:
   Rewriter(const torch::jit::Module& root, const RewriteOptions& options)
-      : root_(root), lenient_(options.lenient), rule_(options.rule), strict_(options.strict_nonlinearities),
+      : root_(root), lenient_(options.lenient), rule_(options.rule), lrp_(options.lrp), strict_(options.strict_nonlinearities),
         replace_(options.replace), attention_(options.attention), decompose_(options.decompose_attention),
         inline_all_(options.rule != BackwardRule::Plain || options.attention || options.decompose_attention) {
     std::vector<std::string> all = options.taps;
@@ -434,14 +473,31 @@ class Rewriter {
 
   // LRP: the epsilon rule after every linear-like layer's output (Captum's EpsilonRule layers: conv,
   // linear, batch norm, average and max pooling). Residual sums keep their gradient, as in Captum.
+  // A convolution or linear layer under the gamma or alpha1beta0 rule gets a copy beside it with
+  // rho(w) (lumen::lrp_weight), and lumen::lrp_mix sends its gradient through the copy.
   void mark_lrp_layer(Node* n) {
     static const std::set<std::string> linear_like{
         "aten::_convolution", "aten::conv1d", "aten::conv2d", "aten::conv3d", "aten::linear", "aten::addmm", "aten::batch_norm",
         "aten::avg_pool2d", "aten::adaptive_avg_pool2d", "aten::max_pool2d", "aten::mean"};
-    if (!linear_like.count(n->kind().toQualString()) || n->outputs().size() != 1) return;
+    static const std::map<std::string, size_t> weight_at{{"aten::_convolution", 1}, {"aten::conv1d", 1}, {"aten::conv2d", 1},
+                                                         {"aten::conv3d", 1},       {"aten::linear", 1}, {"aten::addmm", 2}};
+    const std::string kind = n->kind().toQualString();
+    if (!linear_like.count(kind) || n->outputs().size() != 1) return;
     Graph* g = n->owningGraph();
     torch::jit::WithInsertPoint guard(n->next());
-    Value* out = g->insert(kLrpEpsilon, {n->output()});
+    const auto weighted = weight_at.find(kind);
+    const auto scope = scope_.find(n);
+    const std::string rule = weighted == weight_at.end() ? "epsilon" : lrp_.rule_at(scope == scope_.end() ? "" : scope->second);
+    Value* out = nullptr;
+    if (rule == "epsilon") {
+      out = g->insert(kLrpEpsilon, {n->output()});
+    } else {
+      const size_t w = weighted->second;
+      Value* rho = g->insert(kLrpWeight, {n->input(w), lrp_.gamma, static_cast<int64_t>(rule == "gamma" ? 1 : 2)});
+      Node* copy = g->insertNode(g->createClone(n, [](Value* v) { return v; }));
+      copy->replaceInput(w, rho);
+      out = g->insert(kLrpMix, {n->output(), copy->output()});
+    }
     n->output()->replaceAllUsesAfterNodeWith(out->node(), out);
   }
 
@@ -497,6 +553,7 @@ class Rewriter {
   const torch::jit::Module& root_;
   bool lenient_;
   BackwardRule rule_;
+  LrpRuleSet lrp_;
   bool strict_;
   std::string replace_;
   bool attention_, decompose_, inline_all_;
@@ -539,6 +596,33 @@ TapResult rewrite_forward(const torch::jit::Module& root, const RewriteOptions& 
 }  // namespace lumen::detail
 
 namespace lumen {
+
+void check_lrp_rule(const std::string& rule) {
+  if (rule != "epsilon" && rule != "gamma" && rule != "alpha1beta0")
+    throw Error("unknown LRP rule '" + rule + "' (epsilon, gamma, alpha1beta0)");
+}
+
+std::string LrpRuleSet::rule_at(const std::string& scope) const {
+  std::string found = rule;
+  size_t longest = 0;
+  for (const auto& [path, r] : layers) {
+    const bool inside = scope == path || (scope.size() > path.size() && scope.compare(0, path.size(), path) == 0 && scope[path.size()] == '.');
+    if (inside && path.size() >= longest) found = r, longest = path.size();
+  }
+  return found;
+}
+
+std::string LrpRuleSet::signature() const {
+  std::ostringstream g;
+  g << std::setprecision(17) << gamma;  // every gamma its own graph
+  std::string s = rule + ";gamma=" + g.str();
+  for (const auto& [path, r] : layers) s += ";" + path + "=" + r;
+  return s;
+}
+
+LrpRules::LrpRules(LrpRuleSet rules) : previous_(detail::g_lrp_rules) { detail::g_lrp_rules = std::move(rules); }
+LrpRules::~LrpRules() { detail::g_lrp_rules = previous_; }
+const LrpRuleSet& LrpRules::current() { return detail::g_lrp_rules; }
 
 LrpEpsilon::LrpEpsilon(double epsilon) : previous_(detail::g_lrp_epsilon) { detail::g_lrp_epsilon = epsilon; }
 LrpEpsilon::~LrpEpsilon() { detail::g_lrp_epsilon = previous_; }

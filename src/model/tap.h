@@ -36,6 +36,8 @@ struct RewriteOptions {
   // and scripted nn.MultiheadAttention) has no backward and no softmax to tap: it is replaced by the
   // same computation written out. Set when the model has one; inlines the whole network.
   bool decompose_attention = false;
+  // BackwardRule::Lrp: which rule each convolution and linear layer takes (lumen::LrpRules).
+  LrpRuleSet lrp;
 };
 
 // Whether a module's graphs hold a fused inference attention (see RewriteOptions::decompose_attention).

@@ -236,7 +236,7 @@ Command add_eval(CLI::App& app) {
   sub->add_option("--card", a->card, "model card JSON")->required();
   sub->add_option("--data,-d", a->data, "dataset folder: images/, labels.csv, boxes.csv")->required();
   sub->add_option("--methods,--method", a->methods, "method(s), comma-separated (default gradcam): " + joined(method_names()));
-  sub->add_option("--metrics", a->metrics, "comma-separated: loc, pointing, deletion, insertion, drop, cam-mult, infidelity, road, sanity (default all but cam-mult, infidelity, road and sanity)");
+  sub->add_option("--metrics", a->metrics, "comma-separated: " + joined(eval_metrics()) + " (default: " + joined(EvalOptions().metrics) + ")");
   sub->add_option("--layer,-l", a->layer, "layer(s) for CAM methods, comma-separated (default: the card's)");
   sub->add_option("--aggregate", a->aggregate, "with several layers: score their combination (mean, max, product)")
       ->check(CLI::IsMember({"mean", "max", "product"}));

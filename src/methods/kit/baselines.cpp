@@ -1,9 +1,11 @@
 #include "methods/kit/baselines.h"
 
+#include <ATen/CPUGeneratorImpl.h>
+
 namespace lumen::detail {
 
 Param baselines_param() {
-  return integer("baselines", 8, 1, 10000, "deeplift-shap, gradient-shap: references in the baseline distribution (with --baseline noise; other kinds are one)");
+  return integer("baselines", 8, 1, 10000, "deeplift-shap, gradient-shap, layer-gradient-shap: references in the baseline distribution (with --baseline noise; other kinds are one)");
 }
 
 torch::Tensor baseline_distribution(const Evidence& e) {
@@ -14,6 +16,27 @@ torch::Tensor baseline_distribution(const Evidence& e) {
   std::vector<torch::Tensor> refs;
   for (int64_t j = 0; j < k; ++j) refs.push_back(e.passes->reference(kind, seed + static_cast<uint64_t>(j), s.number("blur_sigma")));
   return torch::stack(refs);
+}
+
+Param stdevs_param() {
+  return number32("stdevs", 0.0f, 0, 1e3, "gradient-shap, layer-gradient-shap: standard deviation of the noise added to the input per draw (model-input units)");
+}
+
+ShapDraws shap_draws(const Evidence& e, const torch::Tensor& dist, int64_t image) {
+  const Settings& s = *e.settings;
+  const int64_t samples = s.integer("samples");
+  const double stdevs = s.number("stdevs");
+  auto gen = at::detail::createCPUGenerator(static_cast<uint64_t>(s.integer("seed")) + static_cast<uint64_t>(image));
+  const auto index = torch::randint(dist.size(0), {samples}, gen, torch::kLong);
+  const auto alpha = torch::rand({samples}, gen).view({-1, 1, 1, 1});
+  auto x = e.input[image].unsqueeze(0).expand({samples, -1, -1, -1});
+  if (stdevs > 0) {
+    std::vector<int64_t> shape{samples};
+    for (auto d : e.input[image].sizes()) shape.push_back(d);
+    x = x + stdevs * torch::randn(shape, gen);
+  }
+  const auto b = dist.select(1, image).index_select(0, index);
+  return {x.contiguous(), b, b + alpha * (x - b)};
 }
 
 }  // namespace lumen::detail

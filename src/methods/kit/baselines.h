@@ -11,4 +11,16 @@ Param baselines_param();  // "baselines": K
 // [K,N,C,H,W] (K = 1 unless the kind is noise).
 torch::Tensor baseline_distribution(const Evidence& e);
 
+// GradientSHAP's random draws for image `image` of the batch, from the distribution `dist`: --samples
+// draws, each a noisy input x_s = x + N(0, --stdevs^2), a baseline b_s of the distribution and the
+// point b_s + a_s (x_s - b_s), a_s ~ U(0, 1). They come from a CPU generator seeded with seed + image,
+// in this order: the baseline indices (randint K, [S]), the points on the path (rand [S]), then the
+// noise (randn [S,C,H,W], only when --stdevs > 0), so a run is reproducible in Python with
+// torch.Generator. Shared by gradient-shap and layer-gradient-shap.
+struct ShapDraws {
+  torch::Tensor inputs, baselines, points;  // [S,C,H,W] each
+};
+Param stdevs_param();  // "stdevs"
+ShapDraws shap_draws(const Evidence& e, const torch::Tensor& dist, int64_t image);
+
 }  // namespace lumen::detail

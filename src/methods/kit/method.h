@@ -98,6 +98,13 @@ class Passes {
     torch::Tensor gradient, reference_scores;
   };
   virtual Rescaled rescale_gradient(const torch::Tensor& rows, const torch::Tensor& references, int64_t image) const = 0;
+  // The same at requested layer `layer` (Captum's LayerDeepLift): the layer's activations at the rows
+  // and at their references, and d y / d A at the rows under the rescale rule ([M,C,h,w] each, as the
+  // methods see the layer); and y at the references.
+  struct RescaledLayer {
+    torch::Tensor activations, reference_activations, gradient, reference_scores;
+  };
+  virtual RescaledLayer rescale_layer_at(const torch::Tensor& rows, const torch::Tensor& references, int64_t image, size_t layer) const = 0;
   // Requested layer `layer`'s activations A and d y / d A at other inputs `rows` of image `image`
   // ([M,C,h,w] each, as the methods see the layer; Captum's layer methods).
   virtual LayerTensors layer_at(const torch::Tensor& rows, int64_t image, size_t layer) const = 0;
