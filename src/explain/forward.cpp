@@ -55,6 +55,9 @@ void read_attention(Forward& f, const Plan& plan, const torch::Tensor& batch) {
 
 Forward run_forward(const Model& model, const Plan& plan, const torch::Tensor& batch) {
   torch::AutoGradMode grad_mode(plan.backward());
+  std::vector<std::shared_ptr<void>> rule_scopes;  // LRP's epsilon and rules, while the rule graphs are made and run
+  for (const auto* m : plan.methods)
+    if (m->needs.rule_scope) rule_scopes.push_back(m->needs.rule_scope(plan.settings, model));
   const bool strict = plan.shared.strict_nonlinearities;
   Forward f;
   f.input = batch.detach();

@@ -35,30 +35,36 @@ std::vector<std::pair<std::string, std::string>> layer_rules(const std::string& 
 }  // namespace lumen::detail
 
 LUMEN_METHOD(lrp) {
-  Method m("lrp", "Bach et al. 2015, On Pixel-Wise Explanations by Layer-Wise Relevance Propagation (epsilon rule)", Family::Pixel,
-           Space::Input, ExtraPasses::Gradient);
+  // One forward and backward of the rule graph, shared with the forward stage: with no other method the
+  // rule graph's forward is the only one (its values are the plain ones, so it also gives y).
+  Method m("lrp", "Bach et al. 2015, On Pixel-Wise Explanations by Layer-Wise Relevance Propagation", Family::Pixel, Space::Input);
   m.reduce = sum_over_channels;
   m.params = {number("lrp_epsilon", 1e-9, 0, 1e6, "lrp: the epsilon rule's stabiliser at every linear-like layer (Captum's default 1e-9)"),
               choice("lrp_rule", "epsilon", {"epsilon", "gamma", "alpha1beta0"}, "lrp: the rule of every convolution and linear layer"),
               number("lrp_gamma", 0.25, 0, 1e6, "lrp: the gamma rule's gamma (Captum's default 0.25)"),
               text("lrp_layer_rules", "", "lrp: rules per module path, LAYER=RULE,... (a layer and what is inside it; the longest path wins)")};
   m.params.back().check = [](const std::string& value) { layer_rules(value); };
+  m.needs.input_gradients = {BackwardRule::Lrp};
+  m.needs.rule_scope = [](const Settings& s, const Model& model) -> std::shared_ptr<void> {
+    LrpRuleSet rules{s.text("lrp_rule"), layer_rules(s.text("lrp_layer_rules")), s.number("lrp_gamma")};
+    for (const auto& [path, rule] : rules.layers) model.check_layer(path);
+    struct Scopes {
+      LrpEpsilon epsilon;
+      LrpRules rules;
+      Scopes(double eps, LrpRuleSet r) : epsilon(eps), rules(std::move(r)) {}
+    };
+    return std::make_shared<Scopes>(s.number("lrp_epsilon"), std::move(rules));
+  };
   m.compute = [](const Evidence& e, size_t) {
-    const LrpEpsilon scope(e.settings->number("lrp_epsilon"));
-    LrpRuleSet rules{e.settings->text("lrp_rule"), layer_rules(e.settings->text("lrp_layer_rules")), e.settings->number("lrp_gamma")};
-    for (const auto& [path, rule] : rules.layers) e.model->check_layer(path);
-    const LrpRules rule_scope(rules);
+    const Settings& s = *e.settings;
+    const std::string rules = LrpRuleSet{s.text("lrp_rule"), layer_rules(s.text("lrp_layer_rules")), s.number("lrp_gamma")}.signature();
     Result r;
-    std::vector<torch::Tensor> attrs;
+    r.attribution = e.input * e.input_gradients.at(BackwardRule::Lrp);
     for (int64_t i = 0; i < e.input.size(0); ++i) {
-      const auto x = e.input[i].unsqueeze(0);
-      const auto attr = (x * e.passes->gradient(x, i, BackwardRule::Lrp))[0];
-      attrs.push_back(attr);
-      const double y = e.target_values[i].item<double>(), total = attr.sum().item<double>();
-      r.extra.push_back({{"lrp_epsilon", e.settings->number("lrp_epsilon")}, {"lrp_rules", rules.signature()}, {"f_input", y}, {"relevance_sum", total},
+      const double y = e.target_values[i].item<double>(), total = r.attribution[i].sum().item<double>();
+      r.extra.push_back({{"lrp_epsilon", s.number("lrp_epsilon")}, {"lrp_rules", rules}, {"f_input", y}, {"relevance_sum", total},
                          {"conservation_gap", std::abs(total - y) / std::max(std::abs(y), 1e-12)}});
     }
-    r.attribution = torch::stack(attrs);
     r.maps = r.attribution.sum(1);
     r.is_signed = true;
     return r;

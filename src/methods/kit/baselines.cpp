@@ -30,11 +30,7 @@ ShapDraws shap_draws(const Evidence& e, const torch::Tensor& dist, int64_t image
   const auto index = torch::randint(dist.size(0), {samples}, gen, torch::kLong);
   const auto alpha = torch::rand({samples}, gen).view({-1, 1, 1, 1});
   auto x = e.input[image].unsqueeze(0).expand({samples, -1, -1, -1});
-  if (stdevs > 0) {
-    std::vector<int64_t> shape{samples};
-    for (auto d : e.input[image].sizes()) shape.push_back(d);
-    x = x + stdevs * torch::randn(shape, gen);
-  }
+  if (stdevs > 0) x = x + stdevs * torch::randn(x.sizes().vec(), gen);
   const auto b = dist.select(1, image).index_select(0, index);
   return {x.contiguous(), b, b + alpha * (x - b)};
 }

@@ -17,6 +17,7 @@
 
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -161,6 +162,10 @@ struct Needs {
   // More layers of the model, captured beside the requested ones with their gradients (FullGrad's
   // bias layers). Throws lumen::Error when the model has none that fit.
   std::function<std::vector<std::string>(const Model&)> model_layers;
+  // Thread-local parameters that the method's backward rule reads when its graph is made and its
+  // forward runs (LRP's epsilon and rules), opened by the forward stage around its passes; the object
+  // returned closes them. May refuse settings that only the model can check (throws lumen::Error).
+  std::function<std::shared_ptr<void>(const Settings&, const Model&)> rule_scope;
 };
 
 // What a method runs beyond the shared passes: the rows per pass are chosen from the memory one row of
