@@ -148,6 +148,19 @@ TEST(Pixel, DeepLiftAndLrpClosedForms) {
     opt.settings.set("baseline", baseline);
     for (const auto& r : ex.explain(images, opt)) EXPECT_LT(r.maps.at(0).extra.at("completeness_gap").get<double>(), 1e-4) << baseline;
   }
+  // One pair per pass: each image's pair in a pass of its own, under its own class, gives the same maps
+  // as the pairs together.
+  opt.targets = {class_target({1, 3})};
+  const auto together = ex.explain(images, opt);
+  opt.shared.rows_per_pass = 2;
+  const auto apart = ex.explain(images, opt);
+  for (size_t i = 0; i < images.size(); ++i) {
+    EXPECT_LE(max_abs_diff(apart[i].maps[0].raw, together[i].maps[0].raw), 1e-5 * cv::norm(together[i].maps[0].raw, cv::NORM_INF));
+    EXPECT_LT(apart[i].maps[0].extra.at("completeness_gap").get<double>(), 1e-4);
+    EXPECT_EQ(apart[i].maps[0].cls, i == 0 ? 1 : 3);
+  }
+  opt.shared.rows_per_pass = 0;
+  opt.targets.clear();
   opt.settings = Settings();
   opt.methods = {"lrp", "input-x-gradient"};
   opt.settings.set("lrp_epsilon", 0.0);

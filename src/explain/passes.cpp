@@ -7,6 +7,8 @@
 
 #include <torch/csrc/autograd/autograd.h>
 
+#include <optional>
+
 namespace lumen::detail {
 namespace {
 
@@ -49,44 +51,58 @@ torch::Tensor TargetPasses::gradient(const torch::Tensor& rows, int64_t image, B
 }
 
 // Inputs and their references in one forward, [inputs; references], so that each unit of the rescale
-// rule sees both; the target reads the inputs' half. Half a pass of pairs per chunk.
-Passes::Rescaled TargetPasses::rescale_gradient(const torch::Tensor& rows, const torch::Tensor& references, int64_t image) const {
-  if (rows.sizes() != references.sizes()) throw Error("internal: rescale_gradient needs one reference per row");
-  torch::AutoGradMode enable(true);
-  const int pairs = std::max(1, rows_per_pass() / 2);
-  std::vector<torch::Tensor> parts, scores;
-  for (int64_t start = 0; start < rows.size(0); start += pairs) {
-    const int64_t m = std::min<int64_t>(rows.size(0), start + pairs) - start;
-    auto x = torch::cat({rows.slice(0, start, start + m), references.slice(0, start, start + m)}).detach().requires_grad_(true);
-    auto out = model_.forward(x, {}, BackwardRule::Rescale, plan_.shared.strict_nonlinearities).output;
-    auto y = for_rows(target_, image, 2 * m)(out);
-    parts.push_back(torch::autograd::grad({y.slice(0, 0, m).sum()}, {x})[0].slice(0, 0, m));
-    scores.push_back(y.slice(0, m).detach());
-  }
-  return {torch::cat(parts), torch::cat(scores)};
-}
-
-Passes::RescaledLayer TargetPasses::rescale_layer_at(const torch::Tensor& rows, const torch::Tensor& references, int64_t image,
-                                                     size_t layer) const {
-  if (rows.sizes() != references.sizes()) throw Error("internal: rescale_layer_at needs one reference per row");
+// rule sees both; the target reads the inputs' half. Half a pass of pairs per chunk. With `image` < 0
+// row r is the batch's image r, so every image's pair runs in the same passes.
+Passes::RescaledLayer TargetPasses::rescale_pass(const torch::Tensor& rows, const torch::Tensor& references, int64_t image,
+                                                 std::optional<size_t> layer) const {
+  if (rows.sizes() != references.sizes()) throw Error("internal: the rescale rule needs one reference per row");
+  if (image < 0 && rows.size(0) != batch_.size(0)) throw Error("internal: the rescale rule's rows for every image must be the batch's");
   torch::AutoGradMode enable(true);
   const int pairs = std::max(1, rows_per_pass() / 2);
   std::vector<torch::Tensor> acts, refs, grads, scores;
   for (int64_t start = 0; start < rows.size(0); start += pairs) {
     const int64_t m = std::min<int64_t>(rows.size(0), start + pairs) - start;
-    const auto x = torch::cat({rows.slice(0, start, start + m), references.slice(0, start, start + m)}).detach();
-    const auto capture = model_.forward(x, {plan_.layers.at(layer)}, BackwardRule::Rescale, plan_.shared.strict_nonlinearities);
-    const auto& a = capture.layers.at(0);
-    const auto y = for_rows(target_, image, 2 * m)(capture.output);
-    auto g = torch::autograd::grad({y.slice(0, 0, m).sum()}, {a}, {}, false, false, /*allow_unused=*/true)[0];
-    if (!g.defined()) g = torch::zeros_like(a);
-    const auto spatial = to_spatial(a.detach(), forward_.layouts.at(layer));
-    acts.push_back(spatial.slice(0, 0, m));
-    refs.push_back(spatial.slice(0, m));
-    grads.push_back(to_spatial(g, forward_.layouts.at(layer)).slice(0, 0, m));
+    auto x = torch::cat({rows.slice(0, start, start + m), references.slice(0, start, start + m)}).detach();
+    if (!layer) x.requires_grad_(true);
+    const auto capture = model_.forward(x, layer ? std::vector<std::string>{plan_.layers.at(*layer)} : std::vector<std::string>{},
+                                        BackwardRule::Rescale, plan_.shared.strict_nonlinearities);
+    // The chunk's images, twice: a custom target is called on the rows as they are.
+    Target target = target_;
+    if (image >= 0) {
+      target = for_rows(target_, image, 2 * m);
+    } else if (!target_.classes.empty()) {
+      std::vector<int64_t> cls(target_.classes.begin() + start, target_.classes.begin() + start + m);
+      cls.insert(cls.end(), cls.begin(), cls.end());
+      target = class_target(cls, target_.score, target_.counterfactual, target_.select);
+    }
+    const auto y = target(capture.output);
+    const auto& wrt = layer ? capture.layers.at(0) : x;
+    auto g = torch::autograd::grad({y.slice(0, 0, m).sum()}, {wrt}, {}, false, false, /*allow_unused=*/true)[0];
+    if (!g.defined()) g = torch::zeros_like(wrt);
+    if (layer) {
+      const auto spatial = to_spatial(wrt.detach(), forward_.layouts.at(*layer));
+      acts.push_back(spatial.slice(0, 0, m));
+      refs.push_back(spatial.slice(0, m));
+      g = to_spatial(g, forward_.layouts.at(*layer));
+    }
+    grads.push_back(g.slice(0, 0, m));
     scores.push_back(y.slice(0, m).detach());
   }
-  return {torch::cat(acts), torch::cat(refs), torch::cat(grads), torch::cat(scores)};
+  RescaledLayer r;
+  if (layer) r.activations = torch::cat(acts), r.reference_activations = torch::cat(refs);
+  r.gradient = torch::cat(grads);
+  r.reference_scores = torch::cat(scores);
+  return r;
+}
+
+Passes::Rescaled TargetPasses::rescale_gradient(const torch::Tensor& rows, const torch::Tensor& references, int64_t image) const {
+  auto r = rescale_pass(rows, references, image, std::nullopt);
+  return {r.gradient, r.reference_scores};
+}
+
+Passes::RescaledLayer TargetPasses::rescale_layer_at(const torch::Tensor& rows, const torch::Tensor& references, int64_t image,
+                                                     size_t layer) const {
+  return rescale_pass(rows, references, image, layer);
 }
 
 LayerTensors TargetPasses::layer_at(const torch::Tensor& rows, int64_t image, size_t layer) const {

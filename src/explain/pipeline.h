@@ -16,6 +16,7 @@
 #include "methods/kit/method.h"
 
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -103,6 +104,8 @@ class TargetPasses : public Passes {
   const Target& target_;
   torch::Tensor batch_;
   const Preprocess& preprocess_;
+  // The rescale rule's pass, at the input (`layer` empty) or at a requested layer.
+  RescaledLayer rescale_pass(const torch::Tensor& rows, const torch::Tensor& references, int64_t image, std::optional<size_t> layer) const;
   // The model's output when it runs on from `layer` with `activations` in place of the layer's output.
   torch::IValue output_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const;
 };

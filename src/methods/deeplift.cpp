@@ -16,19 +16,13 @@ LUMEN_METHOD(deeplift) {
     const Settings& s = *e.settings;
     const auto b = e.passes->reference(s.text("baseline"), static_cast<uint64_t>(s.integer("seed")), s.number("blur_sigma"));
     Result r;
-    std::vector<torch::Tensor> attrs;
+    const auto pass = e.passes->rescale_gradient(e.input, b, -1);  // every image beside its reference, in shared passes
+    const auto attrs = (e.input - b) * pass.gradient;
     for (int64_t i = 0; i < e.input.size(0); ++i) {
-      const auto x = e.input[i].unsqueeze(0), x0 = b[i].unsqueeze(0);
-      const auto pass = e.passes->rescale_gradient(x, x0, i);
-      const auto attr = ((x - x0) * pass.gradient)[0];
-      attrs.push_back(attr);
-      const double fx = e.target_values[i].item<double>(), fb = pass.reference_scores[0].item<double>();
-      const double total = attr.sum().item<double>();
-      r.extra.push_back(completeness(fx, fb, total));
+      r.extra.push_back(completeness(e.target_values[i].item<double>(), pass.reference_scores[i].item<double>(), attrs[i].sum().item<double>()));
       r.extra.back()["baseline"] = s.text("baseline");
-      e.passes->progress("deeplift", i + 1, e.input.size(0));
     }
-    r.attribution = torch::stack(attrs);
+    r.attribution = attrs;
     r.maps = r.attribution.sum(1);
     r.is_signed = true;
     return r;

@@ -13,16 +13,13 @@ LUMEN_METHOD(layer_deeplift) {
     const Settings& s = *e.settings;
     const auto b = e.passes->reference(s.text("baseline"), static_cast<uint64_t>(s.integer("seed")), s.number("blur_sigma"));
     Result r;
-    std::vector<torch::Tensor> maps;
+    const auto pass = e.passes->rescale_layer_at(e.input, b, -1, layer);  // every image beside its reference, in shared passes
+    const auto attrs = (pass.activations - pass.reference_activations) * pass.gradient;
     for (int64_t i = 0; i < e.input.size(0); ++i) {
-      const auto pass = e.passes->rescale_layer_at(e.input[i].unsqueeze(0), b[i].unsqueeze(0), i, layer);
-      const auto attr = ((pass.activations - pass.reference_activations) * pass.gradient)[0];
-      maps.push_back(attr.sum(0));
-      r.extra.push_back(completeness(e.target_values[i].item<double>(), pass.reference_scores[0].item<double>(), attr.sum().item<double>()));
+      r.extra.push_back(completeness(e.target_values[i].item<double>(), pass.reference_scores[i].item<double>(), attrs[i].sum().item<double>()));
       r.extra.back()["baseline"] = s.text("baseline");
-      e.passes->progress("layer-deeplift", i + 1, e.input.size(0));
     }
-    r.maps = torch::stack(maps);
+    r.maps = attrs.sum(1);
     r.is_signed = true;
     return r;
   };

@@ -94,7 +94,8 @@ class Passes {
   virtual torch::Tensor gradient(const torch::Tensor& rows, int64_t image, BackwardRule rule) const = 0;
   // DeepLIFT's multipliers: d y / d x at `rows` of image `image` under the rescale rule, each row
   // against the reference row of `references` beside it (both [M,C,H,W]); and y at the references,
-  // which the same forward computed.
+  // which the same forward computed. `image` -1: the rows are the batch's own images, row i image i,
+  // so that every image's pair shares the passes.
   struct Rescaled {
     torch::Tensor gradient, reference_scores;
   };
