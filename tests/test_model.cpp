@@ -169,7 +169,7 @@ TEST(Model, LayerThatIsNeitherMapNorTokensIsRefused) {
     ex.explain({read_image(shared("images/cat.png"))}, opt);
     FAIL();
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("[1,5] is neither a [N,C,h,w] or [N,h,w,C] map nor a [N,tokens,C] sequence"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("[1,5] is neither a [N,C,h,w] or [N,h,w,C] map, a [N,C,d,h,w] volume nor a [N,tokens,C] sequence"), std::string::npos) << e.what();
   }
 }
 

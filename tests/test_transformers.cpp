@@ -49,7 +49,7 @@ TEST(Layout, ReadFromShapes) {
   };
   refused({2, 9, 64}, 0, "can be read as 0 prefix + 3x3 or 5 prefix + 2x2");
   refused({2, 300, 64}, 0, "is no token grid of the 224x224 input");
-  refused({2, 1000}, 0, "neither a [N,C,h,w] or [N,h,w,C] map nor a [N,tokens,C] sequence");
+  refused({2, 1000}, 0, "neither a [N,C,h,w] or [N,h,w,C] map, a [N,C,d,h,w] volume nor a [N,tokens,C] sequence");
   // Given explicitly, a layout is checked against the shape.
   EXPECT_EQ(infer_layout({2, 50, 768}, 224, 224, 0, parse_tokens("grid=6x6")).prefix, 14);
   EXPECT_EQ(infer_layout({2, 9, 64}, 224, 224, 0, parse_tokens("prefix=5")).grid_h, 2);

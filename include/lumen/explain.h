@@ -55,7 +55,9 @@ class Explainer {
   std::vector<ImageExplanation> explain(const std::vector<cv::Mat>& images, const ExplainOptions& options,
                                         const std::vector<std::string>& sources = {}) const;
   // For callers with their own preprocessing: `batch` is the model input [N,3,H,W]; maps are upsampled
-  // to `sizes[i]` (width, height of the image each row came from; default: the input size).
+  // to `sizes[i]` (width, height of the image each row came from; default: the input size). A 3-D
+  // network's batch [N,C,D,H,W] (video clips, CT/MRI volumes) gives volume maps at the input's size
+  // (Map::depth), from the methods that take volumes (method_takes_volumes).
   std::vector<ImageExplanation> explain_tensor(const torch::Tensor& batch, const ExplainOptions& options,
                                                const std::vector<cv::Size>& sizes = {},
                                                const std::vector<std::string>& sources = {}) const;

@@ -70,6 +70,17 @@ torch::Tensor to_batch(const std::vector<cv::Mat>& images, const Preprocess& p);
 // "blur" (Gaussian, sigma = blur_sigma x width, at least half a pixel), or the path of an image.
 torch::Tensor reference_input(const torch::Tensor& x, const std::string& kind, const Preprocess& p, uint64_t seed = 0,
                               double blur_sigma = static_cast<double>(0.05f));
+// A 3-D network's input from a .npy file (float32, C order): [C,D,H,W] (a video clip is [3,T,H,W]) or
+// [D,H,W] for one channel, taken as the model's input as it is (preprocessed by the caller: lumen cannot
+// know a scanner's or a video model's normalisation). Returns [C,D,H,W]. Throws lumen::Error for a
+// missing, corrupt or huge file (more voxels than image_limits().max_pixels), another shape, or a value
+// that is NaN or infinite.
+torch::Tensor read_volume(const std::string& path);
+// The volume's slices as pictures, stacked one below another (D*H rows, W columns), BGR 8-bit: its
+// values min-max scaled over the whole volume; three channels are colour (in `rgb` order), any other
+// count is shown as the channels' mean in grey.
+cv::Mat volume_slices(const torch::Tensor& volume, bool rgb = true);
+
 // Separable Gaussian blur of an [N,C,H,W] batch, sigma in pixels, reflect-padded (radius ceil(3 sigma)).
 // Torch, not OpenCV: it runs on model inputs, batched, and stays differentiable.
 torch::Tensor gaussian_blur(const torch::Tensor& x, double sigma);

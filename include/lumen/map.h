@@ -17,6 +17,7 @@ namespace lumen {
 struct Box {
   int x0 = 0, y0 = 0, x1 = 0, y1 = 0;       // pixels of the original image; x1, y1 exclusive
   bool valid = false;
+  int z0 = 0, z1 = 0;                       // volumes: slices (frames), z1 exclusive; 0, 0 for images
   int width() const { return x1 - x0; }
   int height() const { return y1 - y0; }
 };
@@ -24,6 +25,7 @@ struct Box {
 struct MapStats {
   float min = 0, max = 0, mean = 0;          // of the raw map
   int peak_x = 0, peak_y = 0;                // argmax of the upsampled map, original image pixels
+  int peak_z = 0;                            // volumes: its slice
 };
 
 struct Prediction {
@@ -47,8 +49,11 @@ struct Map {
   bool counterfactual = false;
   bool contrastive = false;                  // a class-difference map (ExplainOptions::contrast)
   float target_value = 0;                    // y for this image
+  // Volumes (a 3-D network's [N,C,D,H,W] input): raw, upsampled and normalized hold the slices one
+  // below the other, raw_depth x h rows and depth x H rows; both depths are 0 for images.
+  int depth = 0, raw_depth = 0;
   cv::Mat raw;         // CV_32F, layer resolution, exactly as the method's formula gives it
-  cv::Mat upsampled;   // CV_32F, original image size, bilinear (half-pixel centres) from raw
+  cv::Mat upsampled;   // CV_32F, original image size, bilinear (half-pixel centres) from raw; volumes: trilinear
   cv::Mat normalized;  // CV_32F in [0,1]: (upsampled - min) / (max - min); all zero when empty
   MapStats stats;
   Box box;
@@ -64,11 +69,15 @@ struct ImageExplanation {
   int width = 0, height = 0;                 // original image size
   std::vector<Prediction> top;               // top-5 (fewer if the model has fewer classes)
   std::vector<Map> maps;
+  int depth = 0;                             // volumes: slices (frames); 0 for images
 };
 
 // The paper's box: threshold `map` (any size, CV_32F) at `fraction` of its maximum, take the largest
 // 8-connected region, return its bounding box. Invalid when the map has no positive maximum.
 Box threshold_box(const cv::Mat& map, float fraction);
+// The same in 3-D for a volume's slices stacked one below the other (`depth` of them): the largest
+// 26-connected region, its box with z0, z1.
+Box threshold_box_3d(const cv::Mat& stacked, int depth, float fraction);
 
 }  // namespace lumen
 #pragma GCC visibility pop

@@ -31,6 +31,7 @@ struct MethodInfo {
                                      // space, or over the attention's token grid for family "attention")
   bool attribution = false;          // also a per-channel attribution in input space (wrappers can take it)
   std::vector<std::string> settings; // names of the settings it takes
+  bool volumes = false;              // also explains 3-D networks' [N,C,D,H,W] volumes and clips
 };
 
 // Registered methods, grouped by family (CAM, attention, perturbation, pixel), and their names.

@@ -19,10 +19,18 @@
 namespace lumen {
 
 // NumPy .npy (format 1.0, little-endian float32, C order): a CV_32F matrix is (rows, cols); one with
-// C > 1 channels is (rows, cols, C).
-std::string encode_npy(const cv::Mat& map);
+// C > 1 channels is (rows, cols, C); with depth > 0, a volume's slices stacked (Map::depth) are
+// (depth, rows / depth, cols).
+std::string encode_npy(const cv::Mat& map, int depth = 0);
 cv::Mat decode_npy(const std::string& bytes);   // float32, 2-D or (H, W, C<=4); throws lumen::Error
 cv::Mat read_npy(const std::string& path);
+// Any float32 array (at most 8 dimensions and 2^31 values), e.g. a volume: its shape and values.
+struct NpyArray {
+  std::vector<long long> shape;
+  std::vector<float> data;
+};
+NpyArray decode_npy_array(const std::string& bytes);
+std::string read_npy_bytes(const std::string& path);  // the file, refused unread when over 2 GiB
 
 std::string encode_png(const cv::Mat& image);
 
@@ -59,6 +67,8 @@ std::string map_file_stem(const std::string& image_stem, const Map& map);
 // options.plain), <base>.npy (normalised, image size) and
 // <base>.raw.npy (layer or input resolution, unnormalised); for pixel methods also <base>.attr.npy
 // (per-channel attribution, H x W x C) and <base>.rgb.png. Returns the images' JSON entries.
+// Volumes (Map::depth > 0): `images` are their slices stacked (volume_slices); the pictures show the
+// slices side by side (slices_picture) and the .npy files are (D, H, W) and (d, h, w).
 nlohmann::json write_maps(OutputDir& out, const std::vector<cv::Mat>& images, const std::vector<ImageExplanation>& explained,
                           const std::vector<std::string>& stems, const RenderOptions& options);
 

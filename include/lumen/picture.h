@@ -81,6 +81,12 @@ cv::Mat overlay_picture(const cv::Mat& image, const Map& map, const ImageExplana
 // gives each colour its part's top classes and marks the part chosen for the map's target.
 // Throws lumen::Error when the map has no parts.
 cv::Mat parts_picture(const cv::Mat& image, const Map& map, const ImageExplanation& explained, const RenderOptions& options);
+// A volume's map (Map::depth > 0) as a row of slices: every slice when there are at most 8, else 8
+// evenly spaced with the peak's slice among them, each enlarged (nearest: voxels stay visible) and
+// labelled with its index; overlaid on `slices` (the volume's slices stacked, BGR 8-bit, as
+// volume_slices gives them) or, when `slices` is empty, the heat map alone. The box is drawn on the
+// slices it spans. Below, the caption, with the volume's size and the box's slices.
+cv::Mat slices_picture(const cv::Mat& slices, const Map& map, const ImageExplanation& explained, const RenderOptions& options);
 // The caption of a map's pictures (what heat_picture and overlay_picture draw under them).
 Caption map_caption(const Map& map, const ImageExplanation& explained, const RenderOptions& options);
 

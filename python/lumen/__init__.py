@@ -156,7 +156,8 @@ class Explainer:
                        compat="papers", rows_per_pass=0, memory_mib=0, aug_smooth=False, nonlinearity="strict", tokens="",
                        progress=None, **settings):
         """Explain an already preprocessed batch [N, C, H, W] (float32 numpy array or torch tensor), as pytorch-grad-cam's
-        input_tensor. Maps come back at `sizes` ([(width, height)] per row; default: the input size)."""
+        input_tensor. Maps come back at `sizes` ([(width, height)] per row; default: the input size). A 3-D network's
+        batch [N, C, D, H, W] (clips, volumes) gives volume maps: .map is (D, H, W), .box is (x0, y0, z0, x1, y1, z1)."""
         if hasattr(batch, "detach"):
             batch = batch.detach().cpu().contiguous().numpy()
         opt = self._options(methods, layers, top_k, classes, score, counterfactual, output, aggregate, layer_weights, contrast,

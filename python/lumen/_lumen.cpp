@@ -32,11 +32,16 @@ nlohmann::json from_python(const py::handle& o) {
 }
 
 // A matrix of a Map as a numpy array over the Map's own memory; `owner` (the Python object holding the
-// Map) stays alive as long as the array does. None for a matrix the map does not have.
-py::object view(const cv::Mat& m, py::handle owner) {
+// Map) stays alive as long as the array does. None for a matrix the map does not have. A volume's
+// slices (stacked in the matrix, `depth` of them) come out as (depth, H, W).
+py::object view(const cv::Mat& m, py::handle owner, int depth = 0) {
   if (m.empty()) return py::none();
   CV_Assert(m.depth() == CV_32F && m.isContinuous());
   std::vector<py::ssize_t> shape{m.rows, m.cols}, strides{static_cast<py::ssize_t>(m.step[0]), static_cast<py::ssize_t>(sizeof(float) * m.channels())};
+  if (depth > 0 && m.channels() == 1 && m.rows % depth == 0) {
+    shape = {depth, m.rows / depth, m.cols};
+    strides.insert(strides.begin(), static_cast<py::ssize_t>(m.step[0]) * (m.rows / depth));
+  }
   if (m.channels() > 1) {
     shape.push_back(m.channels());
     strides.push_back(sizeof(float));
@@ -80,8 +85,9 @@ cv::Mat to_image(const py::handle& o) {
 // A preprocessed batch [N,C,H,W] (float32, C order) as a tensor that owns its memory.
 torch::Tensor to_batch_tensor(const py::handle& o) {
   auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(o);
-  if (!a || a.ndim() != 4) throw Error("a preprocessed batch must be a float array of shape [N, C, H, W]");
-  std::vector<int64_t> shape(a.shape(), a.shape() + 4);
+  if (!a || (a.ndim() != 4 && a.ndim() != 5))
+    throw Error("a preprocessed batch must be a float array of shape [N, C, H, W] (a 3-D network's: [N, C, D, H, W])");
+  std::vector<int64_t> shape(a.shape(), a.shape() + a.ndim());
   return torch::from_blob(const_cast<float*>(a.data()), shape, torch::kFloat32).clone();
 }
 
@@ -275,17 +281,19 @@ PYBIND11_MODULE(_lumen, m) {
       .def_readonly("target_value", &Map::target_value)
       .def_readonly("empty", &Map::empty)
       .def_readonly("signed", &Map::is_signed)
-      .def_property_readonly("map", [](py::object self) { return view(self.cast<const Map&>().normalized, self); },
-                             "normalised map at image size, float32 in [0, 1] (read-only view)")
-      .def_property_readonly("raw", [](py::object self) { return view(self.cast<const Map&>().raw, self); },
-                             "the formula's map at layer (or input) resolution, unnormalised")
-      .def_property_readonly("upsampled", [](py::object self) { return view(self.cast<const Map&>().upsampled, self); })
+      .def_readonly("depth", &Map::depth, "a volume's slices (a 3-D network's map), else 0")
+      .def_property_readonly("map", [](py::object self) { return view(self.cast<const Map&>().normalized, self, self.cast<const Map&>().depth); },
+                             "normalised map at image size, float32 in [0, 1] (read-only view); volumes: (D, H, W)")
+      .def_property_readonly("raw", [](py::object self) { return view(self.cast<const Map&>().raw, self, self.cast<const Map&>().raw_depth); },
+                             "the formula's map at layer (or input) resolution, unnormalised; volumes: (d, h, w)")
+      .def_property_readonly("upsampled", [](py::object self) { return view(self.cast<const Map&>().upsampled, self, self.cast<const Map&>().depth); })
       .def_property_readonly("attribution", [](py::object self) { return view(self.cast<const Map&>().attribution, self); },
                              "pixel methods: per-channel attribution at the model's input size (H x W x C), else None")
       .def_property_readonly("box", [](const Map& self) -> py::object {
             if (!self.box.valid) return py::none();
+            if (self.depth > 0) return py::make_tuple(self.box.x0, self.box.y0, self.box.z0, self.box.x1, self.box.y1, self.box.z1);
             return py::make_tuple(self.box.x0, self.box.y0, self.box.x1, self.box.y1);
-          }, "the paper's box (x0, y0, x1, y1; x1, y1 exclusive), or None")
+          }, "the paper's box (x0, y0, x1, y1; x1, y1 exclusive), or None; volumes: (x0, y0, z0, x1, y1, z1)")
       .def_property_readonly("parts", [](py::object self) {
             // A decomposition's parts (dff's concepts): (raw, map, top) each, the views kept alive by the map.
             py::list out;
@@ -303,6 +311,7 @@ PYBIND11_MODULE(_lumen, m) {
       .def_readonly("source", &ImageExplanation::source)
       .def_readonly("width", &ImageExplanation::width)
       .def_readonly("height", &ImageExplanation::height)
+      .def_readonly("depth", &ImageExplanation::depth, "a volume's slices (a 3-D network's input), else 0")
       .def_readonly("predictions", &ImageExplanation::top)
       .def_property_readonly("maps", [](py::object self) {
             py::list out;

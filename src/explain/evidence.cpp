@@ -75,7 +75,8 @@ Evidence gather_evidence(const Model& model, const Plan& plan, const Forward& f,
   const size_t requested = plan.layers.size();
   // The methods see every layer as [N,C,h,w] (layout.h); gradients are taken at the layer's own
   // output and laid out the same way.
-  for (size_t l = 0; l < requested; ++l) ev.layers.push_back({to_spatial(f.capture.layers[l].detach(), f.layouts[l]), torch::Tensor()});
+  for (size_t l = 0; l < requested; ++l)
+    ev.layers.push_back({to_spatial(f.capture.layers[l].detach(), f.layouts[l]), torch::Tensor(), f.layouts[l].grid_d});
   for (size_t l = 0; l < plan.model_layers.size(); ++l) ev.model_layers.push_back({f.capture.layers[requested + l].detach(), torch::Tensor()});
 
   // What this target's backward goes to: the requested layers, the model layers, the input.

@@ -29,7 +29,9 @@ PerImage explain_forward(const Model& model, const detail::Plan& plan, const det
 
 Canvas canvas_of(const torch::Tensor& batch, const std::vector<cv::Size>& sizes, const ExplainOptions& opt, const std::vector<std::string>& labels) {
   Canvas c;
-  c.input = cv::Size(static_cast<int>(batch.size(3)), static_cast<int>(batch.size(2)));
+  const int64_t h = batch.size(-2), w = batch.size(-1);
+  c.input = cv::Size(static_cast<int>(w), static_cast<int>(h));
+  if (batch.dim() == 5) c.depth = static_cast<int>(batch.size(2));
   c.images = sizes.empty() ? std::vector<cv::Size>(static_cast<size_t>(batch.size(0)), c.input) : sizes;
   c.box_threshold = opt.box_threshold;
   c.compat = opt.shared.compat == Compat::PytorchGradCam;
@@ -55,6 +57,7 @@ std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& bat
                                                         const std::vector<cv::Size>& sizes,
                                                         const std::vector<std::string>& sources) const {
   if (!sizes.empty() && static_cast<int64_t>(sizes.size()) != batch.size(0)) throw Error("one image size per batch row is needed");
+  if (!sizes.empty() && batch.dim() == 5) throw Error("a volume's maps come at the model input's size; give no image sizes for a [N,C,D,H,W] batch");
   const detail::Plan plan = detail::make_plan(model_, opt, batch);
   const detail::Forward forward = detail::run_forward(model_, plan, batch);
   const detail::Targets targets = detail::resolve_targets(opt, forward.capture.output, batch.size(0), labels_);
@@ -70,6 +73,7 @@ std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& bat
     results[i].source = i < sources.size() ? sources[i] : "image " + std::to_string(i);
     results[i].width = canvas.images[i].width;
     results[i].height = canvas.images[i].height;
+    results[i].depth = canvas.depth;
     results[i].top = targets.top[i];
     results[i].maps = std::move(maps[i]);
   }

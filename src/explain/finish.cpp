@@ -34,12 +34,47 @@ cv::Mat scale_like_pgc(const cv::Mat& t) {
   return out / (mx - mn + 1e-7);
 }
 
+// A volume's map: the 3-D versions of the steps of finish_map (trilinear, half-pixel centres as
+// torch's interpolate(align_corners=False); the box in 3-D). Slices stay stacked one below another.
+void finish_volume(Map& m, const torch::Tensor& raw_stacked, cv::Size image, const Canvas& canvas) {
+  const int depth = canvas.depth, width = image.width, height = image.height;
+  m.normalized = cv::Mat();
+  m.box = Box();
+  m.parts.clear();
+  m.depth = depth;
+  m.raw = to_mat(raw_stacked);
+  const int64_t d = m.raw_depth, h = raw_stacked.size(0) / std::max(1, m.raw_depth), w = raw_stacked.size(1);
+  const auto volume = raw_stacked.detach().to(torch::kFloat32).reshape({1, 1, d, h, w});
+  const auto up = at::upsample_trilinear3d(volume, {depth, height, width}, /*align_corners=*/false);
+  m.upsampled = to_mat(up.reshape({depth * height, width}));
+  double mn, mx, umn, umx;
+  cv::Point peak;
+  cv::minMaxLoc(m.raw, &mn, &mx);
+  m.stats.min = static_cast<float>(mn);
+  m.stats.max = static_cast<float>(mx);
+  m.stats.mean = static_cast<float>(cv::mean(m.raw)[0]);
+  cv::minMaxLoc(m.upsampled, &umn, &umx, nullptr, &peak);
+  m.stats.peak_x = peak.x;
+  m.stats.peak_y = peak.y % height;
+  m.stats.peak_z = peak.y / height;
+  m.empty = !(umx - umn > 1e-6 * std::max(std::abs(umx), 1e-30));
+  if (m.empty) {
+    m.normalized = cv::Mat::zeros(depth * height, width, CV_32F);
+    return;
+  }
+  m.upsampled.convertTo(m.normalized, CV_32F, 1.0 / (umx - umn), -umn / (umx - umn));
+  cv::max(m.normalized, 0.0, m.normalized);
+  cv::min(m.normalized, 1.0, m.normalized);
+  m.box = threshold_box_3d(m.upsampled, depth, canvas.box_threshold);
+}
+
 }  // namespace
 
-std::vector<MapPart> finish_parts(const Result& res, int64_t image, cv::Size size, const Canvas& canvas) {
+std::vector<MapPart> finish_parts(const Result& res, int64_t image, cv::Size size, const Canvas& canvas, int raw_depth) {
   std::vector<MapPart> parts;
   for (int64_t j = 0; j < res.parts.size(1); ++j) {
     Map scratch;
+    scratch.raw_depth = raw_depth;
     finish_map(scratch, res.parts[image][j], size, canvas);
     MapPart p{scratch.raw, scratch.normalized, {}};
     if (res.part_scores.defined()) {
@@ -57,6 +92,7 @@ std::vector<MapPart> finish_parts(const Result& res, int64_t image, cv::Size siz
 }
 
 void finish_map(Map& m, const torch::Tensor& raw_hw, cv::Size image, const Canvas& canvas) {
+  if (canvas.depth > 0) return finish_volume(m, raw_hw, image, canvas);
   const int width = image.width, height = image.height;
   // A Map copied from another shares its matrices; writing into them would change both.
   m.normalized = cv::Mat();
@@ -124,10 +160,12 @@ void finish_jobs(const std::vector<Job>& jobs, const Plan& plan, const Forward& 
       m.counterfactual = target.counterfactual;
       m.target_value = target_values[i].item<float>();
       m.is_signed = res.is_signed;
+      if (job.method->per_layer() && forward.layouts[job.layer].kind == TokenLayout::Kind::Volume)
+        m.raw_depth = static_cast<int>(forward.layouts[job.layer].grid_d);
       finish_map(m, res.maps[i], canvas.images[static_cast<size_t>(i)], canvas);
       if (res.attribution.defined()) m.attribution = to_mat_hwc(res.attribution[i]);
       if (i < static_cast<int64_t>(res.extra.size())) m.extra = res.extra[static_cast<size_t>(i)];
-      if (res.parts.defined()) m.parts = finish_parts(res, i, canvas.images[static_cast<size_t>(i)], canvas);
+      if (res.parts.defined()) m.parts = finish_parts(res, i, canvas.images[static_cast<size_t>(i)], canvas, m.raw_depth);
       if (canvas.compat) m.extra["compat"] = "pytorch-grad-cam";
       if (job.method->per_layer() && forward.layouts[job.layer].kind != TokenLayout::Kind::ChannelsFirst)
         m.extra["layout"] = forward.layouts[job.layer].describe();

@@ -68,7 +68,7 @@ Forward run_forward(const Model& model, const Plan& plan, const torch::Tensor& b
   if (attention) read_attention(f, plan, batch);
   for (size_t i = 0; i < plan.layers.size(); ++i) {
     try {
-      f.layouts.push_back(infer_layout(f.capture.layers[i].sizes().vec(), batch.size(2), batch.size(3), plan.patch_stride, plan.tokens));
+      f.layouts.push_back(infer_layout(f.capture.layers[i].sizes().vec(), batch.size(-2), batch.size(-1), plan.patch_stride, plan.tokens));
     } catch (const Error& e) {
       throw Error("layer '" + plan.layers[i] + "': " + e.what());
     }

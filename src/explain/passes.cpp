@@ -118,7 +118,7 @@ LayerTensors TargetPasses::layer_at(const torch::Tensor& rows, int64_t image, si
     acts.push_back(to_spatial(a.detach(), forward_.layouts.at(layer)));
     grads.push_back(to_spatial(g, forward_.layouts.at(layer)));
   }
-  return {torch::cat(acts), torch::cat(grads)};
+  return {torch::cat(acts), torch::cat(grads), forward_.layouts.at(layer).grid_d};
 }
 
 torch::Tensor TargetPasses::score(const torch::Tensor& rows, int64_t image) const {
@@ -129,7 +129,9 @@ torch::Tensor TargetPasses::score(const torch::Tensor& rows, int64_t image) cons
 }
 
 torch::IValue TargetPasses::output_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const {
-  auto input = batch_[image].unsqueeze(0).expand({activations.size(0), -1, -1, -1});
+  auto rows = batch_.sizes().vec();  // [M, C, (D,) H, W]
+  rows[0] = activations.size(0);
+  auto input = batch_[image].unsqueeze(0).expand(rows);
   // Back to the layer's own layout; prefix tokens (a class token, registers) are the image's.
   const auto own = from_spatial(activations, forward_.layouts.at(layer), forward_.capture.layers.at(layer)[image].unsqueeze(0).detach());
   return model_.forward_from(plan_.layers.at(layer), own, input);

@@ -124,14 +124,15 @@ std::vector<Job> run_methods(const Plan& plan, const Evidence& evidence);
 struct Canvas {
   std::vector<cv::Size> images;
   cv::Size input;
+  int depth = 0;        // volumes ([N,C,D,H,W] input): D, the maps' slices; each map is at the input's size
   float box_threshold = 0.15f;
   bool compat = false;  // pytorch-grad-cam's scaling
   const std::vector<std::string>* labels = nullptr;
 };
-// Raw map -> upsampled, normalised, stats, box.
+// Raw map -> upsampled, normalised, stats, box. Volumes: m.raw_depth says the raw map's slices.
 void finish_map(Map& m, const torch::Tensor& raw, cv::Size image, const Canvas& canvas);
 // A decomposition's parts of image `image` (Result::parts), each finished like a map, with its top-2 classes.
-std::vector<MapPart> finish_parts(const Result& res, int64_t image, cv::Size size, const Canvas& canvas);
+std::vector<MapPart> finish_parts(const Result& res, int64_t image, cv::Size size, const Canvas& canvas, int raw_depth = 0);
 // One target's jobs as Maps, appended to each image's list (job-major, as the jobs run).
 void finish_jobs(const std::vector<Job>& jobs, const Plan& plan, const Forward& forward, const Target& target,
                  const torch::Tensor& target_values, const Canvas& canvas, std::vector<std::vector<Map>>& maps);

@@ -101,6 +101,21 @@ void add_needs(Plan& p, const Model& model) {
   p.rule_only = p.captured().empty() && !p.plain_input && p.rules.size() == 1 && p.attention == AttentionNeed::None;
 }
 
+// A 3-D network's volumes: only the methods that declare how they read them, and none of the steps
+// that are defined on 2-D pictures.
+void check_volumes(const Plan& p, const ExplainOptions& opt) {
+  std::string takes;
+  for (const auto& m : methods())
+    if (m.volumes) takes += (takes.empty() ? "" : ", ") + m.name;
+  for (const Method* m : with_used_methods(p.methods, p.settings))
+    if (!m->volumes)
+      throw Error("method '" + m->name + "' does not take a 3-D network's [N,C,D,H,W] volumes; the methods that do: " + takes);
+  if (!opt.aggregate.empty()) throw Error("--aggregate is not defined for volumes (layers of a 3-D network)");
+  if (opt.shared.aug_smooth) throw Error("--aug-smooth flips and rescales 2-D images; it is not defined for volumes");
+  if (opt.shared.compat == Compat::PytorchGradCam)
+    throw Error("--compat pytorch-grad-cam reproduces that library's 2-D resizing; volumes are upsampled trilinearly (leave --compat off)");
+}
+
 }  // namespace
 
 bool Plan::backward() const {
@@ -115,11 +130,13 @@ std::vector<std::string> Plan::captured() const {
 }
 
 Plan make_plan(const Model& model, const ExplainOptions& opt, const torch::Tensor& batch) {
-  if (batch.dim() != 4 || batch.size(0) < 1) throw Error("model input must be a non-empty [N,C,H,W] batch");
+  if ((batch.dim() != 4 && batch.dim() != 5) || batch.size(0) < 1)
+    throw Error("model input must be a non-empty [N,C,H,W] batch (or [N,C,D,H,W] for a 3-D network)");
   check_request(opt);
   Plan p;
   for (const auto& name : opt.methods) p.methods.push_back(&find_method(name));
   p.settings = resolve_settings(p.methods, opt.settings);
+  if (batch.dim() == 5) check_volumes(p, opt);
   const bool per_layer = std::any_of(p.methods.begin(), p.methods.end(), [](const Method* m) { return m->per_layer(); });
   if (per_layer && opt.layers.empty()) throw Error("no layer given to explain (use --layer; `lumen layers MODEL` lists them)");
   for (const auto& l : opt.layers) model.check_layer(l);

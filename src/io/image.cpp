@@ -1,6 +1,7 @@
 #include <lumen/error.h>
 #include <lumen/files.h>
 #include <lumen/image.h>
+#include <lumen/output.h>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
@@ -10,6 +11,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <cstdlib>
 #include <iostream>
 #include <cstdio>
@@ -330,6 +332,49 @@ torch::Tensor reference_input(const torch::Tensor& x, const std::string& kind, c
   if (kind == "blur") return gaussian_blur(x, std::max(0.5, blur_sigma * static_cast<double>(x.size(3))));  // sigma: share of width
   cv::Mat img = read_image(kind);  // a user's image
   return to_input(img, p).unsqueeze(0).expand_as(x).contiguous();
+}
+
+torch::Tensor read_volume(const std::string& path) {
+  NpyArray a;
+  try {
+    a = decode_npy_array(read_npy_bytes(path));
+  } catch (const Error& e) {
+    throw Error(std::string(e.what()).rfind(path, 0) == 0 ? e.what() : path + ": " + e.what());
+  }
+  auto shape = a.shape;
+  if (shape.size() == 3) shape.insert(shape.begin(), 1);
+  if (shape.size() == 5 && shape[0] == 1) shape.erase(shape.begin());
+  std::string given = "[";
+  for (size_t i = 0; i < a.shape.size(); ++i) given += (i ? "," : "") + std::to_string(a.shape[i]);
+  given += "]";
+  if (shape.size() != 4)
+    throw Error(path + ": a volume must be [C,D,H,W] (a clip: [3,T,H,W]) or [D,H,W], not " + given);
+  if (shape[0] > 64) throw Error(path + ": a volume " + given + " with " + std::to_string(shape[0]) + " channels; the channels come first ([C,D,H,W])");
+  const double voxels = static_cast<double>(shape[1]) * static_cast<double>(shape[2]) * static_cast<double>(shape[3]);
+  if (voxels > static_cast<double>(image_limits().max_pixels))
+    throw Error(path + ": a volume of " + std::to_string(static_cast<long long>(voxels)) + " voxels is over the limit of " +
+                std::to_string(image_limits().max_pixels) + " (--max-pixels)");
+  const std::vector<int64_t> sizes(shape.begin(), shape.end());
+  auto t = torch::from_blob(a.data.data(), sizes, torch::kFloat32).clone();
+  if (!torch::isfinite(t).all().item<bool>()) throw Error(path + ": the volume holds NaN or infinite values");
+  return t;
+}
+
+cv::Mat volume_slices(const torch::Tensor& volume, bool rgb) {
+  if (volume.dim() != 4) throw Error("volume_slices needs a [C,D,H,W] volume");
+  auto v = volume.detach().to(torch::kFloat32);
+  if (v.size(0) == 3) {
+    if (rgb) v = v.flip(0);  // OpenCV's BGR
+  } else {
+    v = v.mean(0, true).expand({3, v.size(1), v.size(2), v.size(3)});
+  }
+  const float lo = v.min().item<float>(), hi = v.max().item<float>();
+  v = hi > lo ? (v - lo) * (255.f / (hi - lo)) : torch::zeros_like(v);
+  // [3,D,H,W] -> (D*H) x W x 3
+  auto hwc = v.round().clamp(0, 255).to(torch::kUInt8).permute({1, 2, 3, 0}).reshape({v.size(1) * v.size(2), v.size(3), 3}).contiguous();
+  cv::Mat out(static_cast<int>(hwc.size(0)), static_cast<int>(hwc.size(1)), CV_8UC3);
+  std::memcpy(out.data, hwc.data_ptr<uint8_t>(), static_cast<size_t>(hwc.numel()));
+  return out;
 }
 
 }  // namespace lumen

@@ -19,10 +19,12 @@ namespace fs = std::filesystem;
 
 // .npy by hand: the format is a 10-byte preamble plus a Python-dict header (NumPy's NEP 1); no Debian
 // C++ package writes it, and OpenCV's FileStorage writes its own YAML/XML formats instead.
-std::string encode_npy(const cv::Mat& map) {
+std::string encode_npy(const cv::Mat& map, int depth) {
   if (map.depth() != CV_32F || map.dims != 2) throw Error("npy export needs a 2-D float32 map");
+  if (depth > 0 && (map.rows % depth != 0 || map.channels() != 1)) throw Error("npy export: a volume's slices must stack evenly");
   cv::Mat m = map.isContinuous() ? map : map.clone();
-  std::string shape = std::to_string(m.rows) + ", " + std::to_string(m.cols);
+  std::string shape = depth > 0 ? std::to_string(depth) + ", " + std::to_string(m.rows / depth) + ", " + std::to_string(m.cols)
+                                : std::to_string(m.rows) + ", " + std::to_string(m.cols);
   if (m.channels() > 1) shape += ", " + std::to_string(m.channels());
   std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + shape + "), }";
   // Preamble (10 bytes) + header + '\n' must be a multiple of 64.
@@ -39,7 +41,7 @@ std::string encode_npy(const cv::Mat& map) {
   return out;
 }
 
-cv::Mat decode_npy(const std::string& bytes) {
+NpyArray decode_npy_array(const std::string& bytes) {
   if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0) throw Error("not a .npy file");
   size_t hlen = 0, start = 0;
   if (bytes[6] == 1) {
@@ -57,9 +59,10 @@ cv::Mat decode_npy(const std::string& bytes) {
   if (header.find("'<f4'") == std::string::npos) throw Error(".npy is not little-endian float32");
   if (header.find("'fortran_order': False") == std::string::npos) throw Error(".npy in Fortran order is not supported");
   auto lp = header.find('('), rp = header.find(')');
-  if (lp == std::string::npos || rp == std::string::npos) throw Error(".npy header has no shape");
-  std::vector<long long> shape;
+  if (lp == std::string::npos || rp == std::string::npos || rp < lp) throw Error(".npy header has no shape");
+  NpyArray out;
   std::stringstream ss(header.substr(lp + 1, rp - lp - 1));
+  double count = 1;
   for (std::string item; std::getline(ss, item, ',');) {
     const auto first = item.find_first_not_of(' '), last = item.find_last_not_of(' ');
     if (first == std::string::npos) continue;
@@ -67,31 +70,46 @@ cv::Mat decode_npy(const std::string& bytes) {
     // Dimensions are whole numbers small enough that their product cannot overflow below.
     if (digits.empty() || digits.size() > 10 || digits.find_first_not_of("0123456789") != std::string::npos)
       throw Error(".npy shape holds '" + digits + "', not a dimension");
-    shape.push_back(std::stoll(digits));
-    if (shape.back() > (1LL << 31)) throw Error(".npy dimension " + digits + " is too large");
+    out.shape.push_back(std::stoll(digits));
+    if (out.shape.back() > (1LL << 31)) throw Error(".npy dimension " + digits + " is too large");
+    if (out.shape.size() > 8) throw Error(".npy has more than 8 dimensions");
+    count *= static_cast<double>(out.shape.back());
   }
+  if (out.shape.empty()) throw Error(".npy holds a scalar, not an array");
+  if (count > static_cast<double>(1LL << 31)) throw Error(".npy array is too large");
+  if (count == 0) throw Error(".npy array is empty");
+  const size_t data = start + hlen, need = static_cast<size_t>(count) * sizeof(float);
+  if (bytes.size() - data != need) throw Error(".npy data size does not match its shape");
+  out.data.resize(static_cast<size_t>(count));
+  std::memcpy(out.data.data(), bytes.data() + data, need);
+  return out;
+}
+
+cv::Mat decode_npy(const std::string& bytes) {
+  NpyArray a = decode_npy_array(bytes);
+  auto shape = a.shape;
   if (shape.size() == 1) shape.insert(shape.begin(), 1);
   if (shape.size() == 2) shape.push_back(1);
-  if (shape.size() == 3 && (shape[0] == 0 || shape[1] == 0)) throw Error(".npy array is empty");
-  if (shape.size() != 3 || shape[0] < 0 || shape[1] < 0 || shape[2] < 1 || shape[2] > 4 ||
-      static_cast<double>(shape[0]) * static_cast<double>(shape[1]) * static_cast<double>(shape[2]) > static_cast<double>(1LL << 31))
-    throw Error(".npy must hold a 2-D array (or H x W x C with C <= 4) of sane size");
-  size_t data = start + hlen, need = static_cast<size_t>(shape[0] * shape[1] * shape[2]) * sizeof(float);
-  if (bytes.size() - data != need) throw Error(".npy data size does not match its shape");
+  if (shape.size() != 3 || shape[2] > 4) throw Error(".npy must hold a 2-D array (or H x W x C with C <= 4) of sane size");
   cv::Mat m(static_cast<int>(shape[0]), static_cast<int>(shape[1]), CV_32FC(static_cast<int>(shape[2])));
-  std::memcpy(m.data, bytes.data() + data, need);
+  std::memcpy(m.data, a.data.data(), a.data.size() * sizeof(float));
   return m;
 }
 
-cv::Mat read_npy(const std::string& path) {
+std::string read_npy_bytes(const std::string& path) {
   // Its header says its size; a file far beyond any map lumen would read is refused unread.
   if (require_regular_file(path, ".npy file") > (2ull << 30)) throw Error(path + ": .npy file over 2 GiB");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error("cannot read " + path);
   std::stringstream ss;
   ss << in.rdbuf();
+  return ss.str();
+}
+
+cv::Mat read_npy(const std::string& path) {
+  const std::string bytes = read_npy_bytes(path);
   try {
-    return decode_npy(ss.str());
+    return decode_npy(bytes);
   } catch (const Error& e) {
     throw Error(path + ": " + e.what());
   }
@@ -213,10 +231,13 @@ nlohmann::json map_json(const Map& m) {
       j["parts"].push_back({{"index", p}, {"top", top}});
     }
   }
-  j["raw_shape"] = {m.raw.rows, m.raw.cols};
+  const bool volume = m.depth > 0;
+  j["raw_shape"] = volume ? nlohmann::json{m.raw_depth, m.raw.rows / std::max(1, m.raw_depth), m.raw.cols} : nlohmann::json{m.raw.rows, m.raw.cols};
   j["stats"] = {{"raw_min", m.stats.min}, {"raw_max", m.stats.max}, {"raw_mean", m.stats.mean},
-                {"peak", {m.stats.peak_x, m.stats.peak_y}}};
-  if (m.box.valid) {
+                {"peak", volume ? nlohmann::json{m.stats.peak_x, m.stats.peak_y, m.stats.peak_z} : nlohmann::json{m.stats.peak_x, m.stats.peak_y}}};
+  if (m.box.valid && volume) {
+    j["box"] = {m.box.x0, m.box.y0, m.box.z0, m.box.x1, m.box.y1, m.box.z1};
+  } else if (m.box.valid) {
     j["box"] = {m.box.x0, m.box.y0, m.box.x1, m.box.y1};
   } else {
     j["box"] = nullptr;
@@ -238,10 +259,15 @@ nlohmann::json write_maps(OutputDir& out, const std::vector<cv::Mat>& images, co
     for (size_t k = 0; k < explained[i].maps.size(); ++k) {
       const Map& m = explained[i].maps[k];
       const std::string base = map_file_stem(stems.at(i), m);
-      out.write(base + ".heat.png", encode_png(heat_picture(m, explained[i], options)));
-      out.write(base + ".overlay.png", encode_png(overlay_picture(images[i], m, explained[i], options)));
-      out.write(base + ".npy", encode_npy(m.normalized));
-      out.write(base + ".raw.npy", encode_npy(m.raw));
+      if (m.depth > 0) {  // a volume: its slices side by side, and the maps as (D, H, W) arrays
+        out.write(base + ".heat.png", encode_png(slices_picture(cv::Mat(), m, explained[i], options)));
+        out.write(base + ".overlay.png", encode_png(slices_picture(images[i], m, explained[i], options)));
+      } else {
+        out.write(base + ".heat.png", encode_png(heat_picture(m, explained[i], options)));
+        out.write(base + ".overlay.png", encode_png(overlay_picture(images[i], m, explained[i], options)));
+      }
+      out.write(base + ".npy", encode_npy(m.normalized, m.depth));
+      out.write(base + ".raw.npy", encode_npy(m.raw, m.raw_depth));
       entries[i]["maps"][k]["files"] = {{"heat", base + ".heat.png"}, {"overlay", base + ".overlay.png"},
                                         {"map", base + ".npy"}, {"raw", base + ".raw.npy"}};
       if (!m.parts.empty()) {
@@ -273,6 +299,7 @@ nlohmann::json run_json(const std::vector<ImageExplanation>& images, const nlohm
     ji["source"] = img.source;
     ji["width"] = img.width;
     ji["height"] = img.height;
+    if (img.depth > 0) ji["depth"] = img.depth;
     ji["top5"] = nlohmann::json::array();
     for (const auto& p : img.top)
       ji["top5"].push_back({{"class", p.cls}, {"label", p.label}, {"logit", p.logit}, {"probability", p.probability}});

@@ -34,4 +34,57 @@ Box threshold_box(const cv::Mat& map, float fraction) {
   return box;
 }
 
+
+// By hand: OpenCV labels 2-D images only, and the Debian libraries that label volumes (ITK, VTK) are
+// far heavier than this one flood fill over a few million voxels at most.
+Box threshold_box_3d(const cv::Mat& stacked, int depth, float fraction) {
+  Box box;
+  if (depth < 1 || stacked.rows % depth != 0) return box;
+  double mx;
+  cv::minMaxLoc(stacked, nullptr, &mx);
+  if (!(mx > 0)) return box;
+  const int h = stacked.rows / depth, w = stacked.cols;
+  const cv::Mat map = stacked.isContinuous() ? stacked : stacked.clone();
+  const float* v = map.ptr<float>();
+  const float cut = static_cast<float>(fraction * mx);
+  const size_t total = map.total();
+  std::vector<int> label(total, 0);
+  std::vector<size_t> stack;
+  int best_area = 0;
+  Box region;
+  int next = 0;
+  for (size_t start = 0; start < total; ++start) {
+    if (label[start] || !(v[start] >= cut)) continue;
+    label[start] = ++next;
+    stack.assign(1, start);
+    Box b;
+    b.x0 = b.y0 = b.z0 = 1 << 30;
+    int area = 0;
+    while (!stack.empty()) {
+      const size_t i = stack.back();
+      stack.pop_back();
+      ++area;
+      const int z = static_cast<int>(i / static_cast<size_t>(h * w)), y = static_cast<int>(i / static_cast<size_t>(w)) % h,
+                x = static_cast<int>(i % static_cast<size_t>(w));
+      b.x0 = std::min(b.x0, x), b.y0 = std::min(b.y0, y), b.z0 = std::min(b.z0, z);
+      b.x1 = std::max(b.x1, x + 1), b.y1 = std::max(b.y1, y + 1), b.z1 = std::max(b.z1, z + 1);
+      for (int dz = -1; dz <= 1; ++dz)
+        for (int dy = -1; dy <= 1; ++dy)
+          for (int dx = -1; dx <= 1; ++dx) {
+            const int nz = z + dz, ny = y + dy, nx = x + dx;
+            if (nz < 0 || ny < 0 || nx < 0 || nz >= depth || ny >= h || nx >= w) continue;
+            const size_t j = (static_cast<size_t>(nz) * h + ny) * w + nx;
+            if (!label[j] && v[j] >= cut) {
+              label[j] = next;
+              stack.push_back(j);
+            }
+          }
+    }
+    if (area > best_area) best_area = area, region = b;  // the first of the largest, as in 2-D
+  }
+  if (best_area == 0) return box;
+  region.valid = true;
+  return region;
+}
+
 }  // namespace lumen

@@ -18,6 +18,7 @@ LUMEN_METHOD(dff) {
               integer("nmf_iterations", 200, 1, 100000, "dff: at most this many multiplicative updates"),
               number("nmf_tol", 1e-4, 0, 1, "dff: stop when an update's error drop is below this share of the first error (0: never)"),
               seed_param()};
+  m.volumes = true;  // positions only as samples of the channel vectors
   m.compute = [](const Evidence& e, size_t layer) {
     const auto& a = e.layers[layer].activations;
     const auto& s = *e.settings;

@@ -4,6 +4,7 @@
 
 LUMEN_METHOD(eigencam) {
   Method m("eigencam", "Muhammad & Yeasin 2020, Eigen-CAM", Family::Cam);
+  m.volumes = true;  // positions only as samples of the channel vectors
   m.compute = [](const Evidence& e, size_t layer) { return Result{torch::relu(first_component(e.layers[layer].activations))}; };
   return m;
 }

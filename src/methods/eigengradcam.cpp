@@ -5,6 +5,7 @@
 LUMEN_METHOD(eigengradcam) {
   Method m("eigengradcam", "pytorch-grad-cam (Gildenblat et al.), Eigen-Grad-CAM", Family::Cam);
   m.needs = layer_gradients();
+  m.volumes = true;  // positions only as samples of the channel vectors
   m.compute = [](const Evidence& e, size_t layer) {
     const auto& t = e.layers[layer];
     return Result{torch::relu(first_component(t.gradients * t.activations))};

@@ -36,6 +36,7 @@ LUMEN_METHOD(finercam) {
   m.params = {base, number("finer_alpha", 1.0, 0, 100, "finercam: how much of the nearest classes' logits is subtracted"),
               integer("finer_comparisons", 3, 1, 1000, "finercam: how many classes with the closest logits it compares against")};
   m.uses = [](const Settings& s) { return std::vector<std::string>{s.text("finer_base")}; };
+  m.volumes = true;  // as its base method (the plan checks the base too)
   m.compute = [](const Evidence& e, size_t layer) {
     const Settings& s = *e.settings;
     const Target finer = finer_target(*e.target, s.number("finer_alpha"), static_cast<int>(s.integer("finer_comparisons")));

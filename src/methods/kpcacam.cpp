@@ -34,6 +34,7 @@ LUMEN_METHOD(kpcacam) {
   Method m("kpcacam", "Karmani et al. 2024, KPCA-CAM", Family::Cam);
   m.params = {choice("kpca_kernel", "sigmoid", {"sigmoid", "rbf", "poly", "cosine", "linear"}, "kpcacam: the kernel of the kernel PCA"),
               number("kpca_gamma", 0, 0, 1e6, "kpcacam: the kernel's gamma (sigmoid, rbf, poly); 0: 1 / channels")};
+  m.volumes = true;  // positions only as samples of the channel vectors
   m.compute = [](const Evidence& e, size_t layer) {
     const auto& a = e.layers[layer].activations;
     const auto n = a.size(0), c = a.size(1), h = a.size(2), w = a.size(3);

@@ -31,6 +31,9 @@ std::vector<std::pair<std::string, std::string>> layer_rules(const std::string& 
   return out;
 }
 
+// The rules the settings ask for: what the rule scope opens and what run.json reports.
+LrpRuleSet rule_set(const Settings& s) { return {s.text("lrp_rule"), layer_rules(s.text("lrp_layer_rules")), s.number("lrp_gamma")}; }
+
 }  // namespace
 }  // namespace lumen::detail
 
@@ -46,7 +49,7 @@ LUMEN_METHOD(lrp) {
   m.params.back().check = [](const std::string& value) { layer_rules(value); };
   m.needs.input_gradients = {BackwardRule::Lrp};
   m.needs.rule_scope = [](const Settings& s, const Model& model) -> std::shared_ptr<void> {
-    LrpRuleSet rules{s.text("lrp_rule"), layer_rules(s.text("lrp_layer_rules")), s.number("lrp_gamma")};
+    LrpRuleSet rules = rule_set(s);
     for (const auto& [path, rule] : rules.layers) model.check_layer(path);
     struct Scopes {
       LrpEpsilon epsilon;
@@ -57,7 +60,7 @@ LUMEN_METHOD(lrp) {
   };
   m.compute = [](const Evidence& e, size_t) {
     const Settings& s = *e.settings;
-    const std::string rules = LrpRuleSet{s.text("lrp_rule"), layer_rules(s.text("lrp_layer_rules")), s.number("lrp_gamma")}.signature();
+    const std::string rules = rule_set(s).signature();
     Result r;
     r.attribution = e.input * e.input_gradients.at(BackwardRule::Lrp);
     for (int64_t i = 0; i < e.input.size(0); ++i) {

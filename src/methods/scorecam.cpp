@@ -7,6 +7,9 @@
 // --compat pytorch-grad-cam: upsampling with align_corners=True, H_k = (up - min) / (max - min + 1e-8),
 // weights = softmax over channels of f(X o H_k). A constant channel's mask is then 0 and its score is
 // f(0), computed once for all of them.
+//
+// Volumes: each channel is upsampled trilinearly (half-pixel centres) over the input's slices and masks
+// the whole clip or volume.
 #include "methods/kit/cam.h"
 
 LUMEN_METHOD(scorecam) {
@@ -17,8 +20,12 @@ LUMEN_METHOD(scorecam) {
     std::vector<torch::Tensor> weights;
     for (int64_t i = 0; i < n; ++i) {
       auto x = e.input[i];
-      auto up = at::upsample_bilinear2d(a[i].unsqueeze(0), {x.size(1), x.size(2)}, /*align_corners=*/compat)[0];
-      auto lo = up.amin({1, 2}, true), hi = up.amax({1, 2}, true);
+      // Each channel at the input's size, one row per channel: bilinear, or trilinear over a volume's slices.
+      const auto up = t.depth > 0 ? at::upsample_trilinear3d(a[i].reshape({1, c, t.depth, a.size(2) / t.depth, a.size(3)}),
+                                                              {x.size(1), x.size(2), x.size(3)}, /*align_corners=*/false)[0]
+                                  : at::upsample_bilinear2d(a[i].unsqueeze(0), {x.size(1), x.size(2)}, /*align_corners=*/compat)[0];
+      const auto flat = up.flatten(1);
+      auto lo = flat.amin(1, true), hi = flat.amax(1, true);
       auto live = (hi - lo).view({c}) > 0;
       auto idx = live.nonzero().view({-1});
       auto f_base = e.passes->score(torch::zeros_like(x).unsqueeze(0), i)[0];
@@ -27,8 +34,11 @@ LUMEN_METHOD(scorecam) {
       for (int64_t start = 0; start < idx.size(0); start += batch) {
         auto k = idx.slice(0, start, std::min<int64_t>(idx.size(0), start + batch));
         auto range = hi.index_select(0, k) - lo.index_select(0, k);
-        auto masks = (up.index_select(0, k) - lo.index_select(0, k)) / (compat ? range + 1e-8 : range);
-        auto scores = e.passes->score(x.unsqueeze(0) * masks.unsqueeze(1), i);
+        auto shape = up.sizes().vec();  // [k, 1, (D,) H, W]: one mask per row, over every input channel
+        shape[0] = k.size(0);
+        shape.insert(shape.begin() + 1, 1);
+        auto masks = ((flat.index_select(0, k) - lo.index_select(0, k)) / (compat ? range + 1e-8 : range)).view(shape);
+        auto scores = e.passes->score(x.unsqueeze(0) * masks, i);
         w.index_put_({k}, compat ? scores : scores - f_base);
         e.passes->progress("scorecam", i * c + start + k.size(0), n * c);
       }

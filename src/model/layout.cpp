@@ -120,6 +120,7 @@ std::string TokenLayout::describe() const {
   switch (kind) {
     case Kind::ChannelsFirst: return "[N,C,h,w] map, " + grid;
     case Kind::ChannelsLast: return "channels-last " + grid + " map";
+    case Kind::Volume: return "[N,C,d,h,w] volume, " + std::to_string(grid_d) + "x" + grid;
     case Kind::Tokens:
       return (prefix ? std::to_string(prefix) + " prefix token" + (prefix > 1 ? "s" : "") + " + " : std::string()) + grid + " grid of tokens";
   }
@@ -156,8 +157,16 @@ TokenHint parse_tokens(const std::string& text) {
 
 TokenLayout infer_layout(const std::vector<int64_t>& shape, int64_t input_h, int64_t input_w, int64_t patch, const TokenHint& hint) {
   if (shape.size() == 4) return map4(shape, input_h, input_w, hint);
+  // Conv3d's layout, the only one 3-D networks use in PyTorch: channels first, then depth (time).
+  if (shape.size() == 5 && !hint.given()) {
+    TokenLayout layout;
+    layout.kind = TokenLayout::Kind::Volume;
+    layout.grid_d = shape[2], layout.grid_h = shape[3], layout.grid_w = shape[4];
+    return layout;
+  }
+  if (shape.size() == 5) throw Error("layer output " + shape_text(shape) + " is a [N,C,d,h,w] volume; --tokens is for token sequences and 2-D maps");
   if (shape.size() == 3 && hint.channels != "first") return tokens(shape, input_h, input_w, patch, hint);
-  throw Error("layer output " + shape_text(shape) + " is neither a [N,C,h,w] or [N,h,w,C] map nor a [N,tokens,C] sequence; pick a "
+  throw Error("layer output " + shape_text(shape) + " is neither a [N,C,h,w] or [N,h,w,C] map, a [N,C,d,h,w] volume nor a [N,tokens,C] sequence; pick a "
               "convolutional or transformer block's layer");
 }
 
@@ -167,6 +176,7 @@ torch::Tensor to_spatial(const torch::Tensor& t, const TokenLayout& layout) {
     case TokenLayout::Kind::ChannelsLast: return t.permute({0, 3, 1, 2});
     case TokenLayout::Kind::Tokens:
       return t.slice(1, layout.prefix).reshape({t.size(0), layout.grid_h, layout.grid_w, t.size(2)}).permute({0, 3, 1, 2});
+    case TokenLayout::Kind::Volume: return t.reshape({t.size(0), t.size(1), layout.grid_d * layout.grid_h, layout.grid_w});
   }
   return t;
 }
@@ -181,6 +191,8 @@ torch::Tensor from_spatial(const torch::Tensor& spatial, const TokenLayout& layo
       if (layout.prefix == 0) return grid;
       return torch::cat({like.slice(1, 0, layout.prefix).expand({m, layout.prefix, c}), grid}, 1);
     }
+    case TokenLayout::Kind::Volume:
+      return spatial.reshape({spatial.size(0), spatial.size(1), layout.grid_d, layout.grid_h, layout.grid_w});
   }
   return spatial;
 }

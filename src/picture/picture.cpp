@@ -362,4 +362,50 @@ cv::Mat parts_picture(const cv::Mat& image, const Map& m, const ImageExplanation
   return out;
 }
 
+cv::Mat slices_picture(const cv::Mat& slices, const Map& m, const ImageExplanation& e, const RenderOptions& options) {
+  const int depth = m.depth;
+  if (depth < 1 || m.normalized.rows % depth != 0) throw Error("the " + m.method + " map is no volume");
+  const int h = m.normalized.rows / depth, w = m.normalized.cols, peak = m.stats.peak_z;
+  constexpr int kMostSlices = 8, kTileHeight = 128, kMostWidth = 1800, kGap = 4, kLabel = 22;
+  const int count = std::min(depth, kMostSlices);
+  std::vector<int> shown;
+  for (int j = 0; j < count; ++j) shown.push_back(count == 1 ? 0 : static_cast<int>(std::lround(static_cast<double>(j) * (depth - 1) / (count - 1))));
+  if (std::find(shown.begin(), shown.end(), peak) == shown.end()) {
+    auto nearest = std::min_element(shown.begin(), shown.end(), [&](int a, int b) { return std::abs(a - peak) < std::abs(b - peak); });
+    *nearest = peak;
+    std::sort(shown.begin(), shown.end());
+  }
+  const int scale = std::max(1, std::min((kTileHeight + h - 1) / h, kMostWidth / std::max(1, count * (w + kGap))));
+  const float signed_at = m.is_signed ? signed_scale(m.upsampled, options.sign) : 0.f;
+  const int tile_w = w * scale, tile_h = h * scale;
+  cv::Mat row(kLabel + tile_h, count * tile_w + (count - 1) * kGap, CV_8UC3, kStripColour);
+  for (int j = 0; j < count; ++j) {
+    const int z = shown[static_cast<size_t>(j)];
+    const cv::Rect in(0, z * h, w, h);
+    cv::Mat tile;
+    if (m.is_signed)
+      tile = slices.empty() ? diverging_heatmap(m.upsampled(in), signed_at)
+                            : signed_overlay(slices(in), m.upsampled(in), options.sign, options.colormap, signed_at, std::min(1.0f, 1.6f * options.alpha));
+    else
+      tile = slices.empty() ? heatmap(m.normalized(in), options.colormap) : overlay(slices(in), m.normalized(in), options.colormap, options.alpha);
+    cv::resize(tile, tile, {tile_w, tile_h}, 0, 0, cv::INTER_NEAREST);
+    if (options.draw_box && m.box.valid && z >= m.box.z0 && z < m.box.z1) {
+      Box b = m.box;
+      b.x0 *= scale, b.y0 *= scale, b.x1 *= scale, b.y1 *= scale;
+      draw_box(tile, b, cv::Scalar(255, 255, 255), 2);
+    }
+    const int x = j * (tile_w + kGap);
+    tile.copyTo(row(cv::Rect(x, kLabel, tile_w, tile_h)));
+    const std::string label = "z=" + std::to_string(z) + (z == peak ? " peak" : "");
+    cv::putText(row, fit(label, 0.45, tile_w), {x + 2, kLabel - 6}, cv::FONT_HERSHEY_SIMPLEX, 0.45, kTextColour, 1, cv::LINE_AA);
+  }
+  if (options.plain) return row;
+  Caption c = map_caption(m, e, options);
+  std::string volume = "volume " + std::to_string(depth) + "x" + std::to_string(h) + "x" + std::to_string(w) + " (slices x height x width); " +
+                       (count < depth ? std::to_string(count) + " of " + std::to_string(depth) + " slices shown" : "every slice shown");
+  if (m.box.valid) volume += "; box: slices " + std::to_string(m.box.z0) + "-" + std::to_string(m.box.z1 - 1);
+  c.lines.push_back(volume);
+  return with_caption(row, c);
+}
+
 }  // namespace lumen

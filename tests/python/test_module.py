@@ -152,6 +152,34 @@ class ModuleTest(unittest.TestCase):
         with self.assertRaisesRegex(lumen.Error, "torch.jit.script"):
             lumen.Model.load(torch.nn.Linear(2, 2))
 
+    def test_volumes_of_a_3d_network(self):
+        """A traced 3-D CNN on a [N, C, D, H, W] batch: Grad-CAM over all d*h*w positions, trilinear to the input."""
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv3d(1, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool3d(2),
+                                  torch.nn.Conv3d(6, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool3d(1),
+                                  torch.nn.Flatten(), torch.nn.Linear(8, 3)).eval()
+        x = torch.rand(2, 1, 8, 12, 16)
+        explainer = lumen.Explainer(torch.jit.trace(net, x), preprocess=lumen.Preprocess())
+        got = explainer.explain_tensor(x, methods=["gradcam"], layers=["4"], classes=[1])
+        store = {}
+        net[4].register_forward_hook(lambda m, i, o: store.update(a=o))
+        y = net(x)[:, 1].sum()
+        g, = torch.autograd.grad(y, store["a"])
+        raw = torch.relu((g.mean((2, 3, 4), keepdim=True) * store["a"]).sum(1)).detach()
+        up = F.interpolate(raw[:, None], size=(8, 12, 16), mode="trilinear", align_corners=False)[:, 0]
+        for i, r in enumerate(got):
+            self.assertEqual(r.depth, 8)
+            m = r["gradcam"]
+            self.assertEqual(m.raw.shape, (4, 6, 8))
+            self.assertEqual(m.map.shape, (8, 12, 16))
+            np.testing.assert_allclose(m.raw, raw[i].numpy(), rtol=1e-4, atol=1e-6)
+            norm = (up[i] - up[i].min()) / (up[i].max() - up[i].min())
+            np.testing.assert_allclose(m.map, norm.numpy(), atol=1e-5)
+            self.assertEqual(len(m.box), 6)
+            self.assertEqual(len(m.stats["peak"]), 3)
+        with self.assertRaisesRegex(lumen.Error, "does not take a 3-D network"):
+            explainer.explain_tensor(x, methods=["saliency"])
+
     def test_aggregation_contrast_settings_and_run_json(self):
         [r] = self.explainer.explain(IMAGES[0], methods=["gradcam"], layers=["features.18", "features.14"], aggregate="mean", top_k=2,
                                      contrast=True)

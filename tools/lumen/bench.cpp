@@ -95,6 +95,7 @@ struct Args {
   std::vector<std::string> methods{"gradcam"}, layers;
   std::vector<int> batches{1, 16};
   std::vector<int> size;
+  std::vector<int64_t> shape;  // a 3-D network's input, C D H W
   int top_k = 1;
   Runtime runtime;
   double min_time = 2.0;
@@ -122,13 +123,15 @@ void record(nlohmann::json& rows, const std::string& what, int batch, const Timi
 // file's module as torch::jit::load gives it, called under c10::InferenceMode in its own layout (what
 // an application pays for inference alone). lumen runs its copy in the forward mode --forward-mode
 // chooses; its bare inference forward is a row of its own.
-void time_batch(const Args& a, const Model& user, const ExplainOptions& given, int batch, int h, int w, nlohmann::json& rows) {
+void time_batch(const Args& a, const Model& user, const ExplainOptions& given, int batch, const std::vector<int64_t>& row, nlohmann::json& rows) {
   if (batch < 1) throw Error("batch sizes must be positive");
+  std::vector<int64_t> shape = row;  // one input per row: [C,H,W], or a volume's [C,D,H,W]
+  shape.insert(shape.begin(), batch);
   nlohmann::json chosen;
-  const Model model = with_forward_mode(user, a.runtime, {batch, 3, h, w}, chosen);
+  const Model model = with_forward_mode(user, a.runtime, shape, chosen);
   const Explainer explainer(model, Preprocess{});
   torch::manual_seed(0);
-  const auto x = torch::randn({batch, 3, h, w});
+  const auto x = torch::randn(shape);
   auto inference = [&] {
     c10::InferenceMode guard;
     user.module().get_method("forward")({x});
@@ -175,13 +178,16 @@ int run(const Args& a) {
   check_request(given);
   const Model model = Model::load(a.model);
   const auto [h, w] = input_size(model, a.card, a.size);
-  std::printf("lumen bench: %s, input %dx%d, %d threads, top-%d; median of timed runs after a warm-up\n", model.name().c_str(), h, w,
+  const std::vector<int64_t> row = a.shape.empty() ? std::vector<int64_t>{3, h, w} : a.shape;
+  std::string input;
+  for (size_t i = a.shape.empty() ? 1 : 0; i < row.size(); ++i) input += (input.empty() ? "" : "x") + std::to_string(row[i]);
+  std::printf("lumen bench: %s, input %s, %d threads, top-%d; median of timed runs after a warm-up\n", model.name().c_str(), input.c_str(),
               at::get_num_threads(), a.top_k);
   std::printf("%-28s %5s %12s %10s %12s %14s %10s\n", "what", "batch", "ms/batch", "img/s", "/ user fwd", "forward share", "peak MiB");
   nlohmann::json rows = nlohmann::json::array();
-  for (int batch : a.batches) time_batch(a, model, given, batch, h, w, rows);
+  for (int batch : a.batches) time_batch(a, model, given, batch, row, rows);
   if (!a.json.empty()) {
-    const nlohmann::json doc{{"model", model.name()}, {"input", {h, w}}, {"threads", at::get_num_threads()}, {"top_k", a.top_k}, {"rows", rows}};
+    const nlohmann::json doc{{"model", model.name()}, {"input", a.shape.empty() ? nlohmann::json{h, w} : nlohmann::json(a.shape)}, {"threads", at::get_num_threads()}, {"top_k", a.top_k}, {"rows", rows}};
     write_file_atomic(a.json, doc.dump(1) + "\n");
   }
   return 0;
@@ -202,6 +208,11 @@ Command add_bench(CLI::App& app) {
   sub->add_flag("--together", a->together, "also time all --methods in one request (they share the forward)");
   sub->add_option("--min-time", a->min_time, "seconds of timed runs per row (2)");
   sub->add_option("--input-size", a->size, "input H W (default: card, else the file's, else 224 224)")->expected(2);
+  sub->add_option("--input-shape", a->shape, "a 3-D network's input C,D,H,W (a clip: 3,T,H,W), instead of an image's")
+      ->delimiter(',')
+      ->expected(4)
+      ->check(CLI::Range(int64_t{1}, int64_t{100000}))
+      ->excludes("--input-size");
   add_runtime_flags(sub, a->runtime);
   add_forward_flag(sub, a->runtime);
   sub->add_option("--json", a->json, "also write the rows as JSON to this file");

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <iomanip>
@@ -228,6 +229,27 @@ std::vector<std::string> read_image_list(const std::string& list) {
   return out;
 }
 
+// Volumes of one batch, explained together when they have one shape (else shape by shape, in order);
+// `slices` gets each volume's slices as pictures.
+std::vector<ImageExplanation> explain_volumes(const Explainer& explainer, const std::vector<std::string>& paths, const ExplainOptions& opt,
+                                              bool rgb, std::vector<cv::Mat>& slices) {
+  std::vector<torch::Tensor> volumes;
+  for (const auto& p : paths) {
+    volumes.push_back(read_volume(p));
+    slices.push_back(volume_slices(volumes.back(), rgb));
+  }
+  std::vector<ImageExplanation> out;
+  for (size_t first = 0; first < volumes.size();) {
+    size_t last = first + 1;
+    while (last < volumes.size() && volumes[last].sizes() == volumes[first].sizes()) ++last;
+    const std::vector<torch::Tensor> group(volumes.begin() + static_cast<int64_t>(first), volumes.begin() + static_cast<int64_t>(last));
+    const std::vector<std::string> names(paths.begin() + static_cast<int64_t>(first), paths.begin() + static_cast<int64_t>(last));
+    for (auto& e : explainer.explain_tensor(torch::stack(group), opt, {}, names)) out.push_back(std::move(e));
+    first = last;
+  }
+  return out;
+}
+
 int run(const Args& given) {
   given.runtime.apply();
   // The images: --image, then --image-list's; with --shard, this process's block of them. File stems are
@@ -250,6 +272,14 @@ int run(const Args& given) {
   check_request(opt);
   for (const auto& img : a.images)
     if (!path_exists(img)) throw Error("image not found: " + img);
+  // A .npy input is a 3-D network's volume or clip, taken as the model's input (lumen::read_volume).
+  const auto is_volume = [](const std::string& p) { return fs::path(p).extension() == ".npy"; };
+  const bool volumes = std::all_of(a.images.begin(), a.images.end(), is_volume);
+  if (!volumes && std::any_of(a.images.begin(), a.images.end(), is_volume))
+    throw Error("give images or .npy volumes, not both in one run");
+  if (volumes && a.task != "classification") throw Error("--task segmentation explains 2-D images, not volumes");
+  if (volumes && (!a.size.empty() || !a.mean.empty() || !a.std.empty()))
+    throw Error("a .npy volume is the model's input as it is: --input-size, --mean and --std do not apply");
   RenderOptions render;
   render.rgb_input = in.pre.rgb;
   render.colormap = parse_colormap(a.colormap);
@@ -261,9 +291,13 @@ int run(const Args& given) {
   Model model = Model::load(a.model);
   for (const auto& l : in.layers) model.check_layer(l);
   nlohmann::json forward;
-  model = with_forward_mode(model, a.runtime,
-                            {static_cast<int64_t>(std::min(a.images.size(), static_cast<size_t>(a.batch))), 3, in.pre.height, in.pre.width},
-                            forward);
+  const int64_t first_batch = static_cast<int64_t>(std::min(a.images.size(), static_cast<size_t>(a.batch)));
+  std::vector<int64_t> probe{first_batch, 3, in.pre.height, in.pre.width};
+  if (volumes) {
+    probe = read_volume(a.images.front()).sizes().vec();
+    probe.insert(probe.begin(), first_batch);
+  }
+  model = with_forward_mode(model, a.runtime, probe, forward);
   Explainer explainer(model, in.pre, in.labels);
   OutputDir out(a.out);
 
@@ -276,10 +310,15 @@ int run(const Args& given) {
     std::vector<cv::Mat> imgs;
     std::vector<std::string> paths(a.images.begin() + first, a.images.begin() + last);
     std::vector<std::string> batch_stems(stems.begin() + first, stems.begin() + last);
-    for (const auto& p : paths) imgs.push_back(read_image(p));
     ExplainOptions batch_opt = opt;
-    if (a.task == "segmentation" && !a.region.empty()) batch_opt.targets = segmentation_targets(a, imgs.front().size());
-    auto explained = explainer.explain(imgs, batch_opt, paths);
+    std::vector<ImageExplanation> explained;
+    if (volumes) {
+      explained = explain_volumes(explainer, paths, batch_opt, in.pre.rgb, imgs);
+    } else {
+      for (const auto& p : paths) imgs.push_back(read_image(p));
+      if (a.task == "segmentation" && !a.region.empty()) batch_opt.targets = segmentation_targets(a, imgs.front().size());
+      explained = explainer.explain(imgs, batch_opt, paths);
+    }
     auto entries = write_maps(out, imgs, explained, batch_stems, render);
     for (size_t i = 0; i < entries.size(); ++i) {
       // Only --allow-truncated lets such a file through; the record says what was explained.
@@ -330,7 +369,7 @@ Command add_explain(CLI::App& app) {
   auto a = std::make_shared<explain::Args>();
   add_model_flag(sub, a->model);
   sub->add_option("--card", a->card, "model card JSON: input size, mean/std, colour order, labels, CAM layer");
-  sub->add_option("--image,-i", a->images, "image file(s)");
+  sub->add_option("--image,-i", a->images, "image file(s); a .npy file is a 3-D network's volume or clip, [C,D,H,W] or [D,H,W], as the model's input");
   sub->add_option("--image-list", a->image_list, "a file of image paths, one per line (relative to the list's folder); for bulk runs");
   add_shard_flag(sub, a->shard);
   sub->add_option("--layer,-l", a->layers, "module path(s) to explain at, e.g. features.18 (default: the card's)");

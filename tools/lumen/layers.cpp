@@ -11,12 +11,22 @@
 #include <iostream>
 
 namespace lumen::cli {
+namespace {
+
+std::string input_shape_text(const std::vector<int64_t>& shape) {
+  std::string s;
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "x" : "") + std::to_string(shape[i]);
+  return s;
+}
+
+}  // namespace
 
 Command add_layers(CLI::App& app) {
   auto* sub = app.add_subcommand("layers", "List a model's layers: module path (ONNX: node), type, output shape");
   struct Args {
     std::string model, card;
     std::vector<int> size;
+    std::vector<int64_t> shape;  // a 3-D network's input, C D H W
     bool json = false;
     Runtime runtime;
   };
@@ -24,14 +34,24 @@ Command add_layers(CLI::App& app) {
   sub->add_option("model", args->model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
   sub->add_option("--card", args->card, "model card JSON (gives the input size)");
   sub->add_option("--input-size", args->size, "input H W (default: the card's, else the file's, else 224 224)")->expected(2);
+  sub->add_option("--input-shape", args->shape, "a 3-D network's input C,D,H,W (a clip: 3,T,H,W), instead of an image's")
+      ->delimiter(',')
+      ->expected(4)
+      ->check(CLI::Range(int64_t{1}, int64_t{100000}))
+      ->excludes("--input-size");
   sub->add_flag("--json", args->json, "print JSON instead of a table");
   add_runtime_flags(sub, args->runtime, false);
   return {sub, [args] {
             args->runtime.apply();
             Model model = Model::load(args->model);
             const auto size = input_size(model, args->card, args->size);
-            const int h = size.first, w = size.second;  // named, not bound: lambdas below capture them
-            auto layers = model.layers({1, 3, h, w});
+            std::vector<int64_t> input{1, 3, size.first, size.second};
+            if (!args->shape.empty()) {
+              input = args->shape;
+              input.insert(input.begin(), 1);
+            }
+            const int64_t h = input[input.size() - 2], w = input.back();  // named, not bound: lambdas below capture them
+            auto layers = model.layers(input);
             // How each output lies in space, as explain will read it: said only where it is not a
             // plain [N,C,h,w] map.
             const int64_t patch = model.patch_stride();
@@ -57,7 +77,7 @@ Command add_layers(CLI::App& app) {
             bool onnx = false;
             for (const auto& l : layers) onnx |= !l.outputs.empty();
             std::cout << std::left << std::setw(static_cast<int>(width) + 2) << "path" << std::setw(24) << "type"
-                      << std::setw(onnx ? 28 : 0) << "output (input 1x3x" + std::to_string(h) + "x" + std::to_string(w) + ")"
+                      << std::setw(onnx ? 28 : 0) << "output (input " + input_shape_text(input) + ")"
                       << (onnx ? "  ONNX output value" : "") << "\n";
             for (const auto& l : layers) {
               std::string shape = l.output_kind;

@@ -26,6 +26,7 @@ Needs layer_gradients() {
 Method evidence_cam(std::string name, std::string paper, Needs needs, CamEvidence evidence) {
   Method m(std::move(name), std::move(paper), Family::Cam);
   m.needs = std::move(needs);
+  m.volumes = true;  // weights and evidence per position, sums over all positions
   m.params = {flag("eigen_smooth", "CAM methods: first principal component of the weighted activations instead of their sum")};
   m.compute = [evidence](const Evidence& e, size_t layer) {
     const torch::Tensor stack = evidence(e.layers[layer], e, layer);

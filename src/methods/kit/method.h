@@ -60,6 +60,7 @@ Param patch_param();     // "patch": the side of a square in input pixels (occlu
 struct LayerTensors {
   torch::Tensor activations;  // A, [N,C,h,w]
   torch::Tensor gradients;    // G = d y / d A (plain rule), [N,C,h,w]; undefined if no method needs it
+  int64_t depth = 0;          // a volume's layer: its d slices, stacked in the tensors' h (d*h rows); else 0
 };
 
 struct Result {
@@ -138,7 +139,7 @@ class Passes {
 
 // What the shared passes computed for one target.
 struct Evidence {
-  torch::Tensor input;                                     // x, [N,C,H,W] (model input space)
+  torch::Tensor input;                                     // x, [N,C,H,W] (model input space); volumes [N,C,D,H,W]
   torch::Tensor target_values;                             // y, [N]
   std::vector<LayerTensors> layers;                        // one per requested layer
   std::vector<LayerTensors> model_layers;                  // the layers the method's needs named (Needs::model_layers)
@@ -188,6 +189,10 @@ struct Method {
   Needs needs;
   ExtraPasses extra_passes = ExtraPasses::None;
   Space space = Space::Layer;
+  // Takes a 3-D network's volumes ([N,C,D,H,W] input, [N,C,d,h,w] layers, seen as [N,C,d*h,w]): true
+  // for the methods whose formula reads positions only through sums over all of them, or that say how
+  // they treat slices. The plan refuses the others for volumes.
+  bool volumes = false;
   bool per_layer() const { return space == Space::Layer; }
   // Methods that give an input-space attribution: how their map is made from it ([N,C,H,W] -> [N,H,W]),
   // so that a wrapper can average attributions first and make the map after.

@@ -156,7 +156,7 @@ namespace lumen {
 std::vector<MethodInfo> method_catalog() {
   std::vector<MethodInfo> out;
   for (const auto& m : detail::methods()) {
-    MethodInfo info{m.name, m.paper, detail::family_name(m.family), m.per_layer(), static_cast<bool>(m.reduce), {}};
+    MethodInfo info{m.name, m.paper, detail::family_name(m.family), m.per_layer(), static_cast<bool>(m.reduce), {}, m.volumes};
     for (const auto& p : m.params) info.settings.push_back(p.name);
     out.push_back(std::move(info));
   }
