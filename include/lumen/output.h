@@ -20,7 +20,7 @@ namespace lumen {
 
 // NumPy .npy (format 1.0, little-endian float32, C order): a CV_32F matrix is (rows, cols); one with
 // C > 1 channels is (rows, cols, C); with depth > 0, a volume's slices stacked (Map::depth) are
-// (depth, rows / depth, cols).
+// (depth, rows / depth, cols[, C]).
 std::string encode_npy(const cv::Mat& map, int depth = 0);
 cv::Mat decode_npy(const std::string& bytes);   // float32, 2-D or (H, W, C<=4); throws lumen::Error
 cv::Mat read_npy(const std::string& path);

@@ -21,7 +21,7 @@ namespace fs = std::filesystem;
 // C++ package writes it, and OpenCV's FileStorage writes its own YAML/XML formats instead.
 std::string encode_npy(const cv::Mat& map, int depth) {
   if (map.depth() != CV_32F || map.dims != 2) throw Error("npy export needs a 2-D float32 map");
-  if (depth > 0 && (map.rows % depth != 0 || map.channels() != 1)) throw Error("npy export: a volume's slices must stack evenly");
+  if (depth > 0 && map.rows % depth != 0) throw Error("npy export: a volume's slices must stack evenly");
   cv::Mat m = map.isContinuous() ? map : map.clone();
   std::string shape = depth > 0 ? std::to_string(depth) + ", " + std::to_string(m.rows / depth) + ", " + std::to_string(m.cols)
                                 : std::to_string(m.rows) + ", " + std::to_string(m.cols);
@@ -275,7 +275,7 @@ nlohmann::json write_maps(OutputDir& out, const std::vector<cv::Mat>& images, co
         for (const auto& p : m.parts) planes.push_back(p.normalized);
         cv::Mat stacked;
         cv::merge(planes, stacked);
-        out.write(base + ".parts.npy", encode_npy(stacked));
+        out.write(base + ".parts.npy", encode_npy(stacked, m.depth));
         out.write(base + ".parts.png", encode_png(parts_picture(images[i], m, explained[i], options)));
         entries[i]["maps"][k]["files"]["parts_map"] = base + ".parts.npy";
         entries[i]["maps"][k]["files"]["parts"] = base + ".parts.png";
