@@ -134,7 +134,7 @@ struct BadCase {
 // and a whole teacher-forced caption, each against eager Grad-CAM of the same scalar.
 TEST(Cli, TargetLanguageMatchesReferences) {
   const auto cases = read_json(fixture("manifest_targets.json"))["cases"];
-  ASSERT_EQ(cases.size(), 6u);
+  ASSERT_EQ(cases.size(), 8u);
   for (const auto& c : cases) {
     SCOPED_TRACE(c["name"].get<std::string>());
     std::string out = temp_dir("target");
@@ -249,8 +249,20 @@ TEST(Cli, BadInputMatrix) {
   // A 9000x9000 PNG (81 megapixels) is over lumen's limit.
   const std::string huge = temp_dir("huge") + "/huge.png";
   cv::imwrite(huge, cv::Mat::zeros(9000, 9000, CV_8U));
+  // An embedding of the wrong length for the tiny encoder (16 values), and one that is all zero.
+  const std::string short_embedding = temp_dir("emb") + "/short.npy", zero_embedding = temp_dir("emb0") + "/zero.npy";
+  std::ofstream(short_embedding, std::ios::binary) << encode_npy(cv::Mat(1, 7, CV_32F, cv::Scalar(1)));
+  std::ofstream(zero_embedding, std::ios::binary) << encode_npy(cv::Mat::zeros(1, 16, CV_32F));
+  const std::string encoder = "--model " + q(fixture("tiny_encoder.pt")) + " --card " + q(fixture("small_card.json")) + " --layer conv2";
   const std::vector<BadCase> cases{
       {"missing image", kModel + " --image /nonexistent/cat.png", "image not found: /nonexistent/cat.png"},
+      {"similarity without references", encoder + " --task similarity --image " + img, "--task similarity needs --reference"},
+      {"reference without similarity", kModel + " --reference " + img + " --image " + img, "--reference and --dissimilar belong to --task similarity"},
+      {"similarity with a class", encoder + " --task similarity --reference " + img + " --class 3 --image " + img, "takes none of --class"},
+      {"missing reference", encoder + " --task similarity --reference /nonexistent.png --image " + img, "reference not found: /nonexistent.png"},
+      {"embedding of the wrong length", encoder + " --task similarity --reference " + q(short_embedding) + " --image " + img,
+       "the reference embedding has 7 values, the model's embedding 16"},
+      {"zero embedding", encoder + " --task similarity --reference " + q(zero_embedding) + " --image " + img, "the reference embedding is all zero"},
       {"corrupt image", kModel + " --image " + q(fixture("truncated.png")), "is truncated"},
       {"non-image file", kModel + " --image " + q(fixture("not_an_image.png")), "not_an_image.png"},
       {"huge image", kModel + " --image " + q(huge), "over lumen's limit"},

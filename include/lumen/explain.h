@@ -62,6 +62,11 @@ class Explainer {
                                                const std::vector<cv::Size>& sizes = {},
                                                const std::vector<std::string>& sources = {}) const;
 
+  // The model's output for `images` (preprocessed as explain does), as [N, D] float: an embedding
+  // model's vectors, e.g. the references of similarity_target. `select` picks the output (default: the
+  // output tensor); further dimensions are flattened into D.
+  torch::Tensor embed(const std::vector<cv::Mat>& images, const OutputSelector& select = {}) const;
+
   const Model& model() const { return model_; }
   const Preprocess& preprocess() const { return preprocess_; }
   const std::vector<std::string>& labels() const { return labels_; }

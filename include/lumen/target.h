@@ -54,6 +54,13 @@ Target segmentation_target(int64_t cls, torch::Tensor region = {}, OutputSelecto
 // (torchvision's FCN, DeepLabV3 and LR-ASPP return {"out": ..., "aux": ...}).
 OutputSelector segmentation_scores();
 Target finer_target(const Target& main, double alpha = 1.0, int comparisons = 3);
+// Embedding similarity (pytorch-grad-cam's SimilarityToConceptTarget): y = cos(e, concept), where e is
+// the model's embedding (`select`, by default the output tensor; [N, D], any further dimensions
+// flattened into D) and `concept` a [D] vector (e.g. the mean embedding of reference images,
+// Explainer::embed); negated when `dissimilar` (what makes the image unlike the concept). Named
+// "similarity" or "dissimilarity". Throws lumen::Error when the lengths differ or the concept is zero,
+// NaN or infinite.
+Target similarity_target(torch::Tensor concept, bool dissimilar = false, OutputSelector select = {});
 
 // The CLI's small target language, also usable from C++.
 // An output path picks a tensor out of nested tuples, lists and dicts: components separated by '.',

@@ -53,6 +53,16 @@ std::vector<ImageExplanation> Explainer::explain(const std::vector<cv::Mat>& ima
   return explain_tensor(to_batch(images, preprocess_), opt, sizes, sources);
 }
 
+torch::Tensor Explainer::embed(const std::vector<cv::Mat>& images, const OutputSelector& select) const {
+  if (images.empty()) throw Error("no images to embed");
+  torch::NoGradGuard no_grad;
+  const auto output = model_.forward(to_batch(images, preprocess_)).output;
+  const torch::Tensor e = (select ? select : OutputSelector(default_logits))(output);
+  if (e.dim() < 2 || e.size(0) != static_cast<int64_t>(images.size()))
+    throw Error("the model's output " + c10::str(e.sizes()) + " is no embedding of each image ([N, D])");
+  return e.detach().flatten(1).to(torch::kFloat32);
+}
+
 std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& batch, const ExplainOptions& opt,
                                                         const std::vector<cv::Size>& sizes,
                                                         const std::vector<std::string>& sources) const {

@@ -36,7 +36,7 @@ cv::Mat scale_like_pgc(const cv::Mat& t) {
 
 // A volume's map: the 3-D versions of the steps of finish_map (trilinear, half-pixel centres as
 // torch's interpolate(align_corners=False); the box in 3-D). Slices stay stacked one below another.
-void finish_volume(Map& m, const torch::Tensor& raw_stacked, cv::Size image, const Canvas& canvas) {
+void finish_volume(Map& m, const torch::Tensor& raw_stacked, cv::Size image, const Canvas& canvas, bool box) {
   const int depth = canvas.depth, width = image.width, height = image.height;
   m.normalized = cv::Mat();
   m.box = Box();
@@ -65,7 +65,7 @@ void finish_volume(Map& m, const torch::Tensor& raw_stacked, cv::Size image, con
   m.upsampled.convertTo(m.normalized, CV_32F, 1.0 / (umx - umn), -umn / (umx - umn));
   cv::max(m.normalized, 0.0, m.normalized);
   cv::min(m.normalized, 1.0, m.normalized);
-  m.box = threshold_box_3d(m.upsampled, depth, canvas.box_threshold);
+  if (box) m.box = threshold_box_3d(m.upsampled, depth, canvas.box_threshold);
 }
 
 }  // namespace
@@ -75,7 +75,7 @@ std::vector<MapPart> finish_parts(const Result& res, int64_t image, cv::Size siz
   for (int64_t j = 0; j < res.parts.size(1); ++j) {
     Map scratch;
     scratch.raw_depth = raw_depth;
-    finish_map(scratch, res.parts[image][j], size, canvas);
+    finish_map(scratch, res.parts[image][j], size, canvas, /*box=*/false);  // a part keeps its maps only
     MapPart p{scratch.raw, scratch.normalized, {}};
     if (res.part_scores.defined()) {
       const auto logits = res.part_scores[image][j].to(torch::kFloat64);
@@ -91,8 +91,8 @@ std::vector<MapPart> finish_parts(const Result& res, int64_t image, cv::Size siz
   return parts;
 }
 
-void finish_map(Map& m, const torch::Tensor& raw_hw, cv::Size image, const Canvas& canvas) {
-  if (canvas.depth > 0) return finish_volume(m, raw_hw, image, canvas);
+void finish_map(Map& m, const torch::Tensor& raw_hw, cv::Size image, const Canvas& canvas, bool box) {
+  if (canvas.depth > 0) return finish_volume(m, raw_hw, image, canvas, box);
   const int width = image.width, height = image.height;
   // A Map copied from another shares its matrices; writing into them would change both.
   m.normalized = cv::Mat();
@@ -134,7 +134,7 @@ void finish_map(Map& m, const torch::Tensor& raw_hw, cv::Size image, const Canva
   // Rounding in the affine map can leave -1e-10 or 1+1e-7; the documented range is [0, 1].
   cv::max(m.normalized, 0.0, m.normalized);
   cv::min(m.normalized, 1.0, m.normalized);
-  m.box = threshold_box(m.upsampled, canvas.box_threshold);
+  if (box) m.box = threshold_box(m.upsampled, canvas.box_threshold);
 }
 
 void finish_jobs(const std::vector<Job>& jobs, const Plan& plan, const Forward& forward, const Target& target,

@@ -144,18 +144,24 @@ torch::Tensor TargetPasses::score_from_layer(size_t layer, const torch::Tensor& 
   });
 }
 
-torch::Tensor TargetPasses::class_scores_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const {
+Passes::LayerScores TargetPasses::scores_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const {
   torch::NoGradGuard no_grad;
-  try {
-    return in_chunks(activations, rows_per_pass(), [&](const torch::Tensor& chunk) {
-      const auto out = output_from_layer(layer, chunk, image);
+  std::vector<torch::Tensor> ys, classes;
+  bool class_scores = true;
+  for (int64_t start = 0; start < activations.size(0); start += rows_per_pass()) {
+    const auto chunk = activations.slice(0, start, std::min<int64_t>(activations.size(0), start + rows_per_pass()));
+    const auto out = output_from_layer(layer, chunk, image);
+    ys.push_back(for_rows(target_, image, chunk.size(0))(out));
+    if (!class_scores) continue;
+    try {
       auto scores = target_.select ? target_.select(out) : default_logits(out);
-      if (scores.dim() != 2) throw Error("not class scores");
-      return scores.detach();
-    });
-  } catch (const Error&) {
-    return {};  // an output without class scores
+      class_scores = scores.dim() == 2;
+      if (class_scores) classes.push_back(scores.detach());
+    } catch (const Error&) {
+      class_scores = false;  // an output without class scores
+    }
   }
+  return {torch::cat(ys), class_scores ? torch::cat(classes) : torch::Tensor()};
 }
 
 // Another method on other rows of one image, chunk by chunk, each chunk a batch of its own through

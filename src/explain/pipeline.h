@@ -88,7 +88,7 @@ class TargetPasses : public Passes {
   LayerTensors layer_at(const torch::Tensor& rows, int64_t image, size_t layer) const override;
   torch::Tensor score(const torch::Tensor& rows, int64_t image) const override;
   torch::Tensor score_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const override;
-  torch::Tensor class_scores_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const override;
+  LayerScores scores_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const override;
   Result run(const Method& method, const torch::Tensor& rows, int64_t image) const override;
   Result run_for(const Method& method, const Target& target, size_t layer) const override;
   torch::Tensor hessian_times_activations(size_t layer) const override;
@@ -129,8 +129,9 @@ struct Canvas {
   bool compat = false;  // pytorch-grad-cam's scaling
   const std::vector<std::string>* labels = nullptr;
 };
-// Raw map -> upsampled, normalised, stats, box. Volumes: m.raw_depth says the raw map's slices.
-void finish_map(Map& m, const torch::Tensor& raw, cv::Size image, const Canvas& canvas);
+// Raw map -> upsampled, normalised, stats, box (unless `box` is false). Volumes: m.raw_depth says the
+// raw map's slices.
+void finish_map(Map& m, const torch::Tensor& raw, cv::Size image, const Canvas& canvas, bool box = true);
 // A decomposition's parts of image `image` (Result::parts), each finished like a map, with its top-2 classes.
 std::vector<MapPart> finish_parts(const Result& res, int64_t image, cv::Size size, const Canvas& canvas, int raw_depth = 0);
 // One target's jobs as Maps, appended to each image's list (job-major, as the jobs run).

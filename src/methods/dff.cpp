@@ -31,12 +31,13 @@ LUMEN_METHOD(dff) {
       const auto f = nmf(x - offset, k, s.integer("nmf_iterations"), s.number("nmf_tol"), static_cast<uint64_t>(s.integer("seed")));
       const auto concepts = (f.w + offset).t().to(a.scalar_type());  // [k,C]
       const auto filled = concepts.view({k, c, 1, 1}).expand({k, c, h, w}).contiguous();
-      const auto y = e.passes->score_from_layer(layer, filled, i);
+      const auto scored = e.passes->scores_from_layer(layer, filled, i);  // y and the classes, from one run of the head
+      const auto& y = scored.target;
       const int64_t chosen = y.argmax().item<int64_t>();
       const auto part_maps = f.h.reshape({k, h, w}).to(a.scalar_type());
       maps.push_back(part_maps[chosen]);
       parts.push_back(part_maps);
-      scores.push_back(e.passes->class_scores_from_layer(layer, filled, i));
+      scores.push_back(scored.classes);
       std::vector<double> ys(static_cast<size_t>(k));
       for (int64_t j = 0; j < k; ++j) ys[static_cast<size_t>(j)] = y[j].item<double>();
       r.extra.push_back({{"concept", chosen}, {"concept_target_values", ys}, {"nmf_iterations", f.iterations},

@@ -159,6 +159,23 @@ Target segmentation_target(int64_t cls, torch::Tensor region, OutputSelector sel
   });
 }
 
+Target similarity_target(torch::Tensor concept, bool dissimilar, OutputSelector select) {
+  if (!concept.defined() || concept.numel() == 0) throw Error("similarity needs a reference embedding");
+  concept = concept.detach().to(torch::kFloat32).flatten();
+  if (!torch::isfinite(concept).all().item<bool>()) throw Error("the reference embedding holds NaN or infinite values");
+  if (concept.norm().item<double>() == 0) throw Error("the reference embedding is all zero: its cosine similarity is undefined");
+  if (!select) select = default_logits;
+  return custom_target(dissimilar ? "dissimilarity" : "similarity", [concept, dissimilar, select](const torch::IValue& output) {
+    const torch::Tensor e = select(output).flatten(1);
+    if (e.size(1) != concept.size(0))
+      throw Error("the reference embedding has " + std::to_string(concept.size(0)) + " values, the model's embedding " +
+                  std::to_string(e.size(1)) + " (shape " + c10::str(select(output).sizes()) + ")");
+    // torch.nn.CosineSimilarity's eps, as pytorch-grad-cam uses it
+    const auto cos = torch::cosine_similarity(e, concept.to(e.scalar_type()).unsqueeze(0), 1, 1e-8);
+    return dissimilar ? -cos : cos;
+  });
+}
+
 Target finer_target(const Target& main, double alpha, int comparisons) {
   if (main.classes.empty()) throw Error("finercam compares classes: its target must be a class (--class or --top-k)");
   if (main.score != Score::Logit) throw Error("finercam weighs logits: its target's score must be logit, not " + to_string(main.score));

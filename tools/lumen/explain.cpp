@@ -50,6 +50,8 @@ struct Args {
   std::string task = "classification";
   std::vector<int> region;         // segmentation: x0,y0,x1,y1 in the image's pixels
   std::string mask;                // segmentation: a mask image, nonzero = inside
+  std::vector<std::string> references;  // similarity: reference images, or one embedding .npy
+  bool dissimilar = false;
   MethodFlags method;
 };
 
@@ -88,6 +90,37 @@ void check_segmentation(const Args& a) {
   if (!a.region.empty() && (a.region.size() != 4 || a.region[2] <= a.region[0] || a.region[3] <= a.region[1]))
     throw Error("--region must be x0,y0,x1,y1 with x0 < x1 and y0 < y1 (image pixels)");
   if (!a.mask.empty() && !path_exists(a.mask)) throw Error("mask not found: " + a.mask);
+}
+
+bool is_npy(const std::string& path) { return fs::path(path).extension() == ".npy"; }
+
+void check_similarity(const Args& a) {
+  if (a.task != "similarity") {
+    if (!a.references.empty() || a.dissimilar) throw Error("--reference and --dissimilar belong to --task similarity");
+    return;
+  }
+  if (a.references.empty()) throw Error("--task similarity needs --reference IMAGE [IMAGE ...] or --reference EMBEDDING.npy");
+  if (!a.classes.empty() || a.counterfactual || !a.sequence.empty() || a.token >= 0 || a.contrast || a.target != "logit")
+    throw Error("--task similarity explains the cosine similarity to the references; it takes none of --class, --counterfactual "
+                "(use --dissimilar), --target, --sequence, --token, --contrast");
+  const bool npy = std::any_of(a.references.begin(), a.references.end(), is_npy);
+  if (npy && a.references.size() != 1) throw Error("--reference takes images, or one embedding .npy file, not both");
+  for (const auto& r : a.references)
+    if (!path_exists(r)) throw Error("reference not found: " + r);
+}
+
+// The concept of --task similarity: one saved embedding (.npy, D values), or the mean embedding of the
+// reference images through the same model and preprocessing.
+torch::Tensor reference_embedding(const Args& a, const Explainer& explainer, const OutputSelector& select) {
+  if (is_npy(a.references.front())) {
+    const cv::Mat m = read_npy(a.references.front());
+    if (m.rows != 1 && m.cols != 1) throw Error(a.references.front() + ": an embedding must be one vector ([D] or [1, D])");
+    return torch::from_blob(const_cast<float*>(m.ptr<float>()), {static_cast<int64_t>(m.total() * static_cast<size_t>(m.channels()))},
+                            torch::kFloat32).clone();
+  }
+  std::vector<cv::Mat> images;
+  for (const auto& r : a.references) images.push_back(read_image(r));
+  return explainer.embed(images, select).mean(0);
 }
 
 // Unique file stems: cat.jpg and other/cat.png become cat and cat-2.
@@ -146,6 +179,7 @@ ExplainOptions options_of(const Args& a, const std::vector<std::string>& layers)
     if (a.counterfactual) throw Error("--sequence has no counterfactual");
   }
   check_segmentation(a);
+  check_similarity(a);
   if (a.task == "segmentation" && a.region.empty()) opt.targets = segmentation_targets(a, {});
   apply(a.method, opt);
   opt.shared.progress = progress_printer(a.runtime.quiet);
@@ -268,16 +302,15 @@ int run(const Args& given) {
   if (a.batch < 1) throw Error("--batch must be at least 1");
   if (!a.region.empty()) a.batch = 1;  // a region is in each image's own pixels
   const Inputs in = inputs_of(a);
-  const ExplainOptions opt = options_of(a, in.layers);
+  ExplainOptions opt = options_of(a, in.layers);
   check_request(opt);
   for (const auto& img : a.images)
     if (!path_exists(img)) throw Error("image not found: " + img);
   // A .npy input is a 3-D network's volume or clip, taken as the model's input (lumen::read_volume).
-  const auto is_volume = [](const std::string& p) { return fs::path(p).extension() == ".npy"; };
-  const bool volumes = std::all_of(a.images.begin(), a.images.end(), is_volume);
-  if (!volumes && std::any_of(a.images.begin(), a.images.end(), is_volume))
+  const bool volumes = std::all_of(a.images.begin(), a.images.end(), is_npy);
+  if (!volumes && std::any_of(a.images.begin(), a.images.end(), is_npy))
     throw Error("give images or .npy volumes, not both in one run");
-  if (volumes && a.task != "classification") throw Error("--task segmentation explains 2-D images, not volumes");
+  if (volumes && a.task != "classification") throw Error("--task " + a.task + " explains 2-D images, not volumes");
   if (volumes && (!a.size.empty() || !a.mean.empty() || !a.std.empty()))
     throw Error("a .npy volume is the model's input as it is: --input-size, --mean and --std do not apply");
   RenderOptions render;
@@ -299,6 +332,9 @@ int run(const Args& given) {
   }
   model = with_forward_mode(model, a.runtime, probe, forward);
   Explainer explainer(model, in.pre, in.labels);
+  if (a.task == "similarity")
+    opt.targets = {similarity_target(reference_embedding(a, explainer, a.output.empty() ? OutputSelector() : output_path(a.output)), a.dissimilar,
+                                     a.output.empty() ? OutputSelector() : output_path(a.output))};
   OutputDir out(a.out);
 
   nlohmann::json images = nlohmann::json::array();
@@ -349,7 +385,14 @@ int run(const Args& given) {
   out.commit();
   note_completeness_gaps(images);
   std::cout << "wrote " << images.size() << " image(s) to " << a.out << " (" << run_file << ", " << page_file << ") in " << duration_text(seconds) << "\n";
-  print_predictions(images);
+  if (a.task == "similarity") {  // an embedding has no classes: say the score each map explains
+    for (const auto& entry : images)
+      if (!entry["maps"].empty())
+        std::cout << entry["source"].get<std::string>() << ": " << entry["maps"][0]["target"].get<std::string>() << " "
+                  << entry["maps"][0]["target_value"].get<float>() << "\n";
+  } else {
+    print_predictions(images);
+  }
   if (!empty_maps.empty() && !a.allow_empty) {
     std::cerr << "lumen: error: " << empty_maps.size() << " map(s) are empty (constant: the target's gradient at the layer is zero), e.g. "
               << empty_maps.front() << "; files were written and flagged \"empty\" in run.json (--allow-empty accepts this)"
@@ -413,9 +456,13 @@ Command add_explain(CLI::App& app) {
                   "with a [N,T,V] output: explain the sum of log-softmax scores of these tokens (a teacher-forced caption)")
       ->delimiter(',');
   sub->add_option("--task", a->task,
-                  "what the model does: classification (default) or segmentation ([N,classes,h,w] scores, or a dict's \"out\"; "
-                  "explains --class over the pixels predicted as it, --region or --mask)")
-      ->check(CLI::IsMember({"classification", "segmentation"}));
+                  "what the model does: classification (default), segmentation ([N,classes,h,w] scores, or a dict's \"out\"; "
+                  "explains --class over the pixels predicted as it, --region or --mask) or similarity (an embedding model: the "
+                  "cosine similarity of each image's embedding to --reference's)")
+      ->check(CLI::IsMember({"classification", "segmentation", "similarity"}));
+  sub->add_option("--reference", a->references,
+                  "--task similarity: reference image(s), whose mean embedding is the concept, or one embedding .npy ([D] or [1, D])");
+  sub->add_flag("--dissimilar", a->dissimilar, "--task similarity: explain what makes each image unlike the references (the negated similarity)");
   sub->add_option("--region", a->region, "--task segmentation: explain the class over this box, x0,y0,x1,y1 in image pixels")
       ->delimiter(',')
       ->expected(4);

@@ -2,14 +2,23 @@
 
 namespace lumen::detail {
 
+// Only the first component is needed: the top eigenvector of the smaller Gram matrix (positions or
+// channels) gives it, which costs a fraction of LAPACK's full SVD once both sides are in the hundreds
+// (a volume's d*h*w positions).
 torch::Tensor first_component(const torch::Tensor& stack) {
   const auto n = stack.size(0), c = stack.size(1), h = stack.size(2), w = stack.size(3);
   std::vector<torch::Tensor> maps;
   for (int64_t i = 0; i < n; ++i) {
     auto m = stack[i].reshape({c, h * w}).t().to(torch::kFloat64);  // positions x channels
     m = m - m.mean(0, true);
-    auto vt = std::get<2>(at::linalg_svd(m, /*full_matrices=*/false));
-    auto proj = m.matmul(vt[0]);
+    torch::Tensor proj;
+    if (m.size(0) <= m.size(1)) {  // m m^T: u1 with eigenvalue s1^2, and m v1 = s1 u1
+      const auto [values, vectors] = at::linalg_eigh(m.matmul(m.t()));
+      proj = vectors.select(1, vectors.size(1) - 1) * values[values.size(0) - 1].clamp_min(0).sqrt();
+    } else {  // m^T m: v1
+      const auto [values, vectors] = at::linalg_eigh(m.t().matmul(m));
+      proj = m.matmul(vectors.select(1, vectors.size(1) - 1));
+    }
     auto channel_sum = m.sum(1);
     if ((proj * channel_sum).sum().item<double>() < 0) proj = -proj;
     maps.push_back(proj.reshape({h, w}).to(stack.scalar_type()));

@@ -116,9 +116,12 @@ class Passes {
   // y when the network runs on from requested layer `layer` with `activations` ([M,C,h,w]) of image
   // `image` in place of the layer's output; nothing before the layer is recomputed.
   virtual torch::Tensor score_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const = 0;
-  // The same run's class scores, [M,classes], where the target reads them (undefined when the output
-  // has none, e.g. a custom target on a caption).
-  virtual torch::Tensor class_scores_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const = 0;
+  // The same run giving y and its class scores, [M,classes], where the target reads them (`classes`
+  // undefined when the output has none, e.g. a custom target on a caption).
+  struct LayerScores {
+    torch::Tensor target, classes;
+  };
+  virtual LayerScores scores_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const = 0;
   // Another method's result on `rows` (all of image `image`), each row its own input (wrappers).
   virtual Result run(const Method& method, const torch::Tensor& rows, int64_t image) const = 0;
   // Another method's result on this batch under another target (wrappers that change what is
