@@ -18,6 +18,8 @@ docs/python.md has the reference and the side-by-side with pytorch-grad-cam and 
 import io as _io
 import warnings as _warnings
 
+import numpy as _np
+
 from . import _lumen
 from ._lumen import Error, ImageExplanation, LayerInfo, Map, ModelCard, Prediction, Preprocess, load_card, method_names, methods, set_deterministic, set_threads, settings
 
@@ -126,9 +128,26 @@ class Explainer:
         return _lumen._options(methods, layers, top_k, classes, score, counterfactual, output, aggregate, layer_weights, contrast,
                                box_threshold, compat, rows_per_pass, memory_mib, aug_smooth, nonlinearity, tokens, progress, **settings)
 
+    def embed(self, images, output=""):
+        """The model's output for images (paths or arrays, preprocessed as explain does) as an [N, D] float32 array: an
+        embedding model's vectors. output: the output path when the model returns several."""
+        images = [_as_image(i) for i in (images if isinstance(images, (list, tuple)) else [images])]
+        return self._native._embed(images, output)
+
+    def _similarity(self, opt, similar_to, dissimilar, output):
+        """explain()'s similar_to: a 1-D embedding, or images whose mean embedding is the concept."""
+        if hasattr(similar_to, "detach"):
+            similar_to = similar_to.detach().cpu().numpy()
+        if isinstance(similar_to, _np.ndarray) and similar_to.ndim == 1:
+            concept = similar_to
+        else:
+            concept = self.embed(similar_to, output).mean(0)
+        return _lumen._with_similarity(opt, _np.ascontiguousarray(concept, dtype=_np.float32), dissimilar, output)
+
     def explain(self, images, methods=("gradcam",), layers=None, top_k=1, classes=None, score="logit", counterfactual=False,
                 output="", aggregate="", layer_weights=None, contrast=False, box_threshold=0.15, compat="papers", rows_per_pass=0,
-                memory_mib=0, aug_smooth=False, nonlinearity="strict", tokens="", progress=None, sources=None, **settings):
+                memory_mib=0, aug_smooth=False, nonlinearity="strict", tokens="", progress=None, sources=None, similar_to=None,
+                dissimilar=False, **settings):
         """Explain images: one forward pass for the batch, one backward per target.
 
         images: a file path, an H x W x 3 RGB array (uint8 or float 0..255; a torch tensor works too), or a list of them.
@@ -141,12 +160,17 @@ class Explainer:
         settings: any method setting by name (steps=64, samples=25, smooth_base="integrated-gradients"; see
             lumen.settings()), checked before anything runs.
         progress: called as progress(what, done, total) during long methods.
+        similar_to: an embedding model's concept, as `lumen explain --task similarity`: reference images (paths or arrays;
+            their mean embedding) or a 1-D embedding; each map explains the cosine similarity to it (pytorch-grad-cam's
+            SimilarityToConceptTarget), or with dissimilar=True its negation.
         Returns one ImageExplanation per image (.predictions, .maps, result["gradcam"], .to_dict()).
         """
         single = not isinstance(images, (list, tuple))
         images = [_as_image(i) for i in ([images] if single else images)]
         opt = self._options(methods, layers, top_k, classes, score, counterfactual, output, aggregate, layer_weights, contrast,
                             box_threshold, compat, rows_per_pass, memory_mib, aug_smooth, nonlinearity, tokens, progress, settings)
+        if similar_to is not None:
+            opt = self._similarity(opt, similar_to, dissimilar, output)
         if sources is None:
             sources = [i if isinstance(i, str) else "image %d" % n for n, i in enumerate(images)]
         return self._native._explain(images, sources, opt)
@@ -154,7 +178,7 @@ class Explainer:
     def explain_tensor(self, batch, sizes=None, sources=None, methods=("gradcam",), layers=None, top_k=1, classes=None, score="logit",
                        counterfactual=False, output="", aggregate="", layer_weights=None, contrast=False, box_threshold=0.15,
                        compat="papers", rows_per_pass=0, memory_mib=0, aug_smooth=False, nonlinearity="strict", tokens="",
-                       progress=None, **settings):
+                       progress=None, similar_to=None, dissimilar=False, **settings):
         """Explain an already preprocessed batch [N, C, H, W] (float32 numpy array or torch tensor), as pytorch-grad-cam's
         input_tensor. Maps come back at `sizes` ([(width, height)] per row; default: the input size). A 3-D network's
         batch [N, C, D, H, W] (clips, volumes) gives volume maps: .map is (D, H, W), .box is (x0, y0, z0, x1, y1, z1)."""
@@ -162,6 +186,8 @@ class Explainer:
             batch = batch.detach().cpu().contiguous().numpy()
         opt = self._options(methods, layers, top_k, classes, score, counterfactual, output, aggregate, layer_weights, contrast,
                             box_threshold, compat, rows_per_pass, memory_mib, aug_smooth, nonlinearity, tokens, progress, settings)
+        if similar_to is not None:
+            opt = self._similarity(opt, similar_to, dissimilar, output)
         return self._native._explain_tensor(batch, sizes, sources, opt)
 
     def evaluate(self, data, out, methods=("gradcam",), layers=None, metrics=("loc", "pointing", "deletion", "insertion", "drop"),

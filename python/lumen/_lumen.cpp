@@ -12,6 +12,7 @@
 
 #include <opencv2/imgproc.hpp>
 
+#include <cstring>
 #include <sstream>
 
 namespace py = pybind11;
@@ -349,6 +350,18 @@ PYBIND11_MODULE(_lumen, m) {
             }
             return wrap(std::move(explained));
           })
+      .def("_embed", [](const Explainer& self, const py::list& images, const std::string& output) {
+            std::vector<cv::Mat> mats;
+            for (const auto& img : images) mats.push_back(to_image(img));
+            torch::Tensor e;
+            {
+              py::gil_scoped_release release;
+              e = self.embed(mats, output.empty() ? OutputSelector() : output_path(output)).contiguous();
+            }
+            py::array_t<float> out({e.size(0), e.size(1)});
+            std::memcpy(out.mutable_data(), e.data_ptr<float>(), sizeof(float) * static_cast<size_t>(e.numel()));
+            return out;
+          })
       .def("_explain_tensor", [](const Explainer& self, const py::object& batch, const py::object& sizes, const py::object& sources,
                                  const ExplainOptions& opt) {
             torch::Tensor x = to_batch_tensor(batch);
@@ -365,6 +378,12 @@ PYBIND11_MODULE(_lumen, m) {
 
   py::class_<ExplainOptions>(m, "_Options");
   m.def("_options", &options_from);
+  m.def("_with_similarity", [](ExplainOptions opt, const py::array_t<float, py::array::c_style | py::array::forcecast>& concept, bool dissimilar,
+                               const std::string& output) {
+    const auto t = torch::from_blob(const_cast<float*>(concept.data()), {static_cast<int64_t>(concept.size())}, torch::kFloat32).clone();
+    opt.targets = {similarity_target(t, dissimilar, output.empty() ? OutputSelector() : output_path(output))};
+    return opt;
+  });
 
   m.def("set_threads", &set_threads, py::arg("threads") = 0,
         "intra-op threads of LibTorch and OpenCV, process-wide (torch.set_num_threads too); 0: all cores. "

@@ -180,6 +180,33 @@ class ModuleTest(unittest.TestCase):
         with self.assertRaisesRegex(lumen.Error, "does not take a 3-D network"):
             explainer.explain_tensor(x, methods=["saliency"])
 
+    def test_similarity_to_reference_images_or_an_embedding(self):
+        """similar_to: Grad-CAM of the cosine similarity of the embedding to the references' mean, in PyTorch."""
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                                  torch.nn.Flatten(), torch.nn.Linear(6, 5)).eval()
+        pre = lumen.Preprocess(width=32, height=32, mean=[127.5] * 3, std=[127.5] * 3)
+        explainer = lumen.Explainer(torch.jit.trace(net, torch.zeros(1, 3, 32, 32)), preprocess=pre)
+        refs = np.random.RandomState(1).randint(0, 255, (2, 40, 40, 3)).astype(np.uint8)
+        image = np.random.RandomState(2).randint(0, 255, (40, 40, 3)).astype(np.uint8)
+        emb = explainer.embed(list(refs))
+        self.assertEqual(emb.shape, (2, 5))
+        x = (F.interpolate(torch.from_numpy(image).float().permute(2, 0, 1)[None], size=(32, 32), mode="bilinear",
+                           antialias=True, align_corners=False) - 127.5) / 127.5
+        store = {}
+        net[1].register_forward_hook(lambda m, i, o: store.update(a=o))
+        for dissimilar in (False, True):
+            y = F.cosine_similarity(net(x), torch.from_numpy(emb.mean(0))[None], dim=1, eps=1e-8).sum()
+            g, = torch.autograd.grad(-y if dissimilar else y, store["a"])
+            ref = torch.relu((g.mean((2, 3), keepdim=True) * store["a"]).sum(1))[0].detach().numpy()
+            [by_images] = explainer.explain(image, layers=["1"], similar_to=list(refs), dissimilar=dissimilar)
+            [by_vector] = explainer.explain(image, layers=["1"], similar_to=emb.mean(0), dissimilar=dissimilar)
+            for r in (by_images, by_vector):
+                self.assertEqual(r["gradcam"].target, "dissimilarity" if dissimilar else "similarity")
+                np.testing.assert_allclose(r["gradcam"].raw, ref, rtol=1e-4, atol=1e-6)
+        with self.assertRaisesRegex(lumen.Error, "has 3 values, the model's embedding 5"):
+            explainer.explain(image, layers=["1"], similar_to=np.ones(3, np.float32))
+
     def test_aggregation_contrast_settings_and_run_json(self):
         [r] = self.explainer.explain(IMAGES[0], methods=["gradcam"], layers=["features.18", "features.14"], aggregate="mean", top_k=2,
                                      contrast=True)

@@ -21,7 +21,7 @@ Method evidence_cam(std::string name, std::string paper, Needs needs, CamEvidenc
 Needs layer_gradients();
 
 // First principal component of each image's [C,h,w] stack, as a [h,w] map: positions are samples,
-// channels are features, centred over positions (pytorch-grad-cam's get_2d_projection). An SVD leaves
+// channels are features, centred over positions (pytorch-grad-cam's get_2d_projection). A decomposition leaves
 // the component's sign arbitrary; lumen picks the sign that correlates positively with the centred
 // channel sum, so maps are reproducible across LAPACK builds.
 torch::Tensor first_component(const torch::Tensor& stack);  // [N,C,h,w] -> [N,h,w]
