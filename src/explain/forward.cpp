@@ -72,6 +72,12 @@ Forward run_forward(const Model& model, const Plan& plan, const torch::Tensor& b
     } catch (const Error& e) {
       throw Error("layer '" + plan.layers[i] + "': " + e.what());
     }
+    // A volume's maps are volumes: a layer that is not one (or one under an image) has no place to go.
+    const bool volume_layer = f.layouts.back().kind == TokenLayout::Kind::Volume, volume_input = batch.dim() == 5;
+    if (volume_layer != volume_input)
+      throw Error("layer '" + plan.layers[i] + "' gives " + c10::str(f.capture.layers[i].sizes()) + " for a" +
+                  (volume_input ? " [N,C,D,H,W] volume input; pick a layer whose output is a [N,C,d,h,w] volume"
+                                : "n [N,C,H,W] image input; a [N,C,d,h,w] layer needs a volume input"));
   }
   for (auto rule : plan.rules) {
     if (plan.rule_only) {

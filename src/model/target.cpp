@@ -166,10 +166,12 @@ Target similarity_target(torch::Tensor concept, bool dissimilar, OutputSelector 
   if (concept.norm().item<double>() == 0) throw Error("the reference embedding is all zero: its cosine similarity is undefined");
   if (!select) select = default_logits;
   return custom_target(dissimilar ? "dissimilarity" : "similarity", [concept, dissimilar, select](const torch::IValue& output) {
-    const torch::Tensor e = select(output).flatten(1);
+    const torch::Tensor out = select(output);
+    if (out.dim() < 2) throw Error("the model's output " + c10::str(out.sizes()) + " is no embedding per image ([N, D])");
+    const torch::Tensor e = out.flatten(1);
     if (e.size(1) != concept.size(0))
       throw Error("the reference embedding has " + std::to_string(concept.size(0)) + " values, the model's embedding " +
-                  std::to_string(e.size(1)) + " (shape " + c10::str(select(output).sizes()) + ")");
+                  std::to_string(e.size(1)) + " (shape " + c10::str(out.sizes()) + ")");
     // torch.nn.CosineSimilarity's eps, as pytorch-grad-cam uses it
     const auto cos = torch::cosine_similarity(e, concept.to(e.scalar_type()).unsqueeze(0), 1, 1e-8);
     return dissimilar ? -cos : cos;

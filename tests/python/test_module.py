@@ -179,6 +179,11 @@ class ModuleTest(unittest.TestCase):
             self.assertEqual(len(m.stats["peak"]), 3)
         with self.assertRaisesRegex(lumen.Error, "does not take a 3-D network"):
             explainer.explain_tensor(x, methods=["saliency"])
+        # A layer of a 3-D network that is no volume (the depth folded into channels) has nowhere to put its map.
+        folded = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3, padding=1), torch.nn.Flatten(1, 2), torch.nn.Conv2d(16, 4, 3),
+                                     torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+        with self.assertRaisesRegex(lumen.Error, "pick a layer whose output is a \\[N,C,d,h,w\\] volume"):
+            lumen.Explainer(torch.jit.trace(folded, x), preprocess=lumen.Preprocess()).explain_tensor(x, layers=["2"])
 
     def test_similarity_to_reference_images_or_an_embedding(self):
         """similar_to: Grad-CAM of the cosine similarity of the embedding to the references' mean, in PyTorch."""
