@@ -236,7 +236,28 @@ void note_completeness_gaps(const nlohmann::json& images) {
     }
 }
 
-void print_predictions(const nlohmann::json& images) {
+// Say how each layer that is not a plain [N,C,h,w] map was read (transformer tokens, channels last,
+// volumes).
+void note_layouts(const nlohmann::json& images) {
+  std::set<std::string> layouts;
+  for (const auto& image : images)
+    for (const auto& m : image["maps"])
+      if (m.contains("extra") && m["extra"].contains("layout"))
+        layouts.insert((m["extra"].contains("blocks") ? "the attention of " + std::to_string(m["extra"]["blocks"].get<int>()) + " blocks"
+                                                       : "layer '" + m["layer"].get<std::string>() + "'") +
+                       " read as " + m["extra"]["layout"].get<std::string>());
+  for (const auto& l : layouts) std::cerr << "lumen: note: " << l << " (--tokens to say otherwise)\n";
+}
+
+// Each image's top-3 predictions; for an embedding model (no classes), the similarity its maps explain.
+void print_predictions(const nlohmann::json& images, bool similarity) {
+  if (similarity) {
+    for (const auto& entry : images)
+      if (!entry["maps"].empty())
+        std::cout << entry["source"].get<std::string>() << ": " << entry["maps"][0]["target"].get<std::string>() << " "
+                  << entry["maps"][0]["target_value"].get<float>() << "\n";
+    return;
+  }
   for (const auto& entry : images) {
     std::cout << entry["source"].get<std::string>() << ":";
     for (size_t r = 0; r < std::min<size_t>(3, entry["top5"].size()); ++r) {
@@ -261,6 +282,17 @@ std::vector<std::string> read_image_list(const std::string& list) {
   }
   if (out.empty()) throw Error("image list " + list + " names no image");
   return out;
+}
+
+// Whether the inputs are .npy volumes (a 3-D network's volumes or clips, taken as the model's input:
+// lumen::read_volume) rather than images; refuses a mix, and the flags that only images take.
+bool volume_inputs(const Args& a) {
+  const bool volumes = std::all_of(a.images.begin(), a.images.end(), is_npy);
+  if (!volumes && std::any_of(a.images.begin(), a.images.end(), is_npy)) throw Error("give images or .npy volumes, not both in one run");
+  if (volumes && a.task != "classification") throw Error("--task " + a.task + " explains 2-D images, not volumes");
+  if (volumes && (!a.size.empty() || !a.mean.empty() || !a.std.empty()))
+    throw Error("a .npy volume is the model's input as it is: --input-size, --mean and --std do not apply");
+  return volumes;
 }
 
 // Volumes of one batch, explained together when they have one shape (else shape by shape, in order);
@@ -306,13 +338,7 @@ int run(const Args& given) {
   check_request(opt);
   for (const auto& img : a.images)
     if (!path_exists(img)) throw Error("image not found: " + img);
-  // A .npy input is a 3-D network's volume or clip, taken as the model's input (lumen::read_volume).
-  const bool volumes = std::all_of(a.images.begin(), a.images.end(), is_npy);
-  if (!volumes && std::any_of(a.images.begin(), a.images.end(), is_npy))
-    throw Error("give images or .npy volumes, not both in one run");
-  if (volumes && a.task != "classification") throw Error("--task " + a.task + " explains 2-D images, not volumes");
-  if (volumes && (!a.size.empty() || !a.mean.empty() || !a.std.empty()))
-    throw Error("a .npy volume is the model's input as it is: --input-size, --mean and --std do not apply");
+  const bool volumes = volume_inputs(a);
   RenderOptions render;
   render.rgb_input = in.pre.rgb;
   render.colormap = parse_colormap(a.colormap);
@@ -367,15 +393,7 @@ int run(const Args& given) {
         if (m.empty) empty_maps.push_back(map_file_stem(batch_stems[i], m));
     images_done("images", static_cast<int64_t>(last), static_cast<int64_t>(a.images.size()));
   }
-  // Say how each layer that is not a plain [N,C,h,w] map was read (transformer tokens, channels last).
-  std::set<std::string> layouts;
-  for (const auto& image : images)
-    for (const auto& m : image["maps"])
-      if (m.contains("extra") && m["extra"].contains("layout"))
-        layouts.insert((m["extra"].contains("blocks") ? "the attention of " + std::to_string(m["extra"]["blocks"].get<int>()) + " blocks"
-                                                       : "layer '" + m["layer"].get<std::string>() + "'") +
-                       " read as " + m["extra"]["layout"].get<std::string>());
-  for (const auto& l : layouts) std::cerr << "lumen: note: " << l << " (--tokens to say otherwise)\n";
+  note_layouts(images);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   nlohmann::json run = run_document(a, in, opt, seconds, images);
   run["forward"] = forward;
@@ -385,14 +403,7 @@ int run(const Args& given) {
   out.commit();
   note_completeness_gaps(images);
   std::cout << "wrote " << images.size() << " image(s) to " << a.out << " (" << run_file << ", " << page_file << ") in " << duration_text(seconds) << "\n";
-  if (a.task == "similarity") {  // an embedding has no classes: say the score each map explains
-    for (const auto& entry : images)
-      if (!entry["maps"].empty())
-        std::cout << entry["source"].get<std::string>() << ": " << entry["maps"][0]["target"].get<std::string>() << " "
-                  << entry["maps"][0]["target_value"].get<float>() << "\n";
-  } else {
-    print_predictions(images);
-  }
+  print_predictions(images, a.task == "similarity");
   if (!empty_maps.empty() && !a.allow_empty) {
     std::cerr << "lumen: error: " << empty_maps.size() << " map(s) are empty (constant: the target's gradient at the layer is zero), e.g. "
               << empty_maps.front() << "; files were written and flagged \"empty\" in run.json (--allow-empty accepts this)"
