@@ -131,14 +131,17 @@ struct BadCase {
 };
 
 // The target language: a head of a nested dict/tuple output, one step of a captioner's [N,T,V] output,
-// and a whole teacher-forced caption, each against eager Grad-CAM of the same scalar.
+// a whole teacher-forced caption, segmentation and embedding similarity (a tiny encoder and the shared
+// MobileNetV2's pooled features), each against eager Grad-CAM of the same scalar.
 TEST(Cli, TargetLanguageMatchesReferences) {
   const auto cases = read_json(fixture("manifest_targets.json"))["cases"];
-  ASSERT_EQ(cases.size(), 8u);
+  ASSERT_EQ(cases.size(), 10u);
   for (const auto& c : cases) {
     SCOPED_TRACE(c["name"].get<std::string>());
     std::string out = temp_dir("target");
-    std::string args = "explain --model " + q(fixture(c["model"])) + " --card " + q(fixture("small_card.json")) + " --layer conv2";
+    // The small models' card and layer, unless the case names its own (the shared MobileNetV2 encoder).
+    const std::string card = c.contains("card") ? c["card"].get<std::string>() : fixture("small_card.json");
+    std::string args = "explain --model " + q(fixture(c["model"])) + " --card " + q(card) + " --layer " + c.value("layer", std::string("conv2"));
     for (const auto& p : c["images"]) args += " --image " + q(p);
     for (const auto& a : c["args"]) args += " " + q(a);
     auto r = run_cli(args + " --out " + q(out));

@@ -75,6 +75,8 @@ TEST(Box, MatchesOpenCVsStatsOnUpsampledRandomMaps) {
     EXPECT_EQ(b.y0, stats.at<int>(best, cv::CC_STAT_TOP)) << trial;
     EXPECT_EQ(b.x1, b.x0 + stats.at<int>(best, cv::CC_STAT_WIDTH)) << trial;
     EXPECT_EQ(b.y1, b.y0 + stats.at<int>(best, cv::CC_STAT_HEIGHT)) << trial;
+    const Box given_max = threshold_box(map, fraction, mx);  // the caller's maximum, as finish passes it
+    EXPECT_TRUE(given_max.x0 == b.x0 && given_max.y0 == b.y0 && given_max.x1 == b.x1 && given_max.y1 == b.y1) << trial;
   }
 }
 

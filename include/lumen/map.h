@@ -7,6 +7,7 @@
 #include <opencv2/core.hpp>
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -73,8 +74,9 @@ struct ImageExplanation {
 };
 
 // The paper's box: threshold `map` (any size, CV_32F) at `fraction` of its maximum, take the largest
-// 8-connected region, return its bounding box. Invalid when the map has no positive maximum.
-Box threshold_box(const cv::Mat& map, float fraction);
+// 8-connected region, return its bounding box. Invalid when the map has no positive maximum. `max`:
+// the map's maximum when the caller has it already (NaN: found here).
+Box threshold_box(const cv::Mat& map, float fraction, double max = std::numeric_limits<double>::quiet_NaN());
 // The same in 3-D for a volume's slices stacked one below the other (`depth` of them): the largest
 // 26-connected region, its box with z0, z1.
 Box threshold_box_3d(const cv::Mat& stacked, int depth, float fraction);

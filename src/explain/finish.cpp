@@ -25,6 +25,14 @@ cv::Mat to_mat_hwc(const torch::Tensor& chw) {
   return m;
 }
 
+// Rounding in the affine map can leave -1e-10 or 1+1e-7; the documented range is [0, 1]. Two
+// thresholds in place: half the time of cv::max and cv::min with a scalar, which is visible when six
+// methods finish 48 maps per batch.
+void clamp_unit(cv::Mat& m) {
+  cv::threshold(m, m, 1.0, 1.0, cv::THRESH_TRUNC);
+  cv::threshold(m, m, 0.0, 0.0, cv::THRESH_TOZERO);
+}
+
 // pytorch-grad-cam's scale_cam_image: (t - min) / (max(t - min) + 1e-7).
 cv::Mat scale_like_pgc(const cv::Mat& t) {
   double mn, mx;
@@ -63,8 +71,7 @@ void finish_volume(Map& m, const torch::Tensor& raw_stacked, cv::Size image, con
     return;
   }
   m.upsampled.convertTo(m.normalized, CV_32F, 1.0 / (umx - umn), -umn / (umx - umn));
-  cv::max(m.normalized, 0.0, m.normalized);
-  cv::min(m.normalized, 1.0, m.normalized);
+  clamp_unit(m.normalized);
   if (box) m.box = threshold_box_3d(m.upsampled, depth, canvas.box_threshold);
 }
 
@@ -131,10 +138,8 @@ void finish_map(Map& m, const torch::Tensor& raw_hw, cv::Size image, const Canva
   } else {
     m.upsampled.convertTo(m.normalized, CV_32F, 1.0 / (umx - umn), -umn / (umx - umn));
   }
-  // Rounding in the affine map can leave -1e-10 or 1+1e-7; the documented range is [0, 1].
-  cv::max(m.normalized, 0.0, m.normalized);
-  cv::min(m.normalized, 1.0, m.normalized);
-  if (box) m.box = threshold_box(m.upsampled, canvas.box_threshold);
+  clamp_unit(m.normalized);
+  if (box) m.box = threshold_box(m.upsampled, canvas.box_threshold, umx);
 }
 
 void finish_jobs(const std::vector<Job>& jobs, const Plan& plan, const Forward& forward, const Target& target,

@@ -32,9 +32,13 @@ torch::Tensor class_scores(const ExplainOptions& opt, const OutputSelector& sele
   if (logits.dim() != 2 || logits.size(0) != n)
     throw Error("model output has shape " + c10::str(logits.sizes()) + ", expected [" + std::to_string(n) + ", classes]");
   check_finite(logits, "the model's output");
-  if (!labels.empty() && static_cast<int64_t>(labels.size()) != logits.size(1))
+  if (!labels.empty() && static_cast<int64_t>(labels.size()) != logits.size(1)) {
+    // A custom target's output need not be the classes the labels name (an encoder's embedding, with
+    // the classifier's card): then it has no top-5.
+    if (!opt.targets.empty()) return torch::Tensor();
     throw Error("labels list has " + std::to_string(labels.size()) + " entries but the model outputs " + std::to_string(logits.size(1)) +
                 " classes");
+  }
   return logits;
 }
 

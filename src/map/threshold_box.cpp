@@ -3,33 +3,52 @@
 #include <opencv2/imgproc.hpp>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 
 namespace lumen {
 
-Box threshold_box(const cv::Mat& map, float fraction) {
+Box threshold_box(const cv::Mat& map, float fraction, double max) {
   Box box;
-  double mx;
-  cv::minMaxLoc(map, nullptr, &mx);
+  double mx = max;
+  if (std::isnan(mx)) cv::minMaxLoc(map, nullptr, &mx);
   if (!(mx > 0)) return box;
   const cv::Mat mask = map >= fraction * mx;
   // Labels only: connectedComponentsWithStats also accumulates centroids in double precision, which
-  // tripled the cost of a box. The areas are one counting pass; the largest region's extent is
-  // OpenCV's bounding rectangle of its mask.
+  // tripled the cost of a box. Each region's area and extent then come from one pass over the labels
+  // by runs: a thresholded smooth map has long runs of one label, and counting pixel by pixel (or
+  // masking the winner for cv::boundingRect) cost more than the labelling itself.
   cv::Mat labels;
   const int n = cv::connectedComponents(mask, labels, 8, CV_32S);
   if (n < 2) return box;
-  std::vector<int> area(static_cast<size_t>(n), 0);
+  struct Extent {
+    int area = 0, x0 = std::numeric_limits<int>::max(), y0 = 0, x1 = 0, y1 = 0;
+  };
+  std::vector<Extent> regions(static_cast<size_t>(n));
   for (int y = 0; y < labels.rows; ++y) {
     const int* row = labels.ptr<int>(y);
-    for (int x = 0; x < labels.cols; ++x) ++area[static_cast<size_t>(row[x])];
+    for (int x = 0; x < labels.cols;) {
+      const int label = row[x];
+      int end = x + 1;
+      while (end < labels.cols && row[end] == label) ++end;
+      if (label) {
+        Extent& r = regions[static_cast<size_t>(label)];
+        if (r.area == 0) r.y0 = y;  // rows are scanned downwards: a region's first run is its top
+        r.area += end - x;
+        r.x0 = std::min(r.x0, x);
+        r.x1 = std::max(r.x1, end);
+        r.y1 = y + 1;
+      }
+      x = end;
+    }
   }
   // The first label of the largest area, as the stats-based version chose.
-  const int best = static_cast<int>(std::max_element(area.begin() + 1, area.end()) - area.begin());
-  const cv::Rect r = cv::boundingRect(labels == best);
-  box.x0 = r.x;
-  box.y0 = r.y;
-  box.x1 = r.x + r.width;
-  box.y1 = r.y + r.height;
+  const auto best = std::max_element(regions.begin() + 1, regions.end(),
+                                     [](const Extent& a, const Extent& b) { return a.area < b.area; });
+  box.x0 = best->x0;
+  box.y0 = best->y0;
+  box.x1 = best->x1;
+  box.y1 = best->y1;
   box.valid = true;
   return box;
 }

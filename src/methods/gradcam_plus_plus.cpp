@@ -9,9 +9,10 @@ LUMEN_METHOD(gradcam_plus_plus) {
   return weighted_cam("gradcam++", "Chattopadhyay et al. 2018, Grad-CAM++", layer_gradients(), [](const LayerTensors& t, const Evidence& e, size_t) {
     const auto& a = t.activations;
     const auto& g = t.gradients;
-    auto g2 = g.pow(2), g3 = g.pow(3);
-    auto alpha = g2 / (2 * g2 + a.sum({2, 3}, true) * g3 + (e.pytorch_grad_cam() ? 1e-6 : 1e-7));
-    alpha = torch::where(g != 0, alpha, torch::zeros_like(alpha));
-    return (alpha * torch::relu(g)).sum({2, 3}).unsqueeze(-1).unsqueeze(-1);
+    // 2 G^2 + s G^3 = G^2 (2 + s G), in place: Grad-CAM++ was the costliest of six CAMs in one request.
+    // Where G = 0 the numerator is 0 and the denominator eps, so alpha is 0 as the formula says.
+    const auto g2 = g * g;
+    auto denominator = (a.sum({2, 3}, true) * g).add_(2).mul_(g2).add_(e.pytorch_grad_cam() ? 1e-6 : 1e-7);
+    return (torch::relu(g).mul_(g2).div_(denominator)).sum({2, 3}).unsqueeze(-1).unsqueeze(-1);
   });
 }

@@ -179,8 +179,7 @@ int run(const Args& a) {
   const Model model = Model::load(a.model);
   const auto [h, w] = input_size(model, a.card, a.size);
   const std::vector<int64_t> row = a.shape.empty() ? std::vector<int64_t>{3, h, w} : a.shape;
-  std::string input;
-  for (size_t i = a.shape.empty() ? 1 : 0; i < row.size(); ++i) input += (input.empty() ? "" : "x") + std::to_string(row[i]);
+  const std::string input = shape_text(a.shape.empty() ? std::vector<int64_t>{h, w} : a.shape);
   std::printf("lumen bench: %s, input %s, %d threads, top-%d; median of timed runs after a warm-up\n", model.name().c_str(), input.c_str(),
               at::get_num_threads(), a.top_k);
   std::printf("%-28s %5s %12s %10s %12s %14s %10s\n", "what", "batch", "ms/batch", "img/s", "/ user fwd", "forward share", "peak MiB");
@@ -207,12 +206,7 @@ Command add_bench(CLI::App& app) {
   sub->add_option("--top-k", a->top_k, "explain the top-k classes of each image (1)")->check(CLI::Range(1, 1000));
   sub->add_flag("--together", a->together, "also time all --methods in one request (they share the forward)");
   sub->add_option("--min-time", a->min_time, "seconds of timed runs per row (2)");
-  sub->add_option("--input-size", a->size, "input H W (default: card, else the file's, else 224 224)")->expected(2);
-  sub->add_option("--input-shape", a->shape, "a 3-D network's input C,D,H,W (a clip: 3,T,H,W), instead of an image's")
-      ->delimiter(',')
-      ->expected(4)
-      ->check(CLI::Range(int64_t{1}, int64_t{100000}))
-      ->excludes("--input-size");
+  add_input_flags(sub, a->size, a->shape, "input H W (default: card, else the file's, else 224 224)");
   add_runtime_flags(sub, a->runtime);
   add_forward_flag(sub, a->runtime);
   sub->add_option("--json", a->json, "also write the rows as JSON to this file");

@@ -79,11 +79,14 @@ void refuse_non_finite(const CLI::App& sub);
 const CLI::Validator& output_folder();
 // --model (required).
 void add_model_flag(CLI::App* sub, std::string& model);
+// --input-size H W and, excluding it, --input-shape C,D,H,W (a 3-D network's input).
+void add_input_flags(CLI::App* sub, std::vector<int>& size, std::vector<int64_t>& shape, const std::string& size_help);
 
 // Helpers shared by the subcommands.
 std::vector<std::string> split_list(const std::vector<std::string>& items);  // "a,b" "c" -> a b c
 std::string stem_of(const std::string& path);
 std::string joined(const std::vector<std::string>& items, const std::string& separator = ", ");
+std::string shape_text(const std::vector<int64_t>& dims);  // {1, 3, 224, 224} -> "1x3x224x224"
 // Model input H, W: --input-size, else the card's, else what an ONNX file declares, else 224 x 224.
 std::pair<int, int> input_size(const Model& model, const std::string& card, const std::vector<int>& size);
 // Progress of long work on stderr: done/total, rate and ETA, as a live line twice a second on a terminal,

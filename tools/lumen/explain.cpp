@@ -18,6 +18,7 @@
 #include <sstream>
 #include <filesystem>
 #include <iostream>
+#include <utility>
 #include <map>
 #include <set>
 
@@ -296,12 +297,13 @@ bool volume_inputs(const Args& a) {
 }
 
 // Volumes of one batch, explained together when they have one shape (else shape by shape, in order);
-// `slices` gets each volume's slices as pictures.
+// `slices` gets each volume's slices as pictures. `first`: the first path's volume when the caller has
+// read it already (a volume can be large; it is read once).
 std::vector<ImageExplanation> explain_volumes(const Explainer& explainer, const std::vector<std::string>& paths, const ExplainOptions& opt,
-                                              bool rgb, std::vector<cv::Mat>& slices) {
+                                              bool rgb, std::vector<cv::Mat>& slices, torch::Tensor first) {
   std::vector<torch::Tensor> volumes;
   for (const auto& p : paths) {
-    volumes.push_back(read_volume(p));
+    volumes.push_back(volumes.empty() && first.defined() ? first : read_volume(p));
     slices.push_back(volume_slices(volumes.back(), rgb));
   }
   std::vector<ImageExplanation> out;
@@ -352,15 +354,18 @@ int run(const Args& given) {
   nlohmann::json forward;
   const int64_t first_batch = static_cast<int64_t>(std::min(a.images.size(), static_cast<size_t>(a.batch)));
   std::vector<int64_t> probe{first_batch, 3, in.pre.height, in.pre.width};
+  torch::Tensor first_volume;  // read for the forward probe's shape, explained in the first batch
   if (volumes) {
-    probe = read_volume(a.images.front()).sizes().vec();
+    first_volume = read_volume(a.images.front());
+    probe = first_volume.sizes().vec();
     probe.insert(probe.begin(), first_batch);
   }
   model = with_forward_mode(model, a.runtime, probe, forward);
   Explainer explainer(model, in.pre, in.labels);
-  if (a.task == "similarity")
-    opt.targets = {similarity_target(reference_embedding(a, explainer, a.output.empty() ? OutputSelector() : output_path(a.output)), a.dissimilar,
-                                     a.output.empty() ? OutputSelector() : output_path(a.output))};
+  if (a.task == "similarity") {
+    const OutputSelector embedding = a.output.empty() ? OutputSelector() : output_path(a.output);
+    opt.targets = {similarity_target(reference_embedding(a, explainer, embedding), a.dissimilar, embedding)};
+  }
   OutputDir out(a.out);
 
   nlohmann::json images = nlohmann::json::array();
@@ -375,7 +380,7 @@ int run(const Args& given) {
     ExplainOptions batch_opt = opt;
     std::vector<ImageExplanation> explained;
     if (volumes) {
-      explained = explain_volumes(explainer, paths, batch_opt, in.pre.rgb, imgs);
+      explained = explain_volumes(explainer, paths, batch_opt, in.pre.rgb, imgs, std::exchange(first_volume, torch::Tensor()));
     } else {
       for (const auto& p : paths) imgs.push_back(read_image(p));
       if (a.task == "segmentation" && !a.region.empty()) batch_opt.targets = segmentation_targets(a, imgs.front().size());

@@ -11,15 +11,6 @@
 #include <iostream>
 
 namespace lumen::cli {
-namespace {
-
-std::string input_shape_text(const std::vector<int64_t>& shape) {
-  std::string s;
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "x" : "") + std::to_string(shape[i]);
-  return s;
-}
-
-}  // namespace
 
 Command add_layers(CLI::App& app) {
   auto* sub = app.add_subcommand("layers", "List a model's layers: module path (ONNX: node), type, output shape");
@@ -33,12 +24,7 @@ Command add_layers(CLI::App& app) {
   auto args = std::make_shared<Args>();
   sub->add_option("model", args->model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
   sub->add_option("--card", args->card, "model card JSON (gives the input size)");
-  sub->add_option("--input-size", args->size, "input H W (default: the card's, else the file's, else 224 224)")->expected(2);
-  sub->add_option("--input-shape", args->shape, "a 3-D network's input C,D,H,W (a clip: 3,T,H,W), instead of an image's")
-      ->delimiter(',')
-      ->expected(4)
-      ->check(CLI::Range(int64_t{1}, int64_t{100000}))
-      ->excludes("--input-size");
+  add_input_flags(sub, args->size, args->shape, "input H W (default: the card's, else the file's, else 224 224)");
   sub->add_flag("--json", args->json, "print JSON instead of a table");
   add_runtime_flags(sub, args->runtime, false);
   return {sub, [args] {
@@ -77,7 +63,7 @@ Command add_layers(CLI::App& app) {
             bool onnx = false;
             for (const auto& l : layers) onnx |= !l.outputs.empty();
             std::cout << std::left << std::setw(static_cast<int>(width) + 2) << "path" << std::setw(24) << "type"
-                      << std::setw(onnx ? 28 : 0) << "output (input " + input_shape_text(input) + ")"
+                      << std::setw(onnx ? 28 : 0) << "output (input " + shape_text(input) + ")"
                       << (onnx ? "  ONNX output value" : "") << "\n";
             for (const auto& l : layers) {
               std::string shape = l.output_kind;

@@ -134,6 +134,21 @@ void add_model_flag(CLI::App* sub, std::string& model) {
   sub->add_option("--model,-m", model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
 }
 
+void add_input_flags(CLI::App* sub, std::vector<int>& size, std::vector<int64_t>& shape, const std::string& size_help) {
+  sub->add_option("--input-size", size, size_help)->expected(2);
+  sub->add_option("--input-shape", shape, "a 3-D network's input C,D,H,W (a clip: 3,T,H,W), instead of an image's")
+      ->delimiter(',')
+      ->expected(4)
+      ->check(CLI::Range(int64_t{1}, int64_t{100000}))
+      ->excludes("--input-size");
+}
+
+std::string shape_text(const std::vector<int64_t>& dims) {
+  std::string s;
+  for (size_t i = 0; i < dims.size(); ++i) s += (i ? "x" : "") + std::to_string(dims[i]);
+  return s;
+}
+
 Progress progress_printer(bool quiet, std::function<std::string()> extra) {
   if (quiet) return [](const std::string&, int64_t, int64_t) {};
   // Per kind of work (what): when it started, when it was last printed, the last tenth printed.
