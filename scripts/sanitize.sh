@@ -24,7 +24,7 @@ export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export OMP_WAIT_POLICY=PASSIVE
 start=$(date +%s)
-filter='Box.*:Card.*:Headers.*:Image.*:Images.*:Npy.*:Output.*:Preprocess.*:Report.*:Scenes.*:Targets.*:Layout.*:Model.*:Onnx.*:Hostile.*:Cli.ExplainWritesMapsOverlaysAndValidJson:Cli.BadInputMatrix:Cli.BadSettings*:Cli.TargetLanguage*:Pixel.DeepLiftAndLrpClosedForms:Cam.FeatureGroupMethodsMatchReferences:Cam.LayerMethodsMatchReferences:Cam.DeepFeatureFactorizationMatchesScikitLearn:Metrics.SensitivityMaxInClosedForm:Volumes.ScoreCamMasksTheWholeVolume:Volumes.RefusesWhatVolumesDoNotDefine:Volumes.CliWritesVolumeMapsAndSlicePictures-Model.ResidentMemoryStaysFlatOverManyRequests:Model.MapsAreTheSameWithOneAndTwoThreads'
+filter='Box.*:Card.*:Headers.*:Image.*:Images.*:Npy.*:Output.*:Preprocess.*:Report.*:Scenes.*:Targets.*:Layout.*:Model.*:Onnx.*:Hostile.*:Cli.ExplainWritesMapsOverlaysAndValidJson:Cli.BadInputMatrix:Cli.BadSettings*:Cli.TargetLanguage*:Cli.SegmentationScoresPerturbedCopies*:Pixel.DeepLiftAndLrpClosedForms:Cam.FeatureGroupMethodsMatchReferences:Cam.LayerMethodsMatchReferences:Cam.DeepFeatureFactorizationMatchesScikitLearn:Metrics.SensitivityMaxInClosedForm:Volumes.ScoreCamMasksTheWholeVolume:Volumes.RefusesWhatVolumesDoNotDefine:Volumes.CliWritesVolumeMapsAndSlicePictures-Model.ResidentMemoryStaysFlatOverManyRequests:Model.MapsAreTheSameWithOneAndTwoThreads'
 # Two halves of the list at once (GoogleTest's own sharding): much of an instrumented test is one
 # thread, so the second core would otherwise idle.
 pids=()

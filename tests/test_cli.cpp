@@ -157,6 +157,50 @@ TEST(Cli, TargetLanguageMatchesReferences) {
   }
 }
 
+// Perturbation methods score each masked copy over the pixels the image itself predicted: the target's
+// mask is bound once from the image's output (pytorch-grad-cam's fixed mask), so Score-CAM gives the
+// map of that mask given explicitly as a region. Scoring each copy over its own prediction (the
+// unbound target, rebuilt here) gives another map, so the comparison can fail.
+TEST(Cli, SegmentationScoresPerturbedCopiesOverTheImagesOwnMask) {
+  const Model model = Model::load(fixture("tiny_segmenter.pt"));
+  const Explainer ex(model, load_card(fixture("small_card.json")).preprocess);
+  torch::manual_seed(3);
+  const auto batch = torch::randn({2, 3, 32, 32});
+  int compared = 0;
+  for (int64_t i = 0; i < 2; ++i) {
+    const auto x = batch.narrow(0, i, 1);
+    torch::Tensor scores;
+    {
+      torch::NoGradGuard no_grad;
+      scores = segmentation_scores()(model.forward(x).output);
+    }
+    const auto predicted = scores.argmax(1)[0];
+    const int64_t cls = predicted.flatten().bincount().argmax().item<int64_t>();  // the class most pixels take
+    ExplainOptions bound, region, own;
+    bound.methods = region.methods = own.methods = {"scorecam", "gradcam"};
+    bound.layers = region.layers = own.layers = {"conv2"};
+    bound.targets = {segmentation_target(cls)};
+    region.targets = {segmentation_target(cls, (predicted == cls).to(torch::kFloat32))};
+    own.targets = {custom_target("seg-own", [cls](const torch::IValue& out) {
+      const auto s = segmentation_scores()(out);
+      return (s.select(1, cls) * (s.detach().argmax(1) == cls).to(s.scalar_type())).sum({1, 2});
+    })};
+    const auto a = ex.explain_tensor(x, bound)[0], b = ex.explain_tensor(x, region)[0], c = ex.explain_tensor(x, own)[0];
+    ASSERT_EQ(a.maps.size(), 2u);
+    for (size_t m = 0; m < 2; ++m) {
+      SCOPED_TRACE(a.maps[m].method + " image " + std::to_string(i));
+      const double range = cv::norm(b.maps[m].raw, cv::NORM_INF);
+      EXPECT_LE(max_abs_diff(a.maps[m].raw, b.maps[m].raw), 1e-5 * range);
+      // Grad-CAM differentiates the image's own output: every form of the target agrees there.
+      if (a.maps[m].method == "gradcam") {
+        EXPECT_LE(max_abs_diff(a.maps[m].raw, c.maps[m].raw), 1e-5 * range);
+      }
+      if (a.maps[m].method == "scorecam" && max_abs_diff(a.maps[m].raw, c.maps[m].raw) > 1e-3 * range) ++compared;
+    }
+  }
+  EXPECT_GE(compared, 1) << "no image where the masked copies predict other pixels: the test would not see the difference";
+}
+
 // Activation maximisation: the printed increase is the curve's, the saved input really scores what
 // the curve says (recomputed here), the class is then top-1; a unit's input keeps the norm constraint.
 TEST(Cli, VisualizeRaisesTheClassScoreToTop1) {

@@ -30,9 +30,19 @@ struct Target {
   bool counterfactual = false;
   OutputSelector select;            // class targets: where the class scores are
   TargetFn fn;                      // output -> [N]
+  // A target that reads the explained batch's own output (a segmentation's predicted pixels) is fixed
+  // once from it: the explainer calls `bind` with each forward's output, so that the extra passes of
+  // perturbation methods score what the image itself predicted (pytorch-grad-cam's fixed masks), not
+  // what each masked copy predicts. `rows_of` is the bound target for rows that are copies of the
+  // given images (indices into the rows it was bound to). Both empty for class and most custom targets.
+  std::function<Target(const torch::IValue& output)> bind;
+  std::function<Target(const std::vector<int64_t>& images)> rows_of;
 
   torch::Tensor operator()(const torch::IValue& output) const { return fn(output); }
 };
+// The target for rows that are copies of the batch's images `images` (one index per row): class targets
+// take each image's class, bound targets their image's part, other custom targets are called as they are.
+Target target_for_images(const Target& t, const std::vector<int64_t>& images);
 
 // y = score_s(select(output))[n, classes[n]], negated when counterfactual. `classes` holds one entry
 // per image of the batch. Throws lumen::Error when a class index is out of range.
@@ -47,8 +57,8 @@ Target custom_target(std::string name, TargetFn fn);
 // scores over a mask, from a [N, classes, h, w] output (`select`; by default segmentation_scores()).
 // The mask is `region` ([H, W] of any size, nonzero = inside) laid over the whole output — the model
 // input is the whole image stretched, so a mask drawn at the image's size lines up — or, when
-// `region` is undefined, the pixels whose highest score is `cls` in the output being scored (for
-// gradient methods, the image's own prediction). Named "seg-<cls>".
+// `region` is undefined, the pixels whose highest score is `cls` in the explained image's output (bound
+// once, Target::bind; unbound, in the output being scored). Named "seg-<cls>".
 Target segmentation_target(int64_t cls, torch::Tensor region = {}, OutputSelector select = {});
 // The [N, classes, h, w] scores of a segmentation network: the output itself, or a dict's "out" entry
 // (torchvision's FCN, DeepLabV3 and LR-ASPP return {"out": ..., "aux": ...}).

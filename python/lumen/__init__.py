@@ -144,10 +144,50 @@ class Explainer:
             concept = self.embed(similar_to, output).mean(0)
         return _lumen._with_similarity(opt, _np.ascontiguousarray(concept, dtype=_np.float32), dissimilar, output)
 
+    def _segmentation(self, opt, classes, mask, region, output, score, counterfactual, contrast, image_sizes_of):
+        """explain()'s task="segmentation": one target per class, its scores summed over a mask (as `lumen explain
+        --task segmentation`)."""
+        if classes is None:
+            raise Error("task='segmentation' needs classes=: the class(es) whose pixels are explained")
+        if score != "logit" or counterfactual or contrast:
+            raise Error("task='segmentation' explains the sum of a class's logits over the mask: score='logit', and no "
+                        "counterfactual or contrast")
+        if mask is not None and region is not None:
+            raise Error("give mask= or region=, not both")
+        if region is not None:
+            if len(region) != 4 or region[2] <= region[0] or region[3] <= region[1]:
+                raise Error("region= must be (x0, y0, x1, y1) with x0 < x1 and y0 < y1 (image pixels)")
+            image_sizes = image_sizes_of()
+            if len(set(image_sizes)) != 1:
+                raise Error("region= is in the images' pixels: give images of one size (or one image at a time)")
+            w, h = image_sizes[0]
+            mask = _np.zeros((h, w), _np.float32)
+            mask[max(0, region[1]):min(h, region[3]), max(0, region[0]):min(w, region[2])] = 1
+            if not mask.any():
+                raise Error("region= lies outside the image (%dx%d)" % (w, h))
+        if hasattr(mask, "detach"):
+            mask = mask.detach().cpu().numpy()
+        return _lumen._with_segmentation(opt, [classes] if isinstance(classes, int) else list(classes), mask, output)
+
+    def _task(self, opt, task, classes, mask, region, output, score, counterfactual, contrast, similar_to, dissimilar, image_sizes_of):
+        """The target a task asks for: classes (the default), segmentation or similarity. image_sizes_of: a function
+        giving each image's (width, height), called only for region=."""
+        if task not in ("classification", "segmentation", "similarity"):
+            raise Error("task must be classification, segmentation or similarity, not %r" % (task,))
+        if task != "segmentation" and (mask is not None or region is not None):
+            raise Error("mask= and region= belong to task='segmentation'")
+        if task == "segmentation":
+            return self._segmentation(opt, classes, mask, region, output, score, counterfactual, contrast, image_sizes_of)
+        if task == "similarity" and similar_to is None:
+            raise Error("task='similarity' needs similar_to=: reference images or a 1-D embedding")
+        if similar_to is not None:
+            return self._similarity(opt, similar_to, dissimilar, output)
+        return opt
+
     def explain(self, images, methods=("gradcam",), layers=None, top_k=1, classes=None, score="logit", counterfactual=False,
                 output="", aggregate="", layer_weights=None, contrast=False, box_threshold=0.15, compat="papers", rows_per_pass=0,
                 memory_mib=0, aug_smooth=False, nonlinearity="strict", tokens="", progress=None, sources=None, similar_to=None,
-                dissimilar=False, **settings):
+                dissimilar=False, task="classification", mask=None, region=None, **settings):
         """Explain images: one forward pass for the batch, one backward per target.
 
         images: a file path, an H x W x 3 RGB array (uint8 or float 0..255; a torch tensor works too), or a list of them.
@@ -163,14 +203,18 @@ class Explainer:
         similar_to: an embedding model's concept, as `lumen explain --task similarity`: reference images (paths or arrays;
             their mean embedding) or a 1-D embedding; each map explains the cosine similarity to it (pytorch-grad-cam's
             SimilarityToConceptTarget), or with dissimilar=True its negation.
+        task="segmentation" (a [N, classes, h, w] output, or a dict's "out"): each map explains the sum of a class's
+            (classes=) scores over the pixels predicted as it, or over mask= (a 2-D array, nonzero = inside, stretched
+            over the output) or region= ((x0, y0, x1, y1) in the images' pixels); pytorch-grad-cam's
+            SemanticSegmentationTarget. task="similarity" is similar_to= given.
         Returns one ImageExplanation per image (.predictions, .maps, result["gradcam"], .to_dict()).
         """
         single = not isinstance(images, (list, tuple))
         images = [_as_image(i) for i in ([images] if single else images)]
         opt = self._options(methods, layers, top_k, classes, score, counterfactual, output, aggregate, layer_weights, contrast,
                             box_threshold, compat, rows_per_pass, memory_mib, aug_smooth, nonlinearity, tokens, progress, settings)
-        if similar_to is not None:
-            opt = self._similarity(opt, similar_to, dissimilar, output)
+        opt = self._task(opt, task, classes, mask, region, output, score, counterfactual, contrast, similar_to, dissimilar,
+                         lambda: [_lumen._image_size(i) if isinstance(i, str) else (i.shape[1], i.shape[0]) for i in images])
         if sources is None:
             sources = [i if isinstance(i, str) else "image %d" % n for n, i in enumerate(images)]
         return self._native._explain(images, sources, opt)
@@ -178,16 +222,17 @@ class Explainer:
     def explain_tensor(self, batch, sizes=None, sources=None, methods=("gradcam",), layers=None, top_k=1, classes=None, score="logit",
                        counterfactual=False, output="", aggregate="", layer_weights=None, contrast=False, box_threshold=0.15,
                        compat="papers", rows_per_pass=0, memory_mib=0, aug_smooth=False, nonlinearity="strict", tokens="",
-                       progress=None, similar_to=None, dissimilar=False, **settings):
+                       progress=None, similar_to=None, dissimilar=False, task="classification", mask=None, region=None, **settings):
         """Explain an already preprocessed batch [N, C, H, W] (float32 numpy array or torch tensor), as pytorch-grad-cam's
         input_tensor. Maps come back at `sizes` ([(width, height)] per row; default: the input size). A 3-D network's
-        batch [N, C, D, H, W] (clips, volumes) gives volume maps: .map is (D, H, W), .box is (x0, y0, z0, x1, y1, z1)."""
+        batch [N, C, D, H, W] (clips, volumes) gives volume maps: .map is (D, H, W), .box is (x0, y0, z0, x1, y1, z1).
+        task, mask, region, similar_to: as explain(); region= is in the pixels of `sizes` (default: the input's)."""
         if hasattr(batch, "detach"):
             batch = batch.detach().cpu().contiguous().numpy()
         opt = self._options(methods, layers, top_k, classes, score, counterfactual, output, aggregate, layer_weights, contrast,
                             box_threshold, compat, rows_per_pass, memory_mib, aug_smooth, nonlinearity, tokens, progress, settings)
-        if similar_to is not None:
-            opt = self._similarity(opt, similar_to, dissimilar, output)
+        opt = self._task(opt, task, classes, mask, region, output, score, counterfactual, contrast, similar_to, dissimilar,
+                         lambda: [tuple(s) for s in sizes] if sizes is not None else [(batch.shape[-1], batch.shape[-2])])
         return self._native._explain_tensor(batch, sizes, sources, opt)
 
     def evaluate(self, data, out, methods=("gradcam",), layers=None, metrics=("loc", "pointing", "deletion", "insertion", "drop"),

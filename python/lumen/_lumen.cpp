@@ -385,6 +385,22 @@ PYBIND11_MODULE(_lumen, m) {
     return opt;
   });
 
+  m.def("_image_size", [](const std::string& path) {
+    const cv::Mat image = read_image(path);  // as explain reads it (and refuses it)
+    return py::make_tuple(image.cols, image.rows);
+  });
+  m.def("_with_segmentation", [](ExplainOptions opt, const std::vector<int64_t>& classes, const py::object& mask, const std::string& output) {
+    torch::Tensor region;  // undefined: the pixels predicted as each class
+    if (!mask.is_none()) {
+      const auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(mask);
+      if (!a || a.ndim() != 2) throw Error("mask= must be a 2-D array (H x W; nonzero = inside)");
+      region = torch::from_blob(const_cast<float*>(a.data()), {a.shape(0), a.shape(1)}, torch::kFloat32).clone();
+    }
+    opt.targets.clear();
+    for (int64_t c : classes) opt.targets.push_back(segmentation_target(c, region, output.empty() ? segmentation_scores() : output_path(output)));
+    return opt;
+  });
+
   m.def("set_threads", &set_threads, py::arg("threads") = 0,
         "intra-op threads of LibTorch and OpenCV, process-wide (torch.set_num_threads too); 0: all cores. "
         "Debian's LibTorch starts with 1; the lumen command uses all cores.");

@@ -15,13 +15,17 @@ PerImage explain_forward(const Model& model, const detail::Plan& plan, const det
                          const torch::Tensor& batch, const Preprocess& preprocess, const ExplainOptions& opt, const Canvas& canvas) {
   torch::AutoGradMode grad_mode(true);
   PerImage maps(canvas.images.size());
-  const auto shared = detail::shared_layer_gradients(model, plan, forward, targets, batch);
-  for (size_t t = 0; t < targets.size(); ++t) {
-    const detail::TargetPasses passes(model, plan, forward, targets[t], batch, preprocess);
-    const auto evidence = detail::gather_evidence(model, plan, forward, targets[t], t + 1 == targets.size(),
+  // Targets that read this forward's output (a segmentation's predicted pixels) are fixed from it here:
+  // aug-smooth's transformed copies bind to their own forward.
+  std::vector<Target> bound;
+  for (const auto& t : targets) bound.push_back(t.bind ? t.bind(forward.capture.output) : t);
+  const auto shared = detail::shared_layer_gradients(model, plan, forward, bound, batch);
+  for (size_t t = 0; t < bound.size(); ++t) {
+    const detail::TargetPasses passes(model, plan, forward, bound[t], batch, preprocess);
+    const auto evidence = detail::gather_evidence(model, plan, forward, bound[t], t + 1 == bound.size(),
                                                   shared.empty() ? torch::Tensor() : shared[t], passes);
     const auto jobs = detail::run_methods(plan, evidence);
-    detail::finish_jobs(jobs, plan, forward, targets[t], evidence.target_values, canvas, maps);
+    detail::finish_jobs(jobs, plan, forward, bound[t], evidence.target_values, canvas, maps);
   }
   detail::combine_maps(maps, opt, plan, canvas);
   return maps;

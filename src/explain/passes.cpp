@@ -12,13 +12,8 @@
 namespace lumen::detail {
 namespace {
 
-// The target for `rows` copies of image `image`. A custom target has no per-image classes and is
-// called on the copies as they are.
-Target for_rows(const Target& t, int64_t image, int64_t rows) {
-  if (t.classes.empty()) return t;
-  return class_target(std::vector<int64_t>(static_cast<size_t>(rows), t.classes.at(static_cast<size_t>(image))), t.score, t.counterfactual,
-                      t.select);
-}
+// The target for `rows` copies of image `image`.
+Target for_rows(const Target& t, int64_t image, int64_t rows) { return target_for_images(t, std::vector<int64_t>(static_cast<size_t>(rows), image)); }
 
 Result concatenated(std::vector<Result>& parts) {
   Result r;
@@ -66,16 +61,11 @@ Passes::RescaledLayer TargetPasses::rescale_pass(const torch::Tensor& rows, cons
     if (!layer) x.requires_grad_(true);
     const auto capture = model_.forward(x, layer ? std::vector<std::string>{plan_.layers.at(*layer)} : std::vector<std::string>{},
                                         BackwardRule::Rescale, plan_.shared.strict_nonlinearities);
-    // The chunk's images, twice: a custom target is called on the rows as they are.
-    Target target = target_;
-    if (image >= 0) {
-      target = for_rows(target_, image, 2 * m);
-    } else if (!target_.classes.empty()) {
-      std::vector<int64_t> cls(target_.classes.begin() + start, target_.classes.begin() + start + m);
-      cls.insert(cls.end(), cls.begin(), cls.end());
-      target = class_target(cls, target_.score, target_.counterfactual, target_.select);
-    }
-    const auto y = target(capture.output);
+    // The chunk's images, twice.
+    std::vector<int64_t> images(static_cast<size_t>(2 * m), image);
+    if (image < 0)
+      for (int64_t r = 0; r < 2 * m; ++r) images[static_cast<size_t>(r)] = start + r % m;
+    const auto y = target_for_images(target_, images)(capture.output);
     const auto& wrt = layer ? capture.layers.at(0) : x;
     auto g = torch::autograd::grad({y.slice(0, 0, m).sum()}, {wrt}, {}, false, false, /*allow_unused=*/true)[0];
     if (!g.defined()) g = torch::zeros_like(wrt);

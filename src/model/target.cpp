@@ -136,6 +136,42 @@ OutputSelector segmentation_scores() {
   };
 }
 
+namespace {
+
+// The [N, classes, h, w] scores, checked against class `cls`.
+torch::Tensor segmentation_scores_of(const OutputSelector& select, const torch::IValue& output, int64_t cls) {
+  torch::Tensor s = select(output);
+  if (s.dim() != 4) throw Error("a segmentation output must be [N, classes, h, w], got shape " + c10::str(s.sizes()));
+  if (cls >= s.size(1))
+    throw Error("class index " + std::to_string(cls) + " out of range: the model segments " + std::to_string(s.size(1)) + " classes (0.." +
+                std::to_string(s.size(1) - 1) + ")");
+  return s;
+}
+
+// Class `cls`'s scores summed over fixed per-row masks [R, h, w] (a bound segmentation target).
+Target masked_segmentation(const std::string& name, int64_t cls, const torch::Tensor& masks, const OutputSelector& select) {
+  Target t = custom_target(name, [cls, masks, select](const torch::IValue& output) {
+    const torch::Tensor s = segmentation_scores_of(select, output, cls);
+    if (s.size(0) != masks.size(0) || s.size(2) != masks.size(1) || s.size(3) != masks.size(2))
+      throw Error("internal: a bound segmentation target of " + c10::str(masks.sizes()) + " scored on an output of " + c10::str(s.sizes()));
+    return (s.select(1, cls) * masks).sum({1, 2});
+  });
+  t.rows_of = [name, cls, masks, select](const std::vector<int64_t>& images) {
+    return masked_segmentation(name, cls, masks.index_select(0, torch::tensor(images, torch::kLong)), select);
+  };
+  return t;
+}
+
+}  // namespace
+
+Target target_for_images(const Target& t, const std::vector<int64_t>& images) {
+  if (t.rows_of) return t.rows_of(images);
+  if (t.classes.empty()) return t;
+  std::vector<int64_t> classes;
+  for (int64_t i : images) classes.push_back(t.classes.at(static_cast<size_t>(i)));
+  return class_target(std::move(classes), t.score, t.counterfactual, t.select);
+}
+
 Target segmentation_target(int64_t cls, torch::Tensor region, OutputSelector select) {
   if (cls < 0) throw Error("segmentation class must be 0 or more, got " + std::to_string(cls));
   if (!select) select = segmentation_scores();
@@ -144,12 +180,9 @@ Target segmentation_target(int64_t cls, torch::Tensor region, OutputSelector sel
     region = (region.detach() != 0).to(torch::kFloat32);
     if (region.sum().item<double>() == 0) throw Error("the segmentation region is empty: it covers no pixel");
   }
-  return custom_target("seg-" + std::to_string(cls), [cls, region, select](const torch::IValue& output) {
-    torch::Tensor s = select(output);
-    if (s.dim() != 4) throw Error("a segmentation output must be [N, classes, h, w], got shape " + c10::str(s.sizes()));
-    if (cls >= s.size(1))
-      throw Error("class index " + std::to_string(cls) + " out of range: the model segments " + std::to_string(s.size(1)) + " classes (0.." +
-                  std::to_string(s.size(1) - 1) + ")");
+  const std::string name = "seg-" + std::to_string(cls);
+  Target t = custom_target(name, [cls, region, select](const torch::IValue& output) {
+    const torch::Tensor s = segmentation_scores_of(select, output, cls);
     torch::Tensor mask;
     if (region.defined())  // nearest neighbour (torch's "nearest"), at the output's resolution
       mask = at::upsample_nearest2d(region.view({1, 1, region.size(0), region.size(1)}), {s.size(2), s.size(3)}).view({1, s.size(2), s.size(3)});
@@ -157,6 +190,12 @@ Target segmentation_target(int64_t cls, torch::Tensor region, OutputSelector sel
       mask = (s.detach().argmax(1) == cls).to(s.scalar_type());
     return (s.select(1, cls) * mask).sum({1, 2});
   });
+  if (!region.defined())
+    t.bind = [name, cls, select](const torch::IValue& output) {
+      const torch::Tensor s = segmentation_scores_of(select, output, cls).detach();
+      return masked_segmentation(name, cls, (s.argmax(1) == cls).to(s.scalar_type()), select);
+    };
+  return t;
 }
 
 Target similarity_target(torch::Tensor concept, bool dissimilar, OutputSelector select) {

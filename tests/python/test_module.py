@@ -212,6 +212,45 @@ class ModuleTest(unittest.TestCase):
         with self.assertRaisesRegex(lumen.Error, "has 3 values, the model's embedding 5"):
             explainer.explain(image, layers=["1"], similar_to=np.ones(3, np.float32))
 
+    def test_segmentation_over_the_predicted_pixels_a_region_or_a_mask(self):
+        """task="segmentation": Grad-CAM of a class's scores summed over its predicted pixels, a region or a mask, in PyTorch."""
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(6, 4, 1)).eval()
+        pre = lumen.Preprocess(width=32, height=32, mean=[127.5] * 3, std=[127.5] * 3)
+        explainer = lumen.Explainer(torch.jit.trace(net, torch.zeros(1, 3, 32, 32)), preprocess=pre)
+        image = np.random.RandomState(3).randint(0, 255, (40, 48, 3)).astype(np.uint8)
+        x = (F.interpolate(torch.from_numpy(image).float().permute(2, 0, 1)[None], size=(32, 32), mode="bilinear",
+                           antialias=True, align_corners=False) - 127.5) / 127.5
+        store = {}
+        net[1].register_forward_hook(lambda m, i, o: store.update(a=o))
+        out = net(x)
+        cls = int(out.argmax(1).flatten().bincount(minlength=4).argmax())  # the class most pixels take
+        region = (8, 4, 30, 20)  # x0, y0, x1, y1 in the 48 x 40 image
+        inside = torch.zeros(1, 1, 40, 48)
+        inside[..., 4:20, 8:30] = 1
+        at_output = F.interpolate(inside, size=(32, 32), mode="nearest")[0, 0]
+        for kw, mask in ((dict(), (out.argmax(1) == cls).float()), (dict(region=region), at_output),
+                         (dict(mask=inside[0, 0].numpy() * 255), at_output)):
+            g, = torch.autograd.grad((out[:, cls] * mask).sum(), store["a"], retain_graph=True)
+            ref = torch.relu((g.mean((2, 3), keepdim=True) * store["a"]).sum(1))[0].detach().numpy()
+            [r] = explainer.explain(image, layers=["1"], task="segmentation", classes=cls, **kw)
+            self.assertEqual(r["gradcam"].target, "seg-%d" % cls)
+            np.testing.assert_allclose(r["gradcam"].raw, ref, rtol=1e-4, atol=1e-6, err_msg=str(kw))
+        photo = os.path.join(SHARED, "images", "cat.png")  # a file: region= is in its pixels, read from the file
+        by_array = np.asarray(Image.open(photo).convert("RGB"))
+        [p] = explainer.explain(photo, layers=["1"], task="segmentation", classes=cls, region=region)
+        [q] = explainer.explain(by_array, layers=["1"], task="segmentation", classes=cls, region=region)
+        np.testing.assert_allclose(p["gradcam"].raw, q["gradcam"].raw, rtol=1e-4, atol=1e-6)
+        [t] = explainer.explain_tensor(x.numpy(), layers=["1"], task="segmentation", classes=cls, sizes=[(48, 40)], region=region)
+        np.testing.assert_allclose(t["gradcam"].raw, r["gradcam"].raw, rtol=1e-5, atol=1e-7)
+        for kw, message in ((dict(), "needs classes="), (dict(classes=cls, region=(100, 100, 120, 120)), "lies outside the image"),
+                            (dict(classes=cls, region=region, mask=np.ones((4, 4))), "not both"),
+                            (dict(classes=cls, score="prob"), "score='logit'"), (dict(classes=cls, mask=np.zeros((4, 4))), "covers no pixel")):
+            with self.assertRaisesRegex(lumen.Error, message):
+                explainer.explain(image, layers=["1"], task="segmentation", **kw)
+        with self.assertRaisesRegex(lumen.Error, "belong to task='segmentation'"):
+            explainer.explain(image, layers=["1"], region=region)
+
     def test_aggregation_contrast_settings_and_run_json(self):
         [r] = self.explainer.explain(IMAGES[0], methods=["gradcam"], layers=["features.18", "features.14"], aggregate="mean", top_k=2,
                                      contrast=True)
