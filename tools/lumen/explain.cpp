@@ -318,6 +318,17 @@ std::vector<ImageExplanation> explain_volumes(const Explainer& explainer, const 
   return out;
 }
 
+// The first batch's input shape, which the forward mode is probed with. For volumes that is the first
+// volume's, read here once into `first_volume` for the first batch to explain.
+std::vector<int64_t> first_batch_shape(const Args& a, const Inputs& in, bool volumes, torch::Tensor& first_volume) {
+  const int64_t first_batch = static_cast<int64_t>(std::min(a.images.size(), static_cast<size_t>(a.batch)));
+  if (!volumes) return {first_batch, 3, in.pre.height, in.pre.width};
+  first_volume = read_volume(a.images.front());
+  std::vector<int64_t> shape = first_volume.sizes().vec();
+  shape.insert(shape.begin(), first_batch);
+  return shape;
+}
+
 int run(const Args& given) {
   given.runtime.apply();
   // The images: --image, then --image-list's; with --shard, this process's block of them. File stems are
@@ -352,15 +363,8 @@ int run(const Args& given) {
   Model model = Model::load(a.model);
   for (const auto& l : in.layers) model.check_layer(l);
   nlohmann::json forward;
-  const int64_t first_batch = static_cast<int64_t>(std::min(a.images.size(), static_cast<size_t>(a.batch)));
-  std::vector<int64_t> probe{first_batch, 3, in.pre.height, in.pre.width};
   torch::Tensor first_volume;  // read for the forward probe's shape, explained in the first batch
-  if (volumes) {
-    first_volume = read_volume(a.images.front());
-    probe = first_volume.sizes().vec();
-    probe.insert(probe.begin(), first_batch);
-  }
-  model = with_forward_mode(model, a.runtime, probe, forward);
+  model = with_forward_mode(model, a.runtime, first_batch_shape(a, in, volumes, first_volume), forward);
   Explainer explainer(model, in.pre, in.labels);
   if (a.task == "similarity") {
     const OutputSelector embedding = a.output.empty() ? OutputSelector() : output_path(a.output);
