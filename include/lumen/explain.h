@@ -34,6 +34,9 @@ struct ExplainOptions {
   OutputSelector select;                     // default: lumen::default_logits
   // API only: fully custom targets (per-image classes, other heads). When set, replaces the above.
   std::vector<Target> targets;
+  // API only: targets read from each batch's own output (`images` rows), e.g. one per box a detector
+  // found (detection_targets). When set, replaces all of the above; it may give none.
+  std::function<std::vector<Target>(const torch::IValue& output, int64_t images)> targets_from_output;
   // Fraction of the map's maximum used for the paper's box (largest connected region above it).
   float box_threshold = 0.15f;
   // Multi-layer aggregation (Shimoda & Yanai 2016): with several layers, each method's per-layer maps

@@ -23,6 +23,15 @@ struct Box {
   int height() const { return y1 - y0; }
 };
 
+// One box of an object detector's output: in the model input's pixels as the detector gives it, in the
+// image's pixels on a Map (x1, y1 are the box's far edges, as torchvision's).
+struct Detection {
+  float x0 = 0, y0 = 0, x1 = 0, y1 = 0;
+  int64_t cls = 0;    // the detector's label
+  float score = 0;
+  std::string label;  // the class's name, when the labels list has it
+};
+
 struct MapStats {
   float min = 0, max = 0, mean = 0;          // of the raw map
   int peak_x = 0, peak_y = 0;                // argmax of the upsampled map, original image pixels
@@ -63,6 +72,7 @@ struct Map {
   cv::Mat attribution;     // pixel methods: CV_32FC3 per-channel attribution at the model's input size
   nlohmann::json extra = nlohmann::json::object();  // method-specific facts (IG completeness gap, ...)
   std::vector<MapPart> parts;  // decompositions (dff): every part; the map itself is the one chosen for the target
+  std::vector<Detection> detections;  // detection targets: the boxes the map explains, in image pixels
 };
 
 struct ImageExplanation {

@@ -47,6 +47,8 @@ cv::Mat overlay(const cv::Mat& bgr, const cv::Mat& normalized, Colormap cmap, fl
 // grows with |value| / scale up to `alpha`, so that where the map is zero the image shows unchanged.
 cv::Mat signed_overlay(const cv::Mat& bgr, const cv::Mat& values, Sign sign, Colormap cmap, float scale, float alpha = 0.8f);
 void draw_box(cv::Mat& bgr, const Box& box, const cv::Scalar& colour, int thickness = 2);
+// A detector's boxes (image pixels), each with its label and score on its top edge.
+void draw_detections(cv::Mat& bgr, const std::vector<Detection>& detections);
 
 // What a caption strip says: text lines, then a colour bar with its end (and, diverging, middle) labels.
 struct Caption {

@@ -1,6 +1,8 @@
 // lumen: process-wide runtime settings that LibTorch leaves to the application.
 #pragma once
 
+#include <string>
+
 #pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
 
 namespace lumen {
@@ -38,6 +40,13 @@ double peak_resident_mib();
 // Memory the kernel says can be given to new allocations without swapping (MemAvailable), in MiB;
 // 0 when unknown. Perturbation methods size their passes from it.
 double available_mib();
+
+// Loads a shared library that registers TorchScript operators (as torch.ops.load_library does): a
+// scripted torchvision detector calls torchvision::nms and torchvision::roi_align, which
+// python3-torchvision's torchvision/_C*.so registers (it needs LibTorch only, not Python); users' own
+// custom-op libraries load the same way. Call it before loading a model that needs them. Throws
+// lumen::Error naming the file and the loader's reason.
+void load_ops_library(const std::string& path);
 
 }  // namespace lumen
 #pragma GCC visibility pop

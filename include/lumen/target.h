@@ -6,6 +6,8 @@
 
 #include <torch/script.h>
 
+#include <lumen/map.h>
+
 #include <functional>
 #include <string>
 #include <vector>
@@ -37,6 +39,8 @@ struct Target {
   // given images (indices into the rows it was bound to). Both empty for class and most custom targets.
   std::function<Target(const torch::IValue& output)> bind;
   std::function<Target(const std::vector<int64_t>& images)> rows_of;
+  // Detection targets: the boxes explained, in the model input's pixels.
+  std::vector<Detection> boxes;
 
   torch::Tensor operator()(const torch::IValue& output) const { return fn(output); }
 };
@@ -71,6 +75,27 @@ Target finer_target(const Target& main, double alpha = 1.0, int comparisons = 3)
 // "similarity" or "dissimilarity". Throws lumen::Error when the lengths differ or the concept is zero,
 // NaN or infinite.
 Target similarity_target(torch::Tensor concept, bool dissimilar = false, OutputSelector select = {});
+
+// Object detection. A detector's output is torchvision's: a list of one dict per image with "boxes"
+// [M, 4] (x0, y0, x1, y1 in input pixels), "labels" [M] and "scores" [M] — or a tuple holding such a
+// list (a scripted torchvision detector returns (losses, detections)).
+// The detections of row `image` of a detector's output, in the model's order (best first). Throws
+// lumen::Error, saying what the output holds, when it is no detector's.
+std::vector<Detection> read_detections(const torch::IValue& output, int64_t image);
+// Intersection over union of two boxes (0 when either is empty).
+float box_iou(const Detection& a, const Detection& b);
+// pytorch-grad-cam's FasterRCNNBoxScoreTarget: for each reference box, the predicted box whose IoU with
+// it is largest; when that IoU exceeds `iou` and its label is the reference's, y += IoU + its score.
+// y = 0 for a row where nothing matches (a perturbed copy that lost the object). Every row is scored
+// against the same references (rows are one image or its copies). Named "boxes", Target::boxes = the
+// references.
+Target detection_target(std::vector<Detection> references, double iou = 0.5);
+// One detection_target per detection of the (one) image in `output` scoring at least `score_threshold`,
+// at most `max_boxes` of them (the best), named "box-1", "box-2", ... in the model's order: the maps of all a
+// detector found, from one forward. Throws lumen::Error for an output of several images.
+// With `classes`, only detections of those labels.
+std::vector<Target> detection_targets(const torch::IValue& output, float score_threshold = 0.5f, int max_boxes = 100, double iou = 0.5,
+                                      const std::vector<int64_t>& classes = {});
 
 // The CLI's small target language, also usable from C++.
 // An output path picks a tensor out of nested tuples, lists and dicts: components separated by '.',

@@ -1,5 +1,7 @@
+#include <lumen/error.h>
 #include <lumen/runtime.h>
 
+#include <filesystem>
 #include <fstream>
 #include <string>
 
@@ -9,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <dlfcn.h>
 #include <malloc.h>
 #include <thread>
 #include <unistd.h>
@@ -50,5 +53,16 @@ double proc_mib(const char* file, const std::string& field) {
 double resident_mib() { return proc_mib("/proc/self/status", "VmRSS:"); }
 double peak_resident_mib() { return proc_mib("/proc/self/status", "VmHWM:"); }
 double available_mib() { return proc_mib("/proc/meminfo", "MemAvailable:"); }
+
+void load_ops_library(const std::string& path) {
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) throw Error("ops library not found: " + path);
+  // RTLD_GLOBAL, as torch.ops.load_library: the library's static initialisers register its operators
+  // with LibTorch's dispatcher; it stays loaded for the life of the process.
+  if (!dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL)) {
+    const char* why = dlerror();
+    throw Error("cannot load ops library " + path + ": " + (why ? why : "unknown reason"));
+  }
+}
 
 }  // namespace lumen

@@ -142,6 +142,16 @@ void finish_map(Map& m, const torch::Tensor& raw_hw, cv::Size image, const Canva
   if (box) m.box = threshold_box(m.upsampled, canvas.box_threshold, umx);
 }
 
+namespace {
+// A detector's boxes, from the model input's pixels to the image's (the input is the image stretched).
+std::vector<Detection> in_image_pixels(std::vector<Detection> boxes, cv::Size input, cv::Size image, const std::vector<std::string>* labels) {
+  const float sx = static_cast<float>(image.width) / static_cast<float>(input.width);
+  const float sy = static_cast<float>(image.height) / static_cast<float>(input.height);
+  for (auto& b : boxes) b.x0 *= sx, b.x1 *= sx, b.y0 *= sy, b.y1 *= sy, b.label = label_of(labels, b.cls);
+  return boxes;
+}
+}  // namespace
+
 void finish_jobs(const std::vector<Job>& jobs, const Plan& plan, const Forward& forward, const Target& target,
                  const torch::Tensor& target_values, const Canvas& canvas, std::vector<std::vector<Map>>& maps) {
   const auto n = static_cast<int64_t>(canvas.images.size());
@@ -164,6 +174,7 @@ void finish_jobs(const std::vector<Job>& jobs, const Plan& plan, const Forward& 
       m.label = label_of(canvas.labels, m.cls);
       m.counterfactual = target.counterfactual;
       m.target_value = target_values[i].item<float>();
+      m.detections = in_image_pixels(target.boxes, canvas.input, canvas.images[static_cast<size_t>(i)], canvas.labels);
       m.is_signed = res.is_signed;
       if (job.method->per_layer() && forward.layouts[job.layer].kind == TokenLayout::Kind::Volume)
         m.raw_depth = static_cast<int>(forward.layouts[job.layer].grid_d);

@@ -21,6 +21,7 @@ namespace {
 // class scores (a caption's tokens, say), and then there is no top-5.
 torch::Tensor class_scores(const ExplainOptions& opt, const OutputSelector& select, const torch::IValue& output, int64_t n,
                            const std::vector<std::string>& labels) {
+  if (opt.targets_from_output) return torch::Tensor();  // a detector's boxes: no class scores to rank
   torch::Tensor logits;
   try {
     logits = select(output).detach();
@@ -87,7 +88,10 @@ Targets resolve_targets(const ExplainOptions& opt, const torch::IValue& output, 
       }
     }
   }
-  t.targets = opt.targets.empty() ? class_targets(opt, select, logits, order, n) : opt.targets;
+  if (opt.targets_from_output)
+    t.targets = opt.targets_from_output(output, n);
+  else
+    t.targets = opt.targets.empty() ? class_targets(opt, select, logits, order, n) : opt.targets;
   return t;
 }
 

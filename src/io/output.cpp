@@ -223,6 +223,11 @@ nlohmann::json map_json(const Map& m) {
   j["empty"] = m.empty;
   j["signed"] = m.is_signed;
   if (!m.extra.empty()) j["extra"] = m.extra;
+  if (!m.detections.empty()) {
+    j["detections"] = nlohmann::json::array();
+    for (const auto& d : m.detections)
+      j["detections"].push_back({{"box", {d.x0, d.y0, d.x1, d.y1}}, {"class", d.cls}, {"label", d.label}, {"score", d.score}});
+  }
   if (!m.parts.empty()) {
     j["parts"] = nlohmann::json::array();
     for (size_t p = 0; p < m.parts.size(); ++p) {

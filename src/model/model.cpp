@@ -68,6 +68,11 @@ struct Model::Impl {
     std::vector<int64_t> input_shape;
   } onnx;
   bool fused_attention = false;  // the graphs hold aten::_native_multi_head_attention (tap.h)
+  // How the forward takes its batch: as one tensor, or as a List[Tensor] of images (torchvision's
+  // detectors, which resize and normalise each image themselves); and the defaults of the arguments
+  // after it (a detector's `targets=None`), which lumen never sets.
+  bool list_input = false;
+  std::vector<torch::IValue> trailing;
   ForwardMode mode = ForwardMode::Plain;
   std::string fingerprint;
   std::mutex mutex;  // guards the three caches below; the module itself is never mutated after load
@@ -103,7 +108,12 @@ struct Model::Impl {
     auto layout = [this](const torch::Tensor& t) {
       return mode == ForwardMode::ChannelsLast && t.dim() == 4 ? t.contiguous(at::MemoryFormat::ChannelsLast) : t;
     };
-    torch::jit::Stack stack{module._ivalue(), layout(input)};
+    torch::jit::Stack stack{module._ivalue()};
+    if (list_input)
+      stack.emplace_back(c10::List<torch::Tensor>(layout(input).unbind(0)));
+    else
+      stack.emplace_back(layout(input));
+    stack.insert(stack.end(), trailing.begin(), trailing.end());
     if (extra.defined()) stack.push_back(layout(extra));
     torch::jit::InterpreterState state(*c.code);
     ++passes;
@@ -145,6 +155,15 @@ Model Model::from_module(torch::jit::Module module, std::string name) {
     if (!sub.name.empty()) m.impl_->paths.push_back(sub.name);
   }
   m.impl_->fused_attention = detail::has_fused_attention(module);
+  if (auto forward = module.find_method("forward")) {
+    const auto& args = forward->function().getSchema().arguments();
+    if (args.size() >= 2) m.impl_->list_input = args[1].type()->isSubtypeOf(*c10::ListType::ofTensors());
+    for (size_t i = 2; i < args.size(); ++i) {
+      if (!args[i].default_value())
+        throw Error("model '" + name + "': its forward takes more than the image batch ('" + args[i].name() + "' has no default)");
+      m.impl_->trailing.push_back(*args[i].default_value());
+    }
+  }
   m.impl_->module = std::move(module);
   m.impl_->name = std::move(name);
   return m;
@@ -177,6 +196,18 @@ void check_storages(const torch::jit::Module& module, const std::string& path) {
 }  // namespace
 
 namespace {
+
+// An operator no library registered (torchvision::nms in a scripted detector) comes from a library the
+// user can load; say how.
+std::string ops_hint(const std::string& message) {
+  const auto at = message.find("Unknown builtin op: ");
+  if (at == std::string::npos) return "";
+  std::string op = message.substr(at + 20);
+  op = op.substr(0, op.find_first_of(".\n"));
+  const std::string ns = op.substr(0, op.find("::"));
+  return " (the model calls " + ns + "'s own operators: load the library that registers them with --ops-library" +
+         (ns == "torchvision" ? ", e.g. python3-torchvision's torchvision/_C*.so)" : ")");
+}
 
 // Size and 64-bit FNV-1a of the bytes: a cache key that changes whenever the file does (not a
 // security hash; nothing is trusted on its strength).
@@ -218,7 +249,7 @@ Model Model::load(const std::string& path) {
     } catch (const c10::Error& e) {
       throw Error("cannot load model " + path + " as TorchScript: " + first_line(e.what_without_backtrace()));
     } catch (const std::exception& e) {
-      throw Error("cannot load model " + path + " as TorchScript: " + first_line(e.what()));
+      throw Error("cannot load model " + path + " as TorchScript: " + first_line(e.what()) + ops_hint(e.what()));
     }
     if (!module.find_method("forward")) throw Error("model " + path + " has no forward() method");
     try {

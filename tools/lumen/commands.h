@@ -77,8 +77,11 @@ void add_runtime_flags(CLI::App* sub, Runtime& runtime, bool deterministic_flag 
 void refuse_non_finite(const CLI::App& sub);
 // Refuses an --out that is not a folder name: "-" (lumen writes a set of files, not one stream) or "".
 const CLI::Validator& output_folder();
-// --model (required).
+// --model (required), with --ops-library.
 void add_model_flag(CLI::App* sub, std::string& model);
+// --ops-library PATH (repeatable): libraries of TorchScript operators, loaded as the flag is parsed, so
+// before any model (lumen::load_ops_library).
+void add_ops_flag(CLI::App* sub);
 // --input-size H W and, excluding it, --input-shape C,D,H,W (a 3-D network's input).
 void add_input_flags(CLI::App* sub, std::vector<int>& size, std::vector<int64_t>& shape, const std::string& size_help);
 

@@ -53,6 +53,10 @@ struct Args {
   std::string mask;                // segmentation: a mask image, nonzero = inside
   std::vector<std::string> references;  // similarity: reference images, or one embedding .npy
   bool dissimilar = false;
+  std::vector<float> box;          // detection: x0,y0,x1,y1 in the image's pixels
+  float score_threshold = 0.5f, iou_threshold = 0.5f;
+  int max_boxes = 100;
+  bool detection_settings = false;  // any of --score-threshold, --iou-threshold, --max-boxes given
   MethodFlags method;
 };
 
@@ -91,6 +95,48 @@ void check_segmentation(const Args& a) {
   if (!a.region.empty() && (a.region.size() != 4 || a.region[2] <= a.region[0] || a.region[3] <= a.region[1]))
     throw Error("--region must be x0,y0,x1,y1 with x0 < x1 and y0 < y1 (image pixels)");
   if (!a.mask.empty() && !path_exists(a.mask)) throw Error("mask not found: " + a.mask);
+}
+
+void check_detection(const Args& a) {
+  if (a.task != "detection") {
+    if (!a.box.empty() || a.detection_settings) throw Error("--box, --score-threshold, --iou-threshold and --max-boxes belong to --task detection");
+    return;
+  }
+  if (a.target != "logit" || a.counterfactual || !a.sequence.empty() || a.token >= 0 || a.contrast || !a.output.empty() || a.top_k != 1)
+    throw Error("--task detection explains each box's score (IoU + the detector's score); it takes none of --target, --counterfactual, "
+                "--sequence, --token, --contrast, --output, --top-k (--class picks the labels to explain)");
+  if (a.box.empty()) return;
+  if (a.box.size() != 4 || !(a.box[2] > a.box[0] && a.box[3] > a.box[1]))
+    throw Error("--box must be x0,y0,x1,y1 with x0 < x1 and y0 < y1 (image pixels)");
+  if (a.classes.size() != 1) throw Error("--box needs one --class: the label of the box to explain");
+}
+
+// --task detection: one target per box the detector finds (above --score-threshold, of --class's labels
+// when given), read from each image's own forward; or the one --box given, in the image's pixels
+// (`image`), which must match a detection of its class.
+std::function<std::vector<Target>(const torch::IValue&, int64_t)> detection_targets_of(const Args& a, cv::Size image, cv::Size input) {
+  if (a.box.empty())
+    return [a](const torch::IValue& output, int64_t) {
+      return detection_targets(output, a.score_threshold, a.max_boxes, a.iou_threshold, a.classes);
+    };
+  const float sx = static_cast<float>(input.width) / static_cast<float>(image.width);
+  const float sy = static_cast<float>(input.height) / static_cast<float>(image.height);
+  Detection box{a.box[0] * sx, a.box[1] * sy, a.box[2] * sx, a.box[3] * sy, a.classes.front(), 1.0f, {}};
+  return [a, box](const torch::IValue& output, int64_t) {
+    // The detection the target will score: the largest IoU with the box, as detection_target picks it.
+    const auto found = read_detections(output, 0);
+    const auto best = std::max_element(found.begin(), found.end(), [&](const Detection& p, const Detection& q) { return box_iou(box, p) < box_iou(box, q); });
+    if (best == found.end() || !(box_iou(box, *best) > a.iou_threshold) || best->cls != box.cls) {
+      std::ostringstream what;
+      what << "no detection of class " << box.cls << " overlaps --box " << a.box[0] << "," << a.box[1] << "," << a.box[2] << "," << a.box[3]
+           << " best by IoU > " << a.iou_threshold << " (" << found.size() << " detections; lower --iou-threshold, or check the box is in image pixels)";
+      throw Error(what.str());
+    }
+    Target t = detection_target({box}, a.iou_threshold);
+    t.name = "box";
+    t.boxes.front().score = best->score;
+    return std::vector<Target>{t};
+  };
 }
 
 bool is_npy(const std::string& path) { return fs::path(path).extension() == ".npy"; }
@@ -181,6 +227,7 @@ ExplainOptions options_of(const Args& a, const std::vector<std::string>& layers)
   }
   check_segmentation(a);
   check_similarity(a);
+  check_detection(a);
   if (a.task == "segmentation" && a.region.empty()) opt.targets = segmentation_targets(a, {});
   apply(a.method, opt);
   opt.shared.progress = progress_printer(a.runtime.quiet);
@@ -346,6 +393,7 @@ int run(const Args& given) {
   // Everything that can be checked before any work is checked first, so a typo costs no time.
   if (a.batch < 1) throw Error("--batch must be at least 1");
   if (!a.region.empty()) a.batch = 1;  // a region is in each image's own pixels
+  if (a.task == "detection") a.batch = 1;  // each image has its own boxes, so its own targets
   const Inputs in = inputs_of(a);
   ExplainOptions opt = options_of(a, in.layers);
   check_request(opt);
@@ -388,6 +436,7 @@ int run(const Args& given) {
     } else {
       for (const auto& p : paths) imgs.push_back(read_image(p));
       if (a.task == "segmentation" && !a.region.empty()) batch_opt.targets = segmentation_targets(a, imgs.front().size());
+      if (a.task == "detection") batch_opt.targets_from_output = detection_targets_of(a, imgs.front().size(), {in.pre.width, in.pre.height});
       explained = explainer.explain(imgs, batch_opt, paths);
     }
     auto entries = write_maps(out, imgs, explained, batch_stems, render);
@@ -397,6 +446,9 @@ int run(const Args& given) {
         entries[i]["warnings"] = {"truncated: the file ends before its end marker; the decoder filled the rest with grey"};
       images.push_back(entries[i]);
     }
+    if (a.task == "detection" && explained.front().maps.empty())
+      std::cerr << "lumen: note: no detection" << (a.classes.empty() ? "" : " of --class's labels") << " scored " << a.score_threshold
+                << " or more in " << paths.front() << " (--score-threshold lowers the bar); nothing to explain there\n";
     for (size_t i = 0; i < explained.size(); ++i)
       for (const auto& m : explained[i].maps)
         if (m.empty) empty_maps.push_back(map_file_stem(batch_stems[i], m));
@@ -477,9 +529,17 @@ Command add_explain(CLI::App& app) {
       ->delimiter(',');
   sub->add_option("--task", a->task,
                   "what the model does: classification (default), segmentation ([N,classes,h,w] scores, or a dict's \"out\"; "
-                  "explains --class over the pixels predicted as it, --region or --mask) or similarity (an embedding model: the "
-                  "cosine similarity of each image's embedding to --reference's)")
-      ->check(CLI::IsMember({"classification", "segmentation", "similarity"}));
+                  "explains --class over the pixels predicted as it, --region or --mask), similarity (an embedding model: the "
+                  "cosine similarity of each image's embedding to --reference's) or detection (a torchvision detector: one map per "
+                  "box found, or --box)")
+      ->check(CLI::IsMember({"classification", "segmentation", "similarity", "detection"}));
+  sub->add_option("--box", a->box, "--task detection: explain this box (x0,y0,x1,y1 in image pixels) as the detection of --class it overlaps")
+      ->delimiter(',')
+      ->expected(4);
+  sub->add_option("--score-threshold", a->score_threshold, "--task detection: explain every box scoring at least this (0.5)")->check(CLI::Range(0.0, 1.0));
+  sub->add_option("--iou-threshold", a->iou_threshold, "--task detection: a box matches a reference when their IoU exceeds this (0.5)")
+      ->check(CLI::Range(0.0, 0.999));
+  sub->add_option("--max-boxes", a->max_boxes, "--task detection: explain at most this many boxes, the best (100)")->check(CLI::Range(1, 10000));
   sub->add_option("--reference", a->references,
                   "--task similarity: reference image(s), whose mean embedding is the concept, or one embedding .npy ([D] or [1, D])");
   sub->add_flag("--dissimilar", a->dissimilar, "--task similarity: explain what makes each image unlike the references (the negated similarity)");
@@ -490,7 +550,10 @@ Command add_explain(CLI::App& app) {
   add_method_flags(sub, a->method);
   add_runtime_flags(sub, a->runtime);
   add_forward_flag(sub, a->runtime);
-  return {sub, [a] { return explain::run(*a); }};
+  return {sub, [a, sub] {
+            a->detection_settings = sub->count("--score-threshold") + sub->count("--iou-threshold") + sub->count("--max-boxes") > 0;
+            return explain::run(*a);
+          }};
 }
 
 }  // namespace lumen::cli

@@ -23,6 +23,7 @@ Command add_layers(CLI::App& app) {
   };
   auto args = std::make_shared<Args>();
   sub->add_option("model", args->model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
+  add_ops_flag(sub);
   sub->add_option("--card", args->card, "model card JSON (gives the input size)");
   add_input_flags(sub, args->size, args->shape, "input H W (default: the card's, else the file's, else 224 224)");
   sub->add_flag("--json", args->json, "print JSON instead of a table");

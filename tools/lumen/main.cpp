@@ -17,6 +17,8 @@
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <mutex>
+#include <set>
 
 #include <unistd.h>
 #include <sstream>
@@ -132,6 +134,22 @@ const CLI::Validator& output_folder() {
 
 void add_model_flag(CLI::App* sub, std::string& model) {
   sub->add_option("--model,-m", model, "TorchScript (.pt) or ONNX (.onnx) model file")->required();
+  add_ops_flag(sub);
+}
+
+void add_ops_flag(CLI::App* sub) {
+  sub->add_option_function<std::vector<std::string>>(
+      "--ops-library",
+      [](const std::vector<std::string>& paths) {
+        // Thrown while parsing: as a parse error, it gets lumen's one-line refusal and exit 2.
+        try {
+          for (const auto& p : paths) load_ops_library(p);
+        } catch (const Error& e) {
+          throw CLI::ValidationError("--ops-library", e.what());
+        }
+      },
+      "shared library of TorchScript operators the model calls, loaded first (a scripted torchvision detector: "
+      "python3-torchvision's torchvision/_C*.so); repeatable");
 }
 
 void add_input_flags(CLI::App* sub, std::vector<int>& size, std::vector<int64_t>& shape, const std::string& size_help) {
@@ -205,9 +223,28 @@ std::pair<int, int> input_size(const Model& model, const std::string& card, cons
 
 }  // namespace lumen::cli
 
+namespace {
+// A model's own warnings (TorchScript's warn(), e.g. a scripted torchvision detector's "RCNN always
+// returns a (Losses, Detections) tuple") run on every forward: LibTorch's handler would log each one
+// through glog, hundreds of times for a perturbation method. Each distinct one is said once.
+class WarnOnce : public c10::WarningHandler {
+ public:
+  void process(const c10::SourceLocation&, const std::string& message, bool) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (seen_.insert(message).second) std::cerr << "lumen: note: the model warns: " << message << "\n";
+  }
+
+ private:
+  std::mutex mutex_;
+  std::set<std::string> seen_;
+};
+}  // namespace
+
 int main(int argc, char** argv) {
   lumen::ensure_passive_openmp(argv);
   lumen::keep_freed_memory();
+  static WarnOnce warn_once;
+  c10::Warning::set_warning_handler(&warn_once);
 
   CLI::App app{"lumen: why a deep network decided what it decided"};
   app.require_subcommand(1);

@@ -22,6 +22,7 @@ Command add_serve(CLI::App& app) {
   auto a = std::make_shared<Args>();
   sub->add_option("--model,-m", a->models, "TorchScript (.pt) or ONNX (.onnx) model; repeat for several")->required();
   sub->add_option("--card", a->cards, "model card JSON for each --model, in the same order");
+  add_ops_flag(sub);
   sub->add_option("--data", a->options.data, "a dataset folder (images/, labels.csv, boxes.csv) to browse with its labels and boxes");
   sub->add_option("--report", a->options.report, "an eval report folder (lumen eval --out DIR) to browse");
   sub->add_option("--host", a->options.host, "address to listen on (127.0.0.1: this machine only; any other needs --token)");
