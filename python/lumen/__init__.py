@@ -21,11 +21,12 @@ import warnings as _warnings
 import numpy as _np
 
 from . import _lumen
-from ._lumen import Error, ImageExplanation, LayerInfo, Map, ModelCard, Prediction, Preprocess, load_card, method_names, methods, set_deterministic, set_threads, settings
+from ._lumen import (Error, ImageExplanation, LayerInfo, Map, ModelCard, Prediction, Preprocess, load_card, load_ops_library, method_names, methods,
+                     set_deterministic, set_threads, settings)
 
 __version__ = _lumen.__version__
 __all__ = ["Model", "Explainer", "Error", "ImageExplanation", "Map", "Prediction", "Preprocess", "ModelCard", "LayerInfo",
-           "load_card", "method_names", "methods", "settings", "set_threads", "set_deterministic", "__version__"]
+           "load_card", "load_ops_library", "method_names", "methods", "settings", "set_threads", "set_deterministic", "__version__"]
 
 Model = _lumen.Model
 _load_file = _lumen.Model.load
@@ -169,13 +170,23 @@ class Explainer:
             mask = mask.detach().cpu().numpy()
         return _lumen._with_segmentation(opt, [classes] if isinstance(classes, int) else list(classes), mask, output)
 
-    def _task(self, opt, task, classes, mask, region, output, score, counterfactual, contrast, similar_to, dissimilar, image_sizes_of):
-        """The target a task asks for: classes (the default), segmentation or similarity. image_sizes_of: a function
-        giving each image's (width, height), called only for region=."""
-        if task not in ("classification", "segmentation", "similarity"):
-            raise Error("task must be classification, segmentation or similarity, not %r" % (task,))
+    def _task(self, opt, task, classes, mask, region, output, score, counterfactual, contrast, similar_to, dissimilar, image_sizes_of,
+              detection=None):
+        """The target a task asks for: classes (the default), segmentation, similarity or detection. image_sizes_of: a
+        function giving each image's (width, height), called only for region=. detection: explain()'s detection
+        settings (score_threshold, iou_threshold, max_boxes)."""
+        if task not in ("classification", "segmentation", "similarity", "detection"):
+            raise Error("task must be classification, segmentation, similarity or detection, not %r" % (task,))
         if task != "segmentation" and (mask is not None or region is not None):
             raise Error("mask= and region= belong to task='segmentation'")
+        if task == "detection":
+            if detection is None:
+                raise Error("task='detection' is explain()'s: give the image(s) to explain()")
+            if score != "logit" or counterfactual or contrast or output:
+                raise Error("task='detection' explains each box's score (IoU + the detector's score): no score=, "
+                            "counterfactual, contrast or output=")
+            classes = [] if classes is None else [classes] if isinstance(classes, int) else list(classes)
+            return _lumen._with_detection(opt, detection["score_threshold"], detection["max_boxes"], detection["iou_threshold"], classes)
         if task == "segmentation":
             return self._segmentation(opt, classes, mask, region, output, score, counterfactual, contrast, image_sizes_of)
         if task == "similarity" and similar_to is None:
@@ -187,7 +198,8 @@ class Explainer:
     def explain(self, images, methods=("gradcam",), layers=None, top_k=1, classes=None, score="logit", counterfactual=False,
                 output="", aggregate="", layer_weights=None, contrast=False, box_threshold=0.15, compat="papers", rows_per_pass=0,
                 memory_mib=0, aug_smooth=False, nonlinearity="strict", tokens="", progress=None, sources=None, similar_to=None,
-                dissimilar=False, task="classification", mask=None, region=None, **settings):
+                dissimilar=False, task="classification", mask=None, region=None, score_threshold=0.5, iou_threshold=0.5, max_boxes=100,
+                **settings):
         """Explain images: one forward pass for the batch, one backward per target.
 
         images: a file path, an H x W x 3 RGB array (uint8 or float 0..255; a torch tensor works too), or a list of them.
@@ -207,16 +219,23 @@ class Explainer:
             (classes=) scores over the pixels predicted as it, or over mask= (a 2-D array, nonzero = inside, stretched
             over the output) or region= ((x0, y0, x1, y1) in the images' pixels); pytorch-grad-cam's
             SemanticSegmentationTarget. task="similarity" is similar_to= given.
+        task="detection" (a torchvision detector; lumen.load_ops_library first): one map per box found scoring at least
+            score_threshold (at most max_boxes; of classes= when given), each explaining pytorch-grad-cam's
+            FasterRCNNBoxScoreTarget for its box (iou_threshold); map.detections holds the box. Images go one per forward.
         Returns one ImageExplanation per image (.predictions, .maps, result["gradcam"], .to_dict()).
         """
         single = not isinstance(images, (list, tuple))
         images = [_as_image(i) for i in ([images] if single else images)]
-        opt = self._options(methods, layers, top_k, classes, score, counterfactual, output, aggregate, layer_weights, contrast,
-                            box_threshold, compat, rows_per_pass, memory_mib, aug_smooth, nonlinearity, tokens, progress, settings)
+        opt = self._options(methods, layers, top_k, None if task == "detection" else classes, score, counterfactual, output, aggregate,
+                            layer_weights, contrast, box_threshold, compat, rows_per_pass, memory_mib, aug_smooth, nonlinearity, tokens,
+                            progress, settings)
         opt = self._task(opt, task, classes, mask, region, output, score, counterfactual, contrast, similar_to, dissimilar,
-                         lambda: [_lumen._image_size(i) if isinstance(i, str) else (i.shape[1], i.shape[0]) for i in images])
+                         lambda: [_lumen._image_size(i) if isinstance(i, str) else (i.shape[1], i.shape[0]) for i in images],
+                         dict(score_threshold=score_threshold, iou_threshold=iou_threshold, max_boxes=max_boxes))
         if sources is None:
             sources = [i if isinstance(i, str) else "image %d" % n for n, i in enumerate(images)]
+        if task == "detection":  # each image has its own boxes, so its own targets
+            return [e for i, s in zip(images, sources) for e in self._native._explain([i], [s], opt)]
         return self._native._explain(images, sources, opt)
 
     def explain_tensor(self, batch, sizes=None, sources=None, methods=("gradcam",), layers=None, top_k=1, classes=None, score="logit",

@@ -295,6 +295,13 @@ PYBIND11_MODULE(_lumen, m) {
             if (self.depth > 0) return py::make_tuple(self.box.x0, self.box.y0, self.box.z0, self.box.x1, self.box.y1, self.box.z1);
             return py::make_tuple(self.box.x0, self.box.y0, self.box.x1, self.box.y1);
           }, "the paper's box (x0, y0, x1, y1; x1, y1 exclusive), or None; volumes: (x0, y0, z0, x1, y1, z1)")
+      .def_property_readonly("detections", [](const Map& self) {
+            py::list out;
+            for (const auto& d : self.detections)
+              out.append(py::dict(py::arg("box") = py::make_tuple(d.x0, d.y0, d.x1, d.y1), py::arg("cls") = d.cls, py::arg("label") = d.label,
+                                  py::arg("score") = d.score));
+            return out;
+          }, "task='detection': the box the map explains, as dicts with box (x0, y0, x1, y1 in image pixels), cls, label and score")
       .def_property_readonly("parts", [](py::object self) {
             // A decomposition's parts (dff's concepts): (raw, map, top) each, the views kept alive by the map.
             py::list out;
@@ -400,6 +407,18 @@ PYBIND11_MODULE(_lumen, m) {
     for (int64_t c : classes) opt.targets.push_back(segmentation_target(c, region, output.empty() ? segmentation_scores() : output_path(output)));
     return opt;
   });
+
+  m.def("_with_detection", [](ExplainOptions opt, float score_threshold, int max_boxes, double iou, const std::vector<int64_t>& classes) {
+    if (!(score_threshold >= 0 && score_threshold <= 1)) throw Error("score_threshold= must lie in [0, 1]");
+    if (!(iou >= 0 && iou < 1)) throw Error("iou_threshold= must lie in [0, 1)");
+    if (max_boxes < 1) throw Error("max_boxes= must be at least 1");
+    opt.targets.clear();
+    opt.targets_from_output = [=](const torch::IValue& output, int64_t) { return detection_targets(output, score_threshold, max_boxes, iou, classes); };
+    return opt;
+  });
+  m.def("load_ops_library", &load_ops_library, py::arg("path"),
+        "Load a library of TorchScript operators before loading a model that calls them (a scripted torchvision detector: "
+        "python3-torchvision's torchvision/_C*.so), as torch.ops.load_library does.");
 
   m.def("set_threads", &set_threads, py::arg("threads") = 0,
         "intra-op threads of LibTorch and OpenCV, process-wide (torch.set_num_threads too); 0: all cores. "

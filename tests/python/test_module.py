@@ -251,6 +251,47 @@ class ModuleTest(unittest.TestCase):
         with self.assertRaisesRegex(lumen.Error, "belong to task='segmentation'"):
             explainer.explain(image, layers=["1"], region=region)
 
+    def test_detection_every_box_of_a_single_stage_detector(self):
+        """task="detection" on torchvision's RetinaNet (a small backbone, seeded weights, scripted): each box's Grad-CAM
+        against pytorch-grad-cam's FasterRCNNBoxScoreTarget computed in PyTorch."""
+        import glob
+        import torchvision
+        from torchvision.models.detection import RetinaNet
+        from torchvision.models.detection.anchor_utils import AnchorGenerator
+        lumen.load_ops_library(sorted(glob.glob(os.path.join(os.path.dirname(torchvision.__file__), "_C*.so")))[0])
+        torch.manual_seed(1)
+        backbone = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4, padding=1), torch.nn.ReLU(),
+                                       torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.ReLU())
+        backbone.out_channels = 16
+        net = RetinaNet(backbone, num_classes=3, min_size=64, max_size=64, image_mean=[0, 0, 0], image_std=[1, 1, 1],
+                        anchor_generator=AnchorGenerator(((16, 32),), ((0.5, 1.0, 2.0),)), score_thresh=0.0,
+                        detections_per_img=4).eval()
+        pre = lumen.Preprocess(width=64, height=64, mean=[0] * 3, std=[255] * 3)
+        explainer = lumen.Explainer(torch.jit.script(net), preprocess=pre)
+        image = np.random.RandomState(5).randint(0, 255, (80, 96, 3)).astype(np.uint8)
+        x = F.interpolate(torch.from_numpy(image).float().permute(2, 0, 1)[None], size=(64, 64), mode="bilinear",
+                          antialias=True, align_corners=False) / 255
+        store = {}
+        backbone[2].register_forward_hook(lambda m, i, o: store.update(a=o))
+        [det] = net([x[0]])
+        [r] = explainer.explain(image, layers=["backbone.2"], task="detection", score_threshold=0)
+        self.assertEqual(len(r.maps), len(det["boxes"]))
+        for k, m in enumerate(r.maps):
+            box = det["boxes"][k].detach()
+            ious = torchvision.ops.box_iou(box[None], det["boxes"])[0]
+            y = ious[ious.argmax()] + det["scores"][ious.argmax()]  # the box itself: IoU 1, its label
+            g, = torch.autograd.grad(y, store["a"], retain_graph=True)
+            ref = torch.relu((g.mean((2, 3), keepdim=True) * store["a"]).sum(1))[0].detach().numpy()
+            self.assertEqual(m.target, "box-%d" % (k + 1))
+            self.assertEqual(m.detections[0]["cls"], int(det["labels"][k]))
+            np.testing.assert_allclose(m.detections[0]["box"], (box * torch.tensor([96 / 64, 80 / 64] * 2)).numpy(), atol=0.05)
+            self.assertAlmostEqual(m.target_value, float(y), places=3)
+            self.assertGreater(np.corrcoef(m.raw.ravel(), ref.ravel())[0, 1], 0.999, k)
+        with self.assertRaisesRegex(lumen.Error, "explains each box's score"):
+            explainer.explain(image, layers=["backbone.2"], task="detection", score="prob")
+        with self.assertRaisesRegex(lumen.Error, "needs a detector's output"):
+            self.explainer.explain(IMAGES[0], task="detection")
+
     def test_aggregation_contrast_settings_and_run_json(self):
         [r] = self.explainer.explain(IMAGES[0], methods=["gradcam"], layers=["features.18", "features.14"], aggregate="mean", top_k=2,
                                      contrast=True)
