@@ -14,7 +14,7 @@ set(CPACK_DEBIAN_PACKAGE_HOMEPAGE "https://example.invalid/lumen")
 # Runtime libraries by name (dpkg-shlibdeps would find the same ones, but needs the package database of
 # a Debian build machine) and the -dev packages whose headers lumen's public headers include.
 set(CPACK_DEBIAN_PACKAGE_DEPENDS
-    "libc6, libstdc++6, libtorch1.13, libopencv-core406, libopencv-imgproc406, libopencv-imgcodecs406, libonnx1, libprotobuf32, libtorch-dev, libopencv-dev, nlohmann-json3-dev, libonnx-dev, libprotobuf-dev")
+    "libc6, libstdc++6, libtorch1.13, libopencv-core406, libopencv-imgproc406, libopencv-imgcodecs406, libopencv-dnn406, libopencv-contrib406, libonnx1, libprotobuf32, libtorch-dev, libopencv-dev, nlohmann-json3-dev, libonnx-dev, libprotobuf-dev")
 if(LUMEN_PYTHON_MODULE)
   string(APPEND CPACK_DEBIAN_PACKAGE_DEPENDS ", python3 (>= 3.11), python3 (<< 3.12), python3-numpy")
   set(CPACK_DEBIAN_PACKAGE_SUGGESTS "python3-torch")

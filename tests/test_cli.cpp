@@ -517,6 +517,38 @@ TEST(Detection, EveryBoxMatchesTheBoxScoreReference) {
                     read_npy(out + "/" + maps[1]["files"]["raw"].get<std::string>())), 0.999);
 }
 
+// A YOLO-style raw output ([N, B, 5 + C] and [N, 4 + C, B]), from TorchScript and from ONNX: decoded,
+// NMS'd, and each kept box's Grad-CAM for the box-score target over every candidate, against PyTorch.
+TEST(Detection, RawYoloOutputsMatchTheReference) {
+  const auto m = read_json(fixture("manifest_detection.json"))["yolo"];
+  for (const auto& c : m["cases"])
+    for (const std::string ext : {".pt", ".onnx"}) {
+      const std::string name = c["model"].get<std::string>() + ext, out = temp_dir("yolo-" + name);
+      auto r = run_cli("explain --model " + q(fixture(name)) + " --card " + q(fixture(m["card"].get<std::string>())) + " --image " +
+                       q(m["image"].get<std::string>()) + " --layer " + m["layer"].get<std::string>() + " --task detection --detection-output " +
+                       c["format"].get<std::string>() + " --score-threshold 0 --max-boxes " + std::to_string(m["max_boxes"].get<int>()) +
+                       " --out " + q(out));
+      ASSERT_EQ(r.code, 0) << name << ": " << r.err;
+      const auto maps = read_json(out + "/run.json")["images"][0]["maps"];
+      ASSERT_EQ(maps.size(), c["boxes"].size()) << name;
+      for (size_t k = 0; k < maps.size(); ++k) {
+        const auto& ref = c["boxes"][k];
+        const auto& d = maps[k]["detections"][0];
+        EXPECT_EQ(d["class"], ref["class"]) << name << " box " << k;
+        EXPECT_NEAR(d["score"].get<double>(), ref["score"].get<double>(), 1e-4) << name << " box " << k;
+        for (int e = 0; e < 4; ++e) EXPECT_NEAR(d["box"][e].get<double>(), ref["box"][e].get<double>(), 0.5) << name << " box " << k;
+        EXPECT_NEAR(maps[k]["target_value"].get<double>(), ref["target_value"].get<double>(), 1e-4) << name << " box " << k;
+        const cv::Mat raw = read_npy(out + "/" + maps[k]["files"]["raw"].get<std::string>());
+        const cv::Mat want = read_npy(fixture(c["gradcam"][k].get<std::string>()));
+        EXPECT_GT(pearson(raw, want), 0.999) << name << " box " << k;
+      }
+    }
+  const std::string out = temp_dir("yolo-bad");
+  auto r = run_cli("explain " + kModel + " --image " + q(shared("images/cat.png")) + " --task detection --detection-output yolov5 --out " + q(out));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("needs a [N, B, 5 + C] tensor; this model returns a tensor of shape [1, 1000]"), std::string::npos) << r.err;
+}
+
 // All boxes' maps come from one forward pass (one backward each), as top-k classes do.
 TEST(Detection, OneForwardForAllBoxes) {
   const auto m = read_json(fixture("manifest_detection.json"));
@@ -526,7 +558,11 @@ TEST(Detection, OneForwardForAllBoxes) {
   ExplainOptions opt;
   opt.layers = {m["layer"].get<std::string>()};
   opt.methods = {"gradcam", "hirescam"};
-  opt.targets_from_output = [](const torch::IValue& out, int64_t) { return detection_targets(out, 0.0f); };
+  opt.targets_from_output = [](const torch::IValue& out, int64_t) {
+    DetectionSettings all;
+    all.score_threshold = 0;
+    return detection_targets(out, all);
+  };
   const int64_t before = model.passes();
   const auto e = ex.explain({read_image(m["image"].get<std::string>())}, opt);
   EXPECT_EQ(model.passes() - before, 1);

@@ -76,26 +76,43 @@ Target finer_target(const Target& main, double alpha = 1.0, int comparisons = 3)
 // NaN or infinite.
 Target similarity_target(torch::Tensor concept, bool dissimilar = false, OutputSelector select = {});
 
-// Object detection. A detector's output is torchvision's: a list of one dict per image with "boxes"
-// [M, 4] (x0, y0, x1, y1 in input pixels), "labels" [M] and "scores" [M] — or a tuple holding such a
-// list (a scripted torchvision detector returns (losses, detections)).
-// The detections of row `image` of a detector's output, in the model's order (best first). Throws
-// lumen::Error, saying what the output holds, when it is no detector's.
-std::vector<Detection> read_detections(const torch::IValue& output, int64_t image);
+// Object detection. How a detector's output holds its boxes:
+// - Torchvision: a list of one dict per image with "boxes" [M, 4] (x0, y0, x1, y1 in input pixels),
+//   "labels" [M] and "scores" [M], after the model's own NMS — or a tuple holding such a list (a
+//   scripted torchvision detector returns (losses, detections)).
+// - YoloV5: the raw [N, B, 5 + C] tensor of YOLOv5-style exports: per candidate cx, cy, w, h (input
+//   pixels), objectness, C class probabilities; score = objectness x class probability.
+// - YoloV8: the raw [N, 4 + C, B] tensor of YOLOv8-style exports: cx, cy, w, h, C class probabilities.
+// A YOLO candidate's label is its best class. The detections of a raw output are its candidates
+// scoring at least `score_threshold` after class-aware NMS at `nms_iou` (OpenCV's NMSBoxes).
+enum class DetectionFormat { Torchvision, YoloV5, YoloV8 };
+DetectionFormat parse_detection_format(const std::string& name);  // "torchvision" | "yolov5" | "yolov8"
+std::string to_string(DetectionFormat format);
+
+struct DetectionSettings {
+  DetectionFormat format = DetectionFormat::Torchvision;
+  float score_threshold = 0.5f;   // detections explained (and, for raw outputs, kept) score at least this
+  int max_boxes = 100;            // at most this many, the best
+  double iou = 0.5;               // a candidate matches a reference box when their IoU exceeds this
+  float nms_iou = 0.45f;          // raw outputs: NMS between candidates of one class
+  std::vector<int64_t> classes;   // only these labels (empty: all)
+};
+
+// The detections of row `image` of a detector's output, best first. Throws lumen::Error, saying what
+// the output holds, when it is not the format's.
+std::vector<Detection> read_detections(const torch::IValue& output, int64_t image, const DetectionSettings& settings = {});
 // Intersection over union of two boxes (0 when either is empty).
 float box_iou(const Detection& a, const Detection& b);
-// pytorch-grad-cam's FasterRCNNBoxScoreTarget: for each reference box, the predicted box whose IoU with
-// it is largest; when that IoU exceeds `iou` and its label is the reference's, y += IoU + its score.
-// y = 0 for a row where nothing matches (a perturbed copy that lost the object). Every row is scored
-// against the same references (rows are one image or its copies). Named "boxes", Target::boxes = the
-// references.
-Target detection_target(std::vector<Detection> references, double iou = 0.5);
-// One detection_target per detection of the (one) image in `output` scoring at least `score_threshold`,
-// at most `max_boxes` of them (the best), named "box-1", "box-2", ... in the model's order: the maps of all a
-// detector found, from one forward. Throws lumen::Error for an output of several images.
-// With `classes`, only detections of those labels.
-std::vector<Target> detection_targets(const torch::IValue& output, float score_threshold = 0.5f, int max_boxes = 100, double iou = 0.5,
-                                      const std::vector<int64_t>& classes = {});
+// pytorch-grad-cam's FasterRCNNBoxScoreTarget: for each reference box, the candidate whose IoU with it
+// is largest (every candidate of a raw output, before NMS); when that IoU exceeds `settings.iou` and its
+// label is the reference's, y += IoU + its score. y = 0 for a row where nothing matches (a perturbed
+// copy that lost the object). Every row is scored against the same references (rows are one image or
+// its copies). Named "boxes", Target::boxes = the references.
+Target detection_target(std::vector<Detection> references, const DetectionSettings& settings = {});
+// One detection_target per detection of the (one) image in `output` that `settings` selects, named
+// "box-1", "box-2", ... best first: the maps of all a detector found, from one forward. Throws
+// lumen::Error for an output of several images.
+std::vector<Target> detection_targets(const torch::IValue& output, const DetectionSettings& settings = {});
 
 // The CLI's small target language, also usable from C++.
 // An output path picks a tensor out of nested tuples, lists and dicts: components separated by '.',

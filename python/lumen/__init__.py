@@ -186,7 +186,8 @@ class Explainer:
                 raise Error("task='detection' explains each box's score (IoU + the detector's score): no score=, "
                             "counterfactual, contrast or output=")
             classes = [] if classes is None else [classes] if isinstance(classes, int) else list(classes)
-            return _lumen._with_detection(opt, detection["score_threshold"], detection["max_boxes"], detection["iou_threshold"], classes)
+            return _lumen._with_detection(opt, detection["score_threshold"], detection["max_boxes"], detection["iou_threshold"], classes,
+                                          detection["detection_output"])
         if task == "segmentation":
             return self._segmentation(opt, classes, mask, region, output, score, counterfactual, contrast, image_sizes_of)
         if task == "similarity" and similar_to is None:
@@ -199,7 +200,7 @@ class Explainer:
                 output="", aggregate="", layer_weights=None, contrast=False, box_threshold=0.15, compat="papers", rows_per_pass=0,
                 memory_mib=0, aug_smooth=False, nonlinearity="strict", tokens="", progress=None, sources=None, similar_to=None,
                 dissimilar=False, task="classification", mask=None, region=None, score_threshold=0.5, iou_threshold=0.5, max_boxes=100,
-                **settings):
+                detection_output="torchvision", **settings):
         """Explain images: one forward pass for the batch, one backward per target.
 
         images: a file path, an H x W x 3 RGB array (uint8 or float 0..255; a torch tensor works too), or a list of them.
@@ -222,6 +223,7 @@ class Explainer:
         task="detection" (a torchvision detector; lumen.load_ops_library first): one map per box found scoring at least
             score_threshold (at most max_boxes; of classes= when given), each explaining pytorch-grad-cam's
             FasterRCNNBoxScoreTarget for its box (iou_threshold); map.detections holds the box. Images go one per forward.
+            detection_output: "torchvision" (dicts), or a raw YOLO tensor, "yolov5" ([N, B, 5+C]) or "yolov8" ([N, 4+C, B]).
         Returns one ImageExplanation per image (.predictions, .maps, result["gradcam"], .to_dict()).
         """
         single = not isinstance(images, (list, tuple))
@@ -231,7 +233,8 @@ class Explainer:
                             progress, settings)
         opt = self._task(opt, task, classes, mask, region, output, score, counterfactual, contrast, similar_to, dissimilar,
                          lambda: [_lumen._image_size(i) if isinstance(i, str) else (i.shape[1], i.shape[0]) for i in images],
-                         dict(score_threshold=score_threshold, iou_threshold=iou_threshold, max_boxes=max_boxes))
+                         dict(score_threshold=score_threshold, iou_threshold=iou_threshold, max_boxes=max_boxes,
+                              detection_output=detection_output))
         if sources is None:
             sources = [i if isinstance(i, str) else "image %d" % n for n, i in enumerate(images)]
         if task == "detection":  # each image has its own boxes, so its own targets

@@ -408,12 +408,20 @@ PYBIND11_MODULE(_lumen, m) {
     return opt;
   });
 
-  m.def("_with_detection", [](ExplainOptions opt, float score_threshold, int max_boxes, double iou, const std::vector<int64_t>& classes) {
+  m.def("_with_detection", [](ExplainOptions opt, float score_threshold, int max_boxes, double iou, const std::vector<int64_t>& classes,
+                              const std::string& format) {
+    DetectionSettings s;
+    s.format = parse_detection_format(format);
+    s.score_threshold = score_threshold;
+    s.max_boxes = max_boxes;
+    s.iou = iou;
+    s.classes = classes;
+    // Refused now, not at the first forward.
     if (!(score_threshold >= 0 && score_threshold <= 1)) throw Error("score_threshold= must lie in [0, 1]");
     if (!(iou >= 0 && iou < 1)) throw Error("iou_threshold= must lie in [0, 1)");
     if (max_boxes < 1) throw Error("max_boxes= must be at least 1");
     opt.targets.clear();
-    opt.targets_from_output = [=](const torch::IValue& output, int64_t) { return detection_targets(output, score_threshold, max_boxes, iou, classes); };
+    opt.targets_from_output = [s](const torch::IValue& output, int64_t) { return detection_targets(output, s); };
     return opt;
   });
   m.def("load_ops_library", &load_ops_library, py::arg("path"),

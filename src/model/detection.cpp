@@ -1,15 +1,38 @@
-// Detection targets: torchvision's detector output read per image, and pytorch-grad-cam's box-score
-// target on it.
+// Detection targets: a detector's output read per image (torchvision's dicts, or a raw YOLO-family
+// tensor decoded), and pytorch-grad-cam's box-score target on it.
 #include <lumen/error.h>
 #include <lumen/target.h>
+
+#include <opencv2/dnn.hpp>
 
 #include <algorithm>
 
 namespace lumen {
 
+DetectionFormat parse_detection_format(const std::string& name) {
+  if (name == "torchvision") return DetectionFormat::Torchvision;
+  if (name == "yolov5") return DetectionFormat::YoloV5;
+  if (name == "yolov8") return DetectionFormat::YoloV8;
+  throw Error("unknown detection output '" + name + "' (expected torchvision, yolov5 or yolov8)");
+}
+
+std::string to_string(DetectionFormat format) {
+  switch (format) {
+    case DetectionFormat::Torchvision: return "torchvision";
+    case DetectionFormat::YoloV5: return "yolov5";
+    case DetectionFormat::YoloV8: return "yolov8";
+  }
+  return "?";
+}
+
 namespace {
 
-// The List[Dict[str, Tensor]] of a detector's output: the output itself or an element of its tuple.
+// One image's candidates, differentiable: boxes [M, 4] (x0, y0, x1, y1), labels [M], scores [M].
+struct Boxes {
+  torch::Tensor boxes, labels, scores;
+};
+
+// The List[Dict[str, Tensor]] of a torchvision detector's output: the output itself or an element of its tuple.
 c10::List<c10::IValue> detection_list(const torch::IValue& output) {
   auto is_dicts = [](const torch::IValue& v) {
     if (!v.isList()) return false;
@@ -21,22 +44,51 @@ c10::List<c10::IValue> detection_list(const torch::IValue& output) {
     for (const auto& e : output.toTupleRef().elements())
       if (is_dicts(e)) return e.toList();
   throw Error("--task detection needs a detector's output (a list of dicts with boxes, labels and scores, as torchvision's "
-              "detectors give); this model returns " + output.type()->annotation_str());
+              "detectors give, or a raw YOLO tensor with --detection-output yolov5|yolov8); this model returns " +
+              output.type()->annotation_str());
 }
 
-struct Boxes {
-  torch::Tensor boxes, labels, scores;  // [M, 4], [M], [M]
-};
-
-Boxes boxes_of(const c10::List<c10::IValue>& list, int64_t image) {
-  if (image < 0 || image >= static_cast<int64_t>(list.size()))
-    throw Error("the detector's output has " + std::to_string(list.size()) + " images, not " + std::to_string(image + 1));
+Boxes torchvision_boxes(const c10::List<c10::IValue>& list, int64_t image) {
   const auto dict = list.get(static_cast<size_t>(image)).toGenericDict();
   auto entry = [&](const char* key) {
     if (!dict.contains(key) || !dict.at(key).isTensor()) throw Error(std::string("the detector's output has no \"") + key + "\" tensor");
     return dict.at(key).toTensor();
   };
-  Boxes b{entry("boxes"), entry("labels"), entry("scores")};
+  return {entry("boxes"), entry("labels").to(torch::kInt64), entry("scores")};
+}
+
+// A raw YOLO output [N, B, 5 + C] (v5) or [N, 4 + C, B] (v8) as [N, B, 4 + 1 + C] rows.
+torch::Tensor yolo_tensor(const torch::IValue& output, DetectionFormat format) {
+  torch::Tensor t;
+  if (output.isTensor()) t = output.toTensor();
+  else if (output.isTuple() && !output.toTupleRef().elements().empty() && output.toTupleRef().elements()[0].isTensor())
+    t = output.toTupleRef().elements()[0].toTensor();  // exports that also return the per-level maps
+  const int64_t fixed = format == DetectionFormat::YoloV5 ? 5 : 4;
+  if (!t.defined() || t.dim() != 3)
+    throw Error("--detection-output " + to_string(format) + " needs a [N, " + (format == DetectionFormat::YoloV5 ? "B, 5 + C" : "4 + C, B") +
+                "] tensor; this model returns " + (t.defined() ? "a tensor of shape " + c10::str(t.sizes()) : output.type()->annotation_str()));
+  if (format == DetectionFormat::YoloV8) t = t.transpose(1, 2);
+  if (t.size(2) <= fixed) throw Error("the detector's output has shape " + c10::str(t.sizes()) + ": no class columns after the box");
+  return t;
+}
+
+Boxes yolo_boxes(const torch::Tensor& rows, DetectionFormat format) {
+  const auto c = rows.slice(1, 0, 2), half = rows.slice(1, 2, 4) / 2;
+  const auto boxes = torch::cat({c - half, c + half}, 1);
+  auto probs = format == DetectionFormat::YoloV5 ? rows.slice(1, 5) * rows.slice(1, 4, 5) : rows.slice(1, 4);
+  const auto best = probs.max(1);
+  return {boxes, std::get<1>(best), std::get<0>(best)};
+}
+
+int64_t images_in(const torch::IValue& output, DetectionFormat format) {
+  return format == DetectionFormat::Torchvision ? static_cast<int64_t>(detection_list(output).size()) : yolo_tensor(output, format).size(0);
+}
+
+Boxes candidates(const torch::IValue& output, int64_t image, DetectionFormat format) {
+  const int64_t n = images_in(output, format);
+  if (image < 0 || image >= n) throw Error("the detector's output has " + std::to_string(n) + " images, not " + std::to_string(image + 1));
+  Boxes b = format == DetectionFormat::Torchvision ? torchvision_boxes(detection_list(output), image)
+                                                   : yolo_boxes(yolo_tensor(output, format)[image], format);
   const int64_t m = b.boxes.size(0);
   if (b.boxes.dim() != 2 || b.boxes.size(1) != 4 || b.labels.numel() != m || b.scores.numel() != m)
     throw Error("the detector's output has boxes " + c10::str(b.boxes.sizes()) + ", labels " + c10::str(b.labels.sizes()) + " and scores " +
@@ -54,6 +106,13 @@ torch::Tensor box_ious(const torch::Tensor& box, const torch::Tensor& boxes) {
   return inter / (area(box) + area(boxes) - inter);
 }
 
+void check(const DetectionSettings& s) {
+  if (!(s.iou >= 0 && s.iou < 1)) throw Error("the IoU threshold must lie in [0, 1)");
+  if (!(s.nms_iou > 0 && s.nms_iou <= 1)) throw Error("the NMS IoU must lie in (0, 1]");
+  if (!(s.score_threshold >= 0 && s.score_threshold <= 1)) throw Error("the score threshold must lie in [0, 1]");
+  if (s.max_boxes < 1) throw Error("max boxes must be at least 1");
+}
+
 }  // namespace
 
 float box_iou(const Detection& a, const Detection& b) {
@@ -63,22 +122,41 @@ float box_iou(const Detection& a, const Detection& b) {
   return uni > 0 ? inter / uni : 0;
 }
 
-std::vector<Detection> read_detections(const torch::IValue& output, int64_t image) {
-  const Boxes b = boxes_of(detection_list(output), image);
+std::vector<Detection> read_detections(const torch::IValue& output, int64_t image, const DetectionSettings& settings) {
+  check(settings);
+  const Boxes b = candidates(output, image, settings.format);
   const auto boxes = b.boxes.detach().to(torch::kFloat32).contiguous();
-  const auto labels = b.labels.detach().to(torch::kInt64).contiguous();
+  const auto labels = b.labels.detach().contiguous();
   const auto scores = b.scores.detach().to(torch::kFloat32).contiguous();
-  std::vector<Detection> out;
+  std::vector<Detection> all;
   for (int64_t j = 0; j < boxes.size(0); ++j) {
     const float* r = boxes.data_ptr<float>() + 4 * j;
-    out.push_back({r[0], r[1], r[2], r[3], labels.data_ptr<int64_t>()[j], scores.data_ptr<float>()[j], {}});
+    all.push_back({r[0], r[1], r[2], r[3], labels.data_ptr<int64_t>()[j], scores.data_ptr<float>()[j], {}});
   }
-  return out;
+  if (settings.format == DetectionFormat::Torchvision) return all;  // the model ran its own NMS
+  // Class-aware NMS as YOLO's own: each class's boxes are moved apart by an offset larger than the
+  // image, so that one call never suppresses across classes.
+  // The threshold is applied here ("at least", as for torchvision's outputs); NMSBoxes keeps scores
+  // above 0 (a candidate scoring exactly 0 detects nothing).
+  all.erase(std::remove_if(all.begin(), all.end(), [&](const Detection& d) { return !(d.score >= settings.score_threshold); }), all.end());
+  std::vector<cv::Rect2d> rects;
+  std::vector<float> confidences;
+  for (const auto& d : all) {
+    const double offset = 8192.0 * static_cast<double>(d.cls);
+    rects.emplace_back(d.x0 + offset, d.y0 + offset, d.x1 - d.x0, d.y1 - d.y0);
+    confidences.push_back(d.score);
+  }
+  std::vector<int> keep;
+  cv::dnn::NMSBoxes(rects, confidences, 0.0f, settings.nms_iou, keep);
+  std::stable_sort(keep.begin(), keep.end(), [&](int p, int q) { return confidences[static_cast<size_t>(p)] > confidences[static_cast<size_t>(q)]; });
+  std::vector<Detection> kept;
+  for (int k : keep) kept.push_back(all[static_cast<size_t>(k)]);
+  return kept;
 }
 
-Target detection_target(std::vector<Detection> references, double iou) {
+Target detection_target(std::vector<Detection> references, const DetectionSettings& settings) {
+  check(settings);
   if (references.empty()) throw Error("a detection target needs at least one reference box");
-  if (!(iou >= 0 && iou < 1)) throw Error("the IoU threshold must lie in [0, 1)");
   torch::Tensor refs = torch::empty({static_cast<int64_t>(references.size()), 4});
   for (size_t k = 0; k < references.size(); ++k) {
     const auto& r = references[k];
@@ -88,20 +166,20 @@ Target detection_target(std::vector<Detection> references, double iou) {
   Target t;
   t.name = "boxes";
   t.boxes = references;
-  t.fn = [refs, references, iou](const torch::IValue& output) {
-    const auto list = detection_list(output);
+  const DetectionFormat format = settings.format;
+  const double iou = settings.iou;
+  t.fn = [refs, references, iou, format](const torch::IValue& output) {
     std::vector<torch::Tensor> rows;
-    for (int64_t n = 0; n < static_cast<int64_t>(list.size()); ++n) {
-      const Boxes b = boxes_of(list, n);
+    for (int64_t n = 0, images = images_in(output, format); n < images; ++n) {
+      const Boxes b = candidates(output, n, format);
       // A row that matches nothing still depends on the scores (times zero), so that a batch in which
       // no row matches has a gradient of zeros rather than none.
       torch::Tensor y = b.scores.sum() * 0;
       if (b.boxes.size(0) > 0) {
-        const auto labels = b.labels.to(torch::kInt64);
         for (int64_t k = 0; k < refs.size(0); ++k) {
           const auto ious = box_ious(refs[k].to(b.boxes.dtype()), b.boxes);
           const int64_t best = ious.argmax().item<int64_t>();
-          if (ious[best].item<double>() > iou && labels[best].item<int64_t>() == references[static_cast<size_t>(k)].cls)
+          if (ious[best].item<double>() > iou && b.labels[best].item<int64_t>() == references[static_cast<size_t>(k)].cls)
             y = y + ious[best] + b.scores[best];
         }
       }
@@ -112,17 +190,16 @@ Target detection_target(std::vector<Detection> references, double iou) {
   return t;
 }
 
-std::vector<Target> detection_targets(const torch::IValue& output, float score_threshold, int max_boxes, double iou,
-                                      const std::vector<int64_t>& classes) {
-  const auto list = detection_list(output);
-  if (list.size() != 1)
-    throw Error("detection targets explain one image per forward; this output holds " + std::to_string(list.size()));
+std::vector<Target> detection_targets(const torch::IValue& output, const DetectionSettings& settings) {
+  const int64_t images = images_in(output, settings.format);
+  if (images != 1) throw Error("detection targets explain one image per forward; this output holds " + std::to_string(images));
+  const auto& classes = settings.classes;
   std::vector<Target> targets;
-  for (const Detection& d : read_detections(output, 0)) {
-    if (static_cast<int>(targets.size()) >= max_boxes) break;
-    if (!(d.score >= score_threshold)) continue;
+  for (const Detection& d : read_detections(output, 0, settings)) {
+    if (static_cast<int>(targets.size()) >= settings.max_boxes) break;
+    if (!(d.score >= settings.score_threshold)) continue;
     if (!classes.empty() && std::find(classes.begin(), classes.end(), d.cls) == classes.end()) continue;
-    targets.push_back(detection_target({d}, iou));
+    targets.push_back(detection_target({d}, settings));
     targets.back().name = "box-" + std::to_string(targets.size());
   }
   return targets;

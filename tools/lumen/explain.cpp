@@ -56,6 +56,7 @@ struct Args {
   std::vector<float> box;          // detection: x0,y0,x1,y1 in the image's pixels
   float score_threshold = 0.5f, iou_threshold = 0.5f;
   int max_boxes = 100;
+  std::string detection_output = "torchvision";
   bool detection_settings = false;  // any of --score-threshold, --iou-threshold, --max-boxes given
   MethodFlags method;
 };
@@ -99,7 +100,8 @@ void check_segmentation(const Args& a) {
 
 void check_detection(const Args& a) {
   if (a.task != "detection") {
-    if (!a.box.empty() || a.detection_settings) throw Error("--box, --score-threshold, --iou-threshold and --max-boxes belong to --task detection");
+    if (!a.box.empty() || a.detection_settings)
+      throw Error("--box, --score-threshold, --iou-threshold, --max-boxes and --detection-output belong to --task detection");
     return;
   }
   if (a.target != "logit" || a.counterfactual || !a.sequence.empty() || a.token >= 0 || a.contrast || !a.output.empty() || a.top_k != 1)
@@ -111,20 +113,30 @@ void check_detection(const Args& a) {
   if (a.classes.size() != 1) throw Error("--box needs one --class: the label of the box to explain");
 }
 
+DetectionSettings detection_settings_of(const Args& a) {
+  DetectionSettings s;
+  s.format = parse_detection_format(a.detection_output);
+  s.score_threshold = a.score_threshold;
+  s.max_boxes = a.max_boxes;
+  s.iou = a.iou_threshold;
+  s.classes = a.classes;
+  return s;
+}
+
 // --task detection: one target per box the detector finds (above --score-threshold, of --class's labels
 // when given), read from each image's own forward; or the one --box given, in the image's pixels
 // (`image`), which must match a detection of its class.
 std::function<std::vector<Target>(const torch::IValue&, int64_t)> detection_targets_of(const Args& a, cv::Size image, cv::Size input) {
-  if (a.box.empty())
-    return [a](const torch::IValue& output, int64_t) {
-      return detection_targets(output, a.score_threshold, a.max_boxes, a.iou_threshold, a.classes);
-    };
+  const DetectionSettings settings = detection_settings_of(a);
+  if (a.box.empty()) return [settings](const torch::IValue& output, int64_t) { return detection_targets(output, settings); };
   const float sx = static_cast<float>(input.width) / static_cast<float>(image.width);
   const float sy = static_cast<float>(input.height) / static_cast<float>(image.height);
   Detection box{a.box[0] * sx, a.box[1] * sy, a.box[2] * sx, a.box[3] * sy, a.classes.front(), 1.0f, {}};
-  return [a, box](const torch::IValue& output, int64_t) {
+  return [a, box, settings](const torch::IValue& output, int64_t) {
     // The detection the target will score: the largest IoU with the box, as detection_target picks it.
-    const auto found = read_detections(output, 0);
+    DetectionSettings all = settings;
+    all.score_threshold = 0;
+    const auto found = read_detections(output, 0, all);
     const auto best = std::max_element(found.begin(), found.end(), [&](const Detection& p, const Detection& q) { return box_iou(box, p) < box_iou(box, q); });
     if (best == found.end() || !(box_iou(box, *best) > a.iou_threshold) || best->cls != box.cls) {
       std::ostringstream what;
@@ -132,7 +144,7 @@ std::function<std::vector<Target>(const torch::IValue&, int64_t)> detection_targ
            << " best by IoU > " << a.iou_threshold << " (" << found.size() << " detections; lower --iou-threshold, or check the box is in image pixels)";
       throw Error(what.str());
     }
-    Target t = detection_target({box}, a.iou_threshold);
+    Target t = detection_target({box}, settings);
     t.name = "box";
     t.boxes.front().score = best->score;
     return std::vector<Target>{t};
@@ -539,6 +551,10 @@ Command add_explain(CLI::App& app) {
   sub->add_option("--score-threshold", a->score_threshold, "--task detection: explain every box scoring at least this (0.5)")->check(CLI::Range(0.0, 1.0));
   sub->add_option("--iou-threshold", a->iou_threshold, "--task detection: a box matches a reference when their IoU exceeds this (0.5)")
       ->check(CLI::Range(0.0, 0.999));
+  sub->add_option("--detection-output", a->detection_output,
+                  "--task detection: the output's form: torchvision (default: a list of dicts with boxes, labels, scores), yolov5 (a raw "
+                  "[N, B, 5+C] tensor: cx, cy, w, h, objectness, classes) or yolov8 ([N, 4+C, B]); raw outputs get class-aware NMS at IoU 0.45")
+      ->check(CLI::IsMember({"torchvision", "yolov5", "yolov8"}));
   sub->add_option("--max-boxes", a->max_boxes, "--task detection: explain at most this many boxes, the best (100)")->check(CLI::Range(1, 10000));
   sub->add_option("--reference", a->references,
                   "--task similarity: reference image(s), whose mean embedding is the concept, or one embedding .npy ([D] or [1, D])");
@@ -551,7 +567,8 @@ Command add_explain(CLI::App& app) {
   add_runtime_flags(sub, a->runtime);
   add_forward_flag(sub, a->runtime);
   return {sub, [a, sub] {
-            a->detection_settings = sub->count("--score-threshold") + sub->count("--iou-threshold") + sub->count("--max-boxes") > 0;
+            a->detection_settings =
+                sub->count("--score-threshold") + sub->count("--iou-threshold") + sub->count("--max-boxes") + sub->count("--detection-output") > 0;
             return explain::run(*a);
           }};
 }
