@@ -173,27 +173,6 @@ void draw_box(cv::Mat& bgr, const Box& box, const cv::Scalar& colour, int thickn
   cv::rectangle(bgr, cv::Point(box.x0, box.y0), cv::Point(box.x1 - 1, box.y1 - 1), colour, thickness);
 }
 
-void draw_detections(cv::Mat& bgr, const std::vector<Detection>& detections) {
-  // Green, unlike the paper's white box: the detector's box is what is explained, the white one what
-  // the map found.
-  const cv::Scalar green(60, 220, 60), black(0, 0, 0);
-  const double scale = std::clamp(bgr.cols / 900.0, 0.35, 0.7);
-  for (const auto& d : detections) {
-    const cv::Point p0(static_cast<int>(std::lround(d.x0)), static_cast<int>(std::lround(d.y0)));
-    const cv::Point p1(static_cast<int>(std::lround(d.x1)) - 1, static_cast<int>(std::lround(d.y1)) - 1);
-    cv::rectangle(bgr, p0, p1, green, 2);
-    std::string text = (d.label.empty() ? std::to_string(d.cls) : d.label) + " " + report::significant(d.score);
-    for (auto& c : text) c = c >= 32 && c < 127 ? c : '?';  // Hershey fonts draw ASCII only
-    int base = 0;
-    const cv::Size size = cv::getTextSize(text, cv::FONT_HERSHEY_SIMPLEX, scale, 1, &base);
-    // The label sits on the box's top edge, inside the picture.
-    const int x = std::clamp(p0.x, 0, std::max(0, bgr.cols - size.width - 4));
-    const int y = std::clamp(p0.y, size.height + base + 2, bgr.rows);
-    cv::rectangle(bgr, cv::Point(x, y - size.height - base - 2), cv::Point(x + size.width + 4, y), green, cv::FILLED);
-    cv::putText(bgr, text, {x + 2, y - base}, cv::FONT_HERSHEY_SIMPLEX, scale, black, 1, cv::LINE_AA);
-  }
-}
-
 namespace {
 
 constexpr int kMinCaptionWidth = 360;
@@ -210,6 +189,26 @@ std::string fit(const std::string& text, double scale, int width) {
 }
 
 }  // namespace
+
+void draw_detections(cv::Mat& bgr, const std::vector<Detection>& detections) {
+  // Green, unlike the paper's white box: the detector's box is what is explained, the white one what
+  // the map found.
+  const cv::Scalar green(60, 220, 60), black(0, 0, 0);
+  const double scale = std::clamp(bgr.cols / 900.0, 0.35, 0.7);
+  for (const auto& d : detections) {
+    const cv::Point p0(static_cast<int>(std::lround(d.x0)), static_cast<int>(std::lround(d.y0)));
+    const cv::Point p1(static_cast<int>(std::lround(d.x1)) - 1, static_cast<int>(std::lround(d.y1)) - 1);
+    cv::rectangle(bgr, p0, p1, green, 2);
+    const std::string text = fit((d.label.empty() ? std::to_string(d.cls) : d.label) + " " + report::significant(d.score), scale, bgr.cols - 4);
+    int base = 0;
+    const cv::Size size = cv::getTextSize(text, cv::FONT_HERSHEY_SIMPLEX, scale, 1, &base);
+    // The label sits on the box's top edge, inside the picture.
+    const int x = std::clamp(p0.x, 0, std::max(0, bgr.cols - size.width - 4));
+    const int y = std::clamp(p0.y, size.height + base + 2, bgr.rows);
+    cv::rectangle(bgr, cv::Point(x, y - size.height - base - 2), cv::Point(x + size.width + 4, y), green, cv::FILLED);
+    cv::putText(bgr, text, {x + 2, y - base}, cv::FONT_HERSHEY_SIMPLEX, scale, black, 1, cv::LINE_AA);
+  }
+}
 
 cv::Mat caption_strip(const Caption& caption, int width) {
   const double scale = std::clamp(width / 1300.0, 0.36, 0.6);
