@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # topic -> module of scripts/fixtures/; "models" first: the other topics read its files.
 TOPICS = {"models": "models", "gradcam": "gradcam", "pixel": "pixel", "cam": "cam", "perturbation": "perturbation",
           "variants": "variants", "eval": "eval", "targets": "targets", "onnx": "onnx_models",
-          "transformers": "transformers", "volumes": "volumes", "detection": "detection"}
+          "transformers": "transformers", "volumes": "volumes", "detection": "detection",
+          "trained_detector": "trained_detector"}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or (sys.argv[1] not in TOPICS and sys.argv[1] != "all"):

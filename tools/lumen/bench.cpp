@@ -97,6 +97,8 @@ struct Args {
   std::vector<int> size;
   std::vector<int64_t> shape;  // a 3-D network's input, C D H W
   int top_k = 1;
+  std::string task = "classification";
+  int boxes = 10;  // detection: boxes explained per image
   Runtime runtime;
   double min_time = 2.0;
   bool together = false;
@@ -131,10 +133,13 @@ void time_batch(const Args& a, const Model& user, const ExplainOptions& given, i
   const Model model = with_forward_mode(user, a.runtime, shape, chosen);
   const Explainer explainer(model, Preprocess{});
   torch::manual_seed(0);
-  const auto x = torch::randn(shape);
+  // A detector takes images in [0, 1] and normalises them itself; a list of them when its forward says so.
+  const auto x = a.task == "detection" ? torch::rand(shape) : torch::randn(shape);
+  const auto& forward_args = user.module().get_method("forward").function().getSchema().arguments();
+  const bool list_input = forward_args.size() > 1 && forward_args[1].type()->isSubtypeOf(*c10::ListType::ofTensors());
   auto inference = [&] {
     c10::InferenceMode guard;
-    user.module().get_method("forward")({x});
+    user.module().get_method("forward")({list_input ? torch::IValue(c10::List<torch::Tensor>(x.unbind(0))) : torch::IValue(x)});
   };
   record(rows, "user's forward", batch, measure(inference, a.min_time, model, {}));
   auto lumen_forward = [&] {
@@ -167,6 +172,25 @@ void time_batch(const Args& a, const Model& user, const ExplainOptions& given, i
   }
 }
 
+// --task: what each request explains. Segmentation: the class most pixels of the image are predicted as,
+// summed over them; detection: the best --boxes boxes the detector finds, whatever their score (one
+// image per forward).
+void task_targets(const Args& a, ExplainOptions& given) {
+  if (a.task == "segmentation") {
+    given.targets_from_output = [](const torch::IValue& output, int64_t) {
+      const auto predicted = segmentation_scores()(output).detach().argmax(1).flatten();
+      return std::vector<Target>{segmentation_target(predicted.bincount().argmax().item<int64_t>())};
+    };
+  } else if (a.task == "detection") {
+    for (int b : a.batches)
+      if (b != 1) throw Error("--task detection explains one image per forward: --batches 1");
+    DetectionSettings settings;
+    settings.score_threshold = 0;
+    settings.max_boxes = a.boxes;
+    given.targets_from_output = [settings](const torch::IValue& output, int64_t) { return detection_targets(output, settings); };
+  }
+}
+
 int run(const Args& a) {
   a.runtime.apply();
   if (a.old_batch->count() > 0) std::cerr << "lumen: note: bench's --batch is now --batches (the old spelling goes in 0.3)\n";
@@ -174,14 +198,16 @@ int run(const Args& a) {
   given.methods = split_list(a.methods);
   given.layers = split_list(a.layers);
   given.top_k = a.top_k;
+  task_targets(a, given);
   apply(a.method, given);
   check_request(given);
   const Model model = Model::load(a.model);
   const auto [h, w] = input_size(model, a.card, a.size);
   const std::vector<int64_t> row = a.shape.empty() ? std::vector<int64_t>{3, h, w} : a.shape;
   const std::string input = shape_text(a.shape.empty() ? std::vector<int64_t>{h, w} : a.shape);
-  std::printf("lumen bench: %s, input %s, %d threads, top-%d; median of timed runs after a warm-up\n", model.name().c_str(), input.c_str(),
-              at::get_num_threads(), a.top_k);
+  const std::string what = a.task == "detection" ? std::to_string(a.boxes) + " boxes" : a.task == "segmentation" ? "segmentation" : "top-" + std::to_string(a.top_k);
+  std::printf("lumen bench: %s, input %s, %d threads, %s; median of timed runs after a warm-up\n", model.name().c_str(), input.c_str(),
+              at::get_num_threads(), what.c_str());
   std::printf("%-28s %5s %12s %10s %12s %14s %10s\n", "what", "batch", "ms/batch", "img/s", "/ user fwd", "forward share", "peak MiB");
   nlohmann::json rows = nlohmann::json::array();
   for (int batch : a.batches) time_batch(a, model, given, batch, row, rows);
@@ -204,6 +230,11 @@ Command add_bench(CLI::App& app) {
   sub->add_option("--batches", a->batches, "images per pass to time, comma-separated (1,16)")->delimiter(',');
   a->old_batch = sub->add_option("--batch", a->batches, "old spelling of --batches (until 0.3)")->delimiter(',');
   sub->add_option("--top-k", a->top_k, "explain the top-k classes of each image (1)")->check(CLI::Range(1, 1000));
+  sub->add_option("--task", a->task,
+                  "what to explain: classification (default: the top-k classes), segmentation (the class most pixels take, over "
+                  "them) or detection (the best --boxes boxes of a torchvision detector; batch 1)")
+      ->check(CLI::IsMember({"classification", "segmentation", "detection"}));
+  sub->add_option("--boxes", a->boxes, "--task detection: boxes explained per image (10)")->check(CLI::Range(1, 1000));
   sub->add_flag("--together", a->together, "also time all --methods in one request (they share the forward)");
   sub->add_option("--min-time", a->min_time, "seconds of timed runs per row (2)");
   add_input_flags(sub, a->size, a->shape, "input H W (default: card, else the file's, else 224 224)");

@@ -1,0 +1,213 @@
+// Object detection (--task detection): a scripted torchvision Faster R-CNN loaded with torchvision's
+// operator library, raw YOLO-style outputs from TorchScript and ONNX, each box's map against a PyTorch
+// reference of pytorch-grad-cam's box-score target; and a small detector trained on procedural scenes,
+// whose maps must point at their own objects.
+#include "common.h"
+
+namespace lumen::test::detection_tests {
+
+namespace fs = std::filesystem;
+
+std::string q(const std::string& s) { return "'" + s + "'"; }
+const std::string kModel = "--model " + q(LUMEN_SHARED_DIR "/models/mobilenet_v2_imagenet.pt") + " --card " +
+                           q(LUMEN_SHARED_DIR "/models/mobilenet_v2_imagenet.json");
+
+// A small Faster R-CNN scripted from torchvision's own classes (scripts/fixtures/detection.py), loaded
+// with torchvision's operator library.
+std::string detector_args(const nlohmann::json& m) {
+  return "--model " + q(fixture(m["model"].get<std::string>())) + " --card " + q(fixture(m["card"].get<std::string>())) + " --ops-library " +
+         q(m["ops_library"].get<std::string>()) + " --image " + q(m["image"].get<std::string>()) + " --layer " + m["layer"].get<std::string>();
+}
+
+// Every box the detector finds gets its map from one explain run: the boxes, labels and scores in
+// run.json are the detector's (in image pixels), and each Grad-CAM map is the eager reference's for
+// pytorch-grad-cam's box-score target of that box.
+TEST(Detection, EveryBoxMatchesTheBoxScoreReference) {
+  const auto m = read_json(fixture("manifest_detection.json"));
+  const std::string out = temp_dir("detection");
+  auto r = run_cli("explain " + detector_args(m) + " --task detection --score-threshold 0 --method gradcam --out " + q(out));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto run = read_json(out + "/run.json");
+  const auto& maps = run["images"][0]["maps"];
+  ASSERT_EQ(maps.size(), m["boxes"].size());
+  for (size_t k = 0; k < maps.size(); ++k) {
+    const auto& ref = m["boxes"][k];
+    const auto& got = maps[k];
+    EXPECT_EQ(got["target"], "box-" + std::to_string(k + 1));
+    ASSERT_EQ(got["detections"].size(), 1u);
+    const auto& d = got["detections"][0];
+    EXPECT_EQ(d["class"], ref["class"]);
+    EXPECT_EQ(d["label"], "triangle");
+    EXPECT_NEAR(d["score"].get<double>(), ref["score"].get<double>(), 2e-3);
+    for (int c = 0; c < 4; ++c) EXPECT_NEAR(d["box"][c].get<double>(), ref["box"][c].get<double>(), 1.5) << "box " << k << " edge " << c;
+    EXPECT_NEAR(got["target_value"].get<double>(), ref["target_value"].get<double>(), 2e-3);
+    const cv::Mat raw = read_npy(out + "/" + got["files"]["raw"].get<std::string>());
+    const cv::Mat want = read_npy(fixture(m["gradcam"][k].get<std::string>()));
+    ASSERT_EQ(raw.size(), want.size());
+    double hi = 0;
+    cv::minMaxLoc(want, nullptr, &hi);
+    EXPECT_GT(pearson(raw, want), 0.999) << "box " << k;
+    EXPECT_LT(max_abs_diff(raw, want), 1e-2 * hi) << "box " << k;
+    EXPECT_TRUE(fs::exists(out + "/" + got["files"]["overlay"].get<std::string>()));
+  }
+  // The maps differ from box to box: each follows its own box's score.
+  EXPECT_LT(pearson(read_npy(out + "/" + maps[0]["files"]["raw"].get<std::string>()),
+                    read_npy(out + "/" + maps[1]["files"]["raw"].get<std::string>())), 0.999);
+}
+
+// A YOLO-style raw output ([N, B, 5 + C] and [N, 4 + C, B]), from TorchScript and from ONNX: decoded,
+// NMS'd, and each kept box's Grad-CAM for the box-score target over every candidate, against PyTorch.
+TEST(Detection, RawYoloOutputsMatchTheReference) {
+  const auto m = read_json(fixture("manifest_detection.json"))["yolo"];
+  for (const auto& c : m["cases"])
+    for (const std::string ext : {".pt", ".onnx"}) {
+      const std::string name = c["model"].get<std::string>() + ext, out = temp_dir("yolo-" + name);
+      auto r = run_cli("explain --model " + q(fixture(name)) + " --card " + q(fixture(m["card"].get<std::string>())) + " --image " +
+                       q(m["image"].get<std::string>()) + " --layer " + m["layer"].get<std::string>() + " --task detection --detection-output " +
+                       c["format"].get<std::string>() + " --score-threshold 0 --max-boxes " + std::to_string(m["max_boxes"].get<int>()) +
+                       " --out " + q(out));
+      ASSERT_EQ(r.code, 0) << name << ": " << r.err;
+      const auto maps = read_json(out + "/run.json")["images"][0]["maps"];
+      ASSERT_EQ(maps.size(), c["boxes"].size()) << name;
+      for (size_t k = 0; k < maps.size(); ++k) {
+        const auto& ref = c["boxes"][k];
+        const auto& d = maps[k]["detections"][0];
+        EXPECT_EQ(d["class"], ref["class"]) << name << " box " << k;
+        EXPECT_NEAR(d["score"].get<double>(), ref["score"].get<double>(), 1e-4) << name << " box " << k;
+        for (int e = 0; e < 4; ++e) EXPECT_NEAR(d["box"][e].get<double>(), ref["box"][e].get<double>(), 0.5) << name << " box " << k;
+        EXPECT_NEAR(maps[k]["target_value"].get<double>(), ref["target_value"].get<double>(), 1e-4) << name << " box " << k;
+        const cv::Mat raw = read_npy(out + "/" + maps[k]["files"]["raw"].get<std::string>());
+        const cv::Mat want = read_npy(fixture(c["gradcam"][k].get<std::string>()));
+        EXPECT_GT(pearson(raw, want), 0.999) << name << " box " << k;
+      }
+    }
+  const std::string out = temp_dir("yolo-bad");
+  auto r = run_cli("explain " + kModel + " --image " + q(shared("images/cat.png")) + " --task detection --detection-output yolov5 --out " + q(out));
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("needs a [N, B, 5 + C] tensor; this model returns a tensor of shape [1, 1000]"), std::string::npos) << r.err;
+}
+
+// All boxes' maps come from one forward pass (one backward each), as top-k classes do.
+TEST(Detection, OneForwardForAllBoxes) {
+  const auto m = read_json(fixture("manifest_detection.json"));
+  load_ops_library(m["ops_library"].get<std::string>());
+  const Model model = Model::load(fixture(m["model"].get<std::string>()));
+  const Explainer ex(model, load_card(fixture(m["card"].get<std::string>())).preprocess);
+  ExplainOptions opt;
+  opt.layers = {m["layer"].get<std::string>()};
+  opt.methods = {"gradcam", "hirescam"};
+  opt.targets_from_output = [](const torch::IValue& out, int64_t) {
+    DetectionSettings all;
+    all.score_threshold = 0;
+    return detection_targets(out, all);
+  };
+  const int64_t before = model.passes();
+  const auto e = ex.explain({read_image(m["image"].get<std::string>())}, opt);
+  EXPECT_EQ(model.passes() - before, 1);
+  EXPECT_EQ(e[0].maps.size(), 2 * m["boxes"].size());
+  // A given box scores the detection it overlaps most: IoU + that detection's score (a closed form), and
+  // the box itself gives that detection's own map.
+  const auto image = read_image(m["image"].get<std::string>());
+  const auto found = read_detections(model.forward(to_batch({image}, ex.preprocess())).output, 0);
+  ASSERT_GE(found.size(), 2u);
+  Detection shifted = found[1];
+  shifted.x0 += 2, shifted.x1 += 2;
+  opt.methods = {"gradcam"};
+  opt.targets_from_output = {};
+  opt.targets = {detection_target({shifted}), detection_target({found[1]})};
+  const auto given = ex.explain({image}, opt);
+  ASSERT_EQ(given[0].maps.size(), 2u);
+  EXPECT_NEAR(given[0].maps[0].target_value, box_iou(shifted, found[1]) + found[1].score, 1e-4);
+  EXPECT_LT(box_iou(shifted, found[1]), 0.99f);
+  EXPECT_GT(pearson(given[0].maps[1].raw, e[0].maps[2].raw), 0.9999);
+}
+
+TEST(Detection, BadRequestsAreRefused) {
+  const auto m = read_json(fixture("manifest_detection.json"));
+  const std::string out = temp_dir("detection-bad");
+  const std::string det = detector_args(m);
+  struct Case {
+    std::string name, args, says;
+  };
+  const std::vector<Case> cases = {
+      {"classifier", "explain " + kModel + " --image " + q(shared("images/cat.png")) + " --task detection --out " + q(out),
+       "needs a detector's output"},
+      {"box without class", "explain " + det + " --task detection --box 1,1,50,50 --out " + q(out), "--box needs one --class"},
+      {"box reversed", "explain " + det + " --task detection --box 50,1,10,50 --class 3 --out " + q(out), "--box must be x0,y0,x1,y1"},
+      {"box matches nothing", "explain " + det + " --task detection --box 500,400,510,420 --class 3 --out " + q(out),
+       "no detection of class 3 overlaps --box"},
+      {"threshold without detection", "explain " + kModel + " --image " + q(shared("images/cat.png")) + " --score-threshold 0.2 --out " + q(out),
+       "belong to --task detection"},
+      {"top-k", "explain " + det + " --task detection --top-k 2 --out " + q(out), "--task detection explains each box's score"},
+      {"ops library missing", "explain " + det + " --ops-library /nonexistent.so --task detection --out " + q(out),
+       "ops library not found: /nonexistent.so"},
+      {"ops library not a library", "explain " + det + " --ops-library " + q(fixture(m["card"].get<std::string>())) + " --task detection --out " + q(out),
+       "cannot load ops library"},
+      {"operators not loaded", "explain --model " + q(fixture(m["model"].get<std::string>())) + " --image " + q(shared("images/cat.png")) +
+       " --task detection --out " + q(out), "--ops-library"},
+  };
+  for (const auto& c : cases) {
+    auto r = run_cli(c.args);
+    EXPECT_EQ(r.code, 2) << c.name << ": " << r.err;
+    EXPECT_NE(r.err.find("lumen: error: "), std::string::npos) << c.name << ": " << r.err;
+    EXPECT_NE(r.err.find(c.says), std::string::npos) << c.name << ": " << r.err;
+  }
+  // No box above the threshold: said, exit 0, nothing to explain.
+  auto r = run_cli("explain " + det + " --task detection --score-threshold 0.99 --out " + q(out));
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.err.find("no detection scored 0.99 or more"), std::string::npos) << r.err;
+  EXPECT_TRUE(read_json(out + "/run.json")["images"][0]["maps"].empty());
+}
+
+}  // namespace lumen::test::detection_tests
+
+namespace lumen::test::detection_tests {
+
+// A YOLO-style detector trained on procedural scenes of known boxes (scripts/fixtures/trained_detector.py):
+// on held-out scenes, each detection that finds a real object (IoU > 0.5, right class) gets a map whose
+// peak should lie on that object. Grad-CAM's channel weights average the gradient over the whole map,
+// where the other objects also sit; LayerCAM keeps it per position. All rates are printed; LayerCAM's
+// is asserted.
+TEST(TrainedDetector, MapsPointAtTheirOwnObjects) {
+  const auto m = read_json(fixture("manifest_trained_detector.json"));
+  std::map<std::string, std::pair<int, int>> peaks, boxes;  // method -> (on own object, matched detections)
+  int objects = 0, detections = 0;
+  for (const auto& s : m["scenes"]) {
+    const std::string out = temp_dir("trained-" + s["image"].get<std::string>());
+    auto r = run_cli("explain --model " + q(fixture(m["model"].get<std::string>())) + " --card " + q(fixture(m["card"].get<std::string>())) +
+                     " --image " + q(fixture(s["image"].get<std::string>())) +
+                     " --task detection --detection-output yolov5 --layer conv2 --method gradcam,layercam,eigencam --allow-empty -q --out " + q(out));
+    ASSERT_EQ(r.code, 0) << r.err;
+    objects += static_cast<int>(s["objects"].size());
+    const auto run = read_json(out + "/run.json");
+    for (const auto& map : run["images"][0]["maps"]) {
+      const auto& d = map["detections"][0];
+      const Detection found{d["box"][0].get<float>(), d["box"][1].get<float>(), d["box"][2].get<float>(), d["box"][3].get<float>(), d["class"].get<int64_t>(), 0, {}};
+      const nlohmann::json* own = nullptr;
+      for (const auto& o : s["objects"])
+        if (o[4].get<int64_t>() == found.cls && box_iou(found, {o[0].get<float>(), o[1].get<float>(), o[2].get<float>(), o[3].get<float>(), 0, 0, {}}) > 0.5f) own = &o;
+      if (map["method"] == "gradcam") ++detections;
+      if (!own) continue;
+      const auto& o = *own;
+      const int px = map["stats"]["peak"][0], py = map["stats"]["peak"][1];
+      auto& p = peaks[map["method"]];
+      p.first += px >= o[0].get<int>() && px < o[2].get<int>() && py >= o[1].get<int>() && py < o[3].get<int>();
+      ++p.second;
+      // The paper's box hits the object when they overlap by IoU > 0.5 (the localisation criterion).
+      auto& b = boxes[map["method"]];
+      if (!map["box"].is_null())
+        b.first += box_iou({map["box"][0].get<float>(), map["box"][1].get<float>(), map["box"][2].get<float>(), map["box"][3].get<float>(), 0, 0, {}},
+                           {o[0].get<float>(), o[1].get<float>(), o[2].get<float>(), o[3].get<float>(), 0, 0, {}}) > 0.5f;
+      ++b.second;
+    }
+  }
+  std::printf("trained detector: %d objects in %zu scenes, %d detections, %d on a real object\n", objects, m["scenes"].size(), detections,
+              peaks["gradcam"].second);
+  for (const auto& [method, p] : peaks)
+    std::printf("  %-9s peak on its own object %d of %d, box IoU > 0.5 with it %d of %d\n", method.c_str(), p.first, p.second,
+                boxes[method].first, boxes[method].second);
+  ASSERT_GE(peaks["layercam"].second, 8) << "the detector found too few objects to judge";
+  EXPECT_GE(peaks["layercam"].first, 0.75 * peaks["layercam"].second);
+}
+
+}  // namespace lumen::test::detection_tests
