@@ -50,6 +50,13 @@ TEST(Detection, EveryBoxMatchesTheBoxScoreReference) {
     EXPECT_LT(max_abs_diff(raw, want), 1e-2 * hi) << "box " << k;
     EXPECT_TRUE(fs::exists(out + "/" + got["files"]["overlay"].get<std::string>()));
   }
+  EXPECT_EQ(run["target"]["task"], "detection");
+  EXPECT_EQ(run["target"]["detection"]["output"], "torchvision");
+  const std::string validate = std::string(LUMEN_PYTHON) +
+                               " -c \"import json,sys,jsonschema; jsonschema.validate(json.load(open(sys.argv[1])), json.load(open(sys.argv[2])))\" " +
+                               q(out + "/run.json") + " " + q(LUMEN_SOURCE_DIR "/docs/explain.schema.json");
+  EXPECT_EQ(std::system(validate.c_str()), 0) << "run.json does not validate against docs/explain.schema.json";
+  EXPECT_NE(r.out.find("box-1 triangle"), std::string::npos) << r.out;
   // The maps differ from box to box: each follows its own box's score.
   EXPECT_LT(pearson(read_npy(out + "/" + maps[0]["files"]["raw"].get<std::string>()),
                     read_npy(out + "/" + maps[1]["files"]["raw"].get<std::string>())), 0.999);

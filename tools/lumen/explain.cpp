@@ -246,13 +246,24 @@ ExplainOptions options_of(const Args& a, const std::vector<std::string>& layers)
   return opt;
 }
 
+// What the maps explain, as run.json echoes it: the score, and a task's own settings.
+nlohmann::json target_json(const Args& a, const ExplainOptions& opt) {
+  nlohmann::json t{{"score", to_string(opt.score)}, {"counterfactual", opt.counterfactual}, {"task", a.task}};
+  if (a.task == "detection") {
+    t["detection"] = {{"output", a.detection_output}, {"score_threshold", a.score_threshold}, {"iou_threshold", a.iou_threshold},
+                      {"max_boxes", a.max_boxes}, {"classes", a.classes}};
+    if (!a.box.empty()) t["detection"]["box"] = a.box;
+  }
+  return t;
+}
+
 // The run document (docs/json-schema.md) around the images' entries.
 nlohmann::json run_document(const Args& a, const Inputs& in, const ExplainOptions& opt, double seconds, const nlohmann::json& images) {
   return {{"lumen_version", lumen::version()},
           {"model", a.model},
           {"layers", in.layers},
           {"methods", opt.methods},
-          {"target", {{"score", to_string(opt.score)}, {"counterfactual", opt.counterfactual}}},
+          {"target", target_json(a, opt)},
           {"preprocess",
            {{"size", {in.pre.height, in.pre.width}},
             {"mean", in.pre.mean},
@@ -309,9 +320,24 @@ void note_layouts(const nlohmann::json& images) {
   for (const auto& l : layouts) std::cerr << "lumen: note: " << l << " (--tokens to say otherwise)\n";
 }
 
-// Each image's top-3 predictions; for an embedding model (no classes), the similarity its maps explain.
-void print_predictions(const nlohmann::json& images, bool similarity) {
-  if (similarity) {
+// Each image's top-3 predictions; for an embedding model (no classes), the similarity its maps explain;
+// for a detector, the boxes explained.
+void print_predictions(const nlohmann::json& images, const std::string& task) {
+  if (task == "detection") {
+    for (const auto& entry : images) {
+      std::cout << entry["source"].get<std::string>() << ":";
+      std::set<std::string> said;
+      for (const auto& m : entry["maps"]) {
+        if (!m.contains("detections") || !said.insert(m["target"].get<std::string>()).second) continue;
+        const auto& d = m["detections"][0];
+        std::cout << "  " << m["target"].get<std::string>() << " " << (d["label"].get<std::string>().empty() ? std::to_string(d["class"].get<int64_t>()) : d["label"].get<std::string>())
+                  << " " << d["score"].get<float>();
+      }
+      std::cout << (said.empty() ? "  no box\n" : "\n");
+    }
+    return;
+  }
+  if (task == "similarity") {
     for (const auto& entry : images)
       if (!entry["maps"].empty())
         std::cout << entry["source"].get<std::string>() << ": " << entry["maps"][0]["target"].get<std::string>() << " "
@@ -476,7 +502,7 @@ int run(const Args& given) {
   out.commit();
   note_completeness_gaps(images);
   std::cout << "wrote " << images.size() << " image(s) to " << a.out << " (" << run_file << ", " << page_file << ") in " << duration_text(seconds) << "\n";
-  print_predictions(images, a.task == "similarity");
+  print_predictions(images, a.task);
   if (!empty_maps.empty() && !a.allow_empty) {
     std::cerr << "lumen: error: " << empty_maps.size() << " map(s) are empty (constant: the target's gradient at the layer is zero), e.g. "
               << empty_maps.front() << "; files were written and flagged \"empty\" in run.json (--allow-empty accepts this)"
