@@ -124,8 +124,10 @@ json observe(const std::string& name, const std::string& args) {
 }
 
 // Fields added since the record: a setting a method declares may appear in method_options (a new
-// method's, or one that was settable before but not echoed: cases.json "added" says which); nothing else.
+// method's, or one that was settable before but not echoed: cases.json "added" says which); the target
+// names its task (and a detection's settings) since detection came (2026-12-04); nothing else.
 bool allowed_new_field(const std::string& where, const std::string& key) {
+  if (where == "run.json.target") return key == "task" || key == "detection";
   if (where != "run.json.method_options") return false;
   for (const auto& s : setting_catalog())
     if (s.name == key) return true;
