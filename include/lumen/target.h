@@ -98,6 +98,8 @@ struct DetectionSettings {
   std::vector<int64_t> classes;   // only these labels (empty: all)
 };
 
+// Throws lumen::Error naming the first setting out of range (a threshold outside [0, 1], no boxes).
+void check_detection_settings(const DetectionSettings& settings);
 // The detections of row `image` of a detector's output, best first. Throws lumen::Error, saying what
 // the output holds, when it is not the format's.
 std::vector<Detection> read_detections(const torch::IValue& output, int64_t image, const DetectionSettings& settings = {});

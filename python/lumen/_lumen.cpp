@@ -416,10 +416,7 @@ PYBIND11_MODULE(_lumen, m) {
     s.max_boxes = max_boxes;
     s.iou = iou;
     s.classes = classes;
-    // Refused now, not at the first forward.
-    if (!(score_threshold >= 0 && score_threshold <= 1)) throw Error("score_threshold= must lie in [0, 1]");
-    if (!(iou >= 0 && iou < 1)) throw Error("iou_threshold= must lie in [0, 1)");
-    if (max_boxes < 1) throw Error("max_boxes= must be at least 1");
+    check_detection_settings(s);  // refused now, not at the first forward
     opt.targets.clear();
     opt.targets_from_output = [s](const torch::IValue& output, int64_t) { return detection_targets(output, s); };
     return opt;

@@ -106,14 +106,14 @@ torch::Tensor box_ious(const torch::Tensor& box, const torch::Tensor& boxes) {
   return inter / (area(box) + area(boxes) - inter);
 }
 
-void check(const DetectionSettings& s) {
+}  // namespace
+
+void check_detection_settings(const DetectionSettings& s) {
   if (!(s.iou >= 0 && s.iou < 1)) throw Error("the IoU threshold must lie in [0, 1)");
   if (!(s.nms_iou > 0 && s.nms_iou <= 1)) throw Error("the NMS IoU must lie in (0, 1]");
   if (!(s.score_threshold >= 0 && s.score_threshold <= 1)) throw Error("the score threshold must lie in [0, 1]");
   if (s.max_boxes < 1) throw Error("max boxes must be at least 1");
 }
-
-}  // namespace
 
 float box_iou(const Detection& a, const Detection& b) {
   const float w = std::min(a.x1, b.x1) - std::max(a.x0, b.x0), h = std::min(a.y1, b.y1) - std::max(a.y0, b.y0);
@@ -123,7 +123,7 @@ float box_iou(const Detection& a, const Detection& b) {
 }
 
 std::vector<Detection> read_detections(const torch::IValue& output, int64_t image, const DetectionSettings& settings) {
-  check(settings);
+  check_detection_settings(settings);
   const Boxes b = candidates(output, image, settings.format);
   const auto boxes = b.boxes.detach().to(torch::kFloat32).contiguous();
   const auto labels = b.labels.detach().contiguous();
@@ -155,7 +155,7 @@ std::vector<Detection> read_detections(const torch::IValue& output, int64_t imag
 }
 
 Target detection_target(std::vector<Detection> references, const DetectionSettings& settings) {
-  check(settings);
+  check_detection_settings(settings);
   if (references.empty()) throw Error("a detection target needs at least one reference box");
   torch::Tensor refs = torch::empty({static_cast<int64_t>(references.size()), 4});
   for (size_t k = 0; k < references.size(); ++k) {
