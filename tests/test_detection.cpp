@@ -129,6 +129,39 @@ TEST(Detection, OneForwardForAllBoxes) {
   EXPECT_GT(pearson(given[0].maps[1].raw, e[0].maps[2].raw), 0.9999);
 }
 
+// A given box is checked against the candidate the target will score: written out by hand in YOLOv5's
+// layout (cx, cy, w, h, objectness, class scores), whose IoUs are known in closed form.
+TEST(Detection, AGivenBoxMatchesTheCandidateTheTargetScores) {
+  // Candidates: A = [0,0,10,10] class 0 score 0.9; B = [0,0,10,20] class 1 score 0.8; C = [20,20,30,30] class 0 score 0.3.
+  const auto rows = torch::tensor({5.f, 5.f, 10.f, 10.f, 1.f, 0.9f, 0.1f,   //
+                                   5.f, 10.f, 10.f, 20.f, 1.f, 0.2f, 0.8f,  //
+                                   25.f, 25.f, 10.f, 10.f, 1.f, 0.3f, 0.1f})
+                        .reshape({1, 3, 7});
+  DetectionSettings s;
+  s.format = DetectionFormat::YoloV5;
+  const torch::IValue out(rows);
+  // [0,0,10,12]: IoU 100/120 with A, 120/200 with B: A, of class 0.
+  const auto a = matched_detection(out, 0, {0, 0, 10, 12, 0, 1, {}}, s);
+  ASSERT_TRUE(a.has_value());
+  EXPECT_FLOAT_EQ(a->y1, 10);
+  EXPECT_EQ(a->cls, 0);
+  EXPECT_NEAR(a->score, 0.9, 1e-6);
+  // The same box as class 1: its best candidate is A, of another label, so nothing matches (not B).
+  EXPECT_FALSE(matched_detection(out, 0, {0, 0, 10, 12, 1, 1, {}}, s).has_value());
+  // [0,0,10,19]: B (IoU 190/200) of class 1.
+  const auto b = matched_detection(out, 0, {0, 0, 10, 19, 1, 1, {}}, s);
+  ASSERT_TRUE(b.has_value());
+  EXPECT_FLOAT_EQ(b->y1, 20);
+  EXPECT_NEAR(b->score, 0.8, 1e-6);
+  // C's score (0.3) is under the threshold, but the target searches every candidate: [21,21,30,30], IoU 0.81.
+  EXPECT_NEAR(matched_detection(out, 0, {21, 21, 30, 30, 0, 1, {}}, s)->score, 0.3, 1e-6);
+  // An IoU of 1/2 is not over the threshold of 1/2.
+  EXPECT_FALSE(matched_detection(out, 0, {20, 20, 30, 40, 0, 1, {}}, s).has_value());
+  // The target's value agrees: IoU + score of the matched candidate.
+  const auto y = detection_target({{0, 0, 10, 12, 0, 1, {}}}, s).fn(out);
+  EXPECT_NEAR(y.item<double>(), 100.0 / 120 + 0.9, 1e-5);
+}
+
 TEST(Detection, BadRequestsAreRefused) {
   const auto m = read_json(fixture("manifest_detection.json"));
   const std::string out = temp_dir("detection-bad");

@@ -178,6 +178,10 @@ class Model {
 
   // The underlying module (lumen's own copy; parameters have requires_grad = false).
   const torch::jit::Module& module() const;
+  // The module's own forward on `batch`, unrewritten, as an application calls it: the batch as that
+  // forward takes it (a tensor, or a List[Tensor] of images for a torchvision detector), the arguments
+  // after it at their defaults. What `lumen bench` times as the user's inference.
+  torch::IValue run_module(const torch::Tensor& batch) const;
 
  private:
   struct Impl;

@@ -9,6 +9,7 @@
 #include <lumen/map.h>
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -111,6 +112,10 @@ float box_iou(const Detection& a, const Detection& b);
 // copy that lost the object). Every row is scored against the same references (rows are one image or
 // its copies). Named "boxes", Target::boxes = the references.
 Target detection_target(std::vector<Detection> references, const DetectionSettings& settings = {});
+// The candidate of row `image` that detection_target scores for `reference` (its rule above, with its
+// score and label); nullopt when nothing matches, so y would be 0 — how a user's box is checked first.
+std::optional<Detection> matched_detection(const torch::IValue& output, int64_t image, const Detection& reference,
+                                           const DetectionSettings& settings = {});
 // One detection_target per detection of the (one) image in `output` that `settings` selects, named
 // "box-1", "box-2", ... best first: the maps of all a detector found, from one forward. Throws
 // lumen::Error for an output of several images.

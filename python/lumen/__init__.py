@@ -171,7 +171,7 @@ class Explainer:
         return _lumen._with_segmentation(opt, [classes] if isinstance(classes, int) else list(classes), mask, output)
 
     def _task(self, opt, task, classes, mask, region, output, score, counterfactual, contrast, similar_to, dissimilar, image_sizes_of,
-              detection=None):
+              detection):
         """The target a task asks for: classes (the default), segmentation, similarity or detection. image_sizes_of: a
         function giving each image's (width, height), called only for region=. detection: explain()'s detection
         settings (score_threshold, iou_threshold, max_boxes)."""
@@ -180,8 +180,6 @@ class Explainer:
         if task != "segmentation" and (mask is not None or region is not None):
             raise Error("mask= and region= belong to task='segmentation'")
         if task == "detection":
-            if detection is None:
-                raise Error("task='detection' is explain()'s: give the image(s) to explain()")
             if score != "logit" or counterfactual or contrast or output:
                 raise Error("task='detection' explains each box's score (IoU + the detector's score): no score=, "
                             "counterfactual, contrast or output=")
@@ -244,17 +242,26 @@ class Explainer:
     def explain_tensor(self, batch, sizes=None, sources=None, methods=("gradcam",), layers=None, top_k=1, classes=None, score="logit",
                        counterfactual=False, output="", aggregate="", layer_weights=None, contrast=False, box_threshold=0.15,
                        compat="papers", rows_per_pass=0, memory_mib=0, aug_smooth=False, nonlinearity="strict", tokens="",
-                       progress=None, similar_to=None, dissimilar=False, task="classification", mask=None, region=None, **settings):
+                       progress=None, similar_to=None, dissimilar=False, task="classification", mask=None, region=None,
+                       score_threshold=0.5, iou_threshold=0.5, max_boxes=100, detection_output="torchvision", **settings):
         """Explain an already preprocessed batch [N, C, H, W] (float32 numpy array or torch tensor), as pytorch-grad-cam's
         input_tensor. Maps come back at `sizes` ([(width, height)] per row; default: the input size). A 3-D network's
         batch [N, C, D, H, W] (clips, volumes) gives volume maps: .map is (D, H, W), .box is (x0, y0, z0, x1, y1, z1).
-        task, mask, region, similar_to: as explain(); region= is in the pixels of `sizes` (default: the input's)."""
+        task, mask, region, similar_to and the detection settings: as explain(); region= is in the pixels of `sizes`
+        (default: the input's). task="detection": each row is one forward (a detector's rows have their own boxes), the
+        rows as the detector takes them (torchvision's: RGB in [0, 1]); map.detections' boxes are in `sizes`' pixels."""
         if hasattr(batch, "detach"):
             batch = batch.detach().cpu().contiguous().numpy()
-        opt = self._options(methods, layers, top_k, classes, score, counterfactual, output, aggregate, layer_weights, contrast,
-                            box_threshold, compat, rows_per_pass, memory_mib, aug_smooth, nonlinearity, tokens, progress, settings)
+        opt = self._options(methods, layers, top_k, None if task == "detection" else classes, score, counterfactual, output,
+                            aggregate, layer_weights, contrast, box_threshold, compat, rows_per_pass, memory_mib, aug_smooth,
+                            nonlinearity, tokens, progress, settings)
         opt = self._task(opt, task, classes, mask, region, output, score, counterfactual, contrast, similar_to, dissimilar,
-                         lambda: [tuple(s) for s in sizes] if sizes is not None else [(batch.shape[-1], batch.shape[-2])])
+                         lambda: [tuple(s) for s in sizes] if sizes is not None else [(batch.shape[-1], batch.shape[-2])],
+                         dict(score_threshold=score_threshold, iou_threshold=iou_threshold, max_boxes=max_boxes,
+                              detection_output=detection_output))
+        if task == "detection":
+            return [e for i in range(len(batch)) for e in self._native._explain_tensor(
+                batch[i:i + 1], None if sizes is None else [sizes[i]], None if sources is None else [sources[i]], opt)]
         return self._native._explain_tensor(batch, sizes, sources, opt)
 
     def evaluate(self, data, out, methods=("gradcam",), layers=None, metrics=("loc", "pointing", "deletion", "insertion", "drop"),

@@ -106,6 +106,16 @@ torch::Tensor box_ious(const torch::Tensor& box, const torch::Tensor& boxes) {
   return inter / (area(box) + area(boxes) - inter);
 }
 
+// detection_target's rule: the candidate with the largest IoU, when it exceeds `iou` and has label
+// `cls`; -1 when none does.
+int64_t match(const torch::Tensor& ious, const torch::Tensor& labels, int64_t cls, double iou) {
+  if (ious.numel() == 0) return -1;
+  const int64_t best = ious.argmax().item<int64_t>();
+  return ious[best].item<double>() > iou && labels[best].item<int64_t>() == cls ? best : -1;
+}
+
+torch::Tensor box_tensor(const Detection& d) { return torch::tensor({d.x0, d.y0, d.x1, d.y1}); }
+
 }  // namespace
 
 void check_detection_settings(const DetectionSettings& s) {
@@ -161,7 +171,7 @@ Target detection_target(std::vector<Detection> references, const DetectionSettin
   for (size_t k = 0; k < references.size(); ++k) {
     const auto& r = references[k];
     if (!(r.x1 > r.x0 && r.y1 > r.y0)) throw Error("a reference box must have x0 < x1 and y0 < y1");
-    refs[static_cast<int64_t>(k)] = torch::tensor({r.x0, r.y0, r.x1, r.y1});
+    refs[static_cast<int64_t>(k)] = box_tensor(r);
   }
   Target t;
   t.name = "boxes";
@@ -175,19 +185,28 @@ Target detection_target(std::vector<Detection> references, const DetectionSettin
       // A row that matches nothing still depends on the scores (times zero), so that a batch in which
       // no row matches has a gradient of zeros rather than none.
       torch::Tensor y = b.scores.sum() * 0;
-      if (b.boxes.size(0) > 0) {
-        for (int64_t k = 0; k < refs.size(0); ++k) {
-          const auto ious = box_ious(refs[k].to(b.boxes.dtype()), b.boxes);
-          const int64_t best = ious.argmax().item<int64_t>();
-          if (ious[best].item<double>() > iou && b.labels[best].item<int64_t>() == references[static_cast<size_t>(k)].cls)
-            y = y + ious[best] + b.scores[best];
-        }
+      for (int64_t k = 0; k < refs.size(0); ++k) {
+        const auto ious = box_ious(refs[k].to(b.boxes.dtype()), b.boxes);
+        const int64_t best = match(ious, b.labels, references[static_cast<size_t>(k)].cls, iou);
+        if (best >= 0) y = y + ious[best] + b.scores[best];
       }
       rows.push_back(y.reshape({}));
     }
     return torch::stack(rows);
   };
   return t;
+}
+
+std::optional<Detection> matched_detection(const torch::IValue& output, int64_t image, const Detection& reference,
+                                           const DetectionSettings& settings) {
+  check_detection_settings(settings);
+  const Boxes b = candidates(output, image, settings.format);
+  const auto boxes = b.boxes.detach().to(torch::kFloat32);
+  const int64_t best = match(box_ious(box_tensor(reference), boxes), b.labels, reference.cls, settings.iou);
+  if (best < 0) return std::nullopt;
+  const auto r = boxes[best].contiguous();
+  const float* v = r.data_ptr<float>();
+  return Detection{v[0], v[1], v[2], v[3], b.labels[best].item<int64_t>(), b.scores[best].item<float>(), {}};
 }
 
 std::vector<Target> detection_targets(const torch::IValue& output, const DetectionSettings& settings) {

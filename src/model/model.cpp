@@ -367,6 +367,11 @@ void Model::check_input_size(const torch::Tensor& input) const {
 
 double Model::forward_seconds() const { return static_cast<double>(impl_->forward_ns.load()) * 1e-9; }
 const torch::jit::Module& Model::module() const { return impl_->module; }
+torch::IValue Model::run_module(const torch::Tensor& batch) const {
+  std::vector<torch::IValue> args{impl_->list_input ? torch::IValue(c10::List<torch::Tensor>(batch.unbind(0))) : torch::IValue(batch)};
+  args.insert(args.end(), impl_->trailing.begin(), impl_->trailing.end());
+  return impl_->module.get_method("forward")(std::move(args));
+}
 std::vector<std::string> Model::module_paths() const { return impl_->paths; }
 
 void Model::check_layer(const std::string& layer) const {

@@ -276,17 +276,27 @@ class ModuleTest(unittest.TestCase):
         [det] = net([x[0]])
         [r] = explainer.explain(image, layers=["backbone.2"], task="detection", score_threshold=0)
         self.assertEqual(len(r.maps), len(det["boxes"]))
+        refs = []
         for k, m in enumerate(r.maps):
             box = det["boxes"][k].detach()
             ious = torchvision.ops.box_iou(box[None], det["boxes"])[0]
             y = ious[ious.argmax()] + det["scores"][ious.argmax()]  # the box itself: IoU 1, its label
             g, = torch.autograd.grad(y, store["a"], retain_graph=True)
             ref = torch.relu((g.mean((2, 3), keepdim=True) * store["a"]).sum(1))[0].detach().numpy()
+            refs.append(ref)
             self.assertEqual(m.target, "box-%d" % (k + 1))
             self.assertEqual(m.detections[0]["cls"], int(det["labels"][k]))
             np.testing.assert_allclose(m.detections[0]["box"], (box * torch.tensor([96 / 64, 80 / 64] * 2)).numpy(), atol=0.05)
             self.assertAlmostEqual(m.target_value, float(y), places=3)
             self.assertGreater(np.corrcoef(m.raw.ravel(), ref.ravel())[0, 1], 0.999, k)
+        # The same boxes from the preprocessed tensor, one forward per row; boxes in the given sizes' pixels.
+        tensor_maps = explainer.explain_tensor(torch.cat([x, x]), sizes=[(64, 64), (128, 64)], layers=["backbone.2"], task="detection",
+                                               score_threshold=0)
+        self.assertEqual([len(t.maps) for t in tensor_maps], [len(det["boxes"])] * 2)
+        for k, (m, wide) in enumerate(zip(tensor_maps[0].maps, tensor_maps[1].maps)):
+            np.testing.assert_allclose(m.detections[0]["box"], det["boxes"][k].detach().numpy(), atol=0.05)
+            np.testing.assert_allclose(wide.detections[0]["box"], (det["boxes"][k].detach() * torch.tensor([2, 1] * 2)).numpy(), atol=0.05)
+            self.assertGreater(np.corrcoef(m.raw.ravel(), refs[k].ravel())[0, 1], 0.999, k)
         with self.assertRaisesRegex(lumen.Error, "explains each box's score"):
             explainer.explain(image, layers=["backbone.2"], task="detection", score="prob")
         with self.assertRaisesRegex(lumen.Error, "needs a detector's output"):

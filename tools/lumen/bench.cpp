@@ -135,11 +135,9 @@ void time_batch(const Args& a, const Model& user, const ExplainOptions& given, i
   torch::manual_seed(0);
   // A detector takes images in [0, 1] and normalises them itself; a list of them when its forward says so.
   const auto x = a.task == "detection" ? torch::rand(shape) : torch::randn(shape);
-  const auto& forward_args = user.module().get_method("forward").function().getSchema().arguments();
-  const bool list_input = forward_args.size() > 1 && forward_args[1].type()->isSubtypeOf(*c10::ListType::ofTensors());
   auto inference = [&] {
     c10::InferenceMode guard;
-    user.module().get_method("forward")({list_input ? torch::IValue(c10::List<torch::Tensor>(x.unbind(0))) : torch::IValue(x)});
+    user.run_module(x);
   };
   record(rows, "user's forward", batch, measure(inference, a.min_time, model, {}));
   auto lumen_forward = [&] {

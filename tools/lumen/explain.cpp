@@ -133,15 +133,11 @@ std::function<std::vector<Target>(const torch::IValue&, int64_t)> detection_targ
   const float sy = static_cast<float>(input.height) / static_cast<float>(image.height);
   Detection box{a.box[0] * sx, a.box[1] * sy, a.box[2] * sx, a.box[3] * sy, a.classes.front(), 1.0f, {}};
   return [a, box, settings](const torch::IValue& output, int64_t) {
-    // The detection the target will score: the largest IoU with the box, as detection_target picks it.
-    DetectionSettings all = settings;
-    all.score_threshold = 0;
-    const auto found = read_detections(output, 0, all);
-    const auto best = std::max_element(found.begin(), found.end(), [&](const Detection& p, const Detection& q) { return box_iou(box, p) < box_iou(box, q); });
-    if (best == found.end() || !(box_iou(box, *best) > a.iou_threshold) || best->cls != box.cls) {
+    const auto best = matched_detection(output, 0, box, settings);
+    if (!best) {
       std::ostringstream what;
       what << "no detection of class " << box.cls << " overlaps --box " << a.box[0] << "," << a.box[1] << "," << a.box[2] << "," << a.box[3]
-           << " best by IoU > " << a.iou_threshold << " (" << found.size() << " detections; lower --iou-threshold, or check the box is in image pixels)";
+           << " best by IoU > " << a.iou_threshold << " (lower --iou-threshold, or check the box is in image pixels)";
       throw Error(what.str());
     }
     Target t = detection_target({box}, settings);
