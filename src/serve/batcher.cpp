@@ -47,9 +47,10 @@ std::deque<std::shared_ptr<Job>> Batcher::take_batch(std::unique_lock<std::mutex
   std::deque<std::shared_ptr<Job>> batch;
   batch.push_back(queue_.front());
   queue_.pop_front();
+  if (batch.front()->alone) return batch;
   const auto gather = [&] {
     for (auto it = queue_.begin(); it != queue_.end() && batch.size() < max_batch_;) {
-      if ((*it)->key == batch.front()->key) {
+      if ((*it)->key == batch.front()->key && !(*it)->alone) {
         batch.push_back(*it);
         it = queue_.erase(it);
       } else {
@@ -91,10 +92,12 @@ void Batcher::run_batch(std::deque<std::shared_ptr<Job>>& batch) {
     }
   }
   if (jobs.empty()) return;
-  std::vector<cv::Mat> images;
+  std::vector<torch::Tensor> inputs;
+  std::vector<cv::Size> sizes;
   std::vector<std::string> sources;
   for (auto& job : jobs) {
-    images.push_back(job->image);
+    inputs.push_back(job->input);
+    sizes.push_back(job->image.size());
     sources.push_back(job->source);
     job->state = 1;
     job->batched_with = static_cast<int>(jobs.size());
@@ -111,7 +114,7 @@ void Batcher::run_batch(std::deque<std::shared_ptr<Job>>& batch) {
     if (!wanted) throw Cancelled("cancelled");
   };
   try {
-    auto explained = explainer_.explain(images, options, sources);
+    auto explained = explainer_.explain_tensor(torch::cat(inputs), options, sizes, sources);
     for (size_t i = 0; i < jobs.size(); ++i) {
       jobs[i]->state = 2;
       if (jobs[i]->wanted()) jobs[i]->result.set_value(std::move(explained[i]));

@@ -27,9 +27,11 @@ using Clock = std::chrono::steady_clock;
 
 struct Job {
   cv::Mat image;                                 // BGR, decoded
+  torch::Tensor input;                           // [1, C, H, W]: the image preprocessed for the model
   std::string source;                            // file name or data id
   std::shared_ptr<const ExplainOptions> options;
   std::string key;                               // jobs with equal keys may share a batch
+  bool alone = false;                            // runs in a batch of its own (Params::alone)
   Clock::time_point deadline;
   std::promise<ImageExplanation> result;         // an exception when it failed or was cancelled
 

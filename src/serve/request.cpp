@@ -75,6 +75,31 @@ std::string choice(const nlohmann::json& params, const std::string& key, const s
   return v;
 }
 
+// "task" as the CLI's --task: segmentation explains each class's scores summed over the pixels the
+// batch's own output predicts as it; detection explains every box the detector finds, from a forward
+// per image.
+void apply_task(const std::string& task, const DetectionSettings& detection, const nlohmann::json& params, ExplainOptions& opt, Params& p) {
+  const bool detection_keys = params.contains("score_threshold") || params.contains("iou_threshold") || params.contains("max_boxes") ||
+                              params.contains("detection_output");
+  if (task != "detection" && detection_keys)
+    throw HttpError(400, "score_threshold, iou_threshold, max_boxes and detection_output belong to \"task\": \"detection\"");
+  if (task == "classification") return;
+  const bool scored = params.contains("target") || params.contains("counterfactual") || params.contains("contrast") || params.contains("top_k");
+  if (task == "segmentation") {
+    if (opt.classes.empty()) throw HttpError(400, "\"task\": \"segmentation\" needs \"classes\": the classes whose pixels are explained");
+    if (scored) throw HttpError(400, "\"task\": \"segmentation\" explains the sum of a class's scores over its pixels; it takes no target, "
+                                     "counterfactual, contrast or top_k");
+    for (const int64_t c : opt.classes) opt.targets.push_back(segmentation_target(c));
+    return;
+  }
+  if (scored) throw HttpError(400, "\"task\": \"detection\" explains each box's score (IoU + the detector's score); it takes no target, "
+                                   "counterfactual, contrast or top_k (\"classes\" picks the labels)");
+  DetectionSettings s = detection;
+  s.classes = opt.classes;
+  opt.targets_from_output = [s](const torch::IValue& output, int64_t) { return detection_targets(output, s); };
+  p.alone = true;
+}
+
 }  // namespace
 
 nlohmann::json parse_params_json(const std::string& text) {
@@ -92,6 +117,8 @@ nlohmann::json parse_params_json(const std::string& text) {
 Params read_params(const nlohmann::json& params, const ServedModel& model) {
   Params p;
   auto opt = std::make_shared<ExplainOptions>();
+  std::string task = "classification";
+  DetectionSettings detection;
   nlohmann::json key = nlohmann::json::object();
   for (const auto& [name, value] : params.items()) {
     if (!presentation_keys().count(name)) key[name] = value;
@@ -115,6 +142,11 @@ Params read_params(const nlohmann::json& params, const ServedModel& model) {
       if (!value.is_object()) throw HttpError(400, "parameter \"settings\" must be an object of method settings by name");
       for (const auto& [s, v] : value.items()) opt->settings.set(s, v);
     } else if (is_setting(name)) opt->settings.set(name, value);
+    else if (name == "task") task = choice(params, name, {"classification", "segmentation", "detection"});
+    else if (name == "score_threshold") detection.score_threshold = static_cast<float>(finite_in(params, name, 0, 1));
+    else if (name == "iou_threshold") detection.iou = finite_in(params, name, 0, 0.999);
+    else if (name == "max_boxes") detection.max_boxes = static_cast<int>(finite_in(params, name, 1, 1000));
+    else if (name == "detection_output") detection.format = parse_detection_format(choice(params, name, {"torchvision", "yolov5", "yolov8"}));
     else if (name == "raw") p.raw = get_as<bool>(params, name, "true or false");
     else if (name == "pictures") p.pictures = get_as<bool>(params, name, "true or false");
     else if (name == "plain") p.render.plain = get_as<bool>(params, name, "true or false");
@@ -131,6 +163,7 @@ Params read_params(const nlohmann::json& params, const ServedModel& model) {
   if (!opt->classes.empty() && params.contains("top_k")) throw HttpError(400, "give \"classes\" or \"top_k\", not both");
   for (const auto c : opt->classes)
     if (c < 0) throw HttpError(400, "parameter \"classes\" holds a negative class index");
+  apply_task(task, detection, params, *opt, p);
   if (opt->layers.empty() && !model.default_layer.empty()) opt->layers.push_back(model.default_layer);
   for (const auto& l : opt->layers) {
     try {

@@ -186,13 +186,23 @@ class Server {
   // One Grad-CAM at the default layer for every batch size the batcher can form, before the first
   // request: each new batch shape makes LibTorch and oneDNN build and keep kernels and buffers, which
   // otherwise show as memory growing and slow answers during the first minutes of serving.
+  // A model whose output is no [N, classes] score (a detector, a segmenter) has no default target to
+  // warm up with: its forwards are warmed alone.
   void warm_up(const ServedModel& m) const {
     if (m.default_layer.empty()) return;
     const auto& pre = m.explainer.preprocess();
     ExplainOptions opt;
     opt.layers = {m.default_layer};
     const cv::Mat grey(pre.height, pre.width, CV_8UC3, cv::Scalar(128, 128, 128));
-    for (int n = 1; n <= options_.max_batch; ++n) m.explainer.explain(std::vector<cv::Mat>(static_cast<size_t>(n), grey), opt);
+    for (int n = 1; n <= options_.max_batch; ++n) {
+      const std::vector<cv::Mat> images(static_cast<size_t>(n), grey);
+      torch::IValue output;
+      {
+        torch::NoGradGuard no_grad;
+        output = m.explainer.model().forward(to_batch(images, pre)).output;
+      }
+      if (output.isTensor() && output.toTensor().dim() == 2) m.explainer.explain(images, opt);
+    }
   }
 
   int run() {
@@ -399,10 +409,13 @@ class Server {
     const auto deadline = start + std::chrono::microseconds(static_cast<int64_t>(options_.limits.request_seconds * 1e6));
     auto add_job = [&](cv::Mat image, const std::string& source) {
       auto job = std::make_shared<Job>();
+      // Preprocessed here, on the request's own thread, while the batcher's thread runs the model.
+      job->input = to_batch({image}, served->model.explainer.preprocess());
       job->image = std::move(image);
       job->source = source;
       job->options = p.options;
       job->key = p.key;
+      job->alone = p.alone;
       job->deadline = deadline;
       jobs.push_back(job);
     };

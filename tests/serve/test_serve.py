@@ -35,6 +35,7 @@ DATA = os.path.join(SHARED, "data", "imagenet-loc-dev")
 PETS = os.path.join(SHARED, "images", "pets.jpg")
 ARTIFACTS = os.path.join(BUILD, "test-artifacts", "serve")
 ENV = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+FIXTURES = os.environ.get("LUMEN_FIXTURES_DIR", os.path.join(BUILD, "fixtures"))  # the detection and targets topics
 # The dogs of pets.jpg (512x430), measured once on the photo: x0, y0, x1, y1.
 GREYHOUND = (100, 10, 265, 300)   # class 171, left
 BOSTON_BULL = (340, 160, 500, 370)  # class 195, right
@@ -300,6 +301,90 @@ class Api(unittest.TestCase):
         self.assertEqual(s, 409, brief(a))
         self.assertIn("cancelled", a["error"])
         self.assertEqual(request(self.server.url + "/api/jobs/" + job)[0], 404)
+
+
+class Tasks(unittest.TestCase):
+    """"task": "detection" and "segmentation" on the fixtures' small detector (a Faster R-CNN loaded with
+    torchvision's operators) and segmenter: the boxes are the detector's own, and every map equals the
+    CLI's --task map for the same image (the CLI's maps are checked against PyTorch references in
+    test_detection and test_cli)."""
+
+    @classmethod
+    def setUpClass(cls):
+        with open(os.path.join(FIXTURES, "manifest_detection.json")) as f:
+            cls.det = json.load(f)
+        cls.work = tempfile.TemporaryDirectory()
+        cls.detector = ["--model", os.path.join(FIXTURES, cls.det["model"]), "--card", os.path.join(FIXTURES, cls.det["card"]),
+                        "--ops-library", cls.det["ops_library"]]
+        cls.segmenter = ["--model", os.path.join(FIXTURES, "tiny_segmenter.pt"), "--card", os.path.join(FIXTURES, "small_card.json")]
+        cls.server = Server(*cls.detector, *cls.segmenter)
+        ids = [m["id"] for m in request(cls.server.url + "/api/models")[2]["models"]]
+        cls.detector_id, cls.segmenter_id = ids[1], ids[2]
+
+    @classmethod
+    def tearDownClass(cls):
+        code, out, err = cls.server.stop()
+        assert code == 0, (code, err)
+
+    def cli(self, name, model, args):
+        out = os.path.join(self.work.name, name)
+        subprocess.run([LUMEN, "explain", *model, "--forward-mode", "plain", "--out", out, "--quiet", *args], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+        return out
+
+    def test_detection(self):
+        cat = os.path.join(SHARED, "images", "cat.png")
+        params = {"model": self.detector_id, "task": "detection", "score_threshold": 0, "max_boxes": 3, "layers": self.det["layer"],
+                  "raw": True}
+        s, _, a = explain(self.server, params, [PETS, cat])
+        self.assertEqual(s, 200, brief(a))
+        pets = a["images"][0]
+        # Each image had a forward of its own, and its boxes are the detector's, best first.
+        self.assertEqual([i["batched_with"] for i in a["images"]], [1, 1])
+        self.assertEqual(len(pets["maps"]), 3)
+        for m, want in zip(pets["maps"], self.det["boxes"]):
+            [d] = m["detections"]
+            np.testing.assert_allclose(d["box"], want["box"], atol=0.01)
+            self.assertEqual(d["class"], want["class"])
+            self.assertAlmostEqual(d["score"], want["score"], places=4)
+            self.assertTrue(base64.b64decode(m["overlay_png"]).startswith(b"\x89PNG"))
+        out = self.cli("det", self.detector, ["--image", PETS, "--layer", self.det["layer"], "--task", "detection", "--score-threshold", "0",
+                                              "--max-boxes", "3"])
+        for m in pets["maps"]:
+            cli = np.load(os.path.join(out, "pets.gradcam.%s.%s.npy" % (self.det["layer"], m["target"])))
+            np.testing.assert_allclose(decoded_map(m), cli, atol=1e-5, err_msg=m["target"])
+        # classes picks the labels explained; none of them found is an empty answer, not an error.
+        s, _, a = explain(self.server, {**params, "classes": [1]}, [PETS])
+        self.assertEqual(s, 200, brief(a))
+        self.assertTrue(all(m["detections"][0]["class"] == 1 for m in a["maps"]))
+
+    def test_segmentation(self):
+        cat = os.path.join(SHARED, "images", "cat.png")
+        s, _, a = explain(self.server, {"model": self.segmenter_id, "task": "segmentation", "classes": [2], "layers": "conv2", "raw": True},
+                          [cat, PETS])
+        self.assertEqual(s, 200, brief(a))
+        self.assertEqual([i["batched_with"] for i in a["images"]], [2, 2])  # one forward for both
+        out = self.cli("seg", self.segmenter, ["--image", cat, PETS, "--layer", "conv2", "--task", "segmentation", "--class", "2"])
+        for image in a["images"]:
+            [m] = image["maps"]
+            self.assertEqual(m["target"], "seg-2")
+            stem = os.path.splitext(image["source"])[0]
+            np.testing.assert_allclose(decoded_map(m), np.load(os.path.join(out, stem + ".gradcam.conv2.seg-2.npy")), atol=1e-5)
+
+    def test_bad_task_requests(self):
+        cases = [
+            ({"model": self.segmenter_id, "task": "segmentation"}, "needs \"classes\""),
+            ({"model": self.segmenter_id, "task": "segmentation", "classes": [1], "counterfactual": True}, "takes no target"),
+            ({"model": self.detector_id, "task": "detection", "counterfactual": True}, "each box's score"),
+            ({"model": self.detector_id, "score_threshold": 0.2}, "belong to"),
+            ({"model": self.detector_id, "task": "detection", "score_threshold": 2}, "score_threshold"),
+            ({"model": self.detector_id, "task": "tracking"}, "task"),
+            ({"model": self.detector_id}, "not a tensor of class scores"),  # a detector's output is no class score
+        ]
+        for params, says in cases:
+            s, _, a = explain(self.server, params, [PETS])
+            self.assertEqual(s, 400, (params, a))
+            self.assertIn(says, a["error"])
 
 
 class Limits(unittest.TestCase):
