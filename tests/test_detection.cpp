@@ -64,10 +64,12 @@ TEST(Detection, EveryBoxMatchesTheBoxScoreReference) {
 
 // A YOLO-style raw output ([N, B, 5 + C] and [N, 4 + C, B]), from TorchScript and from ONNX: decoded,
 // NMS'd, and each kept box's Grad-CAM for the box-score target over every candidate, against PyTorch.
+// And the same network exported with its NMS inside (ONNX NonMaxSuppression, rows of [N, K, 6]).
 TEST(Detection, RawYoloOutputsMatchTheReference) {
   const auto m = read_json(fixture("manifest_detection.json"))["yolo"];
+  ASSERT_EQ(m["cases"].size(), 3u);
   for (const auto& c : m["cases"])
-    for (const std::string ext : {".pt", ".onnx"}) {
+    for (const std::string ext : c["files"]) {
       const std::string name = c["model"].get<std::string>() + ext, out = temp_dir("yolo-" + name);
       auto r = run_cli("explain --model " + q(fixture(name)) + " --card " + q(fixture(m["card"].get<std::string>())) + " --image " +
                        q(m["image"].get<std::string>()) + " --layer " + m["layer"].get<std::string>() + " --task detection --detection-output " +

@@ -161,6 +161,24 @@ TEST(Onnx, TinyModelMatchesEagerWithExternalDataInsideItsFolder) {
   }
 }
 
+// NonMaxSuppression (a detector exported with its NMS inside): centre boxes with a per-class limit and
+// a score threshold, and corner boxes in (y0, x0, y1, x1) order, against torchvision's nms per class.
+TEST(Onnx, NonMaxSuppressionMatchesTorchvision) {
+  for (const std::string tag : {"centre", "corners"}) {
+    SCOPED_TRACE(tag);
+    const Model model = Model::load(fixture("onnx_nms_" + tag + ".onnx"));
+    const cv::Mat boxes = read_npy(fixture("onnx_nms_" + tag + "_boxes.npy"));
+    const cv::Mat want = read_npy(fixture("onnx_nms_" + tag + "_selected.npy"));
+    const auto x = torch::from_blob(boxes.data, {1, boxes.rows, 4}, torch::kFloat32).clone();
+    const auto got = model.forward(x).output.toTensor();
+    ASSERT_EQ(got.scalar_type(), torch::kInt64);
+    ASSERT_EQ(got.size(0), want.rows);
+    ASSERT_GT(want.rows, 2);
+    for (int r = 0; r < want.rows; ++r)
+      for (int c = 0; c < 3; ++c) EXPECT_EQ(got[r][c].item<int64_t>(), static_cast<int64_t>(want.at<float>(r, c))) << r << "," << c;
+  }
+}
+
 TEST(Onnx, BadFilesGiveOneClearError) {
   const std::string dir = fixture("onnx_bad/");
   struct Case {
@@ -171,7 +189,7 @@ TEST(Onnx, BadFilesGiveOneClearError) {
       {"truncated.onnx", {"not an ONNX model", "truncated"}},
       {"not_onnx.onnx", {"not an ONNX model"}},
       {"empty.onnx", {"is empty"}},
-      {"unsupported_ops.onnx", {"2 node(s) lumen cannot run", "TopK at node 'topk_node' (TopK, opset 13)", "NonMaxSuppression at node 'nms_node'"}},
+      {"unsupported_ops.onnx", {"2 node(s) lumen cannot run", "TopK at node 'topk_node' (TopK, opset 13)", "RoiAlign at node 'roi_node'"}},
       {"opset9.onnx", {"opset 9", "opsets 11 to 17"}},
       {"absurd_shape.onnx", {"impossible shape", "1099511627776"}},
       {"inner/external_escape.onnx", {"'../secret.bin' lies outside the model's folder"}},

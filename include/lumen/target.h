@@ -84,10 +84,12 @@ Target similarity_target(torch::Tensor concept, bool dissimilar = false, OutputS
 // - YoloV5: the raw [N, B, 5 + C] tensor of YOLOv5-style exports: per candidate cx, cy, w, h (input
 //   pixels), objectness, C class probabilities; score = objectness x class probability.
 // - YoloV8: the raw [N, 4 + C, B] tensor of YOLOv8-style exports: cx, cy, w, h, C class probabilities.
+// - Boxes: [N, K, 6] rows x0, y0, x1, y1, score, class of a model that selects its own boxes (an export
+//   that ends in NMS, such as ONNX's NonMaxSuppression); like torchvision's, they get no NMS here.
 // A YOLO candidate's label is its best class. The detections of a raw output are its candidates
 // scoring at least `score_threshold` after class-aware NMS at `nms_iou` (OpenCV's NMSBoxes).
-enum class DetectionFormat { Torchvision, YoloV5, YoloV8 };
-DetectionFormat parse_detection_format(const std::string& name);  // "torchvision" | "yolov5" | "yolov8"
+enum class DetectionFormat { Torchvision, YoloV5, YoloV8, Boxes };
+DetectionFormat parse_detection_format(const std::string& name);  // "torchvision" | "yolov5" | "yolov8" | "boxes"
 std::string to_string(DetectionFormat format);
 
 struct DetectionSettings {

@@ -221,7 +221,8 @@ class Explainer:
         task="detection" (a torchvision detector; lumen.load_ops_library first): one map per box found scoring at least
             score_threshold (at most max_boxes; of classes= when given), each explaining pytorch-grad-cam's
             FasterRCNNBoxScoreTarget for its box (iou_threshold); map.detections holds the box. Images go one per forward.
-            detection_output: "torchvision" (dicts), or a raw YOLO tensor, "yolov5" ([N, B, 5+C]) or "yolov8" ([N, 4+C, B]).
+            detection_output: "torchvision" (dicts), or a raw YOLO tensor, "yolov5" ([N, B, 5+C]) or "yolov8" ([N, 4+C, B]),
+            or "boxes" ([N, K, 6]: x0, y0, x1, y1, score, class of a model that ran its own NMS).
         Returns one ImageExplanation per image (.predictions, .maps, result["gradcam"], .to_dict()).
         """
         single = not isinstance(images, (list, tuple))

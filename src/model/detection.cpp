@@ -13,7 +13,8 @@ DetectionFormat parse_detection_format(const std::string& name) {
   if (name == "torchvision") return DetectionFormat::Torchvision;
   if (name == "yolov5") return DetectionFormat::YoloV5;
   if (name == "yolov8") return DetectionFormat::YoloV8;
-  throw Error("unknown detection output '" + name + "' (expected torchvision, yolov5 or yolov8)");
+  if (name == "boxes") return DetectionFormat::Boxes;
+  throw Error("unknown detection output '" + name + "' (expected torchvision, yolov5, yolov8 or boxes)");
 }
 
 std::string to_string(DetectionFormat format) {
@@ -21,6 +22,7 @@ std::string to_string(DetectionFormat format) {
     case DetectionFormat::Torchvision: return "torchvision";
     case DetectionFormat::YoloV5: return "yolov5";
     case DetectionFormat::YoloV8: return "yolov8";
+    case DetectionFormat::Boxes: return "boxes";
   }
   return "?";
 }
@@ -44,7 +46,7 @@ c10::List<c10::IValue> detection_list(const torch::IValue& output) {
     for (const auto& e : output.toTupleRef().elements())
       if (is_dicts(e)) return e.toList();
   throw Error("--task detection needs a detector's output (a list of dicts with boxes, labels and scores, as torchvision's "
-              "detectors give, or a raw YOLO tensor with --detection-output yolov5|yolov8); this model returns " +
+              "detectors give, or a YOLO tensor with --detection-output yolov5|yolov8|boxes); this model returns " +
               output.type()->annotation_str());
 }
 
@@ -57,22 +59,26 @@ Boxes torchvision_boxes(const c10::List<c10::IValue>& list, int64_t image) {
   return {entry("boxes"), entry("labels").to(torch::kInt64), entry("scores")};
 }
 
-// A raw YOLO output [N, B, 5 + C] (v5) or [N, 4 + C, B] (v8) as [N, B, 4 + 1 + C] rows.
+// A YOLO output [N, B, 5 + C] (v5) or [N, 4 + C, B] (v8) as [N, B, 4 + 1 + C] rows; [N, K, 6] (boxes) as it is.
 torch::Tensor yolo_tensor(const torch::IValue& output, DetectionFormat format) {
   torch::Tensor t;
   if (output.isTensor()) t = output.toTensor();
   else if (output.isTuple() && !output.toTupleRef().elements().empty() && output.toTupleRef().elements()[0].isTensor())
     t = output.toTupleRef().elements()[0].toTensor();  // exports that also return the per-level maps
   const int64_t fixed = format == DetectionFormat::YoloV5 ? 5 : 4;
-  if (!t.defined() || t.dim() != 3)
-    throw Error("--detection-output " + to_string(format) + " needs a [N, " + (format == DetectionFormat::YoloV5 ? "B, 5 + C" : "4 + C, B") +
-                "] tensor; this model returns " + (t.defined() ? "a tensor of shape " + c10::str(t.sizes()) : output.type()->annotation_str()));
+  const bool boxes = format == DetectionFormat::Boxes;
+  if (!t.defined() || t.dim() != 3 || (boxes && t.size(2) != 6))
+    throw Error("--detection-output " + to_string(format) + " needs a [N, " +
+                (boxes ? "K, 6" : format == DetectionFormat::YoloV5 ? "B, 5 + C" : "4 + C, B") + "] tensor; this model returns " +
+                (t.defined() ? "a tensor of shape " + c10::str(t.sizes()) : output.type()->annotation_str()));
+  if (boxes) return t;
   if (format == DetectionFormat::YoloV8) t = t.transpose(1, 2);
   if (t.size(2) <= fixed) throw Error("the detector's output has shape " + c10::str(t.sizes()) + ": no class columns after the box");
   return t;
 }
 
 Boxes yolo_boxes(const torch::Tensor& rows, DetectionFormat format) {
+  if (format == DetectionFormat::Boxes) return {rows.slice(1, 0, 4), rows.select(1, 5).round().to(torch::kInt64), rows.select(1, 4)};
   const auto c = rows.slice(1, 0, 2), half = rows.slice(1, 2, 4) / 2;
   const auto boxes = torch::cat({c - half, c + half}, 1);
   auto probs = format == DetectionFormat::YoloV5 ? rows.slice(1, 5) * rows.slice(1, 4, 5) : rows.slice(1, 4);
@@ -143,7 +149,7 @@ std::vector<Detection> read_detections(const torch::IValue& output, int64_t imag
     const float* r = boxes.data_ptr<float>() + 4 * j;
     all.push_back({r[0], r[1], r[2], r[3], labels.data_ptr<int64_t>()[j], scores.data_ptr<float>()[j], {}});
   }
-  if (settings.format == DetectionFormat::Torchvision) return all;  // the model ran its own NMS
+  if (settings.format == DetectionFormat::Torchvision || settings.format == DetectionFormat::Boxes) return all;  // the model ran its own NMS
   // Class-aware NMS as YOLO's own: each class's boxes are moved apart by an offset larger than the
   // image, so that one call never suppresses across classes.
   // The threshold is applied here ("at least", as for torchvision's outputs); NMSBoxes keeps scores

@@ -146,7 +146,7 @@ Params read_params(const nlohmann::json& params, const ServedModel& model) {
     else if (name == "score_threshold") detection.score_threshold = static_cast<float>(finite_in(params, name, 0, 1));
     else if (name == "iou_threshold") detection.iou = finite_in(params, name, 0, 0.999);
     else if (name == "max_boxes") detection.max_boxes = static_cast<int>(finite_in(params, name, 1, 1000));
-    else if (name == "detection_output") detection.format = parse_detection_format(choice(params, name, {"torchvision", "yolov5", "yolov8"}));
+    else if (name == "detection_output") detection.format = parse_detection_format(choice(params, name, {"torchvision", "yolov5", "yolov8", "boxes"}));
     else if (name == "raw") p.raw = get_as<bool>(params, name, "true or false");
     else if (name == "pictures") p.pictures = get_as<bool>(params, name, "true or false");
     else if (name == "plain") p.render.plain = get_as<bool>(params, name, "true or false");

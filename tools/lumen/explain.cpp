@@ -575,8 +575,9 @@ Command add_explain(CLI::App& app) {
       ->check(CLI::Range(0.0, 0.999));
   sub->add_option("--detection-output", a->detection_output,
                   "--task detection: the output's form: torchvision (default: a list of dicts with boxes, labels, scores), yolov5 (a raw "
-                  "[N, B, 5+C] tensor: cx, cy, w, h, objectness, classes) or yolov8 ([N, 4+C, B]); raw outputs get class-aware NMS at IoU 0.45")
-      ->check(CLI::IsMember({"torchvision", "yolov5", "yolov8"}));
+                  "[N, B, 5+C] tensor: cx, cy, w, h, objectness, classes) or yolov8 ([N, 4+C, B]), which get class-aware NMS at IoU 0.45; or "
+                  "boxes ([N, K, 6]: x0, y0, x1, y1, score, class of a model that ran its own NMS)")
+      ->check(CLI::IsMember({"torchvision", "yolov5", "yolov8", "boxes"}));
   sub->add_option("--max-boxes", a->max_boxes, "--task detection: explain at most this many boxes, the best (100)")->check(CLI::Range(1, 10000));
   sub->add_option("--reference", a->references,
                   "--task similarity: reference image(s), whose mean embedding is the concept, or one embedding .npy ([D] or [1, D])");

@@ -138,6 +138,7 @@ const OpTable& op_writers() {
     add_convolution_ops(t);
     add_math_ops(t);
     add_shape_ops(t);
+    add_detection_ops(t);
     return t;
   }();
   return table;

@@ -88,6 +88,7 @@ std::optional<std::string> axes_of(NodeWriter& w, size_t input, int64_t input_fr
 void add_convolution_ops(OpTable& t);   // Conv, ConvTranspose, pooling, normalisation
 void add_math_ops(OpTable& t);          // activations, arithmetic, Gemm/MatMul, reductions, softmax
 void add_shape_ops(OpTable& t);         // reshaping, slicing, gathering, padding, resizing, casting
+void add_detection_ops(OpTable& t);     // NonMaxSuppression
 const OpTable& op_writers();
 
 }  // namespace lumen::detail

@@ -67,6 +67,19 @@ void write_reduce(NodeWriter& w, const std::string& fn) {
   w.ret("torch." + fn + "(" + x + ", " + *axes + ", " + (keep ? "True" : "False") + ")");
 }
 
+// ArgMax/ArgMin: the first index of the extreme along `axis` (torch's, like ONNX's default); the last
+// one (select_last_index) is the first of the reversed axis, counted from the end.
+void write_arg(NodeWriter& w, const std::string& fn) {
+  const std::string x = w.in(0);
+  const std::string axis = lit(w.node.attr_int("axis", 0)), keep = w.node.attr_int("keepdims", 1) ? "True" : "False";
+  if (!w.node.attr_int("select_last_index", 0)) {
+    w.ret("torch." + fn + "(" + x + ", " + axis + ", " + keep + ")");
+    return;
+  }
+  w.line("n = " + x + ".size(" + axis + ")");
+  w.ret("n - 1 - torch." + fn + "(" + x + ".flip([" + axis + "]), " + axis + ", " + keep + ")");
+}
+
 void write_softmax(NodeWriter& w, const std::string& fn) {
   const std::string x = w.in(0);
   const int64_t axis = w.node.attr_int("axis", w.opset >= 13 ? -1 : 1);
@@ -135,6 +148,8 @@ void add_math_ops(OpTable& t) {
   t["ReduceSum"] = [](NodeWriter& w) { write_reduce(w, "sum"); };
   t["ReduceMax"] = [](NodeWriter& w) { write_reduce(w, "amax"); };
   t["ReduceMin"] = [](NodeWriter& w) { write_reduce(w, "amin"); };
+  t["ArgMax"] = [](NodeWriter& w) { write_arg(w, "argmax"); };
+  t["ArgMin"] = [](NodeWriter& w) { write_arg(w, "argmin"); };
   t["Softmax"] = [](NodeWriter& w) { write_softmax(w, "softmax"); };
   t["LogSoftmax"] = [](NodeWriter& w) { write_softmax(w, "log_softmax"); };
 }
