@@ -194,14 +194,13 @@ class Server {
     ExplainOptions opt;
     opt.layers = {m.default_layer};
     const cv::Mat grey(pre.height, pre.width, CV_8UC3, cv::Scalar(128, 128, 128));
+    torch::NoGradGuard no_grad;  // explain records the gradients it needs itself
+    const torch::IValue first = m.explainer.model().forward(to_batch({grey}, pre)).output;
+    const bool scores = first.isTensor() && first.toTensor().dim() == 2;
     for (int n = 1; n <= options_.max_batch; ++n) {
       const std::vector<cv::Mat> images(static_cast<size_t>(n), grey);
-      torch::IValue output;
-      {
-        torch::NoGradGuard no_grad;
-        output = m.explainer.model().forward(to_batch(images, pre)).output;
-      }
-      if (output.isTensor() && output.toTensor().dim() == 2) m.explainer.explain(images, opt);
+      if (scores) m.explainer.explain(images, opt);
+      else m.explainer.model().forward(to_batch(images, pre));
     }
   }
 

@@ -80,6 +80,15 @@ void write_arg(NodeWriter& w, const std::string& fn) {
   w.ret("n - 1 - torch." + fn + "(" + x + ".flip([" + axis + "]), " + axis + ", " + keep + ")");
 }
 
+// TopK: the k largest (or smallest) along `axis`, and their indices; sorted either way, as torch.topk
+// returns them (ONNX leaves the order unspecified when sorted=0).
+void write_topk(NodeWriter& w) {
+  const std::string x = w.in(0), k = w.ints(1);
+  const std::string largest = w.node.attr_int("largest", 1) ? "True" : "False";
+  w.line("values, indices = torch.topk(" + x + ", " + k + "[0], " + lit(w.node.attr_int("axis", -1)) + ", " + largest + ", True)");
+  w.ret(w.node.outputs.size() > 1 ? "values, indices" : "values");
+}
+
 void write_softmax(NodeWriter& w, const std::string& fn) {
   const std::string x = w.in(0);
   const int64_t axis = w.node.attr_int("axis", w.opset >= 13 ? -1 : 1);
@@ -150,6 +159,7 @@ void add_math_ops(OpTable& t) {
   t["ReduceMin"] = [](NodeWriter& w) { write_reduce(w, "amin"); };
   t["ArgMax"] = [](NodeWriter& w) { write_arg(w, "argmax"); };
   t["ArgMin"] = [](NodeWriter& w) { write_arg(w, "argmin"); };
+  t["TopK"] = write_topk;
   t["Softmax"] = [](NodeWriter& w) { write_softmax(w, "softmax"); };
   t["LogSoftmax"] = [](NodeWriter& w) { write_softmax(w, "log_softmax"); };
 }
