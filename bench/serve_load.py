@@ -1,6 +1,6 @@
 """lumen serve under load, against lumen bench in the same run (docs/serve.md).
 
-    /usr/bin/python3 bench/serve_load.py [--build build] [--shared ../shared] [--clients 8] [--requests 100]
+    /usr/bin/python3 bench/serve_load.py [--build build] [--shared ../shared] [--clients 8] [--requests 100] [--pictures no,yes] [--serve-args "--workers 1"]
 
 Starts `lumen serve` on a free port, then --clients threads each send --requests Grad-CAM requests of
 one image (the shared photos in turn, "raw": true) and check every answer's map against the CLI's
@@ -58,6 +58,8 @@ def main():
     ap.add_argument("--shared", default="../shared")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=100)
+    ap.add_argument("--pictures", default="no,yes", help="rounds to run: no (maps only), yes (with pictures) or both")
+    ap.add_argument("--serve-args", default="", help="more arguments for lumen serve, e.g. \"--workers 1\"")
     a = ap.parse_args()
     lumen = os.path.join(a.build, "lumen")
     model = ["--model", os.path.join(a.shared, "models", "mobilenet_v2_imagenet.pt"), "--card", os.path.join(a.shared, "models", "mobilenet_v2_imagenet.json")]
@@ -75,10 +77,10 @@ def main():
         # that checking every answer takes little of the CPU the clients share with the server.
         reference[os.path.basename(entry["source"])] = (values, base64.b64encode(values.tobytes()).decode())
 
-    server = subprocess.Popen([lumen, "serve", *model, "--port", "0", "--quiet"], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen([lumen, "serve", *model, "--port", "0", "--quiet", *a.serve_args.split()], stdout=subprocess.PIPE, text=True)
     url = server.stdout.readline().split("serving on ")[1].split()[0].rstrip("/")
     results = []
-    for pictures in (False, True):
+    for pictures in [p == "yes" for p in a.pictures.split(",")]:
         latencies, errors, worst, batched = [], [], 0.0, []
         lock = threading.Lock()
         rss_first = [None]

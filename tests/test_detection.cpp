@@ -179,7 +179,7 @@ TEST(Detection, BadRequestsAreRefused) {
       {"box matches nothing", "explain " + det + " --task detection --box 500,400,510,420 --class 3 --out " + q(out),
        "no detection of class 3 overlaps --box"},
       {"threshold without detection", "explain " + kModel + " --image " + q(shared("images/cat.png")) + " --score-threshold 0.2 --out " + q(out),
-       "belong to --task detection"},
+       "--score-threshold belongs to --task detection"},
       {"top-k", "explain " + det + " --task detection --top-k 2 --out " + q(out), "--task detection explains each box's score"},
       {"ops library missing", "explain " + det + " --ops-library /nonexistent.so --task detection --out " + q(out),
        "ops library not found: /nonexistent.so"},
@@ -214,15 +214,20 @@ TEST(TrainedDetector, MapsPointAtTheirOwnObjects) {
   const auto m = read_json(fixture("manifest_trained_detector.json"));
   std::map<std::string, std::pair<int, int>> peaks, boxes;  // method -> (on own object, matched detections)
   int objects = 0, detections = 0;
-  for (const auto& s : m["scenes"]) {
-    const std::string out = temp_dir("trained-" + s["image"].get<std::string>());
-    auto r = run_cli("explain --model " + q(fixture(m["model"].get<std::string>())) + " --card " + q(fixture(m["card"].get<std::string>())) +
-                     " --image " + q(fixture(s["image"].get<std::string>())) +
-                     " --task detection --detection-output yolov5 --layer conv2 --method gradcam,layercam,eigencam --allow-empty -q --out " + q(out));
-    ASSERT_EQ(r.code, 0) << r.err;
+  // All scenes in one run: batches of 8 images, each image's boxes its own.
+  std::string images;
+  for (const auto& s : m["scenes"]) images += " " + q(fixture(s["image"].get<std::string>()));
+  const std::string out = temp_dir("trained-detector");
+  auto r = run_cli("explain --model " + q(fixture(m["model"].get<std::string>())) + " --card " + q(fixture(m["card"].get<std::string>())) +
+                   " --image" + images + " --task detection --detection-output yolov5 --layer conv2 --method gradcam,layercam,eigencam --allow-empty -q --out " +
+                   q(out));
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto run = read_json(out + "/run.json");
+  ASSERT_EQ(run["images"].size(), m["scenes"].size());
+  for (size_t i = 0; i < m["scenes"].size(); ++i) {
+    const auto& s = m["scenes"][i];
     objects += static_cast<int>(s["objects"].size());
-    const auto run = read_json(out + "/run.json");
-    for (const auto& map : run["images"][0]["maps"]) {
+    for (const auto& map : run["images"][i]["maps"]) {
       const auto& d = map["detections"][0];
       const Detection found{d["box"][0].get<float>(), d["box"][1].get<float>(), d["box"][2].get<float>(), d["box"][3].get<float>(), d["class"].get<int64_t>(), 0, {}};
       const nlohmann::json* own = nullptr;
@@ -250,6 +255,50 @@ TEST(TrainedDetector, MapsPointAtTheirOwnObjects) {
                 boxes[method].first, boxes[method].second);
   ASSERT_GE(peaks["layercam"].second, 8) << "the detector found too few objects to judge";
   EXPECT_GE(peaks["layercam"].first, 0.75 * peaks["layercam"].second);
+}
+
+// A batch of images shares one forward, and each image keeps its own boxes: the k-th box's target exists
+// only in the images that have k boxes. Every image's maps, gradient and perturbation alike, equal those
+// of the image explained alone (scenes with different numbers of objects).
+TEST(TrainedDetector, ABatchGivesEachImageItsOwnBoxesFromOneForward) {
+  const auto m = read_json(fixture("manifest_trained_detector.json"));
+  const Model model = Model::load(fixture(m["model"].get<std::string>()));
+  const Explainer ex(model, load_card(fixture(m["card"].get<std::string>())).preprocess);
+  ExplainOptions opt;
+  opt.layers = {"conv2"};
+  opt.methods = {"gradcam", "scorecam"};
+  opt.targets_from_output = [](const torch::IValue& out, int64_t) {
+    DetectionSettings s;
+    s.format = DetectionFormat::YoloV5;
+    s.score_threshold = 0.3f;
+    return detection_targets(out, s);
+  };
+  std::vector<cv::Mat> images;
+  for (size_t i = 0; i < 4; ++i) images.push_back(read_image(fixture(m["scenes"][i]["image"].get<std::string>())));
+  ExplainOptions gradcam = opt;
+  gradcam.methods = {"gradcam"};
+  const int64_t before = model.passes();
+  ex.explain(images, gradcam);
+  EXPECT_EQ(model.passes() - before, 1);
+  const auto batch = ex.explain(images, opt);
+  std::set<size_t> counts;
+  for (size_t i = 0; i < images.size(); ++i) {
+    const auto alone = ex.explain({images[i]}, opt);
+    ASSERT_EQ(batch[i].maps.size(), alone[0].maps.size()) << "image " << i;
+    counts.insert(alone[0].maps.size());
+    for (size_t k = 0; k < alone[0].maps.size(); ++k) {
+      const Map& a = alone[0].maps[k];
+      const Map& b = batch[i].maps[k];
+      EXPECT_EQ(b.method, a.method);
+      EXPECT_EQ(b.target, a.target);
+      ASSERT_EQ(b.detections.size(), 1u);
+      EXPECT_EQ(b.detections[0].cls, a.detections[0].cls);
+      EXPECT_NEAR(b.detections[0].x0, a.detections[0].x0, 1e-3);
+      EXPECT_NEAR(b.target_value, a.target_value, 1e-4);
+      EXPECT_LT(cv::norm(b.raw, a.raw, cv::NORM_INF), 1e-4 * std::max(1.0, cv::norm(a.raw, cv::NORM_INF))) << b.method << " " << b.target << " image " << i;
+    }
+  }
+  EXPECT_GE(counts.size(), 2u) << "the scenes should have different numbers of boxes";
 }
 
 }  // namespace lumen::test::detection_tests

@@ -409,4 +409,37 @@ TEST(Shard, BlocksCoverTheListOnceInWholeBatches) {
     EXPECT_THROW(parse_shard(text, env), Error) << text;
 }
 
+// Which settings go with which task, as the CLI, serve and Python all ask it: the cases of the rule
+// table, and the sentence each front end builds in its own names.
+TEST(Tasks, EachConflictIsNamedFromOneTable) {
+  using S = TaskSetting;
+  using K = TaskConflict::Kind;
+  EXPECT_FALSE(task_conflict(Task::Classification, {S::Classes, S::TopK, S::Score, S::Counterfactual, S::Contrast, S::Output}));
+  EXPECT_FALSE(task_conflict(Task::Detection, {S::Classes, S::Box, S::ScoreThreshold, S::MaxBoxes, S::DetectionOutput}));
+  EXPECT_FALSE(task_conflict(Task::Segmentation, {S::Classes, S::Region, S::Output}));
+  EXPECT_FALSE(task_conflict(Task::Similarity, {S::References, S::Dissimilar, S::Output}));
+  const auto top_k = task_conflict(Task::Detection, {S::Classes, S::TopK});
+  ASSERT_TRUE(top_k);
+  EXPECT_EQ(top_k->kind, K::Refused);
+  EXPECT_EQ(top_k->setting, S::TopK);
+  const auto classes = task_conflict(Task::Segmentation, {S::Region});
+  ASSERT_TRUE(classes);
+  EXPECT_EQ(classes->kind, K::Missing);
+  EXPECT_EQ(classes->setting, S::Classes);
+  // A setting of another task is named before anything the asked task lacks.
+  const auto box = task_conflict(Task::Similarity, {S::Box});
+  ASSERT_TRUE(box);
+  EXPECT_EQ(box->kind, K::Elsewhere);
+  EXPECT_EQ(box->task, Task::Detection);
+  EXPECT_EQ(task_conflict(Task::Similarity, {S::References, S::Classes})->setting, S::Classes);
+  EXPECT_EQ(task_conflict(Task::Classification, {S::Mask})->task, Task::Segmentation);
+  const auto flag = [](S s) { return s == S::TopK ? std::string("--top-k") : s == S::Classes ? "--class" : "--box"; };
+  const auto task = [](Task t) { return "--task " + to_string(t); };
+  EXPECT_EQ(describe(*top_k, flag, task), "--task detection explains each box's score (IoU + the detector's score); it takes no --top-k");
+  EXPECT_EQ(describe(*classes, flag, task), "--task segmentation needs --class: the classes whose pixels are explained");
+  EXPECT_EQ(describe(*box, flag, task), "--box belongs to --task detection");
+  EXPECT_EQ(parse_task("detection"), Task::Detection);
+  EXPECT_THROW(parse_task("tracking"), Error);
+}
+
 }  // namespace lumen::test::units_tests

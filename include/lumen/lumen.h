@@ -21,5 +21,6 @@
 #include <lumen/settings.h>
 #include <lumen/shard.h>
 #include <lumen/target.h>
+#include <lumen/task.h>
 #include <lumen/version.h>
 #include <lumen/visualize.h>

@@ -22,6 +22,11 @@ void keep_freed_memory();
 
 // Intra-op threads for LibTorch and OpenCV; 0 or less = all cores (LibTorch starts with 1 here).
 void set_threads(int threads);
+// LibTorch's intra-op threads for the calling thread alone (at least 1): a server's request threads and
+// batch workers each take their share, while threads started later still begin with set_threads' count.
+// With LibTorch's OpenMP backend that count is each thread's own OpenMP setting; at::set_num_threads
+// would also change the count every later thread starts from.
+void set_this_thread_threads(int threads);
 
 // Maps that do not depend on the thread count. oneDNN's convolutions split some reductions by thread
 // count: the forward moves by about 1e-6, and a saliency map by up to 2e-3 of its maximum where a

@@ -40,8 +40,12 @@ struct Target {
   // given images (indices into the rows it was bound to). Both empty for class and most custom targets.
   std::function<Target(const torch::IValue& output)> bind;
   std::function<Target(const std::vector<int64_t>& images)> rows_of;
-  // Detection targets: the boxes explained, in the model input's pixels.
-  std::vector<Detection> boxes;
+  // Detection targets: the boxes explained, in the model input's pixels, one list per row of the batch
+  // (one list alone: the same for every row). A row whose list is empty is not explained, and gets no
+  // map: the k-th box of a batch exists only in the images that have k boxes.
+  std::vector<std::vector<Detection>> boxes;
+  const std::vector<Detection>& boxes_of(int64_t row) const;  // empty when there are none
+  bool explains(int64_t row) const { return boxes.empty() || !boxes_of(row).empty(); }
 
   torch::Tensor operator()(const torch::IValue& output) const { return fn(output); }
 };
@@ -111,16 +115,19 @@ float box_iou(const Detection& a, const Detection& b);
 // pytorch-grad-cam's FasterRCNNBoxScoreTarget: for each reference box, the candidate whose IoU with it
 // is largest (every candidate of a raw output, before NMS); when that IoU exceeds `settings.iou` and its
 // label is the reference's, y += IoU + its score. y = 0 for a row where nothing matches (a perturbed
-// copy that lost the object). Every row is scored against the same references (rows are one image or
-// its copies). Named "boxes", Target::boxes = the references.
+// copy that lost the object). Every row is scored against the same references. Named "boxes",
+// Target::boxes = {references}.
 Target detection_target(std::vector<Detection> references, const DetectionSettings& settings = {});
+// The same, with each row's own references (one list per image of the batch; an empty list: that image
+// is not explained, y = 0 and no map).
+Target detection_target(std::vector<std::vector<Detection>> references_per_row, const DetectionSettings& settings = {});
 // The candidate of row `image` that detection_target scores for `reference` (its rule above, with its
 // score and label); nullopt when nothing matches, so y would be 0 — how a user's box is checked first.
 std::optional<Detection> matched_detection(const torch::IValue& output, int64_t image, const Detection& reference,
                                            const DetectionSettings& settings = {});
-// One detection_target per detection of the (one) image in `output` that `settings` selects, named
-// "box-1", "box-2", ... best first: the maps of all a detector found, from one forward. Throws
-// lumen::Error for an output of several images.
+// The detections `settings` selects in each image of `output`, as targets: "box-k" explains each
+// image's k-th best box (in the images that have k), so every image's boxes come from one forward and
+// a batch of images shares the k-th backward.
 std::vector<Target> detection_targets(const torch::IValue& output, const DetectionSettings& settings = {});
 
 // The CLI's small target language, also usable from C++.

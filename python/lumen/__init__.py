@@ -30,6 +30,8 @@ __all__ = ["Model", "Explainer", "Error", "ImageExplanation", "Map", "Prediction
 
 Model = _lumen.Model
 _load_file = _lumen.Model.load
+# explain()'s detection settings at their defaults: a value other than these is "given" (Explainer._task).
+_DETECTION_DEFAULTS = {"score_threshold": 0.5, "iou_threshold": 0.5, "max_boxes": 100, "detection_output": "torchvision"}
 
 
 def _model_from_module(module, name="in-memory"):
@@ -145,14 +147,9 @@ class Explainer:
             concept = self.embed(similar_to, output).mean(0)
         return _lumen._with_similarity(opt, _np.ascontiguousarray(concept, dtype=_np.float32), dissimilar, output)
 
-    def _segmentation(self, opt, classes, mask, region, output, score, counterfactual, contrast, image_sizes_of):
+    def _segmentation(self, opt, classes, mask, region, output, image_sizes_of):
         """explain()'s task="segmentation": one target per class, its scores summed over a mask (as `lumen explain
         --task segmentation`)."""
-        if classes is None:
-            raise Error("task='segmentation' needs classes=: the class(es) whose pixels are explained")
-        if score != "logit" or counterfactual or contrast:
-            raise Error("task='segmentation' explains the sum of a class's logits over the mask: score='logit', and no "
-                        "counterfactual or contrast")
         if mask is not None and region is not None:
             raise Error("give mask= or region=, not both")
         if region is not None:
@@ -170,27 +167,27 @@ class Explainer:
             mask = mask.detach().cpu().numpy()
         return _lumen._with_segmentation(opt, [classes] if isinstance(classes, int) else list(classes), mask, output)
 
-    def _task(self, opt, task, classes, mask, region, output, score, counterfactual, contrast, similar_to, dissimilar, image_sizes_of,
-              detection):
+    def _task(self, opt, task, classes, top_k, mask, region, output, score, counterfactual, contrast, similar_to, dissimilar,
+              image_sizes_of, detection):
         """The target a task asks for: classes (the default), segmentation, similarity or detection. image_sizes_of: a
         function giving each image's (width, height), called only for region=. detection: explain()'s detection
-        settings (score_threshold, iou_threshold, max_boxes)."""
-        if task not in ("classification", "segmentation", "similarity", "detection"):
-            raise Error("task must be classification, segmentation, similarity or detection, not %r" % (task,))
-        if task != "segmentation" and (mask is not None or region is not None):
-            raise Error("mask= and region= belong to task='segmentation'")
+        settings (score_threshold, iou_threshold, max_boxes, detection_output). Which arguments go with which task is
+        lumen's rule, shared with the CLI and the server."""
+        if similar_to is not None and task == "classification":
+            task = "similarity"  # similar_to= alone asks for it
+        given = [name for name, on in (("classes", classes is not None), ("top_k", top_k != 1), ("score", score != "logit"),
+                                       ("counterfactual", bool(counterfactual)), ("contrast", bool(contrast)), ("output", bool(output)),
+                                       ("mask", mask is not None), ("region", region is not None),
+                                       ("similar_to", similar_to is not None), ("dissimilar", bool(dissimilar))) if on]
+        given += [name for name, default in _DETECTION_DEFAULTS.items() if detection[name] != default]
+        _lumen._check_task(task, given)
         if task == "detection":
-            if score != "logit" or counterfactual or contrast or output:
-                raise Error("task='detection' explains each box's score (IoU + the detector's score): no score=, "
-                            "counterfactual, contrast or output=")
             classes = [] if classes is None else [classes] if isinstance(classes, int) else list(classes)
             return _lumen._with_detection(opt, detection["score_threshold"], detection["max_boxes"], detection["iou_threshold"], classes,
                                           detection["detection_output"])
         if task == "segmentation":
-            return self._segmentation(opt, classes, mask, region, output, score, counterfactual, contrast, image_sizes_of)
-        if task == "similarity" and similar_to is None:
-            raise Error("task='similarity' needs similar_to=: reference images or a 1-D embedding")
-        if similar_to is not None:
+            return self._segmentation(opt, classes, mask, region, output, image_sizes_of)
+        if task == "similarity":
             return self._similarity(opt, similar_to, dissimilar, output)
         return opt
 
@@ -220,7 +217,8 @@ class Explainer:
             SemanticSegmentationTarget. task="similarity" is similar_to= given.
         task="detection" (a torchvision detector; lumen.load_ops_library first): one map per box found scoring at least
             score_threshold (at most max_boxes; of classes= when given), each explaining pytorch-grad-cam's
-            FasterRCNNBoxScoreTarget for its box (iou_threshold); map.detections holds the box. Images go one per forward.
+            FasterRCNNBoxScoreTarget for its box (iou_threshold); map.detections holds the box. The images share one
+            forward, and each image's k-th box one backward.
             detection_output: "torchvision" (dicts), or a raw YOLO tensor, "yolov5" ([N, B, 5+C]) or "yolov8" ([N, 4+C, B]),
             or "boxes" ([N, K, 6]: x0, y0, x1, y1, score, class of a model that ran its own NMS).
         Returns one ImageExplanation per image (.predictions, .maps, result["gradcam"], .to_dict()).
@@ -230,14 +228,12 @@ class Explainer:
         opt = self._options(methods, layers, top_k, None if task == "detection" else classes, score, counterfactual, output, aggregate,
                             layer_weights, contrast, box_threshold, compat, rows_per_pass, memory_mib, aug_smooth, nonlinearity, tokens,
                             progress, settings)
-        opt = self._task(opt, task, classes, mask, region, output, score, counterfactual, contrast, similar_to, dissimilar,
+        opt = self._task(opt, task, classes, top_k, mask, region, output, score, counterfactual, contrast, similar_to, dissimilar,
                          lambda: [_lumen._image_size(i) if isinstance(i, str) else (i.shape[1], i.shape[0]) for i in images],
                          dict(score_threshold=score_threshold, iou_threshold=iou_threshold, max_boxes=max_boxes,
                               detection_output=detection_output))
         if sources is None:
             sources = [i if isinstance(i, str) else "image %d" % n for n, i in enumerate(images)]
-        if task == "detection":  # each image has its own boxes, so its own targets
-            return [e for i, s in zip(images, sources) for e in self._native._explain([i], [s], opt)]
         return self._native._explain(images, sources, opt)
 
     def explain_tensor(self, batch, sizes=None, sources=None, methods=("gradcam",), layers=None, top_k=1, classes=None, score="logit",
@@ -249,20 +245,16 @@ class Explainer:
         input_tensor. Maps come back at `sizes` ([(width, height)] per row; default: the input size). A 3-D network's
         batch [N, C, D, H, W] (clips, volumes) gives volume maps: .map is (D, H, W), .box is (x0, y0, z0, x1, y1, z1).
         task, mask, region, similar_to and the detection settings: as explain(); region= is in the pixels of `sizes`
-        (default: the input's). task="detection": each row is one forward (a detector's rows have their own boxes), the
-        rows as the detector takes them (torchvision's: RGB in [0, 1]); map.detections' boxes are in `sizes`' pixels."""
+        (default: the input's). task="detection": the rows as the detector takes them (torchvision's: RGB in [0, 1]); map.detections' boxes are in `sizes`' pixels."""
         if hasattr(batch, "detach"):
             batch = batch.detach().cpu().contiguous().numpy()
         opt = self._options(methods, layers, top_k, None if task == "detection" else classes, score, counterfactual, output,
                             aggregate, layer_weights, contrast, box_threshold, compat, rows_per_pass, memory_mib, aug_smooth,
                             nonlinearity, tokens, progress, settings)
-        opt = self._task(opt, task, classes, mask, region, output, score, counterfactual, contrast, similar_to, dissimilar,
+        opt = self._task(opt, task, classes, top_k, mask, region, output, score, counterfactual, contrast, similar_to, dissimilar,
                          lambda: [tuple(s) for s in sizes] if sizes is not None else [(batch.shape[-1], batch.shape[-2])],
                          dict(score_threshold=score_threshold, iou_threshold=iou_threshold, max_boxes=max_boxes,
                               detection_output=detection_output))
-        if task == "detection":
-            return [e for i in range(len(batch)) for e in self._native._explain_tensor(
-                batch[i:i + 1], None if sizes is None else [sizes[i]], None if sources is None else [sources[i]], opt)]
         return self._native._explain_tensor(batch, sizes, sources, opt)
 
     def evaluate(self, data, out, methods=("gradcam",), layers=None, metrics=("loc", "pointing", "deletion", "insertion", "drop"),

@@ -13,6 +13,8 @@
 #include <opencv2/imgproc.hpp>
 
 #include <cstring>
+#include <map>
+#include <set>
 #include <sstream>
 
 namespace py = pybind11;
@@ -408,6 +410,26 @@ PYBIND11_MODULE(_lumen, m) {
     return opt;
   });
 
+  // Which keyword arguments go with task= (lumen/task.h's rules, in Python's names); `given`: the
+  // arguments not at their defaults.
+  m.def("_check_task", [](const std::string& task, const std::vector<std::string>& given) {
+    static const std::map<std::string, TaskSetting> settings{
+        {"classes", TaskSetting::Classes},       {"top_k", TaskSetting::TopK},
+        {"score", TaskSetting::Score},           {"counterfactual", TaskSetting::Counterfactual},
+        {"contrast", TaskSetting::Contrast},     {"output", TaskSetting::Output},
+        {"region", TaskSetting::Region},         {"mask", TaskSetting::Mask},
+        {"similar_to", TaskSetting::References}, {"dissimilar", TaskSetting::Dissimilar},
+        {"score_threshold", TaskSetting::ScoreThreshold}, {"iou_threshold", TaskSetting::IouThreshold},
+        {"max_boxes", TaskSetting::MaxBoxes},    {"detection_output", TaskSetting::DetectionOutput}};
+    std::set<TaskSetting> set;
+    for (const auto& g : given) set.insert(settings.at(g));
+    if (const auto conflict = task_conflict(parse_task(task), set))
+      throw Error(describe(*conflict, [](TaskSetting s) {
+        for (const auto& [name, setting] : settings)
+          if (setting == s) return name + "=";
+        return std::string("?");
+      }, [](Task t) { return "task='" + to_string(t) + "'"; }));
+  });
   m.def("_with_detection", [](ExplainOptions opt, float score_threshold, int max_boxes, double iou, const std::vector<int64_t>& classes,
                               const std::string& format) {
     DetectionSettings s;

@@ -15,6 +15,9 @@
 #include <malloc.h>
 #include <thread>
 #include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace lumen {
 
@@ -38,6 +41,14 @@ void set_threads(int threads) {
   if (threads < 1) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(threads);
   cv::setNumThreads(threads);
+}
+
+void set_this_thread_threads(int threads) {
+  threads = std::max(1, threads);
+  if (at::get_num_threads() == threads) return;  // the first call also sets up this thread for LibTorch
+#ifdef _OPENMP
+  omp_set_num_threads(threads);
+#endif
 }
 
 namespace {

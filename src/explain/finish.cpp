@@ -166,6 +166,7 @@ void finish_jobs(const std::vector<Job>& jobs, const Plan& plan, const Forward& 
       const Job& job = jobs[static_cast<size_t>(f / n)];
       const Result& res = job.result;
       const int64_t i = f % n;
+      if (!target.explains(i)) continue;  // this image has no such box: no map
       Map& m = finished[static_cast<size_t>(f)];
       m.method = job.method->name;
       m.layer = job.layer_name(plan);
@@ -174,7 +175,7 @@ void finish_jobs(const std::vector<Job>& jobs, const Plan& plan, const Forward& 
       m.label = label_of(canvas.labels, m.cls);
       m.counterfactual = target.counterfactual;
       m.target_value = target_values[i].item<float>();
-      m.detections = in_image_pixels(target.boxes, canvas.input, canvas.images[static_cast<size_t>(i)], canvas.labels);
+      m.detections = in_image_pixels(target.boxes_of(i), canvas.input, canvas.images[static_cast<size_t>(i)], canvas.labels);
       m.is_signed = res.is_signed;
       if (job.method->per_layer() && forward.layouts[job.layer].kind == TokenLayout::Kind::Volume)
         m.raw_depth = static_cast<int>(forward.layouts[job.layer].grid_d);
@@ -193,7 +194,8 @@ void finish_jobs(const std::vector<Job>& jobs, const Plan& plan, const Forward& 
     }
   }, static_cast<double>(all_maps.end));
   for (size_t j = 0; j < jobs.size(); ++j)
-    for (int64_t i = 0; i < n; ++i) maps[static_cast<size_t>(i)].push_back(std::move(finished[j * static_cast<size_t>(n) + static_cast<size_t>(i)]));
+    for (int64_t i = 0; i < n; ++i)
+      if (target.explains(i)) maps[static_cast<size_t>(i)].push_back(std::move(finished[j * static_cast<size_t>(n) + static_cast<size_t>(i)]));
 }
 
 }  // namespace lumen::detail

@@ -171,35 +171,56 @@ std::vector<Detection> read_detections(const torch::IValue& output, int64_t imag
 }
 
 Target detection_target(std::vector<Detection> references, const DetectionSettings& settings) {
-  check_detection_settings(settings);
   if (references.empty()) throw Error("a detection target needs at least one reference box");
-  torch::Tensor refs = torch::empty({static_cast<int64_t>(references.size()), 4});
-  for (size_t k = 0; k < references.size(); ++k) {
-    const auto& r = references[k];
-    if (!(r.x1 > r.x0 && r.y1 > r.y0)) throw Error("a reference box must have x0 < x1 and y0 < y1");
-    refs[static_cast<int64_t>(k)] = box_tensor(r);
+  return detection_target(std::vector<std::vector<Detection>>{std::move(references)}, settings);
+}
+
+Target detection_target(std::vector<std::vector<Detection>> references_per_row, const DetectionSettings& settings) {
+  check_detection_settings(settings);
+  if (references_per_row.empty()) throw Error("a detection target needs the reference boxes of at least one image");
+  std::vector<torch::Tensor> refs;  // per row, [K, 4]
+  for (const auto& row : references_per_row) {
+    torch::Tensor r = torch::empty({static_cast<int64_t>(row.size()), 4});
+    for (size_t k = 0; k < row.size(); ++k) {
+      if (!(row[k].x1 > row[k].x0 && row[k].y1 > row[k].y0)) throw Error("a reference box must have x0 < x1 and y0 < y1");
+      r[static_cast<int64_t>(k)] = box_tensor(row[k]);
+    }
+    refs.push_back(r);
   }
   Target t;
   t.name = "boxes";
-  t.boxes = references;
+  t.boxes = references_per_row;
   const DetectionFormat format = settings.format;
   const double iou = settings.iou;
-  t.fn = [refs, references, iou, format](const torch::IValue& output) {
+  t.fn = [refs, references_per_row, iou, format](const torch::IValue& output) {
+    const int64_t images = images_in(output, format);
+    if (refs.size() > 1 && static_cast<int64_t>(refs.size()) != images)
+      throw Error("a detection target holds the boxes of " + std::to_string(refs.size()) + " images; the output has " + std::to_string(images));
     std::vector<torch::Tensor> rows;
-    for (int64_t n = 0, images = images_in(output, format); n < images; ++n) {
+    for (int64_t n = 0; n < images; ++n) {
+      const size_t row = refs.size() > 1 ? static_cast<size_t>(n) : 0;
       const Boxes b = candidates(output, n, format);
       // A row that matches nothing still depends on the scores (times zero), so that a batch in which
       // no row matches has a gradient of zeros rather than none.
       torch::Tensor y = b.scores.sum() * 0;
-      for (int64_t k = 0; k < refs.size(0); ++k) {
-        const auto ious = box_ious(refs[k].to(b.boxes.dtype()), b.boxes);
-        const int64_t best = match(ious, b.labels, references[static_cast<size_t>(k)].cls, iou);
+      for (int64_t k = 0; k < refs[row].size(0); ++k) {
+        const auto ious = box_ious(refs[row][k].to(b.boxes.dtype()), b.boxes);
+        const int64_t best = match(ious, b.labels, references_per_row[row][static_cast<size_t>(k)].cls, iou);
         if (best >= 0) y = y + ious[best] + b.scores[best];
       }
       rows.push_back(y.reshape({}));
     }
     return torch::stack(rows);
   };
+  // The extra passes' rows are copies of the batch's images: each is scored against its image's boxes.
+  if (references_per_row.size() > 1)
+    t.rows_of = [references_per_row, settings, name = t.name](const std::vector<int64_t>& images) {
+      std::vector<std::vector<Detection>> per_row;
+      for (int64_t i : images) per_row.push_back(references_per_row.at(static_cast<size_t>(i)));
+      Target copy = detection_target(std::move(per_row), settings);
+      copy.name = name;
+      return copy;
+    };
   return t;
 }
 
@@ -217,17 +238,36 @@ std::optional<Detection> matched_detection(const torch::IValue& output, int64_t 
 
 std::vector<Target> detection_targets(const torch::IValue& output, const DetectionSettings& settings) {
   const int64_t images = images_in(output, settings.format);
-  if (images != 1) throw Error("detection targets explain one image per forward; this output holds " + std::to_string(images));
   const auto& classes = settings.classes;
+  std::vector<std::vector<Detection>> found(static_cast<size_t>(images));  // per image, best first
+  size_t most = 0;
+  for (int64_t n = 0; n < images; ++n) {
+    auto& kept = found[static_cast<size_t>(n)];
+    for (const Detection& d : read_detections(output, n, settings)) {
+      if (static_cast<int>(kept.size()) >= settings.max_boxes) break;
+      if (!(d.score >= settings.score_threshold)) continue;
+      if (!classes.empty() && std::find(classes.begin(), classes.end(), d.cls) == classes.end()) continue;
+      kept.push_back(d);
+    }
+    most = std::max(most, kept.size());
+  }
   std::vector<Target> targets;
-  for (const Detection& d : read_detections(output, 0, settings)) {
-    if (static_cast<int>(targets.size()) >= settings.max_boxes) break;
-    if (!(d.score >= settings.score_threshold)) continue;
-    if (!classes.empty() && std::find(classes.begin(), classes.end(), d.cls) == classes.end()) continue;
-    targets.push_back(detection_target({d}, settings));
-    targets.back().name = "box-" + std::to_string(targets.size());
+  for (size_t k = 0; k < most; ++k) {
+    std::vector<std::vector<Detection>> kth(static_cast<size_t>(images));
+    for (size_t n = 0; n < found.size(); ++n)
+      if (k < found[n].size()) kth[n] = {found[n][k]};
+    // One image: the plain target (its copies in the extra passes are scored against its box as they are).
+    targets.push_back(images == 1 ? detection_target(kth.front(), settings) : detection_target(std::move(kth), settings));
+    targets.back().name = "box-" + std::to_string(k + 1);
   }
   return targets;
+}
+
+const std::vector<Detection>& Target::boxes_of(int64_t row) const {
+  static const std::vector<Detection> none;
+  if (boxes.empty()) return none;
+  if (boxes.size() == 1) return boxes.front();
+  return row >= 0 && row < static_cast<int64_t>(boxes.size()) ? boxes[static_cast<size_t>(row)] : none;
 }
 
 }  // namespace lumen

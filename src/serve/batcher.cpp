@@ -1,26 +1,39 @@
 #include "serve/batcher.h"
 
 #include <lumen/error.h>
+#include <lumen/runtime.h>
+
+#include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <set>
 
 namespace lumen::serve {
 
-Batcher::Batcher(const Explainer& explainer, int max_batch, std::chrono::microseconds wait, size_t queue_limit)
-    : explainer_(explainer), max_batch_(static_cast<size_t>(std::max(1, max_batch))), wait_(wait), queue_limit_(queue_limit) {
-  worker_ = std::thread([this] { work(); });
+Batcher::Batcher(const Explainer& explainer, int max_batch, std::chrono::microseconds wait, size_t queue_limit, int workers)
+    : explainer_(explainer), max_batch_(static_cast<size_t>(std::max(1, max_batch))), wait_(wait), queue_limit_(queue_limit),
+      threads_(at::get_num_threads()), worker_count_(std::max(1, workers)) {
+  for (int i = 0; i < worker_count_; ++i) workers_.emplace_back([this] { work(); });
 }
 
 Batcher::~Batcher() { stop(); }
 
-void Batcher::submit(const std::shared_ptr<Job>& job) {
+void Batcher::submit(const std::vector<std::shared_ptr<Job>>& jobs) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_) throw Busy("the server is stopping");
-    if (queue_.size() >= queue_limit_) throw Busy("the queue is full (" + std::to_string(queue_limit_) + " jobs waiting; --queue)");
-    queue_.push_back(job);
+    if (queue_.size() + jobs.size() > queue_limit_) throw Busy("the queue is full (" + std::to_string(queue_limit_) + " jobs waiting; --queue)");
+    queue_.insert(queue_.end(), jobs.begin(), jobs.end());
   }
   wake_.notify_all();
+}
+
+void Batcher::warm_up(const std::function<void(int images)>& run) const {
+  for (const int threads : std::set<int>{threads_, std::max(1, threads_ / worker_count_)}) {
+    set_this_thread_threads(threads);
+    for (int n = 1; n <= static_cast<int>(max_batch_); ++n) run(n);
+  }
+  set_this_thread_threads(threads_);
 }
 
 size_t Batcher::queued() const {
@@ -32,13 +45,14 @@ void Batcher::stop() {
   std::deque<std::shared_ptr<Job>> dropped;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (stopping_ && !worker_.joinable()) return;
+    if (stopping_ && workers_.empty()) return;
     stopping_ = true;
     dropped.swap(queue_);
   }
   wake_.notify_all();
   for (auto& job : dropped) job->result.set_exception(std::make_exception_ptr(Cancelled("the server stopped before the job ran")));
-  if (worker_.joinable()) worker_.join();
+  for (auto& worker : workers_) worker.join();
+  workers_.clear();
 }
 
 // The first queued job, and every queued job with its key, up to max_batch; while the batch is short,
@@ -47,10 +61,9 @@ std::deque<std::shared_ptr<Job>> Batcher::take_batch(std::unique_lock<std::mutex
   std::deque<std::shared_ptr<Job>> batch;
   batch.push_back(queue_.front());
   queue_.pop_front();
-  if (batch.front()->alone) return batch;
   const auto gather = [&] {
     for (auto it = queue_.begin(); it != queue_.end() && batch.size() < max_batch_;) {
-      if ((*it)->key == batch.front()->key && !(*it)->alone) {
+      if ((*it)->key == batch.front()->key) {
         batch.push_back(*it);
         it = queue_.erase(it);
       } else {
@@ -75,7 +88,10 @@ void Batcher::work() {
     if (queue_.empty()) return;  // stopping
     auto batch = take_batch(lock);
     lock.unlock();
+    const int others = running_++;
+    set_this_thread_threads(others == 0 ? threads_ : std::max(1, threads_ / worker_count_));
     run_batch(batch);
+    --running_;
     lock.lock();
   }
 }

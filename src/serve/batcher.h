@@ -1,9 +1,12 @@
 // Dynamic batching: jobs that ask the same model the same thing (same methods, layers, targets and
 // settings: the same `key`) are gathered, up to max_batch or until the first has waited batch_wait,
-// into one Explainer::explain call, whose one forward pass serves them all. One worker per model runs
-// the batches in turn (the model's threads already use every core). Jobs can be cancelled and time
-// out; a batch stops early (through the engine's progress callback) only when none of its jobs is
-// still wanted.
+// into one Explainer::explain call, whose one forward pass serves them all. `workers` threads per model
+// run batches side by side. A batch of a few small images leaves cores idle inside LibTorch's parallel
+// loops (many small operators, each waiting for its slowest thread), so under load each running batch
+// gets its share of the intra-op threads (cores / workers) and the batches fill the cores; a batch
+// that runs alone gets them all, so that one person's long method is not slowed. Jobs can be cancelled
+// and time out; a batch stops early (through the engine's progress callback) only when none of its
+// jobs is still wanted.
 #pragma once
 
 #include <lumen/explain.h>
@@ -15,11 +18,13 @@
 #include <condition_variable>
 #include <deque>
 #include <exception>
+#include <functional>
 #include <future>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace lumen::serve {
 
@@ -31,7 +36,6 @@ struct Job {
   std::string source;                            // file name or data id
   std::shared_ptr<const ExplainOptions> options;
   std::string key;                               // jobs with equal keys may share a batch
-  bool alone = false;                            // runs in a batch of its own (Params::alone)
   Clock::time_point deadline;
   std::promise<ImageExplanation> result;         // an exception when it failed or was cancelled
 
@@ -54,14 +58,20 @@ struct Busy : std::runtime_error {
 
 class Batcher {
  public:
-  Batcher(const Explainer& explainer, int max_batch, std::chrono::microseconds wait, size_t queue_limit);
+  Batcher(const Explainer& explainer, int max_batch, std::chrono::microseconds wait, size_t queue_limit, int workers = 1);
   ~Batcher();  // stop()
   Batcher(const Batcher&) = delete;
   Batcher& operator=(const Batcher&) = delete;
 
-  void submit(const std::shared_ptr<Job>& job);  // throws Busy
+  // Queues a request's jobs together, so that one worker finds them all (throws Busy, queueing none,
+  // when they do not fit).
+  void submit(const std::vector<std::shared_ptr<Job>>& jobs);
   size_t queued() const;
-  // Refuses new jobs, cancels the queued ones, lets the running batch finish, joins the worker.
+  // Calls `run(images)` on this thread for every batch size the batcher forms, at each intra-op thread
+  // count its workers run with: each shape and thread count makes LibTorch and oneDNN build and keep
+  // kernels and buffers, which would otherwise show as memory growing during the first minutes.
+  void warm_up(const std::function<void(int images)>& run) const;
+  // Refuses new jobs, cancels the queued ones, lets the running batches finish, joins the workers.
   void stop();
 
  private:
@@ -73,11 +83,14 @@ class Batcher {
   const size_t max_batch_;
   const std::chrono::microseconds wait_;
   const size_t queue_limit_;
+  const int threads_;                 // intra-op threads of the process when the batcher was made
+  const int worker_count_;
+  std::atomic<int> running_{0};       // batches running now
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::shared_ptr<Job>> queue_;
   bool stopping_ = false;
-  std::thread worker_;
+  std::vector<std::thread> workers_;
 };
 
 }  // namespace lumen::serve

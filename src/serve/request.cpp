@@ -5,8 +5,10 @@
 #include <lumen/methods.h>
 #include <lumen/output.h>
 #include <lumen/target.h>
+#include <lumen/task.h>
 
 #include <cmath>
+#include <map>
 #include <random>
 #include <set>
 
@@ -76,28 +78,28 @@ std::string choice(const nlohmann::json& params, const std::string& key, const s
 }
 
 // "task" as the CLI's --task: segmentation explains each class's scores summed over the pixels the
-// batch's own output predicts as it; detection explains every box the detector finds, from a forward
-// per image.
-void apply_task(const std::string& task, const DetectionSettings& detection, const nlohmann::json& params, ExplainOptions& opt, Params& p) {
-  const bool detection_keys = params.contains("score_threshold") || params.contains("iou_threshold") || params.contains("max_boxes") ||
-                              params.contains("detection_output");
-  if (task != "detection" && detection_keys)
-    throw HttpError(400, "score_threshold, iou_threshold, max_boxes and detection_output belong to \"task\": \"detection\"");
-  if (task == "classification") return;
-  const bool scored = params.contains("target") || params.contains("counterfactual") || params.contains("contrast") || params.contains("top_k");
+// batch's own output predicts as it; detection explains every box the detector finds in each image.
+// Which parameters go with which task: lumen's task rules (lumen/task.h), in the API's names.
+void apply_task(const std::string& task, const DetectionSettings& detection, const nlohmann::json& params, ExplainOptions& opt) {
+  static const std::map<TaskSetting, std::string> names{
+      {TaskSetting::Classes, "classes"},     {TaskSetting::TopK, "top_k"},
+      {TaskSetting::Score, "target"},        {TaskSetting::Counterfactual, "counterfactual"},
+      {TaskSetting::Contrast, "contrast"},   {TaskSetting::ScoreThreshold, "score_threshold"},
+      {TaskSetting::IouThreshold, "iou_threshold"}, {TaskSetting::MaxBoxes, "max_boxes"},
+      {TaskSetting::DetectionOutput, "detection_output"}};
+  std::set<TaskSetting> given;
+  for (const auto& [setting, name] : names)
+    if (params.contains(name)) given.insert(setting);
+  if (const auto conflict = task_conflict(parse_task(task), given))
+    throw HttpError(400, describe(*conflict, [](TaskSetting s) { return "\"" + names.at(s) + "\""; },
+                                  [](Task t) { return "\"task\": \"" + to_string(t) + "\""; }));
   if (task == "segmentation") {
-    if (opt.classes.empty()) throw HttpError(400, "\"task\": \"segmentation\" needs \"classes\": the classes whose pixels are explained");
-    if (scored) throw HttpError(400, "\"task\": \"segmentation\" explains the sum of a class's scores over its pixels; it takes no target, "
-                                     "counterfactual, contrast or top_k");
     for (const int64_t c : opt.classes) opt.targets.push_back(segmentation_target(c));
-    return;
+  } else if (task == "detection") {
+    DetectionSettings s = detection;
+    s.classes = opt.classes;
+    opt.targets_from_output = [s](const torch::IValue& output, int64_t) { return detection_targets(output, s); };
   }
-  if (scored) throw HttpError(400, "\"task\": \"detection\" explains each box's score (IoU + the detector's score); it takes no target, "
-                                   "counterfactual, contrast or top_k (\"classes\" picks the labels)");
-  DetectionSettings s = detection;
-  s.classes = opt.classes;
-  opt.targets_from_output = [s](const torch::IValue& output, int64_t) { return detection_targets(output, s); };
-  p.alone = true;
 }
 
 }  // namespace
@@ -163,7 +165,7 @@ Params read_params(const nlohmann::json& params, const ServedModel& model) {
   if (!opt->classes.empty() && params.contains("top_k")) throw HttpError(400, "give \"classes\" or \"top_k\", not both");
   for (const auto c : opt->classes)
     if (c < 0) throw HttpError(400, "parameter \"classes\" holds a negative class index");
-  apply_task(task, detection, params, *opt, p);
+  apply_task(task, detection, params, *opt);
   if (opt->layers.empty() && !model.default_layer.empty()) opt->layers.push_back(model.default_layer);
   for (const auto& l : opt->layers) {
     try {

@@ -31,7 +31,6 @@ struct Params {
   bool raw = false;                               // also each normalised map as float32
   bool pictures = true;                           // overlay_png and heat_png
   std::string job;                                // the client's id for progress and cancelling
-  bool alone = false;                             // each image in a forward of its own (a detector's boxes)
 };
 
 // The params JSON (an object). Everything in it is checked here or by lumen::check_request; anything

@@ -11,6 +11,7 @@
 #include <lumen/files.h>
 #include <lumen/image.h>
 #include <lumen/methods.h>
+#include <lumen/runtime.h>
 #include <lumen/version.h>
 
 #include <httplib.h>
@@ -172,23 +173,23 @@ class Server {
  public:
   Server(std::vector<ServedModel> models, const Options& options) : options_(options) {
     for (auto& m : models) {
-      warm_up(m);
       auto served = std::make_unique<Served>(Served{std::move(m), nullptr});
       served->batcher = std::make_unique<Batcher>(served->model.explainer, options.max_batch,
                                                   std::chrono::microseconds(static_cast<int64_t>(options.batch_wait_ms * 1000)),
-                                                  static_cast<size_t>(options.limits.queue));
+                                                  static_cast<size_t>(options.limits.queue), options.workers);
+      warm_up(*served);
       models_.push_back(std::move(served));
     }
     data_ = index_data(options.data, models_.front()->model.explainer.labels());
     report_ = index_report(options.report, data_);
   }
 
-  // One Grad-CAM at the default layer for every batch size the batcher can form, before the first
-  // request: each new batch shape makes LibTorch and oneDNN build and keep kernels and buffers, which
-  // otherwise show as memory growing and slow answers during the first minutes of serving.
+  // One Grad-CAM at the default layer for every batch the batcher can form (Batcher::warm_up), before
+  // the first request, so that memory does not grow and answers are not slow during the first minutes.
   // A model whose output is no [N, classes] score (a detector, a segmenter) has no default target to
   // warm up with: its forwards are warmed alone.
-  void warm_up(const ServedModel& m) const {
+  void warm_up(const Served& served) const {
+    const ServedModel& m = served.model;
     if (m.default_layer.empty()) return;
     const auto& pre = m.explainer.preprocess();
     ExplainOptions opt;
@@ -197,11 +198,11 @@ class Server {
     torch::NoGradGuard no_grad;  // explain records the gradients it needs itself
     const torch::IValue first = m.explainer.model().forward(to_batch({grey}, pre)).output;
     const bool scores = first.isTensor() && first.toTensor().dim() == 2;
-    for (int n = 1; n <= options_.max_batch; ++n) {
+    served.batcher->warm_up([&](int n) {
       const std::vector<cv::Mat> images(static_cast<size_t>(n), grey);
       if (scores) m.explainer.explain(images, opt);
       else m.explainer.model().forward(to_batch(images, pre));
-    }
+    });
   }
 
   int run() {
@@ -408,13 +409,14 @@ class Server {
     const auto deadline = start + std::chrono::microseconds(static_cast<int64_t>(options_.limits.request_seconds * 1e6));
     auto add_job = [&](cv::Mat image, const std::string& source) {
       auto job = std::make_shared<Job>();
-      // Preprocessed here, on the request's own thread, while the batcher's thread runs the model.
+      // Preprocessed here, on the request's own thread, while the batcher's workers run the model: one
+      // intra-op thread, as many requests are preprocessed at once beside the workers.
+      set_this_thread_threads(1);
       job->input = to_batch({image}, served->model.explainer.preprocess());
       job->image = std::move(image);
       job->source = source;
       job->options = p.options;
       job->key = p.key;
-      job->alone = p.alone;
       job->deadline = deadline;
       jobs.push_back(job);
     };
@@ -447,14 +449,7 @@ class Server {
 
     std::vector<std::future<ImageExplanation>> results;
     for (auto& job : jobs) results.push_back(job->result.get_future());
-    for (auto& job : jobs) {
-      try {
-        served->batcher->submit(job);
-      } catch (const Busy&) {
-        for (auto& j : jobs) j->cancelled = true;  // the ones already queued
-        throw;
-      }
-    }
+    served->batcher->submit(jobs);
     nlohmann::json images = nlohmann::json::array();
     Blobs blobs;
     for (size_t i = 0; i < jobs.size(); ++i) {
@@ -498,6 +493,7 @@ int run(std::vector<ServedModel> models, const Options& options) {
   if (models.empty()) throw Error("lumen serve needs at least one --model");
   if (!local_host(options.host) && options.token.empty()) throw Error("serving on " + options.host + " (not this machine alone) needs --token");
   if (options.max_batch < 1 || options.max_batch > 256) throw Error("--max-batch must be from 1 to 256");
+  if (options.workers < 1 || options.workers > 64) throw Error("--workers must be from 1 to 64");
   if (!(options.batch_wait_ms >= 0 && options.batch_wait_ms <= 1000)) throw Error("--batch-wait must be from 0 to 1000 ms");
   if (options.limits.images_per_request < 1 || options.limits.queue < 1 || !(options.limits.request_seconds > 0) ||
       !(options.limits.image_pixels >= 1) || options.limits.body_bytes < 1024)

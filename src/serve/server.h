@@ -44,6 +44,7 @@ struct Options {
   std::string report;                     // --report: an eval report folder, may be empty
   int max_batch = 8;                      // images gathered into one forward pass
   double batch_wait_ms = 5;               // how long the first job of a batch waits for others
+  int workers = 2;                        // batches of one model run side by side (Batcher)
   int http_threads = 16;                  // connections handled at once (each waits for its job)
   Limits limits;
   bool quiet = false;

@@ -245,10 +245,10 @@ class ModuleTest(unittest.TestCase):
         np.testing.assert_allclose(t["gradcam"].raw, r["gradcam"].raw, rtol=1e-5, atol=1e-7)
         for kw, message in ((dict(), "needs classes="), (dict(classes=cls, region=(100, 100, 120, 120)), "lies outside the image"),
                             (dict(classes=cls, region=region, mask=np.ones((4, 4))), "not both"),
-                            (dict(classes=cls, score="prob"), "score='logit'"), (dict(classes=cls, mask=np.zeros((4, 4))), "covers no pixel")):
+                            (dict(classes=cls, score="prob"), "takes no score="), (dict(classes=cls, mask=np.zeros((4, 4))), "covers no pixel")):
             with self.assertRaisesRegex(lumen.Error, message):
                 explainer.explain(image, layers=["1"], task="segmentation", **kw)
-        with self.assertRaisesRegex(lumen.Error, "belong to task='segmentation'"):
+        with self.assertRaisesRegex(lumen.Error, "region= belongs to task='segmentation'"):
             explainer.explain(image, layers=["1"], region=region)
 
     def test_detection_every_box_of_a_single_stage_detector(self):
@@ -289,7 +289,7 @@ class ModuleTest(unittest.TestCase):
             np.testing.assert_allclose(m.detections[0]["box"], (box * torch.tensor([96 / 64, 80 / 64] * 2)).numpy(), atol=0.05)
             self.assertAlmostEqual(m.target_value, float(y), places=3)
             self.assertGreater(np.corrcoef(m.raw.ravel(), ref.ravel())[0, 1], 0.999, k)
-        # The same boxes from the preprocessed tensor, one forward per row; boxes in the given sizes' pixels.
+        # The same boxes from the preprocessed tensor (both rows in one forward); boxes in the given sizes' pixels.
         tensor_maps = explainer.explain_tensor(torch.cat([x, x]), sizes=[(64, 64), (128, 64)], layers=["backbone.2"], task="detection",
                                                score_threshold=0)
         self.assertEqual([len(t.maps) for t in tensor_maps], [len(det["boxes"])] * 2)

@@ -339,8 +339,8 @@ class Tasks(unittest.TestCase):
         s, _, a = explain(self.server, params, [PETS, cat])
         self.assertEqual(s, 200, brief(a))
         pets = a["images"][0]
-        # Each image had a forward of its own, and its boxes are the detector's, best first.
-        self.assertEqual([i["batched_with"] for i in a["images"]], [1, 1])
+        # One forward for both images, and each image's boxes are the detector's for it, best first.
+        self.assertEqual([i["batched_with"] for i in a["images"]], [2, 2])
         self.assertEqual(len(pets["maps"]), 3)
         for m, want in zip(pets["maps"], self.det["boxes"]):
             [d] = m["detections"]
@@ -348,11 +348,14 @@ class Tasks(unittest.TestCase):
             self.assertEqual(d["class"], want["class"])
             self.assertAlmostEqual(d["score"], want["score"], places=4)
             self.assertTrue(base64.b64decode(m["overlay_png"]).startswith(b"\x89PNG"))
-        out = self.cli("det", self.detector, ["--image", PETS, "--layer", self.det["layer"], "--task", "detection", "--score-threshold", "0",
-                                              "--max-boxes", "3"])
-        for m in pets["maps"]:
-            cli = np.load(os.path.join(out, "pets.gradcam.%s.%s.npy" % (self.det["layer"], m["target"])))
-            np.testing.assert_allclose(decoded_map(m), cli, atol=1e-5, err_msg=m["target"])
+        # Each image's maps are the CLI's for that image explained alone.
+        for stem, image, path in (("pets", pets, PETS), ("cat", a["images"][1], cat)):
+            out = self.cli("det-" + stem, self.detector, ["--image", path, "--layer", self.det["layer"], "--task", "detection",
+                                                          "--score-threshold", "0", "--max-boxes", "3", "--allow-empty"])
+            self.assertEqual(len(image["maps"]), 3)
+            for m in image["maps"]:
+                cli = np.load(os.path.join(out, "%s.gradcam.%s.%s.npy" % (stem, self.det["layer"], m["target"])))
+                np.testing.assert_allclose(decoded_map(m), cli, atol=1e-5, err_msg=stem + " " + m["target"])
         # classes picks the labels explained; none of them found is an empty answer, not an error (this
         # detector finds only class 3 in the photo: the CLI's --class 1 finds no box either).
         s, _, a = explain(self.server, {**params, "classes": [1]}, [PETS])
@@ -377,9 +380,10 @@ class Tasks(unittest.TestCase):
     def test_bad_task_requests(self):
         cases = [
             ({"model": self.segmenter_id, "task": "segmentation"}, "needs \"classes\""),
-            ({"model": self.segmenter_id, "task": "segmentation", "classes": [1], "counterfactual": True}, "takes no target"),
+            ({"model": self.segmenter_id, "task": "segmentation", "classes": [1], "counterfactual": True},
+             "\"task\": \"segmentation\" explains the sum of a class's scores over its pixels; it takes no \"counterfactual\""),
             ({"model": self.detector_id, "task": "detection", "counterfactual": True}, "each box's score"),
-            ({"model": self.detector_id, "score_threshold": 0.2}, "belong to"),
+            ({"model": self.detector_id, "score_threshold": 0.2}, "\"score_threshold\" belongs to \"task\": \"detection\""),
             ({"model": self.detector_id, "task": "detection", "score_threshold": 2}, "score_threshold"),
             ({"model": self.detector_id, "task": "tracking"}, "task"),
             ({"model": self.detector_id}, "not a tensor of class scores"),  # a detector's output is no class score
@@ -392,7 +396,7 @@ class Tasks(unittest.TestCase):
 
 class Limits(unittest.TestCase):
     def test_body_images_queue_and_time(self):
-        server = Server("--max-body", "1", "--max-images", "2", "--queue", "1", "--timeout", "1", "--max-batch", "1")
+        server = Server("--max-body", "1", "--max-images", "2", "--queue", "1", "--timeout", "1", "--max-batch", "1", "--workers", "1")
         try:
             ctype, body = multipart([("params", None, b"{}"), ("image", "big.png", os.urandom(2 << 20))])
             s, _, a = request(server.url + "/api/explain", "POST", body, {"Content-Type": ctype})

@@ -171,8 +171,8 @@ void time_batch(const Args& a, const Model& user, const ExplainOptions& given, i
 }
 
 // --task: what each request explains. Segmentation: the class most pixels of the image are predicted as,
-// summed over them; detection: the best --boxes boxes the detector finds, whatever their score (one
-// image per forward).
+// summed over them; detection: the best --boxes boxes the detector finds in each image, whatever their
+// score.
 void task_targets(const Args& a, ExplainOptions& given) {
   if (a.task == "segmentation") {
     given.targets_from_output = [](const torch::IValue& output, int64_t) {
@@ -180,8 +180,6 @@ void task_targets(const Args& a, ExplainOptions& given) {
       return std::vector<Target>{segmentation_target(predicted.bincount().argmax().item<int64_t>())};
     };
   } else if (a.task == "detection") {
-    for (int b : a.batches)
-      if (b != 1) throw Error("--task detection explains one image per forward: --batches 1");
     DetectionSettings settings;
     settings.score_threshold = 0;
     settings.max_boxes = a.boxes;

@@ -7,6 +7,7 @@
 #include <lumen/image.h>
 #include <lumen/model.h>
 #include <lumen/output.h>
+#include <lumen/task.h>
 
 #include <nlohmann/json.hpp>
 #include <opencv2/imgproc.hpp>
@@ -57,7 +58,7 @@ struct Args {
   float score_threshold = 0.5f, iou_threshold = 0.5f;
   int max_boxes = 100;
   std::string detection_output = "torchvision";
-  bool detection_settings = false;  // any of --score-threshold, --iou-threshold, --max-boxes given
+  std::set<TaskSetting> given;     // the task-related flags given (lumen/task.h)
   MethodFlags method;
 };
 
@@ -83,15 +84,25 @@ std::vector<Target> segmentation_targets(const Args& a, cv::Size image) {
   return targets;
 }
 
+// Which flags go with --task: lumen's task rules (lumen/task.h), in the CLI's flag names.
+const std::map<TaskSetting, std::string> kTaskFlags{
+    {TaskSetting::Classes, "--class"},           {TaskSetting::TopK, "--top-k"},
+    {TaskSetting::Score, "--target"},            {TaskSetting::Counterfactual, "--counterfactual"},
+    {TaskSetting::Contrast, "--contrast"},       {TaskSetting::Output, "--output"},
+    {TaskSetting::Sequence, "--sequence"},       {TaskSetting::Token, "--token"},
+    {TaskSetting::Region, "--region"},           {TaskSetting::Mask, "--mask"},
+    {TaskSetting::References, "--reference"},    {TaskSetting::Dissimilar, "--dissimilar"},
+    {TaskSetting::Box, "--box"},                 {TaskSetting::ScoreThreshold, "--score-threshold"},
+    {TaskSetting::IouThreshold, "--iou-threshold"}, {TaskSetting::MaxBoxes, "--max-boxes"},
+    {TaskSetting::DetectionOutput, "--detection-output"}};
+
+void check_task(const Args& a) {
+  if (const auto conflict = task_conflict(parse_task(a.task), a.given))
+    throw Error(describe(*conflict, [](TaskSetting s) { return kTaskFlags.at(s); }, [](Task t) { return "--task " + to_string(t); }));
+}
+
 void check_segmentation(const Args& a) {
-  if (a.task != "segmentation") {
-    if (!a.region.empty() || !a.mask.empty()) throw Error("--region and --mask belong to --task segmentation");
-    return;
-  }
-  if (a.classes.empty()) throw Error("--task segmentation needs --class C: the class whose pixels are explained");
-  if (a.target != "logit") throw Error("--task segmentation explains the sum of a class's logits over the mask; --target must be logit");
-  if (a.counterfactual || !a.sequence.empty() || a.token >= 0 || a.contrast)
-    throw Error("--task segmentation takes none of --counterfactual, --sequence, --token, --contrast");
+  if (a.task != "segmentation") return;
   if (!a.region.empty() && !a.mask.empty()) throw Error("give --region or --mask, not both");
   if (!a.region.empty() && (a.region.size() != 4 || a.region[2] <= a.region[0] || a.region[3] <= a.region[1]))
     throw Error("--region must be x0,y0,x1,y1 with x0 < x1 and y0 < y1 (image pixels)");
@@ -99,15 +110,7 @@ void check_segmentation(const Args& a) {
 }
 
 void check_detection(const Args& a) {
-  if (a.task != "detection") {
-    if (!a.box.empty() || a.detection_settings)
-      throw Error("--box, --score-threshold, --iou-threshold, --max-boxes and --detection-output belong to --task detection");
-    return;
-  }
-  if (a.target != "logit" || a.counterfactual || !a.sequence.empty() || a.token >= 0 || a.contrast || !a.output.empty() || a.top_k != 1)
-    throw Error("--task detection explains each box's score (IoU + the detector's score); it takes none of --target, --counterfactual, "
-                "--sequence, --token, --contrast, --output, --top-k (--class picks the labels to explain)");
-  if (a.box.empty()) return;
+  if (a.task != "detection" || a.box.empty()) return;
   if (a.box.size() != 4 || !(a.box[2] > a.box[0] && a.box[3] > a.box[1]))
     throw Error("--box must be x0,y0,x1,y1 with x0 < x1 and y0 < y1 (image pixels)");
   if (a.classes.size() != 1) throw Error("--box needs one --class: the label of the box to explain");
@@ -123,26 +126,35 @@ DetectionSettings detection_settings_of(const Args& a) {
   return s;
 }
 
-// --task detection: one target per box the detector finds (above --score-threshold, of --class's labels
-// when given), read from each image's own forward; or the one --box given, in the image's pixels
-// (`image`), which must match a detection of its class.
-std::function<std::vector<Target>(const torch::IValue&, int64_t)> detection_targets_of(const Args& a, cv::Size image, cv::Size input) {
+// --task detection: the boxes the detector finds in each image (above --score-threshold, of --class's
+// labels when given), read from the batch's own forward; or the one --box given, in each image's pixels
+// (`images`' sizes), which must match a detection of its class there.
+std::function<std::vector<Target>(const torch::IValue&, int64_t)> detection_targets_of(const Args& a, const std::vector<cv::Mat>& images,
+                                                                                        const std::vector<std::string>& paths, cv::Size input) {
   const DetectionSettings settings = detection_settings_of(a);
   if (a.box.empty()) return [settings](const torch::IValue& output, int64_t) { return detection_targets(output, settings); };
-  const float sx = static_cast<float>(input.width) / static_cast<float>(image.width);
-  const float sy = static_cast<float>(input.height) / static_cast<float>(image.height);
-  Detection box{a.box[0] * sx, a.box[1] * sy, a.box[2] * sx, a.box[3] * sy, a.classes.front(), 1.0f, {}};
-  return [a, box, settings](const torch::IValue& output, int64_t) {
-    const auto best = matched_detection(output, 0, box, settings);
-    if (!best) {
-      std::ostringstream what;
-      what << "no detection of class " << box.cls << " overlaps --box " << a.box[0] << "," << a.box[1] << "," << a.box[2] << "," << a.box[3]
-           << " best by IoU > " << a.iou_threshold << " (lower --iou-threshold, or check the box is in image pixels)";
-      throw Error(what.str());
+  std::vector<Detection> boxes;  // per image, in the model input's pixels
+  for (const auto& img : images) {
+    const float sx = static_cast<float>(input.width) / static_cast<float>(img.cols);
+    const float sy = static_cast<float>(input.height) / static_cast<float>(img.rows);
+    boxes.push_back({a.box[0] * sx, a.box[1] * sy, a.box[2] * sx, a.box[3] * sy, a.classes.front(), 1.0f, {}});
+  }
+  return [a, boxes, paths, settings](const torch::IValue& output, int64_t) {
+    std::vector<std::vector<Detection>> per_image;
+    for (size_t n = 0; n < boxes.size(); ++n) {
+      const auto best = matched_detection(output, static_cast<int64_t>(n), boxes[n], settings);
+      if (!best) {
+        std::ostringstream what;
+        what << "no detection of class " << boxes[n].cls << " overlaps --box " << a.box[0] << "," << a.box[1] << "," << a.box[2] << ","
+             << a.box[3] << " best by IoU > " << a.iou_threshold << " in " << paths[n]
+             << " (lower --iou-threshold, or check the box is in image pixels)";
+        throw Error(what.str());
+      }
+      per_image.push_back({boxes[n]});
+      per_image.back().front().score = best->score;
     }
-    Target t = detection_target({box}, settings);
+    Target t = per_image.size() == 1 ? detection_target(per_image.front(), settings) : detection_target(per_image, settings);
     t.name = "box";
-    t.boxes.front().score = best->score;
     return std::vector<Target>{t};
   };
 }
@@ -150,14 +162,7 @@ std::function<std::vector<Target>(const torch::IValue&, int64_t)> detection_targ
 bool is_npy(const std::string& path) { return fs::path(path).extension() == ".npy"; }
 
 void check_similarity(const Args& a) {
-  if (a.task != "similarity") {
-    if (!a.references.empty() || a.dissimilar) throw Error("--reference and --dissimilar belong to --task similarity");
-    return;
-  }
-  if (a.references.empty()) throw Error("--task similarity needs --reference IMAGE [IMAGE ...] or --reference EMBEDDING.npy");
-  if (!a.classes.empty() || a.counterfactual || !a.sequence.empty() || a.token >= 0 || a.contrast || a.target != "logit")
-    throw Error("--task similarity explains the cosine similarity to the references; it takes none of --class, --counterfactual "
-                "(use --dissimilar), --target, --sequence, --token, --contrast");
+  if (a.task != "similarity") return;
   const bool npy = std::any_of(a.references.begin(), a.references.end(), is_npy);
   if (npy && a.references.size() != 1) throw Error("--reference takes images, or one embedding .npy file, not both");
   for (const auto& r : a.references)
@@ -233,6 +238,7 @@ ExplainOptions options_of(const Args& a, const std::vector<std::string>& layers)
     opt.targets = {sequence_target(a.sequence, output_path(a.output))};
     if (a.counterfactual) throw Error("--sequence has no counterfactual");
   }
+  check_task(a);
   check_segmentation(a);
   check_similarity(a);
   check_detection(a);
@@ -427,7 +433,6 @@ int run(const Args& given) {
   // Everything that can be checked before any work is checked first, so a typo costs no time.
   if (a.batch < 1) throw Error("--batch must be at least 1");
   if (!a.region.empty()) a.batch = 1;  // a region is in each image's own pixels
-  if (a.task == "detection") a.batch = 1;  // each image has its own boxes, so its own targets
   const Inputs in = inputs_of(a);
   ExplainOptions opt = options_of(a, in.layers);
   check_request(opt);
@@ -470,7 +475,7 @@ int run(const Args& given) {
     } else {
       for (const auto& p : paths) imgs.push_back(read_image(p));
       if (a.task == "segmentation" && !a.region.empty()) batch_opt.targets = segmentation_targets(a, imgs.front().size());
-      if (a.task == "detection") batch_opt.targets_from_output = detection_targets_of(a, imgs.front().size(), {in.pre.width, in.pre.height});
+      if (a.task == "detection") batch_opt.targets_from_output = detection_targets_of(a, imgs, paths, {in.pre.width, in.pre.height});
       explained = explainer.explain(imgs, batch_opt, paths);
     }
     auto entries = write_maps(out, imgs, explained, batch_stems, render);
@@ -480,9 +485,10 @@ int run(const Args& given) {
         entries[i]["warnings"] = {"truncated: the file ends before its end marker; the decoder filled the rest with grey"};
       images.push_back(entries[i]);
     }
-    if (a.task == "detection" && explained.front().maps.empty())
-      std::cerr << "lumen: note: no detection" << (a.classes.empty() ? "" : " of --class's labels") << " scored " << a.score_threshold
-                << " or more in " << paths.front() << " (--score-threshold lowers the bar); nothing to explain there\n";
+    for (size_t i = 0; i < explained.size() && a.task == "detection"; ++i)
+      if (explained[i].maps.empty())
+        std::cerr << "lumen: note: no detection" << (a.classes.empty() ? "" : " of --class's labels") << " scored " << a.score_threshold
+                  << " or more in " << paths[i] << " (--score-threshold lowers the bar); nothing to explain there\n";
     for (size_t i = 0; i < explained.size(); ++i)
       for (const auto& m : explained[i].maps)
         if (m.empty) empty_maps.push_back(map_file_stem(batch_stems[i], m));
@@ -590,8 +596,10 @@ Command add_explain(CLI::App& app) {
   add_runtime_flags(sub, a->runtime);
   add_forward_flag(sub, a->runtime);
   return {sub, [a, sub] {
-            a->detection_settings =
-                sub->count("--score-threshold") + sub->count("--iou-threshold") + sub->count("--max-boxes") + sub->count("--detection-output") > 0;
+            // --target logit and --top-k 1 are the defaults, whoever wrote them.
+            for (const auto& [setting, flag] : explain::kTaskFlags)
+              if (sub->count(flag) > 0 && !(setting == TaskSetting::Score && a->target == "logit") && !(setting == TaskSetting::TopK && a->top_k == 1))
+                a->given.insert(setting);
             return explain::run(*a);
           }};
 }

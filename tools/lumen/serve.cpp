@@ -29,6 +29,7 @@ Command add_serve(CLI::App& app) {
   sub->add_option("--port", a->options.port, "port (8080; 0: any free port)")->check(CLI::Range(0, 65535));
   sub->add_option("--token", a->options.token, "token every API call must carry (Authorization: Bearer TOKEN); 'generate' makes one");
   sub->add_option("--max-batch", a->options.max_batch, "images gathered into one forward pass (8)")->check(CLI::Range(1, 256));
+  sub->add_option("--workers", a->options.workers, "batches of one model run side by side, sharing the cores under load (2)")->check(CLI::Range(1, 64));
   sub->add_option("--batch-wait", a->options.batch_wait_ms, "ms the first job of a batch waits for others (5)")->check(CLI::Range(0.0, 1000.0));
   sub->add_option("--max-body", a->max_body_mib, "largest request body, MiB (32)")->check(CLI::Range(1, 4096));
   sub->add_option("--max-pixels", a->options.limits.image_pixels, "largest image, pixels, read from its header before decoding (40000000)")
