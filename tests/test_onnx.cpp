@@ -179,6 +179,32 @@ TEST(Onnx, NonMaxSuppressionMatchesTorchvision) {
   }
 }
 
+// RoiAlign (a two-stage detector's region pooling) against torchvision's roi_align, output and the
+// features' gradient, in both coordinate modes, with a fixed and the adaptive sampling ratio.
+TEST(Onnx, RoiAlignMatchesTorchvision) {
+  const auto m = onnx_manifest()["roi_align"];
+  const std::vector<int64_t> input_shape = m["input_shape"];
+  const cv::Mat input = read_npy(fixture("onnx_roi_input.npy"));
+  for (const auto& c : m["cases"]) {
+    const std::string tag = c["tag"];
+    SCOPED_TRACE(tag);
+    const std::vector<int64_t> shape = c["output_shape"];
+    const auto tensor = [](const cv::Mat& a, const std::vector<int64_t>& sizes) {
+      return torch::from_blob(const_cast<uchar*>(a.data), sizes, torch::kFloat32).clone();
+    };
+    const cv::Mat want = read_npy(fixture("onnx_roi_" + tag + "_output.npy")), weights = read_npy(fixture("onnx_roi_" + tag + "_weights.npy"));
+    const cv::Mat gradient = read_npy(fixture("onnx_roi_" + tag + "_gradient.npy"));
+    const auto x = tensor(input, input_shape).requires_grad_(true);
+    const auto out = Model::load(fixture("onnx_roi_" + tag + ".onnx")).forward(x).output.toTensor();
+    ASSERT_EQ(out.sizes(), torch::IntArrayRef(shape));
+    EXPECT_LE((out - tensor(want, shape)).abs().max().item<double>(), 1e-5);
+    (out * tensor(weights, shape)).sum().backward();
+    ASSERT_TRUE(x.grad().defined());
+    EXPECT_LE((x.grad() - tensor(gradient, input_shape)).abs().max().item<double>(), 1e-5);
+    EXPECT_GT(x.grad().abs().sum().item<double>(), 0);
+  }
+}
+
 // TopK's two outputs (values and indices), largest and smallest, against numpy's sort.
 TEST(Onnx, TopKMatchesNumpy) {
   const cv::Mat input = read_npy(fixture("onnx_topk_input.npy"));
@@ -209,7 +235,7 @@ TEST(Onnx, BadFilesGiveOneClearError) {
       {"truncated.onnx", {"not an ONNX model", "truncated"}},
       {"not_onnx.onnx", {"not an ONNX model"}},
       {"empty.onnx", {"is empty"}},
-      {"unsupported_ops.onnx", {"2 node(s) lumen cannot run", "RoiAlign at node 'roi_node' (RoiAlign, opset 13)", "LpPool at node 'pool_node'"}},
+      {"unsupported_ops.onnx", {"2 node(s) lumen cannot run", "MaxRoiPool at node 'roi_node' (MaxRoiPool, opset 13)", "LpPool at node 'pool_node'"}},
       {"opset9.onnx", {"opset 9", "opsets 11 to 17"}},
       {"absurd_shape.onnx", {"impossible shape", "1099511627776"}},
       {"inner/external_escape.onnx", {"'../secret.bin' lies outside the model's folder"}},
@@ -222,7 +248,7 @@ TEST(Onnx, BadFilesGiveOneClearError) {
   }
   auto r = run_cli("layers " + dir + "unsupported_ops.onnx");
   EXPECT_EQ(r.code, 2);
-  EXPECT_NE(r.err.find("RoiAlign"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("MaxRoiPool"), std::string::npos) << r.err;
   // A file that loads but cannot run names the node that failed.
   r = run_cli("layers " + dir + "runtime_mismatch.onnx --input-size 16 16");
   EXPECT_EQ(r.code, 2);

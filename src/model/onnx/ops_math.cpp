@@ -52,19 +52,38 @@ void write_clip(NodeWriter& w) {
   w.ret("torch.clamp(" + x + ", " + (w.has(1) ? lit(w.scalar(1)) : "None") + ", " + (w.has(2) ? lit(w.scalar(2)) : "None") + ")");
 }
 
+// The axes a Reduce* node reduces, as an int[] expression (all of them when none are given); nullopt
+// when it reduces nothing (noop_with_empty_axes without axes: the node returns its input).
+std::optional<std::string> reduced_axes(NodeWriter& w) {
+  auto axes = axes_of(w, 1, w.node.op_type == "ReduceSum" ? 13 : 18);
+  if (axes) return axes;
+  if (w.node.attr_int("noop_with_empty_axes", 0)) return std::nullopt;
+  int_list(w, "axes", "0", w.in(0) + ".dim()", "i");
+  return std::string("axes");
+}
+
 void write_reduce(NodeWriter& w, const std::string& fn) {
   const bool keep = w.node.attr_int("keepdims", 1) != 0;
-  auto axes = axes_of(w, 1, w.node.op_type == "ReduceSum" ? 13 : 18);
+  const auto axes = reduced_axes(w);
+  if (!axes) return w.ret(w.in(0));
+  w.ret("torch." + fn + "(" + w.in(0) + ", " + *axes + ", " + (keep ? "True" : "False") + ")");
+}
+
+// ReduceProd: torch.prod takes one dimension at a time, so the axes are reduced one by one, the
+// highest first (the others keep their numbers).
+void write_reduce_prod(NodeWriter& w) {
+  const bool keep = w.node.attr_int("keepdims", 1) != 0;
+  const auto axes = reduced_axes(w);
   const std::string x = w.in(0);
-  if (!axes) {
-    if (w.node.attr_int("noop_with_empty_axes", 0)) {
-      w.ret(x);
-      return;
-    }
-    int_list(w, "axes", "0", x + ".dim()", "i");
-    axes = "axes";
-  }
-  w.ret("torch." + fn + "(" + x + ", " + *axes + ", " + (keep ? "True" : "False") + ")");
+  if (!axes) return w.ret(x);
+  w.line("y = " + x);
+  w.line("ranked: List[int] = []");
+  w.line("for a in " + *axes + ":");
+  w.line("    ranked.append(a if a >= 0 else a + " + x + ".dim())");
+  w.line("ranked.sort(reverse=True)");
+  w.line("for a in ranked:");
+  w.line("    y = torch.prod(y, a, " + std::string(keep ? "True" : "False") + ")");
+  w.ret("y");
 }
 
 // ArgMax/ArgMin: the first index of the extreme along `axis` (torch's, like ONNX's default); the last
@@ -147,6 +166,13 @@ void add_math_ops(OpTable& t) {
   t["Equal"] = [](NodeWriter& w) { w.ret("torch.eq(" + w.in(0) + ", " + w.in(1) + ")"); };
   t["Less"] = [](NodeWriter& w) { w.ret("torch.lt(" + w.in(0) + ", " + w.in(1) + ")"); };
   t["Greater"] = [](NodeWriter& w) { w.ret("torch.gt(" + w.in(0) + ", " + w.in(1) + ")"); };
+  t["GreaterOrEqual"] = [](NodeWriter& w) { w.ret("torch.ge(" + w.in(0) + ", " + w.in(1) + ")"); };
+  t["LessOrEqual"] = [](NodeWriter& w) { w.ret("torch.le(" + w.in(0) + ", " + w.in(1) + ")"); };
+  t["And"] = [](NodeWriter& w) { w.ret("torch.logical_and(" + w.in(0) + ", " + w.in(1) + ")"); };
+  t["Or"] = [](NodeWriter& w) { w.ret("torch.logical_or(" + w.in(0) + ", " + w.in(1) + ")"); };
+  t["Xor"] = [](NodeWriter& w) { w.ret("torch.logical_xor(" + w.in(0) + ", " + w.in(1) + ")"); };
+  // NonZero: [rank, count], one column of coordinates per nonzero element in row-major order.
+  t["NonZero"] = [](NodeWriter& w) { w.ret("torch.nonzero(" + w.in(0) + ").t()"); };
   t["Where"] = [](NodeWriter& w) { w.ret("torch.where(" + w.in(0) + ", " + w.in(1) + ", " + w.in(2) + ")"); };
   t["Sum"] = [](NodeWriter& w) { write_variadic(w, "+"); };
   t["Max"] = [](NodeWriter& w) { write_variadic(w, "maximum"); };
@@ -157,6 +183,7 @@ void add_math_ops(OpTable& t) {
   t["ReduceSum"] = [](NodeWriter& w) { write_reduce(w, "sum"); };
   t["ReduceMax"] = [](NodeWriter& w) { write_reduce(w, "amax"); };
   t["ReduceMin"] = [](NodeWriter& w) { write_reduce(w, "amin"); };
+  t["ReduceProd"] = write_reduce_prod;
   t["ArgMax"] = [](NodeWriter& w) { write_arg(w, "argmax"); };
   t["ArgMin"] = [](NodeWriter& w) { write_arg(w, "argmin"); };
   t["TopK"] = write_topk;

@@ -133,6 +133,19 @@ void write_gather(NodeWriter& w) {
   w.ret("y.reshape(" + x + ".shape[:ax] + i.shape + " + x + ".shape[ax + 1:])");
 }
 
+// ScatterElements (opset 11's Scatter too): data with updates written at indices along `axis`,
+// negative indices counted from the end; reduction none (replace), add or mul.
+void write_scatter_elements(NodeWriter& w) {
+  const std::string x = w.in(0), idx = w.in(1), updates = w.in(2);
+  const std::string reduction = w.node.attr_string("reduction", "none");
+  if (reduction != "none" && reduction != "add" && reduction != "mul")
+    throw Error("ScatterElements reduction '" + reduction + "' is not supported (none, add or mul)");
+  normalise_axis(w, "ax", w.node.attr_int("axis", 0), x + ".dim()");
+  w.line("i = torch.where(" + idx + " < 0, " + idx + " + " + x + ".size(ax), " + idx + ").long()");
+  if (reduction == "none") w.ret("torch.scatter(" + x + ", ax, i, " + updates + ")");
+  else w.ret("torch.scatter(" + x + ", ax, i, " + updates + ", reduce='" + std::string(reduction == "add" ? "add" : "multiply") + "')");
+}
+
 void write_shape(NodeWriter& w) {
   const std::string x = w.in(0);
   const auto* start = w.node.attr("start");
@@ -297,6 +310,8 @@ void add_shape_ops(OpTable& t) {
     w.ret("torch.arange(" + w.in(0) + ".item(), " + w.in(1) + ".item(), " + w.in(2) + ".item(), dtype=" + w.in(0) + ".dtype)");
   };
   t["ScatterND"] = write_scatter_nd;
+  t["ScatterElements"] = write_scatter_elements;
+  t["Scatter"] = write_scatter_elements;
 }
 
 }  // namespace lumen::detail
