@@ -387,17 +387,60 @@ class Server {
     });
   }
 
+  // POST /api/explain, top to bottom: the model and params, a job per image, the batcher, the answer.
   void explain(const httplib::Request& req, httplib::Response& res) {
     const auto start = Clock::now();
     if (!req.is_multipart_form_data()) throw HttpError(415, "POST /api/explain takes multipart/form-data: a part \"image\" (or \"data_id\") and a part \"params\" (JSON)");
     const nlohmann::json params = parse_params_json(req.has_file("params") ? req.get_file_value("params").content : "");
-    const std::string model_id = params.contains("model") && params["model"].is_string() ? params["model"].get<std::string>() : "";
-    Served* served = model_id.empty() && models_.size() == 1 ? models_.front().get() : find_model(model_id);
-    if (!served) throw HttpError(model_id.empty() ? 400 : 404, model_id.empty() ? "several models are served: give \"model\" (GET /api/models)"
-                                                                             : "unknown model \"" + model_id + "\" (GET /api/models)");
-    const Params p = read_params(params, served->model);
+    Served& served = model_of(params);
+    const Params p = read_params(params, served.model);
+    const auto deadline = start + std::chrono::microseconds(static_cast<int64_t>(options_.limits.request_seconds * 1e6));
+    const auto jobs = jobs_of(req, served, p, deadline);
 
-    // The images: uploaded parts, then --data ids.
+    if (!p.job.empty()) {
+      std::lock_guard<std::mutex> lock(jobs_mutex_);
+      if (!jobs_.emplace(p.job, jobs).second) throw HttpError(409, "a job with the id \"" + p.job + "\" is running");
+    }
+    struct Forget {  // the job id is released however this ends
+      Server* server;
+      std::string id;
+      ~Forget() {
+        if (id.empty()) return;
+        std::lock_guard<std::mutex> lock(server->jobs_mutex_);
+        server->jobs_.erase(id);
+      }
+    } forget{this, p.job};
+
+    std::vector<std::future<ImageExplanation>> results;
+    for (auto& job : jobs) results.push_back(job->result.get_future());
+    served.batcher->submit(jobs);
+    Blobs blobs;
+    nlohmann::json images = answers_of(jobs, results, p, deadline, blobs);
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    nlohmann::json answer = {{"lumen_version", version()}, {"model", served.model.id}, {"layers", p.options->layers},
+                             {"methods", p.options->methods}, {"method_options", settings_json(*p.options)}, {"seconds", seconds}};
+    if (images.size() == 1) {
+      for (auto& [k, v] : images[0].items()) answer[k] = std::move(v);
+    } else {
+      answer["images"] = std::move(images);
+    }
+    res.status = 200;
+    res.set_content(blobs.render(answer), "application/json");
+  }
+
+  // The model a request names ("model"; optional when one is served).
+  Served& model_of(const nlohmann::json& params) {
+    const std::string id = params.contains("model") && params["model"].is_string() ? params["model"].get<std::string>() : "";
+    Served* served = id.empty() && models_.size() == 1 ? models_.front().get() : find_model(id);
+    if (!served) throw HttpError(id.empty() ? 400 : 404, id.empty() ? "several models are served: give \"model\" (GET /api/models)"
+                                                                 : "unknown model \"" + id + "\" (GET /api/models)");
+    return *served;
+  }
+
+  // One job per image of the request: the uploaded parts, then the --data ids, each decoded and
+  // preprocessed here, on the request's own thread, while the batcher's workers run the model (one
+  // intra-op thread: many requests are preprocessed at once beside the workers).
+  std::vector<std::shared_ptr<Job>> jobs_of(const httplib::Request& req, const Served& served, const Params& p, Clock::time_point deadline) const {
     std::vector<httplib::MultipartFormData> uploads, ids;
     for (auto [it, end] = req.files.equal_range("image"); it != end; ++it) uploads.push_back(it->second);
     for (auto [it, end] = req.files.equal_range("data_id"); it != end; ++it) ids.push_back(it->second);
@@ -406,13 +449,10 @@ class Server {
     if (count > static_cast<size_t>(options_.limits.images_per_request))
       throw HttpError(413, std::to_string(count) + " images in one request, over the limit of " + std::to_string(options_.limits.images_per_request) + " (--max-images)");
     std::vector<std::shared_ptr<Job>> jobs;
-    const auto deadline = start + std::chrono::microseconds(static_cast<int64_t>(options_.limits.request_seconds * 1e6));
+    set_this_thread_threads(1);
     auto add_job = [&](cv::Mat image, const std::string& source) {
       auto job = std::make_shared<Job>();
-      // Preprocessed here, on the request's own thread, while the batcher's workers run the model: one
-      // intra-op thread, as many requests are preprocessed at once beside the workers.
-      set_this_thread_threads(1);
-      job->input = to_batch({image}, served->model.explainer.preprocess());
+      job->input = to_batch({image}, served.model.explainer.preprocess());
       job->image = std::move(image);
       job->source = source;
       job->options = p.options;
@@ -432,26 +472,13 @@ class Server {
       if (it == data_.samples.end()) throw HttpError(404, "no --data image has the id \"" + id.content.substr(0, 200) + "\" (GET /api/data lists them)");
       add_job(read_image(it->second.path), id.content);
     }
+    return jobs;
+  }
 
-    if (!p.job.empty()) {
-      std::lock_guard<std::mutex> lock(jobs_mutex_);
-      if (!jobs_.emplace(p.job, jobs).second) throw HttpError(409, "a job with the id \"" + p.job + "\" is running");
-    }
-    struct Forget {  // the job id is released however this ends
-      Server* server;
-      std::string id;
-      ~Forget() {
-        if (id.empty()) return;
-        std::lock_guard<std::mutex> lock(server->jobs_mutex_);
-        server->jobs_.erase(id);
-      }
-    } forget{this, p.job};
-
-    std::vector<std::future<ImageExplanation>> results;
-    for (auto& job : jobs) results.push_back(job->result.get_future());
-    served->batcher->submit(jobs);
+  // Each job's answer as it finishes; a job past the deadline, cancelled or stopped ends the request.
+  nlohmann::json answers_of(const std::vector<std::shared_ptr<Job>>& jobs, std::vector<std::future<ImageExplanation>>& results, const Params& p,
+                            Clock::time_point deadline, Blobs& blobs) const {
     nlohmann::json images = nlohmann::json::array();
-    Blobs blobs;
     for (size_t i = 0; i < jobs.size(); ++i) {
       // A little past the deadline: the batch notices it at its next progress report.
       if (results[i].wait_until(deadline + std::chrono::seconds(2)) != std::future_status::ready) {
@@ -467,16 +494,7 @@ class Server {
         throw HttpError(why.find("timed out") != std::string::npos ? 504 : why.find("stopped") != std::string::npos ? 503 : 409, why);
       }
     }
-    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    nlohmann::json answer = {{"lumen_version", version()}, {"model", served->model.id}, {"layers", p.options->layers},
-                             {"methods", p.options->methods}, {"method_options", settings_json(*p.options)}, {"seconds", seconds}};
-    if (images.size() == 1) {
-      for (auto& [k, v] : images[0].items()) answer[k] = std::move(v);
-    } else {
-      answer["images"] = std::move(images);
-    }
-    res.status = 200;
-    res.set_content(blobs.render(answer), "application/json");
+    return images;
   }
 
   Options options_;

@@ -228,7 +228,7 @@ Command add_bench(CLI::App& app) {
   sub->add_option("--top-k", a->top_k, "explain the top-k classes of each image (1)")->check(CLI::Range(1, 1000));
   sub->add_option("--task", a->task,
                   "what to explain: classification (default: the top-k classes), segmentation (the class most pixels take, over "
-                  "them) or detection (the best --boxes boxes of a torchvision detector; batch 1)")
+                  "them) or detection (the best --boxes boxes a torchvision detector finds in each image)")
       ->check(CLI::IsMember({"classification", "segmentation", "detection"}));
   sub->add_option("--boxes", a->boxes, "--task detection: boxes explained per image (10)")->check(CLI::Range(1, 1000));
   sub->add_flag("--together", a->together, "also time all --methods in one request (they share the forward)");
