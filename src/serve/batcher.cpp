@@ -29,7 +29,7 @@ void Batcher::submit(const std::vector<std::shared_ptr<Job>>& jobs) {
 }
 
 void Batcher::warm_up(const std::function<void(int images)>& run) const {
-  for (const int threads : std::set<int>{threads_, std::max(1, threads_ / worker_count_)}) {
+  for (const int threads : std::set<int>{threads_, shared_threads()}) {
     set_this_thread_threads(threads);
     for (int n = 1; n <= static_cast<int>(max_batch_); ++n) run(n);
   }
@@ -89,7 +89,7 @@ void Batcher::work() {
     auto batch = take_batch(lock);
     lock.unlock();
     const int others = running_++;
-    set_this_thread_threads(others == 0 ? threads_ : std::max(1, threads_ / worker_count_));
+    set_this_thread_threads(others == 0 ? threads_ : shared_threads());
     run_batch(batch);
     --running_;
     lock.lock();

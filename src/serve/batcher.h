@@ -13,6 +13,7 @@
 
 #include <opencv2/core.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -76,6 +77,7 @@ class Batcher {
 
  private:
   void work();
+  int shared_threads() const { return std::max(1, threads_ / worker_count_); }  // a batch's share under load
   std::deque<std::shared_ptr<Job>> take_batch(std::unique_lock<std::mutex>& lock);
   void run_batch(std::deque<std::shared_ptr<Job>>& batch);
 

@@ -163,14 +163,11 @@ void add_math_ops(OpTable& t) {
   t["Mod"] = [](NodeWriter& w) {
     w.ret(std::string(w.node.attr_int("fmod", 0) ? "torch.fmod(" : "torch.remainder(") + w.in(0) + ", " + w.in(1) + ")");
   };
-  t["Equal"] = [](NodeWriter& w) { w.ret("torch.eq(" + w.in(0) + ", " + w.in(1) + ")"); };
-  t["Less"] = [](NodeWriter& w) { w.ret("torch.lt(" + w.in(0) + ", " + w.in(1) + ")"); };
-  t["Greater"] = [](NodeWriter& w) { w.ret("torch.gt(" + w.in(0) + ", " + w.in(1) + ")"); };
-  t["GreaterOrEqual"] = [](NodeWriter& w) { w.ret("torch.ge(" + w.in(0) + ", " + w.in(1) + ")"); };
-  t["LessOrEqual"] = [](NodeWriter& w) { w.ret("torch.le(" + w.in(0) + ", " + w.in(1) + ")"); };
-  t["And"] = [](NodeWriter& w) { w.ret("torch.logical_and(" + w.in(0) + ", " + w.in(1) + ")"); };
-  t["Or"] = [](NodeWriter& w) { w.ret("torch.logical_or(" + w.in(0) + ", " + w.in(1) + ")"); };
-  t["Xor"] = [](NodeWriter& w) { w.ret("torch.logical_xor(" + w.in(0) + ", " + w.in(1) + ")"); };
+  // Comparisons and logic: one torch function of the two inputs each.
+  for (const auto& [op, fn] : std::vector<std::pair<std::string, std::string>>{
+           {"Equal", "eq"}, {"Less", "lt"}, {"Greater", "gt"}, {"GreaterOrEqual", "ge"}, {"LessOrEqual", "le"},
+           {"And", "logical_and"}, {"Or", "logical_or"}, {"Xor", "logical_xor"}})
+    t[op] = [fn = fn](NodeWriter& w) { w.ret("torch." + fn + "(" + w.in(0) + ", " + w.in(1) + ")"); };
   // NonZero: [rank, count], one column of coordinates per nonzero element in row-major order.
   t["NonZero"] = [](NodeWriter& w) { w.ret("torch.nonzero(" + w.in(0) + ").t()"); };
   t["Where"] = [](NodeWriter& w) { w.ret("torch.where(" + w.in(0) + ", " + w.in(1) + ", " + w.in(2) + ")"); };
