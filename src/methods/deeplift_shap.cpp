@@ -12,25 +12,14 @@ LUMEN_METHOD(deeplift_shap) {
   m.params = {baseline_param(), baselines_param(), blur_sigma_param(), seed_param()};
   m.compute = [](const Evidence& e, size_t) {
     const auto dist = baseline_distribution(e);  // [K,N,C,H,W]
-    const int64_t k = dist.size(0), n = e.input.size(0);
-    Result r;
-    std::vector<torch::Tensor> attrs;
-    for (int64_t i = 0; i < n; ++i) {
+    const int64_t n = e.input.size(0);
+    return shap_result(e, [&](int64_t i) {
       const auto refs = dist.select(1, i);
       const auto x = e.input[i].unsqueeze(0).expand_as(refs);
       const auto pass = e.passes->rescale_gradient(x, refs, i);
-      const auto attr = ((x - refs) * pass.gradient).mean(0);
-      attrs.push_back(attr);
-      const double fx = e.target_values[i].item<double>(), fb = pass.reference_scores.mean().item<double>();
-      const double total = attr.sum().item<double>();
-      r.extra.push_back(completeness(fx, fb, total, "f_baseline_mean"));
-      r.extra.back().update({{"baseline", e.settings->text("baseline")}, {"baselines", k}});
       e.passes->progress("deeplift-shap", i + 1, n);
-    }
-    r.attribution = torch::stack(attrs);
-    r.maps = r.attribution.sum(1);
-    r.is_signed = true;
-    return r;
+      return ShapImage{((x - refs) * pass.gradient).mean(0), pass.reference_scores.mean().item<double>()};
+    }, {{"baseline", e.settings->text("baseline")}, {"baselines", dist.size(0)}});
   };
   return m;
 }

@@ -15,32 +15,17 @@ LUMEN_METHOD(gradient_shap) {
   m.compute = [](const Evidence& e, size_t) {
     const Settings& s = *e.settings;
     const auto dist = baseline_distribution(e);
-    const int64_t k = dist.size(0), n = e.input.size(0), samples = s.integer("samples");
-    const double stdevs = s.number("stdevs");
-    Result r;
-    std::vector<torch::Tensor> attrs;
-    for (int64_t i = 0; i < n; ++i) {
+    const int64_t n = e.input.size(0), samples = s.integer("samples");
+    return shap_result(e, [&](int64_t i) {
       const auto draw = shap_draws(e, dist, i);
-      const auto& x = draw.inputs;
-      const auto& b = draw.baselines;
-      const auto& points = draw.points;
       std::vector<torch::Tensor> parts;
       for (int64_t start = 0; start < samples; start += e.passes->rows_per_pass()) {
         const int64_t end = std::min<int64_t>(samples, start + e.passes->rows_per_pass());
-        parts.push_back(e.passes->gradient(points.slice(0, start, end), i, BackwardRule::Plain));
+        parts.push_back(e.passes->gradient(draw.points.slice(0, start, end), i, BackwardRule::Plain));
         e.passes->progress("gradient-shap", i * samples + end, n * samples);
       }
-      const auto attr = ((x - b) * torch::cat(parts)).mean(0);
-      attrs.push_back(attr);
-      const double fx = e.target_values[i].item<double>(), fb = e.passes->score(dist.select(1, i), i).mean().item<double>();
-      const double total = attr.sum().item<double>();
-      r.extra.push_back(completeness(fx, fb, total, "f_baseline_mean"));
-      r.extra.back().update({{"baseline", s.text("baseline")}, {"baselines", k}, {"samples", samples}, {"stdevs", stdevs}});
-    }
-    r.attribution = torch::stack(attrs);
-    r.maps = r.attribution.sum(1);
-    r.is_signed = true;
-    return r;
+      return ShapImage{((draw.inputs - draw.baselines) * torch::cat(parts)).mean(0), e.passes->score(dist.select(1, i), i).mean().item<double>()};
+    }, {{"baseline", s.text("baseline")}, {"baselines", dist.size(0)}, {"samples", samples}, {"stdevs", s.number("stdevs")}});
   };
   return m;
 }

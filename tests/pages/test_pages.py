@@ -14,9 +14,8 @@ import sys
 import tempfile
 import unittest
 
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from chromium import headless_chromium  # noqa: E402  (tests/chromium.py)
 
 BUILD, SHARED = (os.path.abspath(p) for p in sys.argv[1:3])
 LUMEN = os.path.join(BUILD, "lumen")
@@ -48,11 +47,7 @@ class Pages(unittest.TestCase):
               "--metrics", "loc,pointing,deletion,insertion", "--out", cls.eval)
         cls.audit = os.path.join(w, "audit")
         lumen("audit", *MODEL, "--data", DATA, "--limit", "10", "--out", cls.audit)
-        options = Options()
-        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=%d,900" % WIDTH):
-            options.add_argument(flag)
-        options.binary_location = "/usr/bin/chromium"
-        cls.browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+        cls.browser = headless_chromium(WIDTH, 900)
         os.makedirs(ARTIFACTS, exist_ok=True)
 
     @classmethod

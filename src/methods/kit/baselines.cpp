@@ -35,4 +35,19 @@ ShapDraws shap_draws(const Evidence& e, const torch::Tensor& dist, int64_t image
   return {x.contiguous(), b, b + alpha * (x - b)};
 }
 
+Result shap_result(const Evidence& e, const std::function<ShapImage(int64_t image)>& image, const nlohmann::json& echo) {
+  Result r;
+  std::vector<torch::Tensor> attrs;
+  for (int64_t i = 0; i < e.input.size(0); ++i) {
+    const ShapImage one = image(i);
+    attrs.push_back(one.attribution);
+    r.extra.push_back(completeness(e.target_values[i].item<double>(), one.baseline_score, one.attribution.sum().item<double>(), "f_baseline_mean"));
+    r.extra.back().update(echo);
+  }
+  r.attribution = torch::stack(attrs);
+  r.maps = r.attribution.sum(1);
+  r.is_signed = true;
+  return r;
+}
+
 }  // namespace lumen::detail

@@ -23,4 +23,13 @@ struct ShapDraws {
 Param stdevs_param();  // "stdevs"
 ShapDraws shap_draws(const Evidence& e, const torch::Tensor& dist, int64_t image);
 
+// The SHAP methods' common ending, image by image: `image(i)` gives image i's attribution [C,H,W] and
+// the mean score of its baselines. Stacked into a signed result whose map is the channel sum, each
+// image's extra record holding its completeness gap (sum(attr) against y(x) - mean y(b)) and `echo`.
+struct ShapImage {
+  torch::Tensor attribution;
+  double baseline_score = 0;
+};
+Result shap_result(const Evidence& e, const std::function<ShapImage(int64_t image)>& image, const nlohmann::json& echo);
+
 }  // namespace lumen::detail
