@@ -21,11 +21,18 @@ std::string detector_args(const nlohmann::json& m) {
 
 // Every box the detector finds gets its map from one explain run: the boxes, labels and scores in
 // run.json are the detector's (in image pixels), and each Grad-CAM map is the eager reference's for
-// pytorch-grad-cam's box-score target of that box.
+// pytorch-grad-cam's box-score target of that box. The same detector exported to ONNX (one image in;
+// boxes, labels and scores out; If nodes around its NMS) gives the same maps with no operator library.
 TEST(Detection, EveryBoxMatchesTheBoxScoreReference) {
   const auto m = read_json(fixture("manifest_detection.json"));
-  const std::string out = temp_dir("detection");
-  auto r = run_cli("explain " + detector_args(m) + " --task detection --score-threshold 0 --method gradcam --out " + q(out));
+  for (const bool onnx : {false, true}) {
+  SCOPED_TRACE(onnx ? "ONNX" : "TorchScript");
+  const std::string out = temp_dir(onnx ? "detection-onnx" : "detection");
+  std::string args = detector_args(m);
+  if (onnx)
+    args = "--model " + q(fixture(m["onnx_model"].get<std::string>())) + " --card " + q(fixture(m["card"].get<std::string>())) + " --image " +
+           q(m["image"].get<std::string>()) + " --layer " + m["layer"].get<std::string>();
+  auto r = run_cli("explain " + args + " --task detection --score-threshold 0 --method gradcam --out " + q(out));
   ASSERT_EQ(r.code, 0) << r.err;
   const auto run = read_json(out + "/run.json");
   const auto& maps = run["images"][0]["maps"];
@@ -60,6 +67,7 @@ TEST(Detection, EveryBoxMatchesTheBoxScoreReference) {
   // The maps differ from box to box: each follows its own box's score.
   EXPECT_LT(pearson(read_npy(out + "/" + maps[0]["files"]["raw"].get<std::string>()),
                     read_npy(out + "/" + maps[1]["files"]["raw"].get<std::string>())), 0.999);
+  }
 }
 
 // A YOLO-style raw output ([N, B, 5 + C] and [N, 4 + C, B]), from TorchScript and from ONNX: decoded,
@@ -131,6 +139,45 @@ TEST(Detection, OneForwardForAllBoxes) {
   EXPECT_GT(pearson(given[0].maps[1].raw, e[0].maps[2].raw), 0.9999);
 }
 
+// torchvision's ONNX export takes one image [3, H, W]: a batch of images is explained in turn, one forward
+// each, and a target holding each image's own box is bound to that image (as if explained alone).
+TEST(Detection, AnOnnxDetectorTakingOneImageExplainsABatchInTurn) {
+  const auto m = read_json(fixture("manifest_detection.json"));
+  const Model model = Model::load(fixture(m["onnx_model"].get<std::string>()));
+  EXPECT_EQ(model.images_per_forward(), 1);
+  const Explainer ex(model, load_card(fixture(m["card"].get<std::string>())).preprocess);
+  const std::vector<cv::Mat> images = {read_image(m["image"].get<std::string>()), read_image(shared("images/cat.png"))};
+  std::vector<std::vector<Detection>> boxes;
+  for (const auto& image : images) {
+    const auto found = read_detections(model.forward(to_batch({image}, ex.preprocess())).output, 0);
+    ASSERT_GE(found.size(), 2u);
+    boxes.push_back({found[boxes.empty() ? 0 : 1]});
+  }
+  try {
+    model.forward(to_batch(images, ex.preprocess()));
+    ADD_FAILURE() << "a batch of two went through a one-image model";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("takes one image per forward"), std::string::npos) << e.what();
+  }
+  ExplainOptions opt;
+  opt.layers = {m["layer"].get<std::string>()};
+  opt.targets = {detection_target(boxes)};
+  const int64_t before = model.passes();
+  const auto both = ex.explain(images, opt, {"a", "b"});
+  EXPECT_EQ(model.passes() - before, 2);
+  ASSERT_EQ(both.size(), 2u);
+  for (size_t i = 0; i < 2; ++i) {
+    SCOPED_TRACE(i);
+    EXPECT_EQ(both[i].source, i ? "b" : "a");
+    opt.targets = {detection_target(boxes[i])};
+    const auto alone = ex.explain({images[i]}, opt);
+    ASSERT_EQ(both[i].maps.size(), 1u);
+    EXPECT_NEAR(both[i].maps[0].target_value, alone[0].maps[0].target_value, 1e-6);
+    EXPECT_GT(both[i].maps[0].target_value, 1.0);  // matched: IoU 1 + its score
+    EXPECT_LT(max_abs_diff(both[i].maps[0].raw, alone[0].maps[0].raw), 1e-6);
+  }
+}
+
 // A given box is checked against the candidate the target will score: written out by hand in YOLOv5's
 // layout (cx, cy, w, h, objectness, class scores), whose IoUs are known in closed form.
 TEST(Detection, AGivenBoxMatchesTheCandidateTheTargetScores) {
@@ -177,7 +224,7 @@ TEST(Detection, BadRequestsAreRefused) {
       {"box without class", "explain " + det + " --task detection --box 1,1,50,50 --out " + q(out), "--box needs one --class"},
       {"box reversed", "explain " + det + " --task detection --box 50,1,10,50 --class 3 --out " + q(out), "--box must be x0,y0,x1,y1"},
       {"box matches nothing", "explain " + det + " --task detection --box 500,400,510,420 --class 3 --out " + q(out),
-       "no detection of class 3 overlaps --box"},
+       "no detection of class 3 overlaps the box"},
       {"threshold without detection", "explain " + kModel + " --image " + q(shared("images/cat.png")) + " --score-threshold 0.2 --out " + q(out),
        "--score-threshold belongs to --task detection"},
       {"top-k", "explain " + det + " --task detection --top-k 2 --out " + q(out), "--task detection explains each box's score"},

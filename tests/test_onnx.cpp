@@ -205,6 +205,36 @@ TEST(Onnx, RoiAlignMatchesTorchvision) {
   }
 }
 
+// If: a run-time condition picks one of two branches per forward (both are taken here, one input
+// each), forward and input gradient equal to eager PyTorch's; a load-time condition is taken in line.
+TEST(Onnx, IfBranchesMatchEagerForwardAndGradient) {
+  const auto m = onnx_manifest()["if"];
+  const std::vector<int64_t> shape = m["input_shape"];
+  Model model = Model::load(fixture("onnx_if.onnx"));
+  const auto weights = npy_tensor("onnx_if_weights.npy");
+  for (const std::string tag : m["cases"]) {
+    SCOPED_TRACE(tag);
+    const auto x = npy_tensor("onnx_if_" + tag + "_input.npy").reshape(shape).requires_grad_(true);
+    const auto want = npy_tensor("onnx_if_" + tag + "_output.npy"), gradient = npy_tensor("onnx_if_" + tag + "_gradient.npy").reshape(shape);
+    const auto out = model.forward(x).output.toTensor();
+    ASSERT_EQ(out.sizes(), want.sizes());
+    EXPECT_LE((out - want).abs().max().item<double>(), 1e-5 * want.abs().max().item<double>());
+    (out * weights).sum().backward();
+    ASSERT_TRUE(x.grad().defined());
+    EXPECT_GT(gradient.abs().max().item<double>(), 0);
+    EXPECT_LE((x.grad() - gradient).abs().max().item<double>(), 1e-5 * gradient.abs().max().item<double>());
+  }
+  // A layer before the If is tapped like any other; one inside a branch is refused, saying why.
+  const auto x = npy_tensor("onnx_if_high_input.npy").reshape(shape);
+  EXPECT_EQ(model.forward(x, {"conv"}).layers.at(0).sizes(), torch::IntArrayRef({2, 4, 8, 8}));
+  try {
+    model.forward(x, {"then_sigmoid"});
+    ADD_FAILURE() << "a layer inside a branch was tapped";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("then_sigmoid"), std::string::npos) << e.what();
+  }
+}
+
 // TopK's two outputs (values and indices), largest and smallest, against numpy's sort.
 TEST(Onnx, TopKMatchesNumpy) {
   const cv::Mat input = read_npy(fixture("onnx_topk_input.npy"));

@@ -121,6 +121,12 @@ class Model {
   Model with_module(torch::jit::Module module, std::string name) const;
   // The input shape the file declares ([1,3,224,224]; -1 where symbolic); empty when it declares none.
   std::vector<int64_t> declared_input_shape() const;
+  // The module path a layer name stands for: an ONNX node or value name, or a module path of its
+  // export ("layer4"), gives the path lumen lists it under; any other name is returned as it is.
+  std::string layer_path(const std::string& layer) const;
+  // 1 for a model that takes one image per forward (an ONNX graph whose input has no batch axis, as
+  // torchvision's detectors export); 0 when a batch may hold any number.
+  int64_t images_per_forward() const;
   // Throws lumen::Error when an ONNX graph declares a fixed height/width that `input` does not have.
   void check_input_size(const torch::Tensor& input) const;
   // The stride of the model's patch embedding — the first convolution whose kernel equals its stride

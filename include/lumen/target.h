@@ -11,6 +11,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
@@ -69,6 +70,9 @@ Target custom_target(std::string name, TargetFn fn);
 // `region` is undefined, the pixels whose highest score is `cls` in the explained image's output (bound
 // once, Target::bind; unbound, in the output being scored). Named "seg-<cls>".
 Target segmentation_target(int64_t cls, torch::Tensor region = {}, OutputSelector select = {});
+// The same with one region per image of the batch (each [H, W] at its own image's size: a rectangle
+// given in each image's pixels), the extra passes' copies scored against their image's region.
+Target segmentation_target(int64_t cls, std::vector<torch::Tensor> regions, OutputSelector select = {});
 // The [N, classes, h, w] scores of a segmentation network: the output itself, or a dict's "out" entry
 // (torchvision's FCN, DeepLabV3 and LR-ASPP return {"out": ..., "aux": ...}).
 OutputSelector segmentation_scores();
@@ -129,6 +133,14 @@ std::optional<Detection> matched_detection(const torch::IValue& output, int64_t 
 // image's k-th best box (in the images that have k), so every image's boxes come from one forward and
 // a batch of images shares the k-th backward.
 std::vector<Target> detection_targets(const torch::IValue& output, const DetectionSettings& settings = {});
+// A box the user gives (`box`: corners in each image's own pixels, and its class) explained in each
+// image: scaled into the model input's pixels by `scales` (one (input / image width, input / image
+// height) per image), scored as detection_target scores it, with the score of the detection it
+// matches. For ExplainOptions::targets_from_output. Throws lumen::Error naming `sources[n]` when an
+// image has no detection of the box's class that overlaps it by IoU > settings.iou.
+std::function<std::vector<Target>(const torch::IValue& output, int64_t images)> given_box_targets(
+    const Detection& box, const std::vector<std::pair<float, float>>& scales, const DetectionSettings& settings,
+    std::vector<std::string> sources);
 
 // The CLI's small target language, also usable from C++.
 // An output path picks a tensor out of nested tuples, lists and dicts: components separated by '.',

@@ -15,6 +15,7 @@ gives the same memory as a torch tensor. The GIL is released while lumen compute
 docs/python.md has the reference and the side-by-side with pytorch-grad-cam and Captum.
 """
 
+import inspect as _inspect
 import io as _io
 import warnings as _warnings
 
@@ -30,8 +31,6 @@ __all__ = ["Model", "Explainer", "Error", "ImageExplanation", "Map", "Prediction
 
 Model = _lumen.Model
 _load_file = _lumen.Model.load
-# explain()'s detection settings at their defaults: a value other than these is "given" (Explainer._task).
-_DETECTION_DEFAULTS = {"score_threshold": 0.5, "iou_threshold": 0.5, "max_boxes": 100, "detection_output": "torchvision"}
 
 
 def _model_from_module(module, name="in-memory"):
@@ -152,20 +151,19 @@ class Explainer:
         --task segmentation`)."""
         if mask is not None and region is not None:
             raise Error("give mask= or region=, not both")
+        masks = None
         if region is not None:
             if len(region) != 4 or region[2] <= region[0] or region[3] <= region[1]:
                 raise Error("region= must be (x0, y0, x1, y1) with x0 < x1 and y0 < y1 (image pixels)")
-            image_sizes = image_sizes_of()
-            if len(set(image_sizes)) != 1:
-                raise Error("region= is in the images' pixels: give images of one size (or one image at a time)")
-            w, h = image_sizes[0]
-            mask = _np.zeros((h, w), _np.float32)
-            mask[max(0, region[1]):min(h, region[3]), max(0, region[0]):min(w, region[2])] = 1
-            if not mask.any():
-                raise Error("region= lies outside the image (%dx%d)" % (w, h))
-        if hasattr(mask, "detach"):
-            mask = mask.detach().cpu().numpy()
-        return _lumen._with_segmentation(opt, [classes] if isinstance(classes, int) else list(classes), mask, output)
+            masks = []  # in each image's own pixels
+            for w, h in image_sizes_of():
+                masks.append(_np.zeros((h, w), _np.float32))
+                masks[-1][max(0, region[1]):min(h, region[3]), max(0, region[0]):min(w, region[2])] = 1
+                if not masks[-1].any():
+                    raise Error("region= lies outside the image (%dx%d)" % (w, h))
+        elif mask is not None:
+            masks = [mask.detach().cpu().numpy() if hasattr(mask, "detach") else mask]
+        return _lumen._with_segmentation(opt, [classes] if isinstance(classes, int) else list(classes), masks, output)
 
     def _task(self, opt, task, classes, top_k, mask, region, output, score, counterfactual, contrast, similar_to, dissimilar,
               image_sizes_of, detection):
@@ -179,7 +177,9 @@ class Explainer:
                                        ("counterfactual", bool(counterfactual)), ("contrast", bool(contrast)), ("output", bool(output)),
                                        ("mask", mask is not None), ("region", region is not None),
                                        ("similar_to", similar_to is not None), ("dissimilar", bool(dissimilar))) if on]
-        given += [name for name, default in _DETECTION_DEFAULTS.items() if detection[name] != default]
+        # A detection setting away from explain()'s default is "given" (the defaults are read from its signature).
+        defaults = _inspect.signature(Explainer.explain).parameters
+        given += [name for name, value in detection.items() if value != defaults[name].default]
         _lumen._check_task(task, given)
         if task == "detection":
             classes = [] if classes is None else [classes] if isinstance(classes, int) else list(classes)
@@ -213,9 +213,10 @@ class Explainer:
             SimilarityToConceptTarget), or with dissimilar=True its negation.
         task="segmentation" (a [N, classes, h, w] output, or a dict's "out"): each map explains the sum of a class's
             (classes=) scores over the pixels predicted as it, or over mask= (a 2-D array, nonzero = inside, stretched
-            over the output) or region= ((x0, y0, x1, y1) in the images' pixels); pytorch-grad-cam's
+            over the output) or region= ((x0, y0, x1, y1) in each image's own pixels); pytorch-grad-cam's
             SemanticSegmentationTarget. task="similarity" is similar_to= given.
-        task="detection" (a torchvision detector; lumen.load_ops_library first): one map per box found scoring at least
+        task="detection" (a torchvision detector: scripted, with lumen.load_ops_library first, or its ONNX export, whose
+            images run one per forward): one map per box found scoring at least
             score_threshold (at most max_boxes; of classes= when given), each explaining pytorch-grad-cam's
             FasterRCNNBoxScoreTarget for its box (iou_threshold); map.detections holds the box. The images share one
             forward, and each image's k-th box one backward.

@@ -398,15 +398,19 @@ PYBIND11_MODULE(_lumen, m) {
     const cv::Mat image = read_image(path);  // as explain reads it (and refuses it)
     return py::make_tuple(image.cols, image.rows);
   });
-  m.def("_with_segmentation", [](ExplainOptions opt, const std::vector<int64_t>& classes, const py::object& mask, const std::string& output) {
-    torch::Tensor region;  // undefined: the pixels predicted as each class
-    if (!mask.is_none()) {
-      const auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(mask);
-      if (!a || a.ndim() != 2) throw Error("mask= must be a 2-D array (H x W; nonzero = inside)");
-      region = torch::from_blob(const_cast<float*>(a.data()), {a.shape(0), a.shape(1)}, torch::kFloat32).clone();
-    }
+  // masks: None (the pixels predicted as each class), or 2-D arrays, one for every image or one per image.
+  m.def("_with_segmentation", [](ExplainOptions opt, const std::vector<int64_t>& classes, const py::object& masks, const std::string& output) {
+    std::vector<torch::Tensor> regions;
+    if (!masks.is_none())
+      for (const auto& mask : masks.cast<py::list>()) {
+        const auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(mask);
+        if (!a || a.ndim() != 2) throw Error("mask= must be a 2-D array (H x W; nonzero = inside)");
+        regions.push_back(torch::from_blob(const_cast<float*>(a.data()), {a.shape(0), a.shape(1)}, torch::kFloat32).clone());
+      }
+    const OutputSelector select = output.empty() ? segmentation_scores() : output_path(output);
     opt.targets.clear();
-    for (int64_t c : classes) opt.targets.push_back(segmentation_target(c, region, output.empty() ? segmentation_scores() : output_path(output)));
+    for (int64_t c : classes)
+      opt.targets.push_back(regions.empty() ? segmentation_target(c, torch::Tensor(), select) : segmentation_target(c, regions, select));
     return opt;
   });
 

@@ -52,6 +52,23 @@ std::vector<ImageExplanation> Explainer::explain(const std::vector<cv::Mat>& ima
                                                  const std::vector<std::string>& sources) const {
   if (images.empty()) throw Error("no images to explain");
   check_request(opt);  // before any image is preprocessed
+  // A model that takes one image per forward explains the images in turn, each target bound to its
+  // image's rows (targets read from the output are read from each image's own).
+  if (const auto per = static_cast<size_t>(model_.images_per_forward()); per > 0 && images.size() > per) {
+    std::vector<ImageExplanation> all;
+    for (size_t first = 0; first < images.size(); first += per) {
+      const size_t last = std::min(images.size(), first + per);
+      std::vector<int64_t> rows;
+      for (size_t i = first; i < last; ++i) rows.push_back(static_cast<int64_t>(i));
+      ExplainOptions part = opt;
+      for (auto& t : part.targets) t = target_for_images(t, rows);
+      const std::vector<std::string> names(sources.begin() + static_cast<std::ptrdiff_t>(std::min(first, sources.size())),
+                                           sources.begin() + static_cast<std::ptrdiff_t>(std::min(last, sources.size())));
+      for (auto& e : explain({images.begin() + static_cast<std::ptrdiff_t>(first), images.begin() + static_cast<std::ptrdiff_t>(last)}, part, names))
+        all.push_back(std::move(e));
+    }
+    return all;
+  }
   std::vector<cv::Size> sizes;
   for (const auto& img : images) sizes.push_back(img.size());
   return explain_tensor(to_batch(images, preprocess_), opt, sizes, sources);

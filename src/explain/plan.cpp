@@ -148,6 +148,7 @@ Plan make_plan(const Model& model, const ExplainOptions& opt, const torch::Tenso
   p.shared = opt.shared;
   if (p.shared.rows_per_pass <= 0)
     p.shared.rows_per_pass = rows_per_pass(model, with_used_methods(p.methods, p.settings), batch, p.shared.memory_budget_mib);
+  if (model.images_per_forward() > 0) p.shared.rows_per_pass = static_cast<int>(model.images_per_forward());
   return p;
 }
 

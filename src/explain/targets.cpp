@@ -28,7 +28,8 @@ torch::Tensor class_scores(const ExplainOptions& opt, const OutputSelector& sele
   } catch (const Error&) {
     if (opt.targets.empty()) throw;
   }
-  if (logits.defined() && !opt.targets.empty() && logits.dim() != 2) logits = torch::Tensor();
+  // Given targets explain any output: one that is no [N, classes] (a detector's boxes) has no top-5.
+  if (logits.defined() && !opt.targets.empty() && (logits.dim() != 2 || logits.size(0) != n)) logits = torch::Tensor();
   if (!logits.defined()) return logits;
   if (logits.dim() != 2 || logits.size(0) != n)
     throw Error("model output has shape " + c10::str(logits.sizes()) + ", expected [" + std::to_string(n) + ", classes]");

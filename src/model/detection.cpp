@@ -6,6 +6,7 @@
 #include <opencv2/dnn.hpp>
 
 #include <algorithm>
+#include <sstream>
 
 namespace lumen {
 
@@ -34,6 +35,14 @@ struct Boxes {
   torch::Tensor boxes, labels, scores;
 };
 
+// torchvision's detectors exported to ONNX take one image and return its (boxes [M, 4], labels [M], scores [M]).
+bool is_box_triple(const torch::IValue& output) {
+  if (!output.isTuple()) return false;
+  const auto& e = output.toTupleRef().elements();
+  return e.size() == 3 && e[0].isTensor() && e[1].isTensor() && e[2].isTensor() && e[0].toTensor().dim() == 2 &&
+         e[1].toTensor().dim() == 1 && e[2].toTensor().dim() == 1;
+}
+
 // The List[Dict[str, Tensor]] of a torchvision detector's output: the output itself or an element of its tuple.
 c10::List<c10::IValue> detection_list(const torch::IValue& output) {
   auto is_dicts = [](const torch::IValue& v) {
@@ -46,7 +55,7 @@ c10::List<c10::IValue> detection_list(const torch::IValue& output) {
     for (const auto& e : output.toTupleRef().elements())
       if (is_dicts(e)) return e.toList();
   throw Error("--task detection needs a detector's output (a list of dicts with boxes, labels and scores, as torchvision's "
-              "detectors give, or a YOLO tensor with --detection-output yolov5|yolov8|boxes); this model returns " +
+              "detectors give, or their ONNX export's boxes, labels and scores, or a YOLO tensor with --detection-output yolov5|yolov8|boxes); this model returns " +
               output.type()->annotation_str());
 }
 
@@ -87,13 +96,20 @@ Boxes yolo_boxes(const torch::Tensor& rows, DetectionFormat format) {
 }
 
 int64_t images_in(const torch::IValue& output, DetectionFormat format) {
-  return format == DetectionFormat::Torchvision ? static_cast<int64_t>(detection_list(output).size()) : yolo_tensor(output, format).size(0);
+  if (format != DetectionFormat::Torchvision) return yolo_tensor(output, format).size(0);
+  return is_box_triple(output) ? 1 : static_cast<int64_t>(detection_list(output).size());
+}
+
+Boxes torchvision_candidates(const torch::IValue& output, int64_t image) {
+  if (!is_box_triple(output)) return torchvision_boxes(detection_list(output), image);
+  const auto& e = output.toTupleRef().elements();
+  return {e[0].toTensor(), e[1].toTensor().to(torch::kInt64), e[2].toTensor()};
 }
 
 Boxes candidates(const torch::IValue& output, int64_t image, DetectionFormat format) {
   const int64_t n = images_in(output, format);
   if (image < 0 || image >= n) throw Error("the detector's output has " + std::to_string(n) + " images, not " + std::to_string(image + 1));
-  Boxes b = format == DetectionFormat::Torchvision ? torchvision_boxes(detection_list(output), image)
+  Boxes b = format == DetectionFormat::Torchvision ? torchvision_candidates(output, image)
                                                    : yolo_boxes(yolo_tensor(output, format)[image], format);
   const int64_t m = b.boxes.size(0);
   if (b.boxes.dim() != 2 || b.boxes.size(1) != 4 || b.labels.numel() != m || b.scores.numel() != m)
@@ -234,6 +250,34 @@ std::optional<Detection> matched_detection(const torch::IValue& output, int64_t 
   const auto r = boxes[best].contiguous();
   const float* v = r.data_ptr<float>();
   return Detection{v[0], v[1], v[2], v[3], b.labels[best].item<int64_t>(), b.scores[best].item<float>(), {}};
+}
+
+std::function<std::vector<Target>(const torch::IValue&, int64_t)> given_box_targets(const Detection& box,
+                                                                                     const std::vector<std::pair<float, float>>& scales,
+                                                                                     const DetectionSettings& settings,
+                                                                                     std::vector<std::string> sources) {
+  check_detection_settings(settings);
+  if (!(box.x1 > box.x0 && box.y1 > box.y0)) throw Error("a box must have x0 < x1 and y0 < y1");
+  std::vector<Detection> boxes;  // per image, in the model input's pixels
+  for (const auto& [sx, sy] : scales) boxes.push_back({box.x0 * sx, box.y0 * sy, box.x1 * sx, box.y1 * sy, box.cls, 1.0f, {}});
+  return [box, boxes, settings, sources](const torch::IValue& output, int64_t) {
+    std::vector<std::vector<Detection>> per_image;
+    for (size_t n = 0; n < boxes.size(); ++n) {
+      const auto best = matched_detection(output, static_cast<int64_t>(n), boxes[n], settings);
+      if (!best) {
+        std::ostringstream what;
+        what << "no detection of class " << box.cls << " overlaps the box " << box.x0 << "," << box.y0 << "," << box.x1 << "," << box.y1
+             << " by IoU > " << settings.iou << " in " << (n < sources.size() ? sources[n] : "image " + std::to_string(n))
+             << " (lower the IoU threshold, or check the box is in image pixels)";
+        throw Error(what.str());
+      }
+      per_image.push_back({boxes[n]});
+      per_image.back().front().score = best->score;
+    }
+    Target t = per_image.size() == 1 ? detection_target(per_image.front(), settings) : detection_target(per_image, settings);
+    t.name = "box";
+    return std::vector<Target>{t};
+  };
 }
 
 std::vector<Target> detection_targets(const torch::IValue& output, const DetectionSettings& settings) {

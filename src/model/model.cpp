@@ -66,6 +66,7 @@ struct Model::Impl {
     std::map<std::string, std::string> aliases;    // ONNX node/value names -> module path
     std::map<std::string, std::string> described;  // module path -> ONNX output value names
     std::vector<int64_t> input_shape;
+    bool one_image = false;  // the graph's input has no batch axis
   } onnx;
   bool fused_attention = false;  // the graphs hold aten::_native_multi_head_attention (tap.h)
   // How the forward takes its batch: as one tensor, or as a List[Tensor] of images (torchvision's
@@ -232,7 +233,11 @@ Model Model::load(const std::string& path) {
   if (ext == ".onnx") {
     auto imported = detail::import_onnx(path);
     Model m = from_module(imported.module, std::filesystem::path(path).filename().string());
-    m.impl_->onnx = {std::move(imported.aliases), std::move(imported.described), std::move(imported.input_shape)};
+    // A graph taking one image [3, H, W] runs a batch of one, which is what the rest of lumen sees.
+    auto shape = std::move(imported.input_shape);
+    const bool one_image = detail::one_image(shape);
+    if (one_image) shape.insert(shape.begin(), 1);
+    m.impl_->onnx = {std::move(imported.aliases), std::move(imported.described), std::move(shape), one_image};
     m.impl_->fingerprint = fingerprint_of(file_bytes(path));
     return m;
   }
@@ -269,6 +274,8 @@ Model Model::load(const std::string& path) {
 
 const std::string& Model::name() const { return impl_->name; }
 std::vector<int64_t> Model::declared_input_shape() const { return impl_->onnx.input_shape; }
+std::string Model::layer_path(const std::string& layer) const { return impl_->resolve(layer); }
+int64_t Model::images_per_forward() const { return impl_->onnx.one_image ? 1 : 0; }
 
 namespace {
 
@@ -357,6 +364,9 @@ int64_t Model::passes() const { return impl_->passes.load(); }
 // An ONNX graph with a fixed input size computes something else at another size (its reshapes and
 // pools hold the numbers it was exported with), so another size is refused unless the dimension is symbolic.
 void Model::check_input_size(const torch::Tensor& input) const {
+  if (impl_->onnx.one_image && input.size(0) != 1)
+    throw Error("model " + impl_->name + " takes one image per forward (its ONNX input [3, H, W] has no batch axis), not " +
+                std::to_string(input.size(0)) + "; give it batches of one image");
   const auto& d = impl_->onnx.input_shape;
   if (d.size() != 4 || input.dim() != 4) return;
   for (int64_t i = 2; i < 4; ++i)

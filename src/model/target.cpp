@@ -173,27 +173,47 @@ Target target_for_images(const Target& t, const std::vector<int64_t>& images) {
 }
 
 Target segmentation_target(int64_t cls, torch::Tensor region, OutputSelector select) {
+  if (region.defined()) return segmentation_target(cls, std::vector<torch::Tensor>{std::move(region)}, std::move(select));
   if (cls < 0) throw Error("segmentation class must be 0 or more, got " + std::to_string(cls));
   if (!select) select = segmentation_scores();
-  if (region.defined()) {
-    if (region.dim() != 2 || region.numel() == 0) throw Error("a segmentation region must be a non-empty [H, W] mask");
+  const std::string name = "seg-" + std::to_string(cls);
+  Target t = custom_target(name, [cls, select](const torch::IValue& output) {
+    const torch::Tensor s = segmentation_scores_of(select, output, cls);
+    return (s.select(1, cls) * (s.detach().argmax(1) == cls).to(s.scalar_type())).sum({1, 2});
+  });
+  t.bind = [name, cls, select](const torch::IValue& output) {
+    const torch::Tensor s = segmentation_scores_of(select, output, cls).detach();
+    return masked_segmentation(name, cls, (s.argmax(1) == cls).to(s.scalar_type()), select);
+  };
+  return t;
+}
+
+Target segmentation_target(int64_t cls, std::vector<torch::Tensor> regions, OutputSelector select) {
+  if (cls < 0) throw Error("segmentation class must be 0 or more, got " + std::to_string(cls));
+  if (regions.empty()) throw Error("a segmentation target needs the region of at least one image");
+  if (!select) select = segmentation_scores();
+  for (auto& region : regions) {
+    if (!region.defined() || region.dim() != 2 || region.numel() == 0) throw Error("a segmentation region must be a non-empty [H, W] mask");
     region = (region.detach() != 0).to(torch::kFloat32);
     if (region.sum().item<double>() == 0) throw Error("the segmentation region is empty: it covers no pixel");
   }
   const std::string name = "seg-" + std::to_string(cls);
-  Target t = custom_target(name, [cls, region, select](const torch::IValue& output) {
+  Target t = custom_target(name, [cls, regions, select](const torch::IValue& output) {
     const torch::Tensor s = segmentation_scores_of(select, output, cls);
-    torch::Tensor mask;
-    if (region.defined())  // nearest neighbour (torch's "nearest"), at the output's resolution
-      mask = at::upsample_nearest2d(region.view({1, 1, region.size(0), region.size(1)}), {s.size(2), s.size(3)}).view({1, s.size(2), s.size(3)});
-    else
-      mask = (s.detach().argmax(1) == cls).to(s.scalar_type());
-    return (s.select(1, cls) * mask).sum({1, 2});
+    const int64_t rows = s.size(0);
+    if (regions.size() > 1 && static_cast<int64_t>(regions.size()) != rows)
+      throw Error("a segmentation target holds the regions of " + std::to_string(regions.size()) + " images; the output has " + std::to_string(rows));
+    std::vector<torch::Tensor> masks;  // nearest neighbour (torch's "nearest"), at the output's resolution
+    for (size_t n = 0; n < (regions.size() > 1 ? regions.size() : 1); ++n)
+      masks.push_back(at::upsample_nearest2d(regions[n].view({1, 1, regions[n].size(0), regions[n].size(1)}), {s.size(2), s.size(3)})
+                          .view({s.size(2), s.size(3)}));
+    return (s.select(1, cls) * torch::stack(masks).to(s.scalar_type())).sum({1, 2});
   });
-  if (!region.defined())
-    t.bind = [name, cls, select](const torch::IValue& output) {
-      const torch::Tensor s = segmentation_scores_of(select, output, cls).detach();
-      return masked_segmentation(name, cls, (s.argmax(1) == cls).to(s.scalar_type()), select);
+  if (regions.size() > 1)
+    t.rows_of = [cls, regions, select](const std::vector<int64_t>& images) {
+      std::vector<torch::Tensor> picked;
+      for (int64_t i : images) picked.push_back(regions.at(static_cast<size_t>(i)));
+      return segmentation_target(cls, std::move(picked), select);
     };
   return t;
 }

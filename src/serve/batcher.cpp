@@ -10,8 +10,18 @@
 
 namespace lumen::serve {
 
+namespace {
+
+// A model that takes one image per forward gets batches of one.
+size_t batch_limit(const Model& model, int max_batch) {
+  const int64_t per = model.images_per_forward();
+  return static_cast<size_t>(std::max<int64_t>(1, per > 0 ? std::min<int64_t>(max_batch, per) : max_batch));
+}
+
+}  // namespace
+
 Batcher::Batcher(const Explainer& explainer, int max_batch, std::chrono::microseconds wait, size_t queue_limit, int workers)
-    : explainer_(explainer), max_batch_(static_cast<size_t>(std::max(1, max_batch))), wait_(wait), queue_limit_(queue_limit),
+    : explainer_(explainer), max_batch_(batch_limit(explainer.model(), max_batch)), wait_(wait), queue_limit_(queue_limit),
       threads_(at::get_num_threads()), worker_count_(std::max(1, workers)) {
   for (int i = 0; i < worker_count_; ++i) workers_.emplace_back([this] { work(); });
 }

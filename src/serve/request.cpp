@@ -7,6 +7,7 @@
 #include <lumen/target.h>
 #include <lumen/task.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <random>
@@ -77,14 +78,26 @@ std::string choice(const nlohmann::json& params, const std::string& key, const s
   return v;
 }
 
+// Four finite numbers x0, y0, x1, y1 with x0 < x1 and y0 < y1 (image pixels).
+std::vector<float> corners(const nlohmann::json& params, const std::string& key) {
+  const auto v = list_of<float>(params, key, "a number");
+  if (v.size() != 4 || !std::all_of(v.begin(), v.end(), [](float x) { return std::isfinite(x); }) || !(v[2] > v[0] && v[3] > v[1]))
+    throw HttpError(400, "parameter \"" + key + "\" must be [x0, y0, x1, y1] with x0 < x1 and y0 < y1 (image pixels)");
+  return v;
+}
+
 // "task" as the CLI's --task: segmentation explains each class's scores summed over the pixels the
-// batch's own output predicts as it; detection explains every box the detector finds in each image.
-// Which parameters go with which task: lumen's task rules (lumen/task.h), in the API's names.
-void apply_task(const std::string& task, const DetectionSettings& detection, const nlohmann::json& params, ExplainOptions& opt) {
+// batch's own output predicts as it, or over "region"; detection explains every box the detector
+// finds in each image, or the one "box" of the one class given. Which parameters go with which task:
+// lumen's task rules (lumen/task.h), in the API's names. A region or box is in each image's own
+// pixels, so it becomes each image's target there (Params::per_image).
+void apply_task(const std::string& task, const DetectionSettings& detection, const nlohmann::json& params, cv::Size input,
+                ExplainOptions& opt, Params& p) {
   static const std::map<TaskSetting, std::string> names{
       {TaskSetting::Classes, "classes"},     {TaskSetting::TopK, "top_k"},
       {TaskSetting::Score, "target"},        {TaskSetting::Counterfactual, "counterfactual"},
-      {TaskSetting::Contrast, "contrast"},   {TaskSetting::ScoreThreshold, "score_threshold"},
+      {TaskSetting::Contrast, "contrast"},   {TaskSetting::Region, "region"},
+      {TaskSetting::Box, "box"},             {TaskSetting::ScoreThreshold, "score_threshold"},
       {TaskSetting::IouThreshold, "iou_threshold"}, {TaskSetting::MaxBoxes, "max_boxes"},
       {TaskSetting::DetectionOutput, "detection_output"}};
   std::set<TaskSetting> given;
@@ -93,8 +106,29 @@ void apply_task(const std::string& task, const DetectionSettings& detection, con
   if (const auto conflict = task_conflict(parse_task(task), given))
     throw HttpError(400, describe(*conflict, [](TaskSetting s) { return "\"" + names.at(s) + "\""; },
                                   [](Task t) { return "\"task\": \"" + to_string(t) + "\""; }));
-  if (task == "segmentation") {
+  if (task == "segmentation" && params.contains("region")) {
+    const auto r = corners(params, "region");
+    p.per_image = [r, classes = opt.classes](ExplainOptions& o, cv::Size image, const std::string& source) {
+      const int x0 = std::max(0, static_cast<int>(r[0])), y0 = std::max(0, static_cast<int>(r[1]));
+      const int x1 = std::min(image.width, static_cast<int>(r[2])), y1 = std::min(image.height, static_cast<int>(r[3]));
+      if (x1 <= x0 || y1 <= y0)
+        throw HttpError(400, "\"region\" lies outside " + source + " (" + std::to_string(image.width) + "x" + std::to_string(image.height) + ")");
+      torch::Tensor region = torch::zeros({image.height, image.width});
+      region.slice(0, y0, y1).slice(1, x0, x1).fill_(1);
+      o.targets.clear();
+      for (const int64_t c : classes) o.targets.push_back(segmentation_target(c, region));
+    };
+  } else if (task == "segmentation") {
     for (const int64_t c : opt.classes) opt.targets.push_back(segmentation_target(c));
+  } else if (task == "detection" && params.contains("box")) {
+    const auto b = corners(params, "box");
+    if (opt.classes.size() != 1) throw HttpError(400, "\"box\" needs one class in \"classes\": the label of the box to explain");
+    const Detection box{b[0], b[1], b[2], b[3], opt.classes.front(), 1.0f, {}};
+    p.per_image = [box, detection, input](ExplainOptions& o, cv::Size image, const std::string& source) {
+      const std::pair<float, float> scale{static_cast<float>(input.width) / static_cast<float>(image.width),
+                                          static_cast<float>(input.height) / static_cast<float>(image.height)};
+      o.targets_from_output = given_box_targets(box, {scale}, detection, {source});
+    };
   } else if (task == "detection") {
     DetectionSettings s = detection;
     s.classes = opt.classes;
@@ -148,6 +182,7 @@ Params read_params(const nlohmann::json& params, const ServedModel& model) {
     else if (name == "score_threshold") detection.score_threshold = static_cast<float>(finite_in(params, name, 0, 1));
     else if (name == "iou_threshold") detection.iou = finite_in(params, name, 0, 0.999);
     else if (name == "max_boxes") detection.max_boxes = static_cast<int>(finite_in(params, name, 1, 1000));
+    else if (name == "region" || name == "box") continue;  // read with the task
     else if (name == "detection_output") detection.format = parse_detection_format(choice(params, name, {"torchvision", "yolov5", "yolov8", "boxes"}));
     else if (name == "raw") p.raw = get_as<bool>(params, name, "true or false");
     else if (name == "pictures") p.pictures = get_as<bool>(params, name, "true or false");
@@ -165,7 +200,7 @@ Params read_params(const nlohmann::json& params, const ServedModel& model) {
   if (!opt->classes.empty() && params.contains("top_k")) throw HttpError(400, "give \"classes\" or \"top_k\", not both");
   for (const auto c : opt->classes)
     if (c < 0) throw HttpError(400, "parameter \"classes\" holds a negative class index");
-  apply_task(task, detection, params, *opt);
+  apply_task(task, detection, params, {model.explainer.preprocess().width, model.explainer.preprocess().height}, *opt, p);
   if (opt->layers.empty() && !model.default_layer.empty()) opt->layers.push_back(model.default_layer);
   for (const auto& l : opt->layers) {
     try {

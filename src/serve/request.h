@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/core.hpp>
 
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -31,6 +32,9 @@ struct Params {
   bool raw = false;                               // also each normalised map as float32
   bool pictures = true;                           // overlay_png and heat_png
   std::string job;                                // the client's id for progress and cancelling
+  // Set when the targets depend on each image's size (a "region" or "box" in its own pixels): makes
+  // an image's options from a copy of `options`; such images batch only with images of their size.
+  std::function<void(ExplainOptions& options, cv::Size image, const std::string& source)> per_image;
 };
 
 // The params JSON (an object). Everything in it is checked here or by lumen::check_request; anything

@@ -325,7 +325,8 @@ class Server {
       nlohmann::json list = nlohmann::json::array();
       for (const auto& l : m->model.layers)
         list.push_back({{"path", l.path}, {"type", l.type}, {"shape", l.shape}, {"output", l.output_kind}, {"onnx_outputs", l.outputs}});
-      reply_json(res, 200, {{"layers", list}, {"default_layer", m->model.default_layer}});
+      // As listed: an ONNX model's card may name the layer by its module path ("backbone.conv3").
+      reply_json(res, 200, {{"layers", list}, {"default_layer", m->model.explainer.model().layer_path(m->model.default_layer)}});
     });
     http.Get(R"(/api/models/([^/]+)/labels)", [this](const httplib::Request& req, httplib::Response& res) {
       const Served* m = find_model(req.matches[1]);
@@ -457,6 +458,12 @@ class Server {
       job->source = source;
       job->options = p.options;
       job->key = p.key;
+      if (p.per_image) {
+        auto own = std::make_shared<ExplainOptions>(*p.options);
+        p.per_image(*own, job->image.size(), source);
+        job->options = std::move(own);
+        job->key += "\n" + std::to_string(job->image.cols) + "x" + std::to_string(job->image.rows);
+      }
       job->deadline = deadline;
       jobs.push_back(job);
     };

@@ -241,6 +241,11 @@ class ModuleTest(unittest.TestCase):
         [p] = explainer.explain(photo, layers=["1"], task="segmentation", classes=cls, region=region)
         [q] = explainer.explain(by_array, layers=["1"], task="segmentation", classes=cls, region=region)
         np.testing.assert_allclose(p["gradcam"].raw, q["gradcam"].raw, rtol=1e-4, atol=1e-6)
+        # Images of two sizes in one call: each is scored over the region in its own pixels.
+        both = explainer.explain([image, photo], layers=["1"], task="segmentation", classes=cls, region=region)
+        [alone] = explainer.explain(image, layers=["1"], task="segmentation", classes=cls, region=region)
+        np.testing.assert_allclose(both[0]["gradcam"].raw, alone["gradcam"].raw, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(both[1]["gradcam"].raw, p["gradcam"].raw, rtol=1e-4, atol=1e-6)
         [t] = explainer.explain_tensor(x.numpy(), layers=["1"], task="segmentation", classes=cls, sizes=[(48, 40)], region=region)
         np.testing.assert_allclose(t["gradcam"].raw, r["gradcam"].raw, rtol=1e-5, atol=1e-7)
         for kw, message in ((dict(), "needs classes="), (dict(classes=cls, region=(100, 100, 120, 120)), "lies outside the image"),

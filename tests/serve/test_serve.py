@@ -317,9 +317,11 @@ class Tasks(unittest.TestCase):
         cls.detector = ["--model", os.path.join(FIXTURES, cls.det["model"]), "--card", os.path.join(FIXTURES, cls.det["card"]),
                         "--ops-library", cls.det["ops_library"]]
         cls.segmenter = ["--model", os.path.join(FIXTURES, "tiny_segmenter.pt"), "--card", os.path.join(FIXTURES, "small_card.json")]
-        cls.server = Server(*cls.detector, *cls.segmenter)
+        # The same detector exported to ONNX: one image per forward, no operator library.
+        cls.onnx_detector = ["--model", os.path.join(FIXTURES, cls.det["onnx_model"]), "--card", os.path.join(FIXTURES, cls.det["card"])]
+        cls.server = Server(*cls.detector, *cls.segmenter, *cls.onnx_detector)
         ids = [m["id"] for m in request(cls.server.url + "/api/models")[2]["models"]]
-        cls.detector_id, cls.segmenter_id = ids[1], ids[2]
+        cls.detector_id, cls.segmenter_id, cls.onnx_detector_id = ids[1], ids[2], ids[3]
 
     @classmethod
     def tearDownClass(cls):
@@ -376,6 +378,52 @@ class Tasks(unittest.TestCase):
             self.assertEqual(m["target"], "seg-2")
             stem = os.path.splitext(image["source"])[0]
             np.testing.assert_allclose(decoded_map(m), np.load(os.path.join(out, stem + ".gradcam.conv2.seg-2.npy")), atol=1e-5)
+
+    def test_region_and_box_in_each_images_pixels(self):
+        """A segmentation "region" and a detection "box" are in each image's own pixels: images of two sizes
+        get the CLI's --region / --box maps for each."""
+        cat = os.path.join(SHARED, "images", "cat.png")
+        region = [40, 30, 220, 200]
+        s, _, a = explain(self.server, {"model": self.segmenter_id, "task": "segmentation", "classes": [1], "region": region,
+                                        "layers": "conv2", "raw": True}, [cat, PETS])
+        self.assertEqual(s, 200, brief(a))
+        out = self.cli("seg-region", self.segmenter, ["--image", cat, PETS, "--layer", "conv2", "--task", "segmentation", "--class", "1",
+                                                      "--region", ",".join(map(str, region))])
+        for image in a["images"]:
+            [m] = image["maps"]
+            stem = os.path.splitext(image["source"])[0]
+            np.testing.assert_allclose(decoded_map(m), np.load(os.path.join(out, stem + ".gradcam.conv2.seg-1.npy")), atol=1e-5, err_msg=stem)
+        # The second box the detector finds in the photo, given back as a box of its class.
+        want = self.det["boxes"][1]
+        box = [round(v, 1) for v in want["box"]]
+        params = {"model": self.detector_id, "task": "detection", "classes": [want["class"]], "box": box, "layers": self.det["layer"], "raw": True}
+        s, _, a = explain(self.server, params, [PETS])
+        self.assertEqual(s, 200, brief(a))
+        [m] = a["maps"]
+        self.assertEqual(m["target"], "box")
+        self.assertAlmostEqual(m["detections"][0]["score"], want["score"], places=4)
+        out = self.cli("det-box", self.detector, ["--image", PETS, "--layer", self.det["layer"], "--task", "detection",
+                                                  "--class", str(want["class"]), "--box", ",".join(map(str, box))])
+        np.testing.assert_allclose(decoded_map(m), np.load(os.path.join(out, "pets.gradcam.%s.box.npy" % self.det["layer"])), atol=1e-5)
+        for bad, says in (({**params, "box": [10, 10, 5, 5]}, "x0 < x1"), ({**params, "classes": [1, 3]}, "needs one class"),
+                          ({**params, "box": [500, 400, 510, 420]}, "no detection of class 3 overlaps the box 500,400,510,420"),
+                          ({"model": self.segmenter_id, "task": "segmentation", "classes": [1], "region": [900, 900, 950, 950]}, "lies outside")):
+            s, _, a = explain(self.server, bad, [PETS])
+            self.assertEqual(s, 400, (bad, a))
+            self.assertIn(says, a["error"])
+
+    def test_onnx_detector_one_image_per_forward(self):
+        """torchvision's ONNX export of the detector takes one image: two images run one forward each, and
+        give the TorchScript detector's boxes."""
+        cat = os.path.join(SHARED, "images", "cat.png")
+        s, _, a = explain(self.server, {"model": self.onnx_detector_id, "task": "detection", "score_threshold": 0, "max_boxes": 3,
+                                        "layers": self.det["layer"]}, [PETS, cat])
+        self.assertEqual(s, 200, brief(a))
+        self.assertEqual([i["batched_with"] for i in a["images"]], [1, 1])
+        for m, want in zip(a["images"][0]["maps"], self.det["boxes"]):
+            np.testing.assert_allclose(m["detections"][0]["box"], want["box"], atol=0.01)
+            self.assertAlmostEqual(m["detections"][0]["score"], want["score"], places=4)
+        self.assertEqual(len(a["images"][1]["maps"]), 3)
 
     def test_bad_task_requests(self):
         cases = [
@@ -516,16 +564,11 @@ class Robustness(unittest.TestCase):
 class Browser(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        from selenium import webdriver
-        from selenium.webdriver.chrome.options import Options
-        from selenium.webdriver.chrome.service import Service
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from chromium import headless_chromium  # tests/chromium.py
 
         cls.work, cls.server = served_with_report()
-        options = Options()
-        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
-            options.add_argument(flag)
-        options.binary_location = "/usr/bin/chromium"
-        cls.browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+        cls.browser = headless_chromium(1400, 1000)
         os.makedirs(ARTIFACTS, exist_ok=True)
 
     @classmethod
@@ -597,6 +640,51 @@ class Browser(unittest.TestCase):
         self.wait("return state.answer && state.answer.maps.every(m => m.layer == 'features.14') && !state.job")
         self.wait_for_grid(4)
         self.browser.save_screenshot(os.path.join(ARTIFACTS, "layer_14.png"))
+
+    def test_detection_task(self):
+        """The page's task selector on a detector (the fixtures' Faster R-CNN exported to ONNX): every box found
+        gets a row with its label and score, drawn on its map; a box typed in explains that box."""
+        from selenium.webdriver.common.by import By
+
+        with open(os.path.join(FIXTURES, "manifest_detection.json")) as f:
+            det = json.load(f)
+        server = Server("--model", os.path.join(FIXTURES, det["onnx_model"]), "--card", os.path.join(FIXTURES, det["card"]))
+        try:
+            self.browser.get(server.url + "/")
+            self.wait("return document.querySelectorAll('#model option').length == 2 && document.querySelectorAll('#methods input').length > 0")
+            self.browser.execute_script("const m = document.getElementById('model'); m.value = m.options[1].value; m.dispatchEvent(new Event('change'))")
+            # The card's layer, by its module path, is chosen as the export's node lumen lists it under.
+            layers = request(server.url + "/api/models/%s/layers" % self.browser.execute_script("return state.model.id"))[2]
+            self.assertIn("conv3", layers["default_layer"])
+            self.wait("return document.getElementById('layer').value == '%s'" % layers["default_layer"])
+            task = self.browser.find_element(By.ID, "task")
+            self.browser.execute_script("arguments[0].value = 'detection'; arguments[0].dispatchEvent(new Event('change'))", task)
+            self.assertTrue(self.browser.find_element(By.ID, "score-threshold").is_displayed())
+            self.assertFalse(self.browser.find_element(By.ID, "topk").is_displayed())  # classification's own setting is hidden
+            self.browser.execute_script("document.getElementById('score-threshold').value = 0; document.getElementById('max-boxes').value = 3")
+            self.choose_methods(["gradcam"])
+            self.browser.find_element(By.ID, "file").send_keys(PETS)
+            self.wait_for_grid(3)
+            self.browser.save_screenshot(os.path.join(ARTIFACTS, "detection.png"))
+            rows = [th.text for th in self.browser.find_elements(By.CSS_SELECTOR, "#grid th.row")]
+            self.assertEqual(len(rows), 3)
+            for row, want in zip(rows, det["boxes"]):
+                self.assertIn("triangle %.2f" % want["score"], row)
+            self.assertEqual(len(self.browser.find_elements(By.CSS_SELECTOR, "#grid svg rect.detection")), 3)
+            self.assertIn("triangle", self.browser.find_element(By.CSS_SELECTOR, "#grid svg text.detection").get_attribute("textContent"))
+            # A box typed in, with its class: one row, "box".
+            want = det["boxes"][1]
+            search = self.browser.find_element(By.ID, "class-search")
+            search.send_keys(str(want["class"]))
+            self.browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", search)
+            self.browser.execute_script("document.getElementById('area').value = arguments[0]", ",".join("%.1f" % v for v in want["box"]))
+            self.browser.find_element(By.ID, "explain").click()
+            self.wait("return state.answer && !state.job && state.answer.maps.length == 1 && state.answer.maps[0].target == 'box'")
+            self.wait_for_grid(1)
+            self.assertIn("box: triangle %.2f" % want["score"], self.browser.find_element(By.CSS_SELECTOR, "#grid th.row").text)
+            self.browser.save_screenshot(os.path.join(ARTIFACTS, "detection_box.png"))
+        finally:
+            server.stop()
 
     def test_dataset_image_and_report(self):
         from selenium.webdriver.common.by import By

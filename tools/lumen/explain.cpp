@@ -63,24 +63,30 @@ struct Args {
 };
 
 // --task segmentation: one target per --class, the sum of its scores over the predicted pixels, a
-// region or a mask. A region is in each image's pixels, so it needs the image's size (`image`).
-std::vector<Target> segmentation_targets(const Args& a, cv::Size image) {
-  torch::Tensor region;
+// region or a mask. --region is in each image's own pixels: a region per image (`images`, with their
+// `paths`); --mask is one for all. Neither: the pixels each image's output predicts as the class.
+std::vector<Target> segmentation_targets(const Args& a, const std::vector<cv::Mat>& images, const std::vector<std::string>& paths) {
+  std::vector<torch::Tensor> regions;
   if (!a.mask.empty()) {
     cv::Mat m = read_image(a.mask), grey;
     cv::cvtColor(m, grey, cv::COLOR_BGR2GRAY);
     grey.convertTo(grey, CV_32F);
-    region = torch::from_blob(grey.data, {grey.rows, grey.cols}, torch::kFloat32).clone();
+    regions.push_back(torch::from_blob(grey.data, {grey.rows, grey.cols}, torch::kFloat32).clone());
   } else if (!a.region.empty()) {
-    region = torch::zeros({image.height, image.width});
-    const int x0 = std::max(0, a.region[0]), y0 = std::max(0, a.region[1]);
-    const int x1 = std::min(image.width, a.region[2]), y1 = std::min(image.height, a.region[3]);
-    if (x1 <= x0 || y1 <= y0) throw Error("--region lies outside the image (" + std::to_string(image.width) + "x" + std::to_string(image.height) + ")");
-    region.slice(0, y0, y1).slice(1, x0, x1).fill_(1);
+    for (size_t i = 0; i < images.size(); ++i) {
+      const cv::Size image = images[i].size();
+      torch::Tensor region = torch::zeros({image.height, image.width});
+      const int x0 = std::max(0, a.region[0]), y0 = std::max(0, a.region[1]);
+      const int x1 = std::min(image.width, a.region[2]), y1 = std::min(image.height, a.region[3]);
+      if (x1 <= x0 || y1 <= y0)
+        throw Error("--region lies outside " + paths[i] + " (" + std::to_string(image.width) + "x" + std::to_string(image.height) + ")");
+      region.slice(0, y0, y1).slice(1, x0, x1).fill_(1);
+      regions.push_back(region);
+    }
   }
   const OutputSelector select = a.output.empty() ? segmentation_scores() : output_path(a.output);
   std::vector<Target> targets;
-  for (int64_t c : a.classes) targets.push_back(segmentation_target(c, region, select));
+  for (int64_t c : a.classes) targets.push_back(regions.empty() ? segmentation_target(c, torch::Tensor(), select) : segmentation_target(c, regions, select));
   return targets;
 }
 
@@ -133,30 +139,10 @@ std::function<std::vector<Target>(const torch::IValue&, int64_t)> detection_targ
                                                                                         const std::vector<std::string>& paths, cv::Size input) {
   const DetectionSettings settings = detection_settings_of(a);
   if (a.box.empty()) return [settings](const torch::IValue& output, int64_t) { return detection_targets(output, settings); };
-  std::vector<Detection> boxes;  // per image, in the model input's pixels
-  for (const auto& img : images) {
-    const float sx = static_cast<float>(input.width) / static_cast<float>(img.cols);
-    const float sy = static_cast<float>(input.height) / static_cast<float>(img.rows);
-    boxes.push_back({a.box[0] * sx, a.box[1] * sy, a.box[2] * sx, a.box[3] * sy, a.classes.front(), 1.0f, {}});
-  }
-  return [a, boxes, paths, settings](const torch::IValue& output, int64_t) {
-    std::vector<std::vector<Detection>> per_image;
-    for (size_t n = 0; n < boxes.size(); ++n) {
-      const auto best = matched_detection(output, static_cast<int64_t>(n), boxes[n], settings);
-      if (!best) {
-        std::ostringstream what;
-        what << "no detection of class " << boxes[n].cls << " overlaps --box " << a.box[0] << "," << a.box[1] << "," << a.box[2] << ","
-             << a.box[3] << " best by IoU > " << a.iou_threshold << " in " << paths[n]
-             << " (lower --iou-threshold, or check the box is in image pixels)";
-        throw Error(what.str());
-      }
-      per_image.push_back({boxes[n]});
-      per_image.back().front().score = best->score;
-    }
-    Target t = per_image.size() == 1 ? detection_target(per_image.front(), settings) : detection_target(per_image, settings);
-    t.name = "box";
-    return std::vector<Target>{t};
-  };
+  std::vector<std::pair<float, float>> scales;  // model input pixels per image pixel
+  for (const auto& img : images)
+    scales.emplace_back(static_cast<float>(input.width) / static_cast<float>(img.cols), static_cast<float>(input.height) / static_cast<float>(img.rows));
+  return given_box_targets({a.box[0], a.box[1], a.box[2], a.box[3], a.classes.front(), 1.0f, {}}, scales, settings, paths);
 }
 
 bool is_npy(const std::string& path) { return fs::path(path).extension() == ".npy"; }
@@ -242,7 +228,7 @@ ExplainOptions options_of(const Args& a, const std::vector<std::string>& layers)
   check_segmentation(a);
   check_similarity(a);
   check_detection(a);
-  if (a.task == "segmentation" && a.region.empty()) opt.targets = segmentation_targets(a, {});
+  if (a.task == "segmentation" && a.region.empty()) opt.targets = segmentation_targets(a, {}, {});
   apply(a.method, opt);
   opt.shared.progress = progress_printer(a.runtime.quiet);
   return opt;
@@ -432,7 +418,6 @@ int run(const Args& given) {
   const std::string page_file = shard.whole() ? "index.html" : "index." + std::to_string(shard.index) + "-of-" + std::to_string(shard.count) + ".html";
   // Everything that can be checked before any work is checked first, so a typo costs no time.
   if (a.batch < 1) throw Error("--batch must be at least 1");
-  if (!a.region.empty()) a.batch = 1;  // a region is in each image's own pixels
   const Inputs in = inputs_of(a);
   ExplainOptions opt = options_of(a, in.layers);
   check_request(opt);
@@ -448,6 +433,7 @@ int run(const Args& given) {
   render.plain = a.plain;
 
   Model model = Model::load(a.model);
+  if (model.images_per_forward() > 0) a.batch = std::min(a.batch, static_cast<int>(model.images_per_forward()));
   for (const auto& l : in.layers) model.check_layer(l);
   nlohmann::json forward;
   torch::Tensor first_volume;  // read for the forward probe's shape, explained in the first batch
@@ -474,7 +460,7 @@ int run(const Args& given) {
       explained = explain_volumes(explainer, paths, batch_opt, in.pre.rgb, imgs, std::exchange(first_volume, torch::Tensor()));
     } else {
       for (const auto& p : paths) imgs.push_back(read_image(p));
-      if (a.task == "segmentation" && !a.region.empty()) batch_opt.targets = segmentation_targets(a, imgs.front().size());
+      if (a.task == "segmentation" && !a.region.empty()) batch_opt.targets = segmentation_targets(a, imgs, paths);
       if (a.task == "detection") batch_opt.targets_from_output = detection_targets_of(a, imgs, paths, {in.pre.width, in.pre.height});
       explained = explainer.explain(imgs, batch_opt, paths);
     }

@@ -57,16 +57,24 @@ onnx::ModelProto parse(const std::string& bytes, const std::string& name, OnnxIm
   return proto;
 }
 
-// Every operator lumen cannot run, named at once, before anything is built.
-void check_operators(const onnx::GraphProto& graph, int64_t opset, const std::string& name) {
-  std::vector<std::string> problems;
+// Every operator lumen cannot run, named at once, before anything is built (in If branches too).
+void unsupported(const onnx::GraphProto& graph, int64_t opset, std::vector<std::string>& problems) {
   for (const auto& node : graph.node()) {
     const std::string where = "'" + node.name() + "' (" + node.op_type() + ", opset " + std::to_string(opset) + ")";
     if (!node.domain().empty() && node.domain() != "ai.onnx")
       problems.push_back("operator " + node.domain() + "." + node.op_type() + " at node " + where);
+    else if (node.op_type() == "If")
+      for (const auto& a : node.attribute()) {
+        if (a.has_g()) unsupported(a.g(), opset, problems);
+      }
     else if (node.op_type() != "Constant" && !op_writers().count(node.op_type()))
       problems.push_back("operator " + node.op_type() + " at node " + where);
   }
+}
+
+void check_operators(const onnx::GraphProto& graph, int64_t opset, const std::string& name) {
+  std::vector<std::string> problems;
+  unsupported(graph, opset, problems);
   if (!problems.empty())
     throw Error("model " + name + " has " + std::to_string(problems.size()) + " node(s) lumen cannot run: " + listed(problems, 12));
 }
@@ -144,10 +152,14 @@ class GraphWriter {
   void input(const std::string& value) {
     value_var_[value] = "x";
     root_ << "def forward(self, x):\n";
+    // An input of one image [3, H, W] (torchvision's detectors exported) is given a batch of one.
+    if (one_image(out_.input_shape)) root_ << "    x = x[0]\n";
   }
 
-  void add(const onnx::NodeProto& node, size_t index) {
+  void add(const onnx::NodeProto& node) {
+    const size_t index = ++nodes_;
     const std::string where = "node '" + node.name() + "' (" + node.op_type() + ")";
+    if (node.op_type() == "If") return add_if(node, where);
     if (node.op_type() == "Constant") {
       try {
         constants_[node.output(0)] = constant_value(node, folder_, where);
@@ -211,7 +223,7 @@ class GraphWriter {
       if (it == value_var_.end()) throw Error("model " + name + ": output '" + o.name() + "' is not computed from the input");
       results += (results.empty() ? "" : ", ") + it->second;
     }
-    root_ << "    return " << results << "\n";
+    root_ << indent_ << "return " << results << "\n";
     try {
       out_.module.define(root_.str());
     } catch (const std::exception& e) {
@@ -238,10 +250,84 @@ class GraphWriter {
     }
   }
 
+  std::string fresh_var() { return "v" + std::to_string(vars_++); }
+
+  // An If: a condition known at load time (exporters write such Ifs for shape checks) takes its branch
+  // in line; a run-time one becomes a TorchScript if/else in the root's forward, each branch's nodes
+  // submodules like any other, assigning the If's outputs. Branches see the enclosing graph's values.
+  void add_if(const onnx::NodeProto& node, const std::string& where) {
+    const onnx::GraphProto* branches[2] = {nullptr, nullptr};
+    for (const auto& a : node.attribute()) {
+      if (a.name() == "then_branch" && a.has_g()) branches[0] = &a.g();
+      if (a.name() == "else_branch" && a.has_g()) branches[1] = &a.g();
+    }
+    if (!branches[0] || !branches[1] || node.input_size() != 1) {
+      problems_.push_back(where + ": an If needs one condition, a then_branch and an else_branch");
+      return;
+    }
+    for (const auto* b : branches)
+      if (b->output_size() != node.output_size()) {
+        problems_.push_back(where + ": a branch has " + std::to_string(b->output_size()) + " outputs, the If " +
+                            std::to_string(node.output_size()));
+        return;
+      }
+    if (auto c = constants_.find(node.input(0)); c != constants_.end()) {
+      if (c->second.numel() != 1) {
+        problems_.push_back(where + ": its condition holds " + std::to_string(c->second.numel()) + " values, not one");
+        return;
+      }
+      const auto& branch = *branches[c->second.item<double>() != 0 ? 0 : 1];
+      for (const auto& init : branch.initializer()) constants_[init.name()] = decode_tensor(init, folder_, "initializer '" + init.name() + "'");
+      for (const auto& n : branch.node()) add(n);
+      for (int k = 0; k < node.output_size(); ++k) {
+        const std::string& o = branch.output(k).name();
+        if (auto v = value_var_.find(o); v != value_var_.end()) value_var_[node.output(k)] = v->second;
+        else if (auto t = constants_.find(o); t != constants_.end()) constants_[node.output(k)] = t->second;
+        else problems_.push_back(where + ": branch output '" + o + "' is not computed");
+      }
+      return;
+    }
+    auto cond = value_var_.find(node.input(0));
+    if (cond == value_var_.end()) {
+      problems_.push_back(where + ": condition '" + node.input(0) + "' is not produced by any earlier node");
+      return;
+    }
+    std::vector<std::string> outputs;
+    for (int k = 0; k < node.output_size(); ++k) outputs.push_back(fresh_var());
+    root_ << indent_ << "if bool(" << cond->second << "):\n";
+    write_branch(*branches[0], outputs, where);
+    root_ << indent_ << "else:\n";
+    write_branch(*branches[1], outputs, where);
+    for (int k = 0; k < node.output_size(); ++k)
+      if (!node.output(k).empty()) value_var_[node.output(k)] = outputs[k];
+  }
+
+  void write_branch(const onnx::GraphProto& branch, const std::vector<std::string>& outputs, const std::string& where) {
+    const auto outer = value_var_;  // the branch's own values are not seen after it
+    indent_ += "    ";
+    for (const auto& init : branch.initializer()) constants_[init.name()] = decode_tensor(init, folder_, "initializer '" + init.name() + "'");
+    for (const auto& n : branch.node()) add(n);
+    root_ << indent_ << "pass\n";
+    for (size_t k = 0; k < outputs.size(); ++k) {
+      const std::string& o = branch.output(static_cast<int>(k)).name();
+      if (auto v = value_var_.find(o); v != value_var_.end()) {
+        root_ << indent_ << outputs[k] << " = " << v->second << "\n";
+      } else if (auto t = constants_.find(o); t != constants_.end()) {
+        const std::string name = "branch_value_" + std::to_string(vars_++);
+        out_.module.register_buffer(name, t->second);
+        root_ << indent_ << outputs[k] << " = self." << name << "\n";
+      } else {
+        problems_.push_back(where + ": branch output '" + o + "' is not computed");
+      }
+    }
+    indent_.resize(indent_.size() - 4);
+    value_var_ = outer;
+  }
+
   void call_in_root(const onnx::NodeProto& node, const std::string& path, const std::vector<std::string>& call) {
     std::string results, outputs;
     for (int k = 0; k < node.output_size(); ++k) {
-      const std::string var = "v" + std::to_string(value_var_.size());
+      const std::string var = fresh_var();
       results += (k ? ", " : "") + (node.output(k).empty() ? "_" : var);
       if (!node.output(k).empty()) {
         value_var_[node.output(k)] = var;
@@ -253,7 +339,7 @@ class GraphWriter {
     out_.described[path] = outputs;
     std::string joined;
     for (size_t i = 0; i < call.size(); ++i) joined += (i ? ", " : "") + call[i];
-    root_ << "    " << results << " = self." << path << ".forward(" << joined << ")\n";
+    root_ << indent_ << results << " = self." << path << ".forward(" << joined << ")\n";
   }
 
   OnnxImport& out_;
@@ -262,6 +348,8 @@ class GraphWriter {
   std::shared_ptr<torch::jit::CompilationUnit> cu_;
   std::map<std::string, std::string> value_var_;  // ONNX value name -> variable in the root forward
   std::ostringstream root_;
+  std::string indent_ = "    ";  // of the block being written: deeper inside an If's branches
+  size_t nodes_ = 0, vars_ = 0;
   std::set<std::string> used_;
   std::vector<std::string> problems_;
 };
@@ -279,8 +367,7 @@ OnnxImport import_onnx_bytes(const std::string& bytes, const std::string& folder
   const auto& input = image_input(graph, constants, name, out);
   GraphWriter writer(out, constants, folder);
   writer.input(input.name());
-  size_t index = 0;
-  for (const auto& node : graph.node()) writer.add(node, ++index);
+  for (const auto& node : graph.node()) writer.add(node);
   writer.alias_scopes(graph);
   writer.finish(graph, name);
   return out;

@@ -26,6 +26,9 @@ struct OnnxImport {
   std::vector<int64_t> input_shape;  // the graph input's declared shape; -1 where symbolic
 };
 
+// An input shape of one RGB image with no batch axis, [3, H, W]: the graph runs a batch of one.
+inline bool one_image(const std::vector<int64_t>& input_shape) { return input_shape.size() == 3 && input_shape[0] == 3; }
+
 // Lowest and highest default-domain opsets lumen reads.
 constexpr int64_t kOnnxMinOpset = 11;
 constexpr int64_t kOnnxMaxOpset = 17;

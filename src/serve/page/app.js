@@ -111,10 +111,35 @@ function renderChips() {
     el("button", { title: "remove", onclick: () => { state.classes = state.classes.filter((x) => x !== c); renderChips(); } }, "×"))));
 }
 
+// The task's own settings are shown; classification's (top-k, counterfactual, contrast) only for it.
+function taskChanged() {
+  const task = $("task").value;
+  for (const e of document.querySelectorAll(".for-classification")) e.hidden = task !== "classification";
+  $("task-detection").hidden = task !== "detection";
+  $("task-area").hidden = task === "classification";
+  $("area-name").textContent = task === "segmentation" ? "region" : "box";
+  $("task-hint").hidden = task === "classification";
+  $("task-hint").textContent = task === "segmentation"
+    ? "Each chosen class: why these pixels are that class (its scores summed over the pixels the model predicts as it, or over the region)."
+    : "Each box the detector finds (of the chosen classes, if any); with a box and one class: why that box.";
+}
+
 // ---- explain ----
 function params() {
   const methods = [...document.querySelectorAll("#methods input:checked")].map((i) => i.value);
   const p = { model: state.model.id, methods, layers: [$("layer").value], raw: true, job: "j" + Math.random().toString(36).slice(2, 12) };
+  const task = $("task").value;
+  if (task !== "classification") {
+    p.task = task;
+    if (state.classes.length) p.classes = state.classes;
+    const area = $("area").value.trim();
+    if (area) p[task === "segmentation" ? "region" : "box"] = area.split(/[\s,]+/).map(Number);
+    if (task === "detection") {
+      p.score_threshold = parseFloat($("score-threshold").value) || 0;
+      p.max_boxes = Math.max(1, parseInt($("max-boxes").value, 10) || 1);
+    }
+    return p;
+  }
   const mode = document.querySelector("input[name=targetmode]:checked").value;
   if (mode === "classes" && state.classes.length) p.classes = state.classes;
   else p.top_k = Math.max(1, parseInt($("topk").value, 10) || 1);
@@ -202,6 +227,15 @@ function svgBoxes(width, height, m) {
   };
   for (const b of state.image.boxes || []) rect(b, "truth", "#00e000");
   if (m.box) rect(m.box, "paper", "#fff200");
+  // A detector's box explained, labelled as the detector scored it.
+  for (const d of m.detections || []) {
+    rect(d.box, "detection", "#ff40ff");
+    const t = document.createElementNS(ns, "text");
+    t.setAttribute("x", d.box[0] + 2); t.setAttribute("y", Math.max(d.box[1] - 4, 12 * Math.max(1, width / 400)));
+    t.setAttribute("font-size", 12 * Math.max(1, width / 400)); t.setAttribute("class", "detection");
+    t.textContent = `${d.label || "class " + d.class} ${d.score.toFixed(2)}`;
+    svg.append(t);
+  }
   return svg;
 }
 
@@ -238,15 +272,29 @@ function cell(answer, m) {
   return el("figure", { class: "cell" + (m.empty ? " empty" : ""), "data-method": m.method, "data-target": m.target, "data-layer": m.layer }, s, el("figcaption", {}, caption), downloads);
 }
 
+// A row's name: the class, or the target (a box, a segmentation class) with what it found.
+function rowName(m) {
+  if (m.class >= 0) return `${m.class} ${m.label}`;
+  const d = (m.detections || [])[0];
+  return d ? `${m.target}: ${d.label || "class " + d.class} ${d.score.toFixed(2)}` : m.target;
+}
+
 function render(answer) {
-  $("predictions").hidden = false;
-  $("top5").replaceChildren(...answer.predictions.map((p) =>
+  $("predictions").hidden = !(answer.predictions || []).length;
+  $("top5").replaceChildren(...(answer.predictions || []).map((p) =>
     el("li", { onclick: () => addClass(p.class), title: "explain this class" }, `${p.label || "class " + p.class} (${p.class}): ${(100 * p.probability).toFixed(1)} %`)));
   $("legend").hidden = false;
+  $("legend-detection").hidden = !answer.maps.some((m) => (m.detections || []).length);
   const signed = answer.maps.some((m) => m.signed);
   $("legend").querySelector("i").className = signed ? "bar-diverging" : "bar-jet";
   $("legend").querySelector(".bar span").textContent = signed ? "− (against)" : "0 (least)";
   $("legend").querySelector(".bar span:last-child").textContent = signed ? "+ (for the class)" : "1 (most evidence, the map's maximum)";
+  if (!answer.maps.length) {
+    $("grid").replaceChildren(el("p", { class: "hint" }, $("task").value === "detection"
+      ? "The detector found no box scoring at least the threshold (of the chosen classes): lower the score, or choose other classes."
+      : "Nothing to explain for these settings."));
+    return;
+  }
   // Rows: targets; columns: method (and layer, and contrast) in the order the answer gives them.
   const rows = [], columns = [];
   const col = (m) => `${m.method}${m.contrastive ? " (contrast)" : ""} @ ${m.layer}`;
@@ -260,7 +308,7 @@ function render(answer) {
   const table = el("table", { class: "grid" }, el("tr", {}, el("th"), ...columns.map((c) => el("th", {}, c))));
   for (const r of rows) {
     const first = answer.maps.find((m) => rowOf(m) === r);
-    const tr = el("tr", {}, el("th", { class: "row" }, first.class >= 0 ? `${first.class} ${first.label}` : first.target,
+    const tr = el("tr", {}, el("th", { class: "row" }, rowName(first),
       el("br"), el("small", {}, `score ${first.target_value.toFixed(3)}` + (first.counterfactual ? ", against" : ""))));
     for (const c of columns) {
       const m = answer.maps.find((x) => rowOf(x) === r && col(x) === c);
@@ -277,7 +325,7 @@ function render(answer) {
 
 function openLarge(answer, m, map) {
   const s = stack(answer, m, map);
-  const what = `${m.method}${m.contrastive ? " (contrast)" : ""} at ${m.layer} for ${m.class >= 0 ? m.class + " " + m.label : m.target}` +
+  const what = `${m.method}${m.contrastive ? " (contrast)" : ""} at ${m.layer} for ${rowName(m)}` +
     `${m.counterfactual ? " (evidence against)" : ""}: score ${m.target_value.toFixed(3)}; hover the map to read its values.`;
   $("large-body").replaceChildren(el("p", { class: "large-title" }, what), s,
     el("p", { class: "hint" }, "The same map as lumen writes it, with its caption and colour bar:"),
@@ -322,6 +370,7 @@ function wire() {
   $("data-filter").addEventListener("input", renderDataList);
   $("class-search").addEventListener("change", (e) => { if (e.target.value) { addClass(e.target.value); e.target.value = ""; } });
   $("explain").addEventListener("click", explain);
+  $("task").addEventListener("change", taskChanged);
   $("layer").addEventListener("change", explain);
   $("cancel").addEventListener("click", cancel);
   $("opacity").addEventListener("input", (e) => { for (const h of document.querySelectorAll("img.heat")) h.style.opacity = e.target.value; });
