@@ -178,6 +178,37 @@ TEST(Detection, AnOnnxDetectorTakingOneImageExplainsABatchInTurn) {
   }
 }
 
+// A target that explains only some images of a batch (the k-th box, where only one image has k boxes)
+// runs no extra passes for the others: occlusion scores the patches of the image with the box alone,
+// and that image's map is the one it gets explained by itself.
+TEST(Detection, ExtraPassesSkipImagesTheTargetDoesNotExplain) {
+  const auto m = read_json(fixture("manifest_detection.json"));
+  load_ops_library(m["ops_library"].get<std::string>());
+  const Model model = Model::load(fixture(m["model"].get<std::string>()));
+  const Explainer ex(model, load_card(fixture(m["card"].get<std::string>())).preprocess);
+  const std::vector<cv::Mat> images = {read_image(m["image"].get<std::string>()), read_image(shared("images/cat.png"))};
+  const auto found = read_detections(model.forward(to_batch(images, ex.preprocess())).output, 0);
+  ASSERT_FALSE(found.empty());
+  ExplainOptions opt;
+  opt.methods = {"occlusion"};
+  opt.settings.set("patch", 32).set("stride", 32);  // 16 positions of the 128-pixel input
+  auto passes = [&](const std::vector<std::vector<Detection>>& boxes, std::vector<ImageExplanation>& out) {
+    opt.targets = {detection_target(boxes)};
+    const int64_t before = model.passes();
+    out = ex.explain(images, opt);
+    return model.passes() - before;
+  };
+  std::vector<ImageExplanation> first_only, both, alone;
+  passes({{found[0]}, {found[0]}}, both);  // the plan's one-time probe of the layer sizes (a forward, cached) behind us
+  const int64_t all = passes({{found[0]}, {found[0]}}, both), skipping = passes({{found[0]}, {}}, first_only);
+  EXPECT_EQ(all - 1, 2 * (skipping - 1)) << "one forward, then the patches of " << (all > skipping ? "both images" : "?");
+  ASSERT_EQ(first_only[0].maps.size(), 1u);
+  EXPECT_TRUE(first_only[1].maps.empty());
+  opt.targets = {detection_target({found[0]})};
+  alone = ex.explain({images[0]}, opt);
+  EXPECT_LT(max_abs_diff(first_only[0].maps[0].raw, alone[0].maps[0].raw), 1e-5);
+}
+
 // A given box is checked against the candidate the target will score: written out by hand in YOLOv5's
 // layout (cx, cy, w, h, objectness, class scores), whose IoUs are known in closed form.
 TEST(Detection, AGivenBoxMatchesTheCandidateTheTargetScores) {

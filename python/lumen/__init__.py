@@ -166,7 +166,7 @@ class Explainer:
         return _lumen._with_segmentation(opt, [classes] if isinstance(classes, int) else list(classes), masks, output)
 
     def _task(self, opt, task, classes, top_k, mask, region, output, score, counterfactual, contrast, similar_to, dissimilar,
-              image_sizes_of, detection):
+              image_sizes_of, detection, box=None, sources=None, input_size=None):
         """The target a task asks for: classes (the default), segmentation, similarity or detection. image_sizes_of: a
         function giving each image's (width, height), called only for region=. detection: explain()'s detection
         settings (score_threshold, iou_threshold, max_boxes, detection_output). Which arguments go with which task is
@@ -176,15 +176,21 @@ class Explainer:
         given = [name for name, on in (("classes", classes is not None), ("top_k", top_k != 1), ("score", score != "logit"),
                                        ("counterfactual", bool(counterfactual)), ("contrast", bool(contrast)), ("output", bool(output)),
                                        ("mask", mask is not None), ("region", region is not None),
-                                       ("similar_to", similar_to is not None), ("dissimilar", bool(dissimilar))) if on]
+                                       ("similar_to", similar_to is not None), ("dissimilar", bool(dissimilar)),
+                                       ("box", box is not None)) if on]
         # A detection setting away from explain()'s default is "given" (the defaults are read from its signature).
         defaults = _inspect.signature(Explainer.explain).parameters
         given += [name for name, value in detection.items() if value != defaults[name].default]
         _lumen._check_task(task, given)
         if task == "detection":
             classes = [] if classes is None else [classes] if isinstance(classes, int) else list(classes)
+            scales = []  # box= is in each image's pixels: the model input's pixels per image pixel
+            if box is not None:
+                iw, ih = input_size or (self.preprocess.width, self.preprocess.height)
+                scales = [(iw / w, ih / h) for w, h in image_sizes_of()]
             return _lumen._with_detection(opt, detection["score_threshold"], detection["max_boxes"], detection["iou_threshold"], classes,
-                                          detection["detection_output"])
+                                          detection["detection_output"], [] if box is None else [float(v) for v in box], scales,
+                                          list(sources or []))
         if task == "segmentation":
             return self._segmentation(opt, classes, mask, region, output, image_sizes_of)
         if task == "similarity":
@@ -195,7 +201,7 @@ class Explainer:
                 output="", aggregate="", layer_weights=None, contrast=False, box_threshold=0.15, compat="papers", rows_per_pass=0,
                 memory_mib=0, aug_smooth=False, nonlinearity="strict", tokens="", progress=None, sources=None, similar_to=None,
                 dissimilar=False, task="classification", mask=None, region=None, score_threshold=0.5, iou_threshold=0.5, max_boxes=100,
-                detection_output="torchvision", **settings):
+                detection_output="torchvision", box=None, **settings):
         """Explain images: one forward pass for the batch, one backward per target.
 
         images: a file path, an H x W x 3 RGB array (uint8 or float 0..255; a torch tensor works too), or a list of them.
@@ -222,6 +228,8 @@ class Explainer:
             forward, and each image's k-th box one backward.
             detection_output: "torchvision" (dicts), or a raw YOLO tensor, "yolov5" ([N, B, 5+C]) or "yolov8" ([N, 4+C, B]),
             or "boxes" ([N, K, 6]: x0, y0, x1, y1, score, class of a model that ran its own NMS).
+            box=(x0, y0, x1, y1) in each image's pixels, with one class in classes=: that box instead (a missed or wrong
+            detection), as `lumen explain --box`; scored through the detection of its class it overlaps best.
         Returns one ImageExplanation per image (.predictions, .maps, result["gradcam"], .to_dict()).
         """
         single = not isinstance(images, (list, tuple))
@@ -229,19 +237,19 @@ class Explainer:
         opt = self._options(methods, layers, top_k, None if task == "detection" else classes, score, counterfactual, output, aggregate,
                             layer_weights, contrast, box_threshold, compat, rows_per_pass, memory_mib, aug_smooth, nonlinearity, tokens,
                             progress, settings)
+        if sources is None:
+            sources = [i if isinstance(i, str) else "image %d" % n for n, i in enumerate(images)]
         opt = self._task(opt, task, classes, top_k, mask, region, output, score, counterfactual, contrast, similar_to, dissimilar,
                          lambda: [_lumen._image_size(i) if isinstance(i, str) else (i.shape[1], i.shape[0]) for i in images],
                          dict(score_threshold=score_threshold, iou_threshold=iou_threshold, max_boxes=max_boxes,
-                              detection_output=detection_output))
-        if sources is None:
-            sources = [i if isinstance(i, str) else "image %d" % n for n, i in enumerate(images)]
+                              detection_output=detection_output), box, sources)
         return self._native._explain(images, sources, opt)
 
     def explain_tensor(self, batch, sizes=None, sources=None, methods=("gradcam",), layers=None, top_k=1, classes=None, score="logit",
                        counterfactual=False, output="", aggregate="", layer_weights=None, contrast=False, box_threshold=0.15,
                        compat="papers", rows_per_pass=0, memory_mib=0, aug_smooth=False, nonlinearity="strict", tokens="",
                        progress=None, similar_to=None, dissimilar=False, task="classification", mask=None, region=None,
-                       score_threshold=0.5, iou_threshold=0.5, max_boxes=100, detection_output="torchvision", **settings):
+                       score_threshold=0.5, iou_threshold=0.5, max_boxes=100, detection_output="torchvision", box=None, **settings):
         """Explain an already preprocessed batch [N, C, H, W] (float32 numpy array or torch tensor), as pytorch-grad-cam's
         input_tensor. Maps come back at `sizes` ([(width, height)] per row; default: the input size). A 3-D network's
         batch [N, C, D, H, W] (clips, volumes) gives volume maps: .map is (D, H, W), .box is (x0, y0, z0, x1, y1, z1).
@@ -253,9 +261,9 @@ class Explainer:
                             aggregate, layer_weights, contrast, box_threshold, compat, rows_per_pass, memory_mib, aug_smooth,
                             nonlinearity, tokens, progress, settings)
         opt = self._task(opt, task, classes, top_k, mask, region, output, score, counterfactual, contrast, similar_to, dissimilar,
-                         lambda: [tuple(s) for s in sizes] if sizes is not None else [(batch.shape[-1], batch.shape[-2])],
+                         lambda: [tuple(s) for s in sizes] if sizes is not None else [(batch.shape[-1], batch.shape[-2])] * batch.shape[0],
                          dict(score_threshold=score_threshold, iou_threshold=iou_threshold, max_boxes=max_boxes,
-                              detection_output=detection_output))
+                              detection_output=detection_output), box, sources, (batch.shape[-1], batch.shape[-2]))
         return self._native._explain_tensor(batch, sizes, sources, opt)
 
     def evaluate(self, data, out, methods=("gradcam",), layers=None, metrics=("loc", "pointing", "deletion", "insertion", "drop"),

@@ -424,7 +424,8 @@ PYBIND11_MODULE(_lumen, m) {
         {"region", TaskSetting::Region},         {"mask", TaskSetting::Mask},
         {"similar_to", TaskSetting::References}, {"dissimilar", TaskSetting::Dissimilar},
         {"score_threshold", TaskSetting::ScoreThreshold}, {"iou_threshold", TaskSetting::IouThreshold},
-        {"max_boxes", TaskSetting::MaxBoxes},    {"detection_output", TaskSetting::DetectionOutput}};
+        {"max_boxes", TaskSetting::MaxBoxes},    {"detection_output", TaskSetting::DetectionOutput},
+        {"box", TaskSetting::Box}};
     std::set<TaskSetting> set;
     for (const auto& g : given) set.insert(settings.at(g));
     if (const auto conflict = task_conflict(parse_task(task), set))
@@ -434,8 +435,11 @@ PYBIND11_MODULE(_lumen, m) {
         return std::string("?");
       }, [](Task t) { return "task='" + to_string(t) + "'"; }));
   });
+  // box: empty, or (x0, y0, x1, y1) in each image's pixels with one class; scales: the model input's
+  // pixels per image pixel, (x, y) per image; sources: the images' names for errors.
   m.def("_with_detection", [](ExplainOptions opt, float score_threshold, int max_boxes, double iou, const std::vector<int64_t>& classes,
-                              const std::string& format) {
+                              const std::string& format, const std::vector<float>& box, const std::vector<std::pair<float, float>>& scales,
+                              const std::vector<std::string>& sources) {
     DetectionSettings s;
     s.format = parse_detection_format(format);
     s.score_threshold = score_threshold;
@@ -444,7 +448,14 @@ PYBIND11_MODULE(_lumen, m) {
     s.classes = classes;
     check_detection_settings(s);  // refused now, not at the first forward
     opt.targets.clear();
-    opt.targets_from_output = [s](const torch::IValue& output, int64_t) { return detection_targets(output, s); };
+    if (box.empty()) {
+      opt.targets_from_output = [s](const torch::IValue& output, int64_t) { return detection_targets(output, s); };
+      return opt;
+    }
+    if (box.size() != 4 || !(box[2] > box[0] && box[3] > box[1]))
+      throw Error("box= must be (x0, y0, x1, y1) with x0 < x1 and y0 < y1 (image pixels)");
+    if (classes.size() != 1) throw Error("box= needs one class in classes=: the label of the box to explain");
+    opt.targets_from_output = given_box_targets({box[0], box[1], box[2], box[3], classes.front(), 1.0f, {}}, scales, s, sources);
     return opt;
   });
   m.def("load_ops_library", &load_ops_library, py::arg("path"),

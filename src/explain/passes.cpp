@@ -31,11 +31,14 @@ Result concatenated(std::vector<Result>& parts) {
 
 }  // namespace
 
+// A row the target does not explain (an image without a k-th box) gets no map: its extra passes are
+// not run, and its scores and gradients read as zero.
 TargetPasses::TargetPasses(const Model& model, const Plan& plan, const Forward& forward, const Target& target, const torch::Tensor& batch,
                            const Preprocess& preprocess)
     : model_(model), plan_(plan), forward_(forward), target_(target), batch_(batch.detach()), preprocess_(preprocess) {}
 
 torch::Tensor TargetPasses::gradient(const torch::Tensor& rows, int64_t image, BackwardRule rule) const {
+  if (!target_.explains(image)) return torch::zeros_like(rows);
   torch::AutoGradMode enable(true);  // methods run under no-grad; their extra passes need it back
   return in_chunks(rows, rows_per_pass(), [&](const torch::Tensor& chunk) {
     auto x = chunk.detach().clone().requires_grad_(true);
@@ -112,6 +115,7 @@ LayerTensors TargetPasses::layer_at(const torch::Tensor& rows, int64_t image, si
 }
 
 torch::Tensor TargetPasses::score(const torch::Tensor& rows, int64_t image) const {
+  if (!target_.explains(image)) return torch::zeros({rows.size(0)}, rows.options());
   torch::NoGradGuard no_grad;
   return in_chunks(rows, rows_per_pass(), [&](const torch::Tensor& chunk) {
     return for_rows(target_, image, chunk.size(0))(model_.forward(chunk.detach()).output);
@@ -128,6 +132,7 @@ torch::IValue TargetPasses::output_from_layer(size_t layer, const torch::Tensor&
 }
 
 torch::Tensor TargetPasses::score_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const {
+  if (!target_.explains(image)) return torch::zeros({activations.size(0)}, activations.options());
   torch::NoGradGuard no_grad;
   return in_chunks(activations, rows_per_pass(), [&](const torch::Tensor& chunk) {
     return for_rows(target_, image, chunk.size(0))(output_from_layer(layer, chunk, image));
@@ -135,6 +140,7 @@ torch::Tensor TargetPasses::score_from_layer(size_t layer, const torch::Tensor& 
 }
 
 Passes::LayerScores TargetPasses::scores_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const {
+  if (!target_.explains(image)) return {torch::zeros({activations.size(0)}, activations.options()), torch::Tensor()};
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> ys, classes;
   bool class_scores = true;

@@ -294,6 +294,19 @@ class ModuleTest(unittest.TestCase):
             np.testing.assert_allclose(m.detections[0]["box"], (box * torch.tensor([96 / 64, 80 / 64] * 2)).numpy(), atol=0.05)
             self.assertAlmostEqual(m.target_value, float(y), places=3)
             self.assertGreater(np.corrcoef(m.raw.ravel(), ref.ravel())[0, 1], 0.999, k)
+        # A box given in the image's pixels (box=, with its class) explains the detection it matches: the first box's map.
+        first = r.maps[0].detections[0]
+        [given] = explainer.explain(image, layers=["backbone.2"], task="detection", classes=first["cls"], box=first["box"])
+        [m] = given.maps
+        self.assertEqual(m.target, "box")
+        self.assertAlmostEqual(m.target_value, r.maps[0].target_value, places=3)
+        np.testing.assert_allclose(m.raw, r.maps[0].raw, rtol=1e-4, atol=1e-7)
+        for kw, says in ((dict(classes=first["cls"], box=(5, 5, 1, 1)), "x0 < x1"), (dict(box=first["box"]), "needs one class"),
+                         (dict(classes=first["cls"], box=(0, 0, 1, 1)), "no detection of class")):
+            with self.assertRaisesRegex(lumen.Error, says):
+                explainer.explain(image, layers=["backbone.2"], task="detection", **kw)
+        with self.assertRaisesRegex(lumen.Error, "box= belongs to task='detection'"):
+            explainer.explain(image, layers=["backbone.2"], box=first["box"])
         # The same boxes from the preprocessed tensor (both rows in one forward); boxes in the given sizes' pixels.
         tensor_maps = explainer.explain_tensor(torch.cat([x, x]), sizes=[(64, 64), (128, 64)], layers=["backbone.2"], task="detection",
                                                score_threshold=0)

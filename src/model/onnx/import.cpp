@@ -313,7 +313,10 @@ class GraphWriter {
       if (auto v = value_var_.find(o); v != value_var_.end()) {
         root_ << indent_ << outputs[k] << " = " << v->second << "\n";
       } else if (auto t = constants_.find(o); t != constants_.end()) {
-        const std::string name = "branch_value_" + std::to_string(vars_++);
+        std::string name;  // a name no node's submodule takes
+        do name = "branch_value_" + std::to_string(vars_++);
+        while (used_.count(name) || out_.module.hasattr(name));
+        used_.insert(name);
         out_.module.register_buffer(name, t->second);
         root_ << indent_ << outputs[k] << " = self." << name << "\n";
       } else {
