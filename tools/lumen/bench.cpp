@@ -206,7 +206,13 @@ int run(const Args& a) {
               at::get_num_threads(), what.c_str());
   std::printf("%-28s %5s %12s %10s %12s %14s %10s\n", "what", "batch", "ms/batch", "img/s", "/ user fwd", "forward share", "peak MiB");
   nlohmann::json rows = nlohmann::json::array();
-  for (int batch : a.batches) time_batch(a, model, given, batch, row, rows);
+  for (int batch : a.batches) {
+    if (const int64_t most = model.images_per_forward(); most > 0 && batch > most) {
+      std::printf("%-28s %5d  skipped: the model takes %ld image(s) per forward\n", "", batch, static_cast<long>(most));
+      continue;
+    }
+    time_batch(a, model, given, batch, row, rows);
+  }
   if (!a.json.empty()) {
     const nlohmann::json doc{{"model", model.name()}, {"input", a.shape.empty() ? nlohmann::json{h, w} : nlohmann::json(a.shape)}, {"threads", at::get_num_threads()}, {"top_k", a.top_k}, {"rows", rows}};
     write_file_atomic(a.json, doc.dump(1) + "\n");

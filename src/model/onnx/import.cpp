@@ -11,6 +11,8 @@
 #include <lumen/error.h>
 
 #include <onnx/onnx_pb.h>
+#include <torch/csrc/jit/frontend/resolver.h>
+#include <torch/csrc/jit/frontend/sugared_value.h>
 
 #include <filesystem>
 #include <fstream>
@@ -96,6 +98,16 @@ const onnx::ValueInfoProto& image_input(const onnx::GraphProto& graph, const std
   return *inputs[0];
 }
 
+// TorchScript's own names ("torch.relu"), and lumen's operators as "lumen.greedy_nms" (the C++
+// frontend has no torch.ops).
+struct OpResolver : torch::jit::Resolver {
+  std::shared_ptr<torch::jit::SugaredValue> resolveValue(const std::string& name, torch::jit::GraphFunction& m,
+                                                         const torch::jit::SourceRange& loc) override {
+    if (name == "lumen") return std::make_shared<torch::jit::BuiltinModule>("lumen");
+    return torch::jit::nativeResolver()->resolveValue(name, m, loc);
+  }
+};
+
 // A node as the op writers see it.
 Node plain(const onnx::NodeProto& node) {
   Node n;
@@ -178,7 +190,7 @@ class GraphWriter {
       op_writers().at(node.op_type())(w);
       std::string signature = "def forward(self";
       for (const auto& a : args) signature += ", " + a;
-      sub.define(signature + "):\n" + w.body.str());
+      sub.define(signature + "):\n" + w.body.str(), std::make_shared<OpResolver>());
     } catch (const Error& e) {
       problems_.push_back(where + ": " + e.what());
       return;
