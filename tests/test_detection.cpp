@@ -209,6 +209,41 @@ TEST(Detection, ExtraPassesSkipImagesTheTargetDoesNotExplain) {
   EXPECT_LT(max_abs_diff(first_only[0].maps[0].raw, alone[0].maps[0].raw), 1e-5);
 }
 
+// torchvision's detectors pad their own canvas to a multiple of 32: on a 100 x 128 input the layers
+// cover 128 rows, and a map stretched over the photo whole would put the evidence too high. The map is
+// laid over the padded canvas and the image's part cut out, as the PyTorch reference does.
+TEST(Detection, MapsOfAPaddedCanvasCoverTheImageOnly) {
+  const auto m = read_json(fixture("manifest_detection.json"));
+  const auto& p = m["padded"];
+  load_ops_library(m["ops_library"].get<std::string>());
+  const Model model = Model::load(fixture(m["model"].get<std::string>()));
+  const auto [rows, cols] = model.content_fraction(100, 128);
+  EXPECT_DOUBLE_EQ(rows, 100.0 / 128);
+  EXPECT_DOUBLE_EQ(cols, 1.0);
+  EXPECT_EQ(model.content_fraction(128, 128), std::make_pair(1.0, 1.0));
+  const Explainer ex(model, load_card(fixture(p["card"].get<std::string>())).preprocess);
+  const auto image = read_image(m["image"].get<std::string>());
+  ExplainOptions opt;
+  opt.layers = {m["layer"].get<std::string>()};
+  opt.targets_from_output = [](const torch::IValue& out, int64_t) {
+    DetectionSettings first;
+    first.score_threshold = 0;
+    first.max_boxes = 1;
+    return detection_targets(out, first);
+  };
+  const auto e = ex.explain({image}, opt);
+  ASSERT_EQ(e[0].maps.size(), 1u);
+  const cv::Mat& got = e[0].maps[0].normalized;
+  const cv::Mat want = read_npy(fixture(p["expected"].get<std::string>())), uncropped = read_npy(fixture(p["uncropped"].get<std::string>()));
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_LT(max_abs_diff(got, want), 1e-3);
+  EXPECT_GT(max_abs_diff(got, uncropped), 0.05);  // the stretch over the whole canvas is told apart
+  // Input-space maps cover the input itself: no cut.
+  opt.methods = {"saliency"};
+  const auto s = ex.explain({image}, opt);
+  EXPECT_EQ(s[0].maps[0].raw.size(), cv::Size(128, 100));
+}
+
 // A given box is checked against the candidate the target will score: written out by hand in YOLOv5's
 // layout (cx, cy, w, h, objectness, class scores), whose IoUs are known in closed form.
 TEST(Detection, AGivenBoxMatchesTheCandidateTheTargetScores) {

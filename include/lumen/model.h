@@ -10,6 +10,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #pragma GCC visibility push(default)  // the public API: a shared liblumen exports it and hides the rest
@@ -124,6 +125,11 @@ class Model {
   // The module path a layer name stands for: an ONNX node or value name, or a module path of its
   // export ("layer4"), gives the path lumen lists it under; any other name is returned as it is.
   std::string layer_path(const std::string& layer) const;
+  // The part of the model's own canvas an input of height x width fills, as (rows, columns) fractions:
+  // torchvision's detectors resize each image and pad it to a multiple of 32 at the bottom and right
+  // (GeneralizedRCNNTransform, read from the scripted module's `transform`), so their layers cover more
+  // than the image. (1, 1) for every other model.
+  std::pair<double, double> content_fraction(int64_t height, int64_t width) const;
   // 1 for a model that takes one image per forward (an ONNX graph whose input has no batch axis, as
   // torchvision's detectors export); 0 when a batch may hold any number.
   int64_t images_per_forward() const;

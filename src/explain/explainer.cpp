@@ -4,6 +4,8 @@
 
 #include "explain/pipeline.h"
 
+#include <tuple>
+
 namespace lumen {
 namespace {
 
@@ -31,10 +33,12 @@ PerImage explain_forward(const Model& model, const detail::Plan& plan, const det
   return maps;
 }
 
-Canvas canvas_of(const torch::Tensor& batch, const std::vector<cv::Size>& sizes, const ExplainOptions& opt, const std::vector<std::string>& labels) {
+Canvas canvas_of(const Model& model, const torch::Tensor& batch, const std::vector<cv::Size>& sizes, const ExplainOptions& opt,
+                 const std::vector<std::string>& labels) {
   Canvas c;
   const int64_t h = batch.size(-2), w = batch.size(-1);
   c.input = cv::Size(static_cast<int>(w), static_cast<int>(h));
+  std::tie(c.content_rows, c.content_cols) = model.content_fraction(h, w);
   if (batch.dim() == 5) c.depth = static_cast<int>(batch.size(2));
   c.images = sizes.empty() ? std::vector<cv::Size>(static_cast<size_t>(batch.size(0)), c.input) : sizes;
   c.box_threshold = opt.box_threshold;
@@ -92,7 +96,7 @@ std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& bat
   const detail::Plan plan = detail::make_plan(model_, opt, batch);
   const detail::Forward forward = detail::run_forward(model_, plan, batch);
   const detail::Targets targets = detail::resolve_targets(opt, forward.capture.output, batch.size(0), labels_);
-  const Canvas canvas = canvas_of(batch, sizes, opt, labels_);
+  const Canvas canvas = canvas_of(model_, batch, sizes, opt, labels_);
   PerImage maps = explain_forward(model_, plan, forward, targets.targets, batch, preprocess_, opt, canvas);
   if (plan.shared.aug_smooth)
     detail::aug_smooth(maps, batch, canvas, [&](const torch::Tensor& augmented) {

@@ -98,6 +98,30 @@ std::vector<MapPart> finish_parts(const Result& res, int64_t image, cv::Size siz
   return parts;
 }
 
+// The raw map at the image's size. Half-pixel-centre bilinear, as torch's interpolate(align_corners=False)
+// and pytorch-grad-cam's cv2.resize (they agree to 1e-7 of the map's range). OpenCV's vectorised kernel
+// takes ~40 us for a 7x7 -> 224x224 map where at::upsample_bilinear2d takes ~600 us, which several
+// methods times a batch of maps makes visible next to the forward.
+// A layer of a model that pads its own canvas (a torchvision detector) covers more than the image: its
+// map is laid over that canvas in the model input's pixels and the input's part is cut out before it
+// is stretched to the image. A map at the input's size (an input gradient) covers the input already.
+namespace {
+cv::Mat at_image_size(const cv::Mat& raw, cv::Size image, const Canvas& canvas) {
+  cv::Mat up;
+  if ((canvas.content_rows >= 1 && canvas.content_cols >= 1) || raw.size() == canvas.input) {
+    cv::resize(raw, up, image, 0, 0, cv::INTER_LINEAR);
+    return up;
+  }
+  const cv::Size whole(static_cast<int>(std::lround(canvas.input.width / canvas.content_cols)),
+                       static_cast<int>(std::lround(canvas.input.height / canvas.content_rows)));
+  cv::Mat over;
+  cv::resize(raw, over, whole, 0, 0, cv::INTER_LINEAR);
+  cv::resize(over(cv::Rect(0, 0, std::min(canvas.input.width, whole.width), std::min(canvas.input.height, whole.height))), up, image, 0, 0,
+             cv::INTER_LINEAR);
+  return up;
+}
+}  // namespace
+
 void finish_map(Map& m, const torch::Tensor& raw_hw, cv::Size image, const Canvas& canvas, bool box) {
   if (canvas.depth > 0) return finish_volume(m, raw_hw, image, canvas, box);
   const int width = image.width, height = image.height;
@@ -107,11 +131,7 @@ void finish_map(Map& m, const torch::Tensor& raw_hw, cv::Size image, const Canva
   m.box = Box();
   m.parts.clear();  // a map made from other maps (aggregation, contrast, aug-smooth) is not a decomposition
   m.raw = to_mat(raw_hw);
-  // Half-pixel-centre bilinear, as torch's interpolate(align_corners=False) and pytorch-grad-cam's
-  // cv2.resize (they agree to 1e-7 of the map's range). OpenCV's vectorised kernel takes ~40 us for a
-  // 7x7 -> 224x224 map where at::upsample_bilinear2d takes ~600 us, which several methods times a batch
-  // of maps makes visible next to the forward.
-  cv::resize(m.raw, m.upsampled, {width, height}, 0, 0, cv::INTER_LINEAR);
+  m.upsampled = at_image_size(m.raw, image, canvas);
   double mn, mx;
   cv::Point peak;
   cv::minMaxLoc(m.raw, &mn, &mx);

@@ -124,6 +124,9 @@ std::vector<Job> run_methods(const Plan& plan, const Evidence& evidence);
 struct Canvas {
   std::vector<cv::Size> images;
   cv::Size input;
+  // The part of a layer's map the input fills (Model::content_fraction): below 1 where the model pads
+  // its own canvas (torchvision's detectors).
+  double content_rows = 1, content_cols = 1;
   int depth = 0;        // volumes ([N,C,D,H,W] input): D, the maps' slices; each map is at the input's size
   float box_threshold = 0.15f;
   bool compat = false;  // pytorch-grad-cam's scaling

@@ -14,6 +14,7 @@
 #include <torch/csrc/jit/runtime/interpreter.h>
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
@@ -275,6 +276,34 @@ Model Model::load(const std::string& path) {
 const std::string& Model::name() const { return impl_->name; }
 std::vector<int64_t> Model::declared_input_shape() const { return impl_->onnx.input_shape; }
 std::string Model::layer_path(const std::string& layer) const { return impl_->resolve(layer); }
+std::pair<double, double> Model::content_fraction(int64_t height, int64_t width) const {
+  const auto& root = impl_->module;
+  if (!impl_->list_input || !root.hasattr("transform") || !root.attr("transform").isObject()) return {1.0, 1.0};
+  const auto transform = root.attr("transform").toObject();
+  const auto has = [&](const char* name) { return transform->type()->hasAttribute(name); };
+  if (!has("min_size") || !has("max_size") || !has("size_divisible")) return {1.0, 1.0};
+  const auto divisible = transform->getAttr("size_divisible");
+  if (!divisible.isInt() || divisible.toInt() < 1 || height < 1 || width < 1) return {1.0, 1.0};
+  double rows = static_cast<double>(height), cols = static_cast<double>(width);
+  if (has("fixed_size") && !transform->getAttr("fixed_size").isNone()) {  // (width, height), no aspect kept
+    const auto fixed = transform->getAttr("fixed_size").toTupleRef().elements();
+    if (fixed.size() != 2) return {1.0, 1.0};
+    rows = static_cast<double>(fixed[1].toInt()), cols = static_cast<double>(fixed[0].toInt());
+  } else {
+    // torchvision's _resize_image_and_masks at inference: the last min_size, the scale that fits both
+    // sides, and interpolate's floor of the scaled size.
+    const auto min_sizes = transform->getAttr("min_size");
+    const auto max_size = transform->getAttr("max_size");
+    int64_t min_size = 0;
+    if (min_sizes.isTuple() && !min_sizes.toTupleRef().elements().empty()) min_size = min_sizes.toTupleRef().elements().back().toInt();
+    else if (min_sizes.isIntList() && !min_sizes.toIntVector().empty()) min_size = min_sizes.toIntVector().back();
+    if (min_size < 1 || !max_size.isInt()) return {1.0, 1.0};
+    const double scale = std::min(static_cast<double>(min_size) / std::min(rows, cols), static_cast<double>(max_size.toInt()) / std::max(rows, cols));
+    rows = std::floor(rows * scale), cols = std::floor(cols * scale);
+  }
+  const double d = static_cast<double>(divisible.toInt());
+  return {rows / (std::ceil(rows / d) * d), cols / (std::ceil(cols / d) * d)};
+}
 int64_t Model::images_per_forward() const { return impl_->onnx.one_image ? 1 : 0; }
 
 namespace {
