@@ -14,9 +14,9 @@
 #include <torch/csrc/jit/runtime/interpreter.h>
 
 #include <algorithm>
-#include <cmath>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <functional>

@@ -190,7 +190,7 @@ class GraphWriter {
       op_writers().at(node.op_type())(w);
       std::string signature = "def forward(self";
       for (const auto& a : args) signature += ", " + a;
-      sub.define(signature + "):\n" + w.body.str(), std::make_shared<OpResolver>());
+      sub.define(signature + "):\n" + w.body.str(), resolver_);
     } catch (const Error& e) {
       problems_.push_back(where + ": " + e.what());
       return;
@@ -264,6 +264,12 @@ class GraphWriter {
 
   std::string fresh_var() { return "v" + std::to_string(vars_++); }
 
+  // A branch's own initialisers and nodes, written where the branch is.
+  void add_graph(const onnx::GraphProto& graph) {
+    for (const auto& init : graph.initializer()) constants_[init.name()] = decode_tensor(init, folder_, "initializer '" + init.name() + "'");
+    for (const auto& n : graph.node()) add(n);
+  }
+
   // An If: a condition known at load time (exporters write such Ifs for shape checks) takes its branch
   // in line; a run-time one becomes a TorchScript if/else in the root's forward, each branch's nodes
   // submodules like any other, assigning the If's outputs. Branches see the enclosing graph's values.
@@ -289,8 +295,7 @@ class GraphWriter {
         return;
       }
       const auto& branch = *branches[c->second.item<double>() != 0 ? 0 : 1];
-      for (const auto& init : branch.initializer()) constants_[init.name()] = decode_tensor(init, folder_, "initializer '" + init.name() + "'");
-      for (const auto& n : branch.node()) add(n);
+      add_graph(branch);
       for (int k = 0; k < node.output_size(); ++k) {
         const std::string& o = branch.output(k).name();
         if (auto v = value_var_.find(o); v != value_var_.end()) value_var_[node.output(k)] = v->second;
@@ -317,8 +322,7 @@ class GraphWriter {
   void write_branch(const onnx::GraphProto& branch, const std::vector<std::string>& outputs, const std::string& where) {
     const auto outer = value_var_;  // the branch's own values are not seen after it
     indent_ += "    ";
-    for (const auto& init : branch.initializer()) constants_[init.name()] = decode_tensor(init, folder_, "initializer '" + init.name() + "'");
-    for (const auto& n : branch.node()) add(n);
+    add_graph(branch);
     root_ << indent_ << "pass\n";
     for (size_t k = 0; k < outputs.size(); ++k) {
       const std::string& o = branch.output(static_cast<int>(k)).name();
@@ -364,6 +368,7 @@ class GraphWriter {
   std::map<std::string, std::string> value_var_;  // ONNX value name -> variable in the root forward
   std::ostringstream root_;
   std::string indent_ = "    ";  // of the block being written: deeper inside an If's branches
+  const std::shared_ptr<OpResolver> resolver_ = std::make_shared<OpResolver>();
   size_t nodes_ = 0, vars_ = 0;
   std::set<std::string> used_;
   std::vector<std::string> problems_;
