@@ -7,11 +7,14 @@
 #include <lumen/target.h>
 #include <lumen/task.h>
 
+#include <opencv2/imgproc.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <map>
 #include <random>
 #include <set>
+#include <string_view>
 
 namespace lumen::serve {
 
@@ -91,22 +94,35 @@ std::vector<float> corners(const nlohmann::json& params, const std::string& key)
 // finds in each image, or the one "box" of the one class given. Which parameters go with which task:
 // lumen's task rules (lumen/task.h), in the API's names. A region or box is in each image's own
 // pixels, so it becomes each image's target there (Params::per_image).
-void apply_task(const std::string& task, const DetectionSettings& detection, const nlohmann::json& params, cv::Size input,
-                ExplainOptions& opt, Params& p) {
+void apply_task(const std::string& task, const DetectionSettings& detection, const nlohmann::json& params, const cv::Mat& mask,
+                cv::Size input, ExplainOptions& opt, Params& p) {
   static const std::map<TaskSetting, std::string> names{
       {TaskSetting::Classes, "classes"},     {TaskSetting::TopK, "top_k"},
       {TaskSetting::Score, "target"},        {TaskSetting::Counterfactual, "counterfactual"},
-      {TaskSetting::Contrast, "contrast"},   {TaskSetting::Region, "region"},
+      {TaskSetting::Contrast, "contrast"},   {TaskSetting::Region, "region"}, {TaskSetting::Mask, "mask"},
       {TaskSetting::Box, "box"},             {TaskSetting::ScoreThreshold, "score_threshold"},
       {TaskSetting::IouThreshold, "iou_threshold"}, {TaskSetting::MaxBoxes, "max_boxes"},
       {TaskSetting::DetectionOutput, "detection_output"}};
   std::set<TaskSetting> given;
   for (const auto& [setting, name] : names)
     if (params.contains(name)) given.insert(setting);
+  if (!mask.empty()) given.insert(TaskSetting::Mask);  // a part of its own, not a parameter
   if (const auto conflict = task_conflict(parse_task(task), given))
     throw HttpError(400, describe(*conflict, [](TaskSetting s) { return "\"" + names.at(s) + "\""; },
                                   [](Task t) { return "\"task\": \"" + to_string(t) + "\""; }));
-  if (task == "segmentation" && params.contains("region")) {
+  if (task == "segmentation" && !mask.empty()) {
+    // Nonzero = inside, stretched over the output, as the CLI's --mask: the same for every image.
+    if (params.contains("region")) throw HttpError(400, "give \"region\" or a \"mask\" part, not both");
+    cv::Mat grey;
+    cv::cvtColor(mask, grey, cv::COLOR_BGR2GRAY);
+    grey.convertTo(grey, CV_32F);
+    const torch::Tensor region = torch::from_blob(grey.data, {grey.rows, grey.cols}, torch::kFloat32).clone();
+    try {
+      for (const int64_t c : opt.classes) opt.targets.push_back(segmentation_target(c, region));
+    } catch (const Error& e) {
+      throw HttpError(400, std::string("the mask part: ") + e.what());
+    }
+  } else if (task == "segmentation" && params.contains("region")) {
     const auto r = corners(params, "region");
     p.per_image = [r, classes = opt.classes](ExplainOptions& o, cv::Size image, const std::string& source) {
       const int x0 = std::max(0, static_cast<int>(r[0])), y0 = std::max(0, static_cast<int>(r[1]));
@@ -150,7 +166,7 @@ nlohmann::json parse_params_json(const std::string& text) {
   return params;
 }
 
-Params read_params(const nlohmann::json& params, const ServedModel& model) {
+Params read_params(const nlohmann::json& params, const ServedModel& model, const cv::Mat& mask) {
   Params p;
   auto opt = std::make_shared<ExplainOptions>();
   std::string task = "classification";
@@ -200,7 +216,11 @@ Params read_params(const nlohmann::json& params, const ServedModel& model) {
   if (!opt->classes.empty() && params.contains("top_k")) throw HttpError(400, "give \"classes\" or \"top_k\", not both");
   for (const auto c : opt->classes)
     if (c < 0) throw HttpError(400, "parameter \"classes\" holds a negative class index");
-  apply_task(task, detection, params, {model.explainer.preprocess().width, model.explainer.preprocess().height}, *opt, p);
+  // Requests batch together only with the same mask: its pixels are part of the key.
+  if (!mask.empty())
+    key["mask"] = std::to_string(mask.cols) + "x" + std::to_string(mask.rows) + ":" +
+                  std::to_string(std::hash<std::string_view>{}(std::string_view(reinterpret_cast<const char*>(mask.data), mask.total() * mask.elemSize())));
+  apply_task(task, detection, params, mask, {model.explainer.preprocess().width, model.explainer.preprocess().height}, *opt, p);
   if (opt->layers.empty() && !model.default_layer.empty()) opt->layers.push_back(model.default_layer);
   for (const auto& l : opt->layers) {
     try {

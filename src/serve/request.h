@@ -40,7 +40,8 @@ struct Params {
 // The params JSON (an object). Everything in it is checked here or by lumen::check_request; anything
 // wrong is an HttpError 400 naming the parameter (404 for an unknown layer).
 nlohmann::json parse_params_json(const std::string& text);
-Params read_params(const nlohmann::json& params, const ServedModel& model);
+// `mask`: the request's "mask" part decoded (empty when it has none), for "task": "segmentation".
+Params read_params(const nlohmann::json& params, const ServedModel& model, const cv::Mat& mask = cv::Mat());
 
 // The image of an upload, decoded; refused before decoding when its header declares more than
 // `max_pixels` (413), when it is no PNG, JPEG, BMP or WebP (415), or when it is truncated (400).

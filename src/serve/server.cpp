@@ -394,7 +394,8 @@ class Server {
     if (!req.is_multipart_form_data()) throw HttpError(415, "POST /api/explain takes multipart/form-data: a part \"image\" (or \"data_id\") and a part \"params\" (JSON)");
     const nlohmann::json params = parse_params_json(req.has_file("params") ? req.get_file_value("params").content : "");
     Served& served = model_of(params);
-    const Params p = read_params(params, served.model);
+    const cv::Mat mask = req.has_file("mask") ? decode_upload(req.get_file_value("mask").content, "the mask part", options_.limits.image_pixels) : cv::Mat();
+    const Params p = read_params(params, served.model, mask);
     const auto deadline = start + std::chrono::microseconds(static_cast<int64_t>(options_.limits.request_seconds * 1e6));
     const auto jobs = jobs_of(req, served, p, deadline);
 

@@ -99,8 +99,11 @@ def request(url, method="GET", body=None, headers=None, timeout=120):
     return status, h, data
 
 
-def explain(server, params, images=(), data_ids=(), headers=None, timeout=120):
+def explain(server, params, images=(), data_ids=(), headers=None, timeout=120, mask=None):
     parts = [("params", None, json.dumps(params).encode())]
+    if mask is not None:  # a mask image's path
+        with open(mask, "rb") as f:
+            parts.append(("mask", os.path.basename(mask), f.read()))
     for path in images:
         with open(path, "rb") as f:
             parts.append(("image", os.path.basename(path), f.read()))
@@ -393,6 +396,27 @@ class Tasks(unittest.TestCase):
             [m] = image["maps"]
             stem = os.path.splitext(image["source"])[0]
             np.testing.assert_allclose(decoded_map(m), np.load(os.path.join(out, stem + ".gradcam.conv2.seg-1.npy")), atol=1e-5, err_msg=stem)
+        # A mask image (a part of its own), stretched over the output as the CLI's --mask: the same map.
+        from PIL import Image
+        mask = os.path.join(self.work.name, "mask.png")
+        inside = np.zeros((40, 50), np.uint8)
+        inside[8:30, 10:35] = 255
+        Image.fromarray(inside).save(mask)
+        s, _, a = explain(self.server, {"model": self.segmenter_id, "task": "segmentation", "classes": [1], "layers": "conv2", "raw": True},
+                          [cat, PETS], mask=mask)
+        self.assertEqual(s, 200, brief(a))
+        self.assertEqual([i["batched_with"] for i in a["images"]], [2, 2])  # one mask for both: one forward
+        out = self.cli("seg-mask", self.segmenter, ["--image", cat, PETS, "--layer", "conv2", "--task", "segmentation", "--class", "1",
+                                                    "--mask", mask])
+        for image in a["images"]:
+            stem = os.path.splitext(image["source"])[0]
+            np.testing.assert_allclose(decoded_map(image["maps"][0]), np.load(os.path.join(out, stem + ".gradcam.conv2.seg-1.npy")),
+                                       atol=1e-5, err_msg=stem)
+        for bad, says in (({"model": self.segmenter_id, "task": "segmentation", "classes": [1], "region": region}, "not both"),
+                          ({"model": self.segmenter_id, "classes": [1]}, "belongs to")):
+            s, _, a = explain(self.server, bad, [PETS], mask=mask)
+            self.assertEqual(s, 400, (bad, a))
+            self.assertIn(says, a["error"])
         # The second box the detector finds in the photo, given back as a box of its class.
         want = self.det["boxes"][1]
         box = [round(v, 1) for v in want["box"]]
