@@ -73,6 +73,9 @@ Target segmentation_target(int64_t cls, torch::Tensor region = {}, OutputSelecto
 // The same with one region per image of the batch (each [H, W] at its own image's size: a rectangle
 // given in each image's pixels), the extra passes' copies scored against their image's region.
 Target segmentation_target(int64_t cls, std::vector<torch::Tensor> regions, OutputSelector select = {});
+// A region for segmentation_target: [height, width], 1 inside the rectangle x0, y0, x1, y1 (pixels,
+// clipped to the image; fractions truncated), 0 outside. Undefined when nothing of it is in the image.
+torch::Tensor rectangle_region(double x0, double y0, double x1, double y1, int64_t width, int64_t height);
 // The [N, classes, h, w] scores of a segmentation network: the output itself, or a dict's "out" entry
 // (torchvision's FCN, DeepLabV3 and LR-ASPP return {"out": ..., "aux": ...}).
 OutputSelector segmentation_scores();

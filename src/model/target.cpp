@@ -172,6 +172,15 @@ Target target_for_images(const Target& t, const std::vector<int64_t>& images) {
   return class_target(std::move(classes), t.score, t.counterfactual, t.select);
 }
 
+torch::Tensor rectangle_region(double x0, double y0, double x1, double y1, int64_t width, int64_t height) {
+  const int64_t c0 = std::max<int64_t>(0, static_cast<int64_t>(x0)), r0 = std::max<int64_t>(0, static_cast<int64_t>(y0));
+  const int64_t c1 = std::min(width, static_cast<int64_t>(x1)), r1 = std::min(height, static_cast<int64_t>(y1));
+  if (c1 <= c0 || r1 <= r0) return torch::Tensor();
+  torch::Tensor region = torch::zeros({height, width});
+  region.slice(0, r0, r1).slice(1, c0, c1).fill_(1);
+  return region;
+}
+
 Target segmentation_target(int64_t cls, torch::Tensor region, OutputSelector select) {
   if (region.defined()) return segmentation_target(cls, std::vector<torch::Tensor>{std::move(region)}, std::move(select));
   if (cls < 0) throw Error("segmentation class must be 0 or more, got " + std::to_string(cls));

@@ -125,12 +125,9 @@ void apply_task(const std::string& task, const DetectionSettings& detection, con
   } else if (task == "segmentation" && params.contains("region")) {
     const auto r = corners(params, "region");
     p.per_image = [r, classes = opt.classes](ExplainOptions& o, cv::Size image, const std::string& source) {
-      const int x0 = std::max(0, static_cast<int>(r[0])), y0 = std::max(0, static_cast<int>(r[1]));
-      const int x1 = std::min(image.width, static_cast<int>(r[2])), y1 = std::min(image.height, static_cast<int>(r[3]));
-      if (x1 <= x0 || y1 <= y0)
+      const torch::Tensor region = rectangle_region(r[0], r[1], r[2], r[3], image.width, image.height);
+      if (!region.defined())
         throw HttpError(400, "\"region\" lies outside " + source + " (" + std::to_string(image.width) + "x" + std::to_string(image.height) + ")");
-      torch::Tensor region = torch::zeros({image.height, image.width});
-      region.slice(0, y0, y1).slice(1, x0, x1).fill_(1);
       o.targets.clear();
       for (const int64_t c : classes) o.targets.push_back(segmentation_target(c, region));
     };

@@ -75,13 +75,9 @@ std::vector<Target> segmentation_targets(const Args& a, const std::vector<cv::Ma
   } else if (!a.region.empty()) {
     for (size_t i = 0; i < images.size(); ++i) {
       const cv::Size image = images[i].size();
-      torch::Tensor region = torch::zeros({image.height, image.width});
-      const int x0 = std::max(0, a.region[0]), y0 = std::max(0, a.region[1]);
-      const int x1 = std::min(image.width, a.region[2]), y1 = std::min(image.height, a.region[3]);
-      if (x1 <= x0 || y1 <= y0)
+      regions.push_back(rectangle_region(a.region[0], a.region[1], a.region[2], a.region[3], image.width, image.height));
+      if (!regions.back().defined())
         throw Error("--region lies outside " + paths[i] + " (" + std::to_string(image.width) + "x" + std::to_string(image.height) + ")");
-      region.slice(0, y0, y1).slice(1, x0, x1).fill_(1);
-      regions.push_back(region);
     }
   }
   const OutputSelector select = a.output.empty() ? segmentation_scores() : output_path(a.output);
