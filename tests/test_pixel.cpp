@@ -169,9 +169,29 @@ TEST(Pixel, DeepLiftAndLrpClosedForms) {
     EXPECT_GT(scale, 0);
     EXPECT_LE(max_abs_diff(r.maps.at(0).raw, r.maps.at(1).raw), 1e-4 * scale);
   }
+  // At a layer too: layer LRP with epsilon 0 is the layer's gradient x activation. Asked for with the
+  // input methods, one rule pass serves both LRPs; asked for alone, the rule pass is the only forward.
+  opt.methods = {"lrp", "input-x-gradient", "layer-lrp", "layer-gradient-x-activation"};
+  opt.layers = {"conv1"};
+  const auto all_four = ex.explain(images, opt);
+  opt.methods = {"layer-lrp"};
+  const auto alone = ex.explain(images, opt);
+  for (size_t i = 0; i < images.size(); ++i) {
+    const auto& maps = all_four[i].maps;
+    ASSERT_EQ(maps.size(), 4u);
+    const double scale = cv::norm(maps.at(3).raw, cv::NORM_INF);
+    EXPECT_GT(scale, 0);
+    EXPECT_EQ(maps.at(2).method, "layer-lrp");
+    EXPECT_LE(max_abs_diff(maps.at(2).raw, maps.at(3).raw), 1e-4 * scale);
+    EXPECT_LE(max_abs_diff(alone[i].maps.at(0).raw, maps.at(2).raw), 1e-5 * scale);
+    EXPECT_LE(max_abs_diff(maps.at(0).raw, maps.at(1).raw), 1e-4 * cv::norm(maps.at(1).raw, cv::NORM_INF));
+  }
+  opt.methods = {"lrp", "layer-lrp"};
   opt.settings.set("lrp_epsilon", 10.0);
   for (const auto& r : ex.explain(images, opt))
-    EXPECT_LT(std::abs(r.maps.at(0).extra.at("relevance_sum").get<double>()), std::abs(r.maps.at(0).extra.at("f_input").get<double>()));
+    for (const auto& m : r.maps)
+      EXPECT_LT(std::abs(m.extra.at("relevance_sum").get<double>()), std::abs(m.extra.at("f_input").get<double>())) << m.method;
+  opt.layers.clear();
   // The gamma rule with gamma 0 is the epsilon rule (rho(w) = w), through the other graph; a positive
   // gamma changes the map.
   opt.settings = Settings();

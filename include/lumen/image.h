@@ -65,6 +65,9 @@ cv::Mat decode_image(const std::string& bytes, const std::string& name);
 // torchvision's Resize), then (pixel - mean) / std.
 torch::Tensor to_input(const cv::Mat& bgr, const Preprocess& p);
 torch::Tensor to_batch(const std::vector<cv::Mat>& images, const Preprocess& p);
+// A mask image as a segmentation region (lumen::segmentation_target): [H,W] float, its grey level, so
+// that nonzero is inside. The target stretches it over the network's output.
+torch::Tensor mask_region(const cv::Mat& bgr);
 // A reference input for `x` ([N,C,H,W], model-input space), for IG baselines and occlusion fills:
 // "black", a pixel value "0".."255", "noise" (uniform pixels from a CPU generator seeded with `seed`),
 // "blur" (Gaussian, sigma = blur_sigma x width, at least half a pixel), or the path of an image.

@@ -105,9 +105,15 @@ Evidence gather_evidence(const Model& model, const Plan& plan, const Forward& f,
         ev.attention.gradients.push_back(or_zeros(g[k], f.recorded_attention[b]).reshape(f.attention.maps[b].sizes()));
   }
   for (const auto& [rule, pass] : f.rule_passes) {
-    auto yr = target(pass.second);
-    auto g = torch::autograd::grad({yr.sum()}, {pass.first}, {}, /*retain_graph=*/!last, false, /*allow_unused=*/true)[0];
-    ev.input_gradients[rule] = or_zeros(g, pass.first);
+    auto yr = target(pass.output);
+    const bool to_input = plan.rule_inputs.count(rule) > 0;
+    std::vector<torch::Tensor> to = pass.layers;
+    if (to_input) to.push_back(pass.input);
+    if (!yr.requires_grad()) throw Error("target '" + target.name + "' does not depend on the captured layers (no gradient path)");
+    auto g = torch::autograd::grad({yr.sum()}, to, {}, /*retain_graph=*/!last, false, /*allow_unused=*/true);
+    for (size_t l = 0; l < pass.layers.size(); ++l)
+      ev.rule_layers[rule].push_back({to_spatial(pass.layers[l].detach(), f.layouts[l]), to_spatial(or_zeros(g[l], pass.layers[l]), f.layouts[l]), f.layouts[l].grid_d});
+    if (to_input) ev.input_gradients[rule] = or_zeros(g.back(), pass.input);
   }
   return ev;
 }

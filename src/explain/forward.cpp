@@ -61,9 +61,10 @@ Forward run_forward(const Model& model, const Plan& plan, const torch::Tensor& b
   const bool strict = plan.shared.strict_nonlinearities;
   Forward f;
   f.input = batch.detach();
-  if (plan.plain_input || plan.rule_only) f.input = f.input.clone().requires_grad_(true);
+  const bool rule_input = plan.rule_only && plan.rule_inputs.count(*plan.rules.begin()) > 0;
+  if (plan.plain_input || rule_input) f.input = f.input.clone().requires_grad_(true);
   const bool attention = plan.attention != AttentionNeed::None;
-  f.capture = plan.rule_only ? model.forward(f.input, {}, *plan.rules.begin(), strict)
+  f.capture = plan.rule_only ? model.forward(f.input, plan.captured(), *plan.rules.begin(), strict)
                              : model.forward(f.input, plan.captured(), BackwardRule::Plain, true, attention);
   if (attention) read_attention(f, plan, batch);
   for (size_t i = 0; i < plan.layers.size(); ++i) {
@@ -80,12 +81,15 @@ Forward run_forward(const Model& model, const Plan& plan, const torch::Tensor& b
                                 : "n [N,C,H,W] image input; a [N,C,d,h,w] layer needs a volume input"));
   }
   for (auto rule : plan.rules) {
+    const bool layers = plan.rule_layers.count(rule) > 0;
     if (plan.rule_only) {
-      f.rule_passes[rule] = {f.input, f.capture.output};
+      f.rule_passes[rule] = {f.input, f.capture.output, layers ? f.capture.layers : std::vector<torch::Tensor>{}};
       continue;
     }
-    auto x = batch.detach().clone().requires_grad_(true);
-    f.rule_passes[rule] = {x, model.forward(x, {}, rule, strict).output};
+    // Without its input gradient the rule graph is recorded from the captured layers up only.
+    auto x = plan.rule_inputs.count(rule) ? batch.detach().clone().requires_grad_(true) : batch.detach();
+    auto c = model.forward(x, layers ? plan.layers : std::vector<std::string>{}, rule, strict);
+    f.rule_passes[rule] = {x, c.output, c.layers};
   }
   return f;
 }

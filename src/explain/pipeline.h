@@ -33,6 +33,8 @@ struct Plan {
   bool layer_gradients = false;            // d y / d (requested layers)
   bool plain_input = false;                // d y / d x, from the same backward
   std::set<BackwardRule> rules;            // other backward rules: each a forward of its own graph
+  std::set<BackwardRule> rule_inputs;      // ... whose backward goes to the input
+  std::set<BackwardRule> rule_layers;      // ... whose forward captures the requested layers, and backward goes to them
   bool rule_only = false;                  // one rule's forward is the only one needed (it also gives y)
   AttentionNeed attention = AttentionNeed::None;  // the blocks' attention (and its gradients)
   TokenHint tokens;                        // the layers' layout as the user gave it
@@ -55,7 +57,12 @@ struct Forward {
   // tensors themselves (`recorded`, what gradients are taken with respect to), with the tokens' layout.
   AttentionTensors attention;
   std::vector<torch::Tensor> recorded_attention;
-  std::map<BackwardRule, std::pair<torch::Tensor, torch::IValue>> rule_passes;  // input and output per rule
+  struct RulePass {
+    torch::Tensor input;                // requires grad when the rule's input gradient is asked for
+    torch::IValue output;
+    std::vector<torch::Tensor> layers;  // Plan::rule_layers: the requested layers in this graph
+  };
+  std::map<BackwardRule, RulePass> rule_passes;
 };
 Forward run_forward(const Model& model, const Plan& plan, const torch::Tensor& batch);
 

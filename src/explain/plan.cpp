@@ -92,13 +92,19 @@ void add_needs(Plan& p, const Model& model) {
     p.layer_gradients |= m->needs.layer_gradients;
     for (auto r : m->needs.input_gradients) {
       if (r == BackwardRule::Plain) p.plain_input = true;
-      else p.rules.insert(r);
+      else p.rule_inputs.insert(r);
     }
+    p.rule_layers.insert(m->needs.layer_rule_gradients.begin(), m->needs.layer_rule_gradients.end());
     if (m->needs.model_layers)
       for (auto& l : m->needs.model_layers(model)) p.model_layers.push_back(std::move(l));
     p.attention = std::max(p.attention, m->needs.attention);
   }
-  p.rule_only = p.captured().empty() && !p.plain_input && p.rules.size() == 1 && p.attention == AttentionNeed::None;
+  p.rules = p.rule_inputs;
+  p.rules.insert(p.rule_layers.begin(), p.rule_layers.end());
+  // The rule graph's forward gives the plain values, so it can stand in for the plain forward when no
+  // plain gradient is taken and it captures whatever layers are asked for.
+  p.rule_only = !p.plain_input && !p.layer_gradients && p.model_layers.empty() && p.rules.size() == 1 &&
+                p.attention == AttentionNeed::None && (p.layers.empty() || p.rule_layers.count(*p.rules.begin()) > 0);
 }
 
 // A 3-D network's volumes: only the methods that declare how they read them, and none of the steps

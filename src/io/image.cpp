@@ -276,6 +276,13 @@ cv::Mat decode_image(const std::string& bytes, const std::string& path) {
   return img;
 }
 
+torch::Tensor mask_region(const cv::Mat& bgr) {
+  cv::Mat grey;
+  cv::cvtColor(bgr, grey, cv::COLOR_BGR2GRAY);
+  grey.convertTo(grey, CV_32F);
+  return torch::from_blob(grey.data, {grey.rows, grey.cols}, torch::kFloat32).clone();
+}
+
 torch::Tensor to_input(const cv::Mat& bgr, const Preprocess& p) {
   if (bgr.empty() || bgr.type() != CV_8UC3) throw Error("to_input needs a non-empty 8-bit BGR image");
   cv::Mat ordered;

@@ -113,10 +113,7 @@ void apply_task(const std::string& task, const DetectionSettings& detection, con
   if (task == "segmentation" && !mask.empty()) {
     // Nonzero = inside, stretched over the output, as the CLI's --mask: the same for every image.
     if (params.contains("region")) throw HttpError(400, "give \"region\" or a \"mask\" part, not both");
-    cv::Mat grey;
-    cv::cvtColor(mask, grey, cv::COLOR_BGR2GRAY);
-    grey.convertTo(grey, CV_32F);
-    const torch::Tensor region = torch::from_blob(grey.data, {grey.rows, grey.cols}, torch::kFloat32).clone();
+    const torch::Tensor region = mask_region(mask);
     try {
       for (const int64_t c : opt.classes) opt.targets.push_back(segmentation_target(c, region));
     } catch (const Error& e) {

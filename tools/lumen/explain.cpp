@@ -68,10 +68,7 @@ struct Args {
 std::vector<Target> segmentation_targets(const Args& a, const std::vector<cv::Mat>& images, const std::vector<std::string>& paths) {
   std::vector<torch::Tensor> regions;
   if (!a.mask.empty()) {
-    cv::Mat m = read_image(a.mask), grey;
-    cv::cvtColor(m, grey, cv::COLOR_BGR2GRAY);
-    grey.convertTo(grey, CV_32F);
-    regions.push_back(torch::from_blob(grey.data, {grey.rows, grey.cols}, torch::kFloat32).clone());
+    regions.push_back(mask_region(read_image(a.mask)));
   } else if (!a.region.empty()) {
     for (size_t i = 0; i < images.size(); ++i) {
       const cv::Size image = images[i].size();

@@ -148,6 +148,9 @@ struct Evidence {
   std::vector<LayerTensors> model_layers;                  // the layers the method's needs named (Needs::model_layers)
   std::vector<std::string> model_layer_paths;
   std::map<BackwardRule, torch::Tensor> input_gradients;   // d y / d x per rule, [N,C,H,W]
+  // Needs::layer_rule_gradients: per rule, the requested layers in that rule's graph (the plain values)
+  // with d y / d A through it.
+  std::map<BackwardRule, std::vector<LayerTensors>> rule_layers;
   AttentionTensors attention;                              // Needs::attention
   const Target* target = nullptr;     // what y is (classes, score, sign)
   const Model* model = nullptr;       // for methods that read the model's weights (CAM, FullGrad)
@@ -164,6 +167,7 @@ struct Needs {
   bool layer_gradients = false;                 // plain d y / d A at the requested layers
   AttentionNeed attention = AttentionNeed::None;  // every block's attention probabilities (and their gradients)
   std::vector<BackwardRule> input_gradients;    // d y / d x under these rules
+  std::vector<BackwardRule> layer_rule_gradients;  // d y / d A at the requested layers under these rules (not plain)
   // More layers of the model, captured beside the requested ones with their gradients (FullGrad's
   // bias layers). Throws lumen::Error when the model has none that fit.
   std::function<std::vector<std::string>(const Model&)> model_layers;
