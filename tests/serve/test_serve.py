@@ -710,6 +710,63 @@ class Browser(unittest.TestCase):
         finally:
             server.stop()
 
+    def test_segmentation_mask_and_region(self):
+        """A segmentation class over a mask picked on the page: the request carries it as its part "mask" (the
+        same map as the CLI's --mask), each map shows the mask's outline, and the rectangle field is off while a
+        mask is chosen; a typed rectangle is drawn as a dashed box."""
+        from selenium.webdriver.common.by import By
+        from PIL import Image
+
+        server = Server("--model", os.path.join(FIXTURES, "tiny_segmenter.pt"), "--card", os.path.join(FIXTURES, "small_card.json"))
+        mask = os.path.join(ARTIFACTS, "page_mask.png")
+        inside = np.zeros((40, 50), np.uint8)
+        inside[8:30, 10:35] = 255
+        Image.fromarray(inside).save(mask)
+        try:
+            self.browser.get(server.url + "/")
+            self.wait("return document.querySelectorAll('#model option').length == 2 && document.querySelectorAll('#methods input').length > 0")
+            self.browser.execute_script("const m = document.getElementById('model'); m.value = m.options[1].value; m.dispatchEvent(new Event('change'))")
+            self.wait("return [...document.querySelectorAll('#layer option')].some(o => o.value == 'conv2')")
+            self.browser.execute_script("document.getElementById('layer').value = 'conv2'")
+            self.browser.execute_script("const t = document.getElementById('task'); t.value = 'segmentation'; t.dispatchEvent(new Event('change'))")
+            self.assertTrue(self.browser.find_element(By.ID, "task-mask").is_displayed())
+            self.choose_methods(["gradcam"])
+            search = self.browser.find_element(By.ID, "class-search")
+            search.send_keys("1")
+            self.browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", search)
+            self.browser.find_element(By.ID, "mask").send_keys(mask)
+            self.wait("return state.mask && document.getElementById('area').disabled")
+            self.assertIn("page_mask.png (50×40, 28 % inside)", self.browser.find_element(By.ID, "mask-name").text)
+            self.browser.find_element(By.ID, "file").send_keys(PETS)
+            self.wait_for_grid(1)
+            self.assertTrue(self.browser.execute_script("return [...document.querySelectorAll('#grid img.region')].every(i => i.complete && i.naturalWidth == 50)"))
+            self.assertEqual(len(self.browser.find_elements(By.CSS_SELECTOR, "#grid img.region")), 1)
+            self.assertTrue(self.browser.find_element(By.ID, "legend-region").is_displayed())
+            self.browser.execute_script("window.scrollTo(0, 0)")
+            self.browser.save_screenshot(os.path.join(ARTIFACTS, "segmentation_mask.png"))
+            m = self.browser.execute_script("return {target: state.answer.maps[0].target, map: state.answer.maps[0].map.float32_base64}")
+            self.assertEqual(m["target"], "seg-1")
+            out = tempfile.mkdtemp(dir=self.work.name)
+            subprocess.run([LUMEN, "explain", "--model", os.path.join(FIXTURES, "tiny_segmenter.pt"), "--card", os.path.join(FIXTURES, "small_card.json"),
+                            "--forward-mode", "plain", "--quiet", "--image", PETS, "--layer", "conv2", "--task", "segmentation", "--class", "1",
+                            "--mask", mask, "--out", out], check=True, stdout=subprocess.DEVNULL, env=ENV)
+            want = np.load(os.path.join(out, "pets.gradcam.conv2.seg-1.npy"))
+            np.testing.assert_allclose(np.frombuffer(base64.b64decode(m["map"]), "<f4").reshape(want.shape), want, atol=1e-5)
+            # Cleared: a rectangle instead, drawn dashed on the map.
+            self.browser.find_element(By.ID, "mask-clear").click()
+            self.assertFalse(self.browser.execute_script("return document.getElementById('area').disabled"))
+            self.browser.execute_script("document.getElementById('area').value = '100,150,300,400'")
+            self.browser.execute_script("state.answer = null")
+            self.browser.find_element(By.ID, "explain").click()
+            self.wait_for_grid(1)
+            self.assertEqual(len(self.browser.find_elements(By.CSS_SELECTOR, "#grid img.region")), 0)
+            rect = self.browser.find_element(By.CSS_SELECTOR, "#grid svg rect.region")
+            self.assertEqual([rect.get_attribute(k) for k in ("x", "y", "width", "height")], ["100", "150", "200", "250"])
+            self.browser.execute_script("window.scrollTo(0, 0)")
+            self.browser.save_screenshot(os.path.join(ARTIFACTS, "segmentation_region.png"))
+        finally:
+            server.stop()
+
     def test_dataset_image_and_report(self):
         from selenium.webdriver.common.by import By
 

@@ -3,7 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.hash.slice(1)).get("token") || "";
-const state = { models: [], model: null, labels: [], image: null, classes: [], answer: null, job: null, data: [] };
+const state = { models: [], model: null, labels: [], image: null, classes: [], answer: null, job: null, data: [], mask: null };
 
 function authHeaders() { return token ? { Authorization: "Bearer " + token } : {}; }
 function withToken(url) { return token ? url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token) : url; }
@@ -44,6 +44,7 @@ async function loadModels() {
 async function chooseModel(id) {
   state.model = state.models.find((m) => m.id === id);
   const [{ layers, default_layer }, { labels }] = await Promise.all([api(`/api/models/${id}/layers`), api(`/api/models/${id}/labels`)]);
+  if (state.model.id !== id) return;  // another model was chosen while these were on their way
   state.labels = labels;
   const usable = layers.filter((l) => l.output === "tensor" && l.shape.length >= 3);
   $("layer").replaceChildren(...usable.map((l) => el("option", { value: l.path }, `${l.path} · ${l.type} · ${l.shape.join("×")}`)));
@@ -99,7 +100,9 @@ function pickData(d) {
 function addClass(text) {
   const n = parseInt(String(text), 10);
   let cls = Number.isInteger(n) ? n : state.labels.findIndex((l) => l.toLowerCase().includes(String(text).toLowerCase()));
-  if (!(cls >= 0 && cls < state.labels.length)) return showError(`no class matches "${text}"`);
+  // A model whose card names no labels takes any class number (a segmenter's or detector's own).
+  const known = state.labels.length ? cls < state.labels.length : Number.isInteger(n);
+  if (!(cls >= 0 && known)) return showError(state.labels.length ? `no class matches "${text}"` : `"${text}": this model has no labels; give a class number`);
   showError("");
   if (!state.classes.includes(cls)) state.classes.push(cls);
   document.querySelector('input[name=targetmode][value=classes]').checked = true;
@@ -117,11 +120,53 @@ function taskChanged() {
   for (const e of document.querySelectorAll(".for-classification")) e.hidden = task !== "classification";
   $("task-detection").hidden = task !== "detection";
   $("task-area").hidden = task === "classification";
+  $("task-mask").hidden = task !== "segmentation";
   $("area-name").textContent = task === "segmentation" ? "region" : "box";
   $("task-hint").hidden = task === "classification";
   $("task-hint").textContent = task === "segmentation"
     ? "Each chosen class: why these pixels are that class (its scores summed over the pixels the model predicts as it, or over the region)."
     : "Each box the detector finds (of the chosen classes, if any); with a box and one class: why that box.";
+}
+
+// A segmentation mask: sent as the request's part "mask"; the page draws its outline (the pixels inside
+// with a neighbour outside) at the mask's own size, stretched over each map as the server stretches the
+// mask itself.
+async function pickMask(file) {
+  if (!file) return;
+  const bitmap = await createImageBitmap(file).catch(() => null);
+  if (!bitmap) return showError(file.name + " is not an image this browser can read");
+  const canvas = el("canvas", { width: bitmap.width, height: bitmap.height });
+  const g = canvas.getContext("2d");
+  g.drawImage(bitmap, 0, 0);
+  const px = g.getImageData(0, 0, bitmap.width, bitmap.height);
+  const w = bitmap.width, h = bitmap.height, inside = new Uint8Array(w * h);
+  for (let i = 0; i < w * h; ++i) inside[i] = px.data[4 * i] || px.data[4 * i + 1] || px.data[4 * i + 2] ? 1 : 0;
+  const edge = g.createImageData(w, h);
+  let count = 0;
+  for (let y = 0; y < h; ++y)
+    for (let x = 0; x < w; ++x) {
+      const i = y * w + x;
+      if (!inside[i]) continue;
+      count += 1;
+      if (x > 0 && x < w - 1 && y > 0 && y < h - 1 && inside[i - 1] && inside[i + 1] && inside[i - w] && inside[i + w]) continue;
+      edge.data.set([0, 229, 255, 255], 4 * i);
+    }
+  if (!count) return showError(file.name + ": no pixel of the mask is nonzero, so it marks no region");
+  g.putImageData(edge, 0, 0);
+  state.mask = { file, name: file.name, outline: canvas.toDataURL("image/png") };
+  $("mask-name").textContent = `${file.name} (${w}×${h}, ${(100 * count / (w * h)).toFixed(0)} % inside)`;
+  $("mask-clear").hidden = false;
+  $("area").value = "";
+  $("area").disabled = true;  // one region: the server refuses a rectangle and a mask together
+  showError("");
+}
+
+function clearMask() {
+  state.mask = null;
+  $("mask").value = "";
+  $("mask-name").textContent = "";
+  $("mask-clear").hidden = true;
+  $("area").disabled = false;
 }
 
 // ---- explain ----
@@ -157,6 +202,9 @@ async function explain() {
   if (state.image.file) form.append("image", state.image.file, state.image.name);
   else form.append("data_id", state.image.dataId);
   form.append("params", JSON.stringify(p));
+  // What the maps explain beyond the class, drawn on them: the rectangle or the mask's outline.
+  const region = p.task === "segmentation" ? (state.mask ? { outline: state.mask.outline } : p.region ? { box: p.region } : null) : null;
+  if (region && region.outline) form.append("mask", state.mask.file, state.mask.name);
   state.job = p.job;
   $("explain").disabled = true;
   $("cancel").hidden = false;
@@ -173,6 +221,7 @@ async function explain() {
   const started = performance.now();
   try {
     const answer = await api("/api/explain", { method: "POST", body: form });
+    answer.region = region;
     state.answer = answer;
     render(answer);
     $("status").textContent = `${state.image.name}: ${answer.maps.length} map(s) in ${((performance.now() - started) / 1000).toFixed(2)} s`;
@@ -213,7 +262,7 @@ function npyBlob(map) {
 
 function pngBlob(base64) { return new Blob([Uint8Array.from(atob(base64), (c) => c.charCodeAt(0))], { type: "image/png" }); }
 
-function svgBoxes(width, height, m) {
+function svgBoxes(width, height, m, region) {
   const ns = "http://www.w3.org/2000/svg";
   const svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
@@ -226,6 +275,10 @@ function svgBoxes(width, height, m) {
     svg.append(r);
   };
   for (const b of state.image.boxes || []) rect(b, "truth", "#00e000");
+  if (region && region.box) {
+    rect(region.box, "region", "#00e5ff");
+    svg.lastChild.setAttribute("stroke-dasharray", `${Math.max(6, width / 60)} ${Math.max(4, width / 90)}`);
+  }
   if (m.box) rect(m.box, "paper", "#fff200");
   // A detector's box explained, labelled as the detector scored it.
   for (const d of m.detections || []) {
@@ -244,7 +297,8 @@ function stack(answer, m, map) {
     el("img", { class: "base", src: state.image.url, alt: state.image.name }),
     el("img", { class: "heat", src: "data:image/png;base64," + m.heat_png, alt: `${m.method} map` }));
   s.querySelector(".heat").style.opacity = $("opacity").value;
-  s.append(svgBoxes(answer.width, answer.height, m));
+  if (answer.region && answer.region.outline) s.append(el("img", { class: "region", src: answer.region.outline, alt: "the mask's outline" }));
+  s.append(svgBoxes(answer.width, answer.height, m, answer.region));
   s.addEventListener("mousemove", (ev) => {
     if (!map) return;
     const r = s.getBoundingClientRect();
@@ -285,6 +339,7 @@ function render(answer) {
     el("li", { onclick: () => addClass(p.class), title: "explain this class" }, `${p.label || "class " + p.class} (${p.class}): ${(100 * p.probability).toFixed(1)} %`)));
   $("legend").hidden = false;
   $("legend-detection").hidden = !answer.maps.some((m) => (m.detections || []).length);
+  $("legend-region").hidden = !answer.region;
   const signed = answer.maps.some((m) => m.signed);
   $("legend").querySelector("i").className = signed ? "bar-diverging" : "bar-jet";
   $("legend").querySelector(".bar span").textContent = signed ? "− (against)" : "0 (least)";
@@ -308,7 +363,8 @@ function render(answer) {
   const table = el("table", { class: "grid" }, el("tr", {}, el("th"), ...columns.map((c) => el("th", {}, c))));
   for (const r of rows) {
     const first = answer.maps.find((m) => rowOf(m) === r);
-    const tr = el("tr", {}, el("th", { class: "row" }, rowName(first),
+    const where = answer.region ? (answer.region.outline ? " · in the mask" : " · in the region") : "";
+    const tr = el("tr", {}, el("th", { class: "row" }, rowName(first) + where,
       el("br"), el("small", {}, `score ${first.target_value.toFixed(3)}` + (first.counterfactual ? ", against" : ""))));
     for (const c of columns) {
       const m = answer.maps.find((x) => rowOf(x) === r && col(x) === c);
@@ -371,6 +427,8 @@ function wire() {
   $("class-search").addEventListener("change", (e) => { if (e.target.value) { addClass(e.target.value); e.target.value = ""; } });
   $("explain").addEventListener("click", explain);
   $("task").addEventListener("change", taskChanged);
+  $("mask").addEventListener("change", (e) => pickMask(e.target.files[0]));
+  $("mask-clear").addEventListener("click", clearMask);
   $("layer").addEventListener("change", explain);
   $("cancel").addEventListener("click", cancel);
   $("opacity").addEventListener("input", (e) => { for (const h of document.querySelectorAll("img.heat")) h.style.opacity = e.target.value; });
