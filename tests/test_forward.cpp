@@ -92,6 +92,32 @@ TEST(ForwardMode, SharedModelGivesThePlainMapsInChannelsLast) {
   EXPECT_EQ(compare_runs(a, b), 2u * (4 * 2 + 3));
 }
 
+// Channels-last folds each batch norm into the convolution before it. On a resnet whose batch norms
+// have non-trivial statistics and biases, the maps of a block's output come from the folded copy; a
+// tap on a folded convolution (whose own output the copy no longer computes) or batch norm, and LRP
+// (a batch norm is a layer of its own there), from the unfolded one: all equal the plain run's.
+TEST(ForwardMode, FoldedBatchNormsGiveThePlainMaps) {
+  const Model plain = Model::load(fixture("resnet18_bn_scripted.pt"));
+  const Model last = plain.with_forward_mode(ForwardMode::ChannelsLast);
+  EXPECT_EQ(plain.folded_batch_norms(), 0);
+  EXPECT_EQ(last.folded_batch_norms(), 20);  // every BatchNorm2d of resnet18 (the downsample ones too)
+  const ModelCard card = load_card(fixture("imagenet_card.json"));
+  const std::vector<cv::Mat> images{read_image(shared("images/pets.jpg")), read_image(shared("images/cat.png"))};
+  size_t compared = 0;
+  for (const auto& layers : std::vector<std::vector<std::string>>{{"layer4", "layer3"}, {"layer4.1.conv2"}, {"layer4.1.bn2", "layer4"}}) {
+    ExplainOptions opt;
+    opt.methods = {"gradcam", "layercam", "guided-backprop", "lrp"};
+    opt.layers = layers;
+    compared += compare_runs(Explainer(plain, card.preprocess).explain(images, opt), Explainer(last, card.preprocess).explain(images, opt));
+  }
+  EXPECT_EQ(compared, 2u * (2 * 2 + 2 + 2 * 1 + 2 + 2 * 2 + 2));
+  // The folded copy's logits are the file's.
+  const auto x = to_batch(images, card.preprocess);
+  torch::NoGradGuard no_grad;
+  const auto a = plain.forward(x).output.toTensor(), b = last.forward(x).output.toTensor();
+  EXPECT_LE((a - b).abs().max().item<double>(), 1e-4 * a.abs().max().item<double>());
+}
+
 TEST(ForwardMode, PlannerMeasuresOnceAndRemembers) {
   const std::string cache = temp_dir("forward-cache") + "/plans.json";
   const Model model = Model::load(fixture("resnet18_traced.pt"));

@@ -81,8 +81,10 @@ class LrpRules {
 };
 
 // How lumen runs its copy of the graph. Plain: as the file stores it. ChannelsLast: every 4-D weight and
-// the input in channels-last memory (NHWC), which oneDNN's convolutions run faster on many CPUs. The
-// values are the same up to float rounding; activations, gradients and maps keep their shapes.
+// the input in channels-last memory (NHWC), which oneDNN's convolutions run faster on many CPUs, and
+// each batch norm that only reads a convolution's output folded into that convolution (a forward that
+// taps such a convolution or batch norm runs them unfolded). The values are the same up to float
+// rounding; activations, gradients and maps keep their shapes.
 enum class ForwardMode { Plain, ChannelsLast };
 ForwardMode parse_forward_mode(const std::string& name);  // "plain" | "channels-last"
 std::string to_string(ForwardMode mode);
@@ -184,6 +186,9 @@ class Model {
   // layout); caches of rewritten graphs start empty.
   Model with_forward_mode(ForwardMode mode) const;
   ForwardMode forward_mode() const;
+  // How many batch norms this copy runs folded into the convolution before them (ChannelsLast; 0 in
+  // Plain, and for a model whose batch norms read anything else).
+  int64_t folded_batch_norms() const;
   // A stable fingerprint of the file the model was loaded from (size and FNV-1a hash of its bytes), for
   // caches keyed by model; empty for a module built in memory.
   const std::string& fingerprint() const;

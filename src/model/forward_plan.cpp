@@ -46,7 +46,8 @@ std::string default_forward_cache() {
 
 ForwardPlan plan_forward(const Model& model, const std::vector<int64_t>& shape, const std::string& cache_file) {
   const bool cacheable = !cache_file.empty() && !model.fingerprint().empty();
-  const std::string key = model.fingerprint() + " " + shape_key(shape);
+  // "bn-folded": channels-last folds batch norms since 2026-12-04; plans measured before are probed again.
+  const std::string key = model.fingerprint() + " " + shape_key(shape) + " bn-folded";
   if (cacheable) {
     const auto cache = read_cache(cache_file);
     if (cache.contains(key) && cache[key].is_object()) {

@@ -7,6 +7,7 @@
 
 #include "core/hash.h"
 #include "model/archive.h"
+#include "model/fold.h"
 #include "model/onnx/import.h"
 #include "model/tap.h"
 
@@ -50,6 +51,7 @@ namespace detail {
 // torch::jit::Code — the same kernels eager PyTorch calls — so profiling-executor specialisations never
 // change numerics between the first and later calls. (Named, not anonymous: Model::Impl holds it.)
 struct Compiled {
+  torch::jit::Module self;  // the module the graph runs on: the model's, or its batch-norm-folded copy
   std::shared_ptr<torch::jit::Graph> graph;
   std::unique_ptr<torch::jit::Code> code;
   std::vector<std::string> tapped;
@@ -76,6 +78,10 @@ struct Model::Impl {
   bool list_input = false;
   std::vector<torch::IValue> trailing;
   ForwardMode mode = ForwardMode::Plain;
+  // ChannelsLast: `module` with its batch norms folded into the convolutions before them. Forwards that
+  // tap or replace none of `folded->paths`, under any rule but LRP's (which treats a batch norm as a
+  // layer of its own), run on it; the rest run on `module`. `module` itself stays the file's.
+  std::optional<detail::FoldedModule> folded;
   std::string fingerprint;
   std::mutex mutex;  // guards the three caches below; the module itself is never mutated after load
   std::map<std::string, std::shared_ptr<Compiled>> cache;
@@ -89,15 +95,19 @@ struct Model::Impl {
   std::shared_ptr<Compiled> compiled(detail::RewriteOptions options) {
     // Fused inference attention has no backward: lumen's graphs always compute it written out.
     options.decompose_attention = fused_attention;
-    std::string key = std::to_string(options.lenient) + std::to_string(static_cast<int>(options.rule)) +
+    bool use_folded = folded.has_value() && options.rule != BackwardRule::Lrp && !folded->paths.count(options.replace);
+    for (const auto& l : options.taps) use_folded = use_folded && !folded->paths.count(l);
+    std::string key = std::string(use_folded ? "F" : "U") + std::to_string(options.lenient) + std::to_string(static_cast<int>(options.rule)) +
                       std::to_string(options.strict_nonlinearities) + std::to_string(options.attention) + options.replace + "\n" +
                       (options.rule == BackwardRule::Lrp ? options.lrp.signature() + "\n" : std::string());
     for (const auto& l : options.taps) key += l + "\n";
     std::lock_guard<std::mutex> lock(mutex);
     auto it = cache.find(key);
     if (it != cache.end()) return it->second;
-    auto result = detail::rewrite_forward(module, options);
+    const torch::jit::Module& self = use_folded ? folded->module : module;
+    auto result = detail::rewrite_forward(self, options);
     auto c = std::make_shared<Compiled>();
+    c->self = self;
     c->graph = result.graph;
     c->code = std::make_unique<torch::jit::Code>(result.graph, "lumen_forward");
     c->tapped = std::move(result.tapped);
@@ -110,7 +120,7 @@ struct Model::Impl {
     auto layout = [this](const torch::Tensor& t) {
       return mode == ForwardMode::ChannelsLast && t.dim() == 4 ? t.contiguous(at::MemoryFormat::ChannelsLast) : t;
     };
-    torch::jit::Stack stack{module._ivalue()};
+    torch::jit::Stack stack{c.self._ivalue()};
     if (list_input)
       stack.emplace_back(c10::List<torch::Tensor>(layout(input).unbind(0)));
     else
@@ -375,14 +385,20 @@ Model Model::with_forward_mode(ForwardMode mode) const {
   m.impl_->mode = mode;
   if (mode == ForwardMode::ChannelsLast) {
     torch::NoGradGuard no_grad;
-    for (auto sub : m.impl_->module.modules())
-      for (const auto& p : sub.named_parameters(/*recurse=*/false))
-        if (p.value.dim() == 4) sub.register_parameter(p.name, p.value.contiguous(at::MemoryFormat::ChannelsLast), /*is_buffer=*/false);
+    m.impl_->folded = detail::fold_batch_norms(m.impl_->module);
+    auto to_channels_last = [](const torch::jit::Module& root) {
+      for (auto sub : root.modules())
+        for (const auto& p : sub.named_parameters(/*recurse=*/false))
+          if (p.value.dim() == 4) sub.register_parameter(p.name, p.value.contiguous(at::MemoryFormat::ChannelsLast), /*is_buffer=*/false);
+    };
+    to_channels_last(m.impl_->module);
+    if (m.impl_->folded) to_channels_last(m.impl_->folded->module);
   }
   return m;
 }
 
 ForwardMode Model::forward_mode() const { return impl_->mode; }
+int64_t Model::folded_batch_norms() const { return impl_->folded ? static_cast<int64_t>(impl_->folded->paths.size() / 2) : 0; }
 const std::string& Model::fingerprint() const { return impl_->fingerprint; }
 
 std::string Model::Impl::resolve(const std::string& layer) const {

@@ -68,7 +68,7 @@ void add_runtime_flags(CLI::App* sub, Runtime& runtime, bool deterministic_flag)
 void add_forward_flag(CLI::App* sub, Runtime& runtime) {
   sub->add_option("--forward-mode", runtime.forward_mode,
                   "how lumen runs the model: auto (default: the faster of the two, probed once per model file and input size and "
-                  "cached), plain, or channels-last (NHWC weights and inputs); maps agree to float rounding")
+                  "cached), plain, or channels-last (NHWC weights and inputs, batch norms folded into their convolutions); maps agree to float rounding")
       ->check(CLI::IsMember({"auto", "plain", "channels-last"}));
 }
 
