@@ -211,16 +211,17 @@ TEST(Detection, ExtraPassesSkipImagesTheTargetDoesNotExplain) {
 
 // torchvision's detectors pad their own canvas to a multiple of 32: on a 100 x 128 input the layers
 // cover 128 rows, and a map stretched over the photo whole would put the evidence too high. The map is
-// laid over the padded canvas and the image's part cut out, as the PyTorch reference does.
-TEST(Detection, MapsOfAPaddedCanvasCoverTheImageOnly) {
+// laid over the padded canvas and the image's part cut out, as the PyTorch reference does: read from
+// the scripted model's transform, and from the ONNX export's own Resize and Pad (measured at the input
+// size, without counting as a pass).
+void padded_canvas_case(const Model& model) {
   const auto m = read_json(fixture("manifest_detection.json"));
   const auto& p = m["padded"];
-  load_ops_library(m["ops_library"].get<std::string>());
-  const Model model = Model::load(fixture(m["model"].get<std::string>()));
+  const int64_t passes = model.passes();
   const auto [rows, cols] = model.content_fraction(100, 128);
   EXPECT_DOUBLE_EQ(rows, 100.0 / 128);
   EXPECT_DOUBLE_EQ(cols, 1.0);
-  EXPECT_EQ(model.content_fraction(128, 128), std::make_pair(1.0, 1.0));
+  EXPECT_EQ(model.passes(), passes);
   const Explainer ex(model, load_card(fixture(p["card"].get<std::string>())).preprocess);
   const auto image = read_image(m["image"].get<std::string>());
   ExplainOptions opt;
@@ -242,6 +243,22 @@ TEST(Detection, MapsOfAPaddedCanvasCoverTheImageOnly) {
   opt.methods = {"saliency"};
   const auto s = ex.explain({image}, opt);
   EXPECT_EQ(s[0].maps[0].raw.size(), cv::Size(128, 100));
+}
+
+TEST(Detection, MapsOfAPaddedCanvasCoverTheImageOnly) {
+  const auto m = read_json(fixture("manifest_detection.json"));
+  load_ops_library(m["ops_library"].get<std::string>());
+  const Model scripted = Model::load(fixture(m["model"].get<std::string>()));
+  EXPECT_EQ(scripted.content_fraction(128, 128), std::make_pair(1.0, 1.0));
+  {
+    SCOPED_TRACE("TorchScript");
+    padded_canvas_case(scripted);
+  }
+  const Model onnx = Model::load(fixture(m["padded"]["onnx_model"].get<std::string>()));
+  SCOPED_TRACE("ONNX");
+  padded_canvas_case(onnx);
+  // An export whose canvas is its input (128 x 128, a multiple of 32) has nothing to cut.
+  EXPECT_EQ(Model::load(fixture(m["onnx_model"].get<std::string>())).content_fraction(128, 128), std::make_pair(1.0, 1.0));
 }
 
 // A given box is checked against the candidate the target will score: written out by hand in YOLOv5's

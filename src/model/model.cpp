@@ -70,6 +70,7 @@ struct Model::Impl {
     std::map<std::string, std::string> described;  // module path -> ONNX output value names
     std::vector<int64_t> input_shape;
     bool one_image = false;  // the graph's input has no batch axis
+    detail::OnnxImport::Canvas canvas;  // a detector's padded canvas (content_fraction)
   } onnx;
   bool fused_attention = false;  // the graphs hold aten::_native_multi_head_attention (tap.h)
   // How the forward takes its batch: as one tensor, or as a List[Tensor] of images (torchvision's
@@ -87,10 +88,12 @@ struct Model::Impl {
   std::map<std::string, std::shared_ptr<Compiled>> cache;
   std::map<std::string, int64_t> convolutions_after;  // by module path; guarded by `mutex`
   std::map<std::vector<int64_t>, ActivationBytes> activation_bytes;  // by input shape; guarded by `mutex`
+  std::map<std::pair<int64_t, int64_t>, std::pair<double, double>> onnx_content;  // by input size; guarded by `mutex`
   mutable std::atomic<int64_t> passes{0};
   mutable std::atomic<int64_t> forward_ns{0};
 
   std::string resolve(const std::string& layer) const;
+  std::pair<double, double> padded_canvas(int64_t height, int64_t width);
 
   std::shared_ptr<Compiled> compiled(detail::RewriteOptions options) {
     // Fused inference attention has no backward: lumen's graphs always compute it written out.
@@ -116,7 +119,8 @@ struct Model::Impl {
     return c;
   }
 
-  torch::IValue run(const Compiled& c, const torch::Tensor& input, const torch::Tensor& extra = {}) const {
+  // `counted`: the pass counts in passes() (lumen's own probes do not).
+  torch::IValue run(const Compiled& c, const torch::Tensor& input, const torch::Tensor& extra = {}, bool counted = true) const {
     auto layout = [this](const torch::Tensor& t) {
       return mode == ForwardMode::ChannelsLast && t.dim() == 4 ? t.contiguous(at::MemoryFormat::ChannelsLast) : t;
     };
@@ -128,7 +132,7 @@ struct Model::Impl {
     stack.insert(stack.end(), trailing.begin(), trailing.end());
     if (extra.defined()) stack.push_back(layout(extra));
     torch::jit::InterpreterState state(*c.code);
-    ++passes;
+    if (counted) ++passes;
     const auto start = std::chrono::steady_clock::now();
     struct Clock {  // counts the time also when the run throws
       std::atomic<int64_t>& total;
@@ -248,7 +252,7 @@ Model Model::load(const std::string& path) {
     auto shape = std::move(imported.input_shape);
     const bool one_image = detail::one_image(shape);
     if (one_image) shape.insert(shape.begin(), 1);
-    m.impl_->onnx = {std::move(imported.aliases), std::move(imported.described), std::move(shape), one_image};
+    m.impl_->onnx = {std::move(imported.aliases), std::move(imported.described), std::move(shape), one_image, std::move(imported.canvas)};
     m.impl_->fingerprint = fingerprint_of(file_bytes(path));
     return m;
   }
@@ -286,7 +290,45 @@ Model Model::load(const std::string& path) {
 const std::string& Model::name() const { return impl_->name; }
 std::vector<int64_t> Model::declared_input_shape() const { return impl_->onnx.input_shape; }
 std::string Model::layer_path(const std::string& layer) const { return impl_->resolve(layer); }
+// An ONNX export that pads its resized image (OnnxImport::Canvas) holds the sizes in its graph: one
+// uncounted forward of a zero image at this input size measures the resized image against the canvas,
+// once per size. Pads anywhere but at the end of each axis leave the map as it is.
+std::pair<double, double> Model::Impl::padded_canvas(int64_t height, int64_t width) {
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (auto it = onnx_content.find({height, width}); it != onnx_content.end()) return it->second;
+  }
+  std::pair<double, double> fraction{1.0, 1.0};
+  const auto& c = onnx.canvas;
+  try {
+    detail::RewriteOptions options;
+    options.taps = {c.resized, c.padded};
+    if (!c.pads.empty()) options.taps.push_back(c.pads);
+    const auto code = compiled(options);
+    torch::NoGradGuard no_grad;
+    const auto out = run(*code, torch::zeros({1, 3, height, width}), {}, /*counted=*/false).toTuple();
+    const auto resized = out->elements().at(1).toTensor(), padded = out->elements().at(2).toTensor();
+    std::vector<int64_t> pads = c.constant_pads;
+    if (!c.pads.empty()) {
+      const auto t = out->elements().at(3).toTensor().to(torch::kLong).flatten().contiguous();
+      pads.assign(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+    }
+    const int64_t rank = padded.dim();
+    bool at_end = rank >= 2 && resized.dim() == rank && static_cast<int64_t>(pads.size()) == 2 * rank;
+    for (int64_t i = 0; at_end && i < rank; ++i) at_end = pads[static_cast<size_t>(i)] == 0;
+    if (at_end && padded.size(-2) > 0 && padded.size(-1) > 0)
+      fraction = {static_cast<double>(resized.size(-2)) / static_cast<double>(padded.size(-2)),
+                  static_cast<double>(resized.size(-1)) / static_cast<double>(padded.size(-1))};
+  } catch (const std::exception&) {
+    // A graph lumen misread: its maps are stretched over the whole canvas, as before it was read.
+  }
+  std::lock_guard<std::mutex> lock(mutex);
+  onnx_content[{height, width}] = fraction;
+  return fraction;
+}
+
 std::pair<double, double> Model::content_fraction(int64_t height, int64_t width) const {
+  if (!impl_->onnx.canvas.padded.empty()) return height > 0 && width > 0 ? impl_->padded_canvas(height, width) : std::make_pair(1.0, 1.0);
   const auto& root = impl_->module;
   if (!impl_->list_input || !root.hasattr("transform") || !root.attr("transform").isObject()) return {1.0, 1.0};
   const auto transform = root.attr("transform").toObject();

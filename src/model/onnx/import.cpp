@@ -374,6 +374,38 @@ class GraphWriter {
   std::vector<std::string> problems_;
 };
 
+// The first top-level Pad whose data is a Resize's output, through ops that only pick from it (how
+// torchvision's GeneralizedRCNNTransform exports: Resize, Gather of the one image, Pad). Read by
+// Model::content_fraction, which measures the two shapes at the input size it is asked about.
+OnnxImport::Canvas find_canvas(const onnx::GraphProto& graph, const std::map<std::string, torch::Tensor>& constants,
+                               const std::map<std::string, std::string>& aliases) {
+  std::map<std::string, const onnx::NodeProto*> producer;
+  for (const auto& node : graph.node())
+    for (const auto& o : node.output()) producer[o] = &node;
+  static const std::set<std::string> picks{"Gather", "Squeeze", "Unsqueeze", "Identity", "Slice", "Cast"};
+  for (const auto& node : graph.node()) {
+    if (node.op_type() != "Pad" || node.input_size() < 2) continue;
+    const onnx::NodeProto* p = producer.count(node.input(0)) ? producer.at(node.input(0)) : nullptr;
+    while (p && picks.count(p->op_type()) && p->input_size() > 0) p = producer.count(p->input(0)) ? producer.at(p->input(0)) : nullptr;
+    if (!p || p->op_type() != "Resize") continue;
+    OnnxImport::Canvas c;
+    const auto resized = aliases.find(node.input(0)), padded = node.output_size() > 0 ? aliases.find(node.output(0)) : aliases.end();
+    if (resized == aliases.end() || padded == aliases.end()) return {};
+    c.resized = resized->second;
+    c.padded = padded->second;
+    if (auto k = constants.find(node.input(1)); k != constants.end()) {
+      const auto t = k->second.to(torch::kLong).flatten();
+      c.constant_pads.assign(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+    } else if (auto a = aliases.find(node.input(1)); a != aliases.end()) {
+      c.pads = a->second;
+    } else {
+      return {};
+    }
+    return c;
+  }
+  return {};
+}
+
 }  // namespace
 
 OnnxImport import_onnx_bytes(const std::string& bytes, const std::string& folder, const std::string& name) {
@@ -390,6 +422,7 @@ OnnxImport import_onnx_bytes(const std::string& bytes, const std::string& folder
   for (const auto& node : graph.node()) writer.add(node);
   writer.alias_scopes(graph);
   writer.finish(graph, name);
+  out.canvas = find_canvas(graph, constants, out.aliases);
   return out;
 }
 

@@ -24,6 +24,14 @@ struct OnnxImport {
   int64_t opset = 0;
   int64_t ir_version = 0;
   std::vector<int64_t> input_shape;  // the graph input's declared shape; -1 where symbolic
+  // A detector that resizes its image and pads it onto a larger canvas (torchvision's exports:
+  // Resize, then Pad at the bottom and right, then the backbone): the submodules whose outputs are the
+  // resized image (`resized`), the padded canvas (`padded`) and the pads (`pads`, empty when they are
+  // a constant, then in `constant_pads`). Empty `padded` for every other graph.
+  struct Canvas {
+    std::string resized, padded, pads;
+    std::vector<int64_t> constant_pads;
+  } canvas;
 };
 
 // An input shape of one RGB image with no batch axis, [3, H, W]: the graph runs a batch of one.
