@@ -79,8 +79,9 @@ std::optional<FoldedModule> fold_batch_norms(const torch::jit::Module& module) {
   }
   std::set<std::string> still_called;
   for (const auto& c : submodule_calls(out.module)) still_called.insert(c.callee);
-  for (const auto& [path, kind] : kinds) {
-    if (kind != "BatchNorm2d" || still_called.count(path)) continue;
+  for (const auto& entry : kinds) {
+    const std::string& path = entry.first;  // (a lambda below reads it: C++17 lambdas cannot capture a structured binding)
+    if (entry.second != "BatchNorm2d" || still_called.count(path)) continue;
     // A batch norm no longer called: folded. Only into a convolution whose output it alone read, and
     // only if it was called once (a module called twice is two layers that a path cannot tell apart).
     const auto it = before.find(path);
