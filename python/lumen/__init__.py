@@ -151,19 +151,14 @@ class Explainer:
         --task segmentation`)."""
         if mask is not None and region is not None:
             raise Error("give mask= or region=, not both")
-        masks = None
+        classes = [classes] if isinstance(classes, int) else list(classes)
         if region is not None:
             if len(region) != 4 or region[2] <= region[0] or region[3] <= region[1]:
                 raise Error("region= must be (x0, y0, x1, y1) with x0 < x1 and y0 < y1 (image pixels)")
-            masks = []  # in each image's own pixels
-            for w, h in image_sizes_of():
-                masks.append(_np.zeros((h, w), _np.float32))
-                masks[-1][max(0, region[1]):min(h, region[3]), max(0, region[0]):min(w, region[2])] = 1
-                if not masks[-1].any():
-                    raise Error("region= lies outside the image (%dx%d)" % (w, h))
-        elif mask is not None:
-            masks = [mask.detach().cpu().numpy() if hasattr(mask, "detach") else mask]
-        return _lumen._with_segmentation(opt, [classes] if isinstance(classes, int) else list(classes), masks, output)
+            # In each image's own pixels, drawn as the CLI draws --region (lumen::rectangle_region).
+            return _lumen._with_segmentation(opt, classes, None, output, [float(v) for v in region], list(image_sizes_of()))
+        masks = None if mask is None else [mask.detach().cpu().numpy() if hasattr(mask, "detach") else mask]
+        return _lumen._with_segmentation(opt, classes, masks, output)
 
     def _task(self, opt, task, classes, top_k, mask, region, output, score, counterfactual, contrast, similar_to, dissimilar,
               image_sizes_of, detection, box=None, sources=None, input_size=None):

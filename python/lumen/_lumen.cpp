@@ -398,9 +398,16 @@ PYBIND11_MODULE(_lumen, m) {
     const cv::Mat image = read_image(path);  // as explain reads it (and refuses it)
     return py::make_tuple(image.cols, image.rows);
   });
-  // masks: None (the pixels predicted as each class), or 2-D arrays, one for every image or one per image.
-  m.def("_with_segmentation", [](ExplainOptions opt, const std::vector<int64_t>& classes, const py::object& masks, const std::string& output) {
+  // masks: None (the pixels predicted as each class), or 2-D arrays, one for every image or one per image;
+  // or `region` (x0, y0, x1, y1) in the pixels of each image, whose (width, height) are `sizes`.
+  m.def("_with_segmentation", [](ExplainOptions opt, const std::vector<int64_t>& classes, const py::object& masks, const std::string& output,
+                                 const std::vector<double>& region, const std::vector<std::pair<int64_t, int64_t>>& sizes) {
     std::vector<torch::Tensor> regions;
+    if (region.size() == 4)
+      for (const auto& [w, h] : sizes) {
+        regions.push_back(rectangle_region(region[0], region[1], region[2], region[3], w, h));
+        if (!regions.back().defined()) throw Error("region= lies outside the image (" + std::to_string(w) + "x" + std::to_string(h) + ")");
+      }
     if (!masks.is_none())
       for (const auto& mask : masks.cast<py::list>()) {
         const auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(mask);
@@ -412,7 +419,8 @@ PYBIND11_MODULE(_lumen, m) {
     for (int64_t c : classes)
       opt.targets.push_back(regions.empty() ? segmentation_target(c, torch::Tensor(), select) : segmentation_target(c, regions, select));
     return opt;
-  });
+  }, py::arg("opt"), py::arg("classes"), py::arg("masks"), py::arg("output"), py::arg("region") = std::vector<double>{},
+     py::arg("sizes") = std::vector<std::pair<int64_t, int64_t>>{});
 
   // Which keyword arguments go with task= (lumen/task.h's rules, in Python's names); `given`: the
   // arguments not at their defaults.

@@ -72,6 +72,9 @@ Evidence gather_evidence(const Model& model, const Plan& plan, const Forward& f,
   ev.settings = &plan.settings;
   ev.passes = &passes;
   ev.model_layer_paths = plan.model_layers;
+  const auto require_gradient_path = [&target](const torch::Tensor& value) {
+    if (!value.requires_grad()) throw Error("target '" + target.name + "' does not depend on the captured layers (no gradient path)");
+  };
   const size_t requested = plan.layers.size();
   // The methods see every layer as [N,C,h,w] (layout.h); gradients are taken at the layer's own
   // output and laid out the same way.
@@ -90,10 +93,10 @@ Evidence gather_evidence(const Model& model, const Plan& plan, const Forward& f,
   const bool attention_gradients = plan.attention == AttentionNeed::MapsAndGradients;
   if (attention_gradients) wrt.insert(wrt.end(), f.recorded_attention.begin(), f.recorded_attention.end());
   if (shared_gradient.defined()) {
-    if (!y.requires_grad()) throw Error("target '" + target.name + "' does not depend on the captured layers (no gradient path)");
+    require_gradient_path(y);
     ev.layers[0].gradients = to_spatial(shared_gradient, f.layouts[0]);
   } else if (!wrt.empty()) {
-    if (!y.requires_grad()) throw Error("target '" + target.name + "' does not depend on the captured layers (no gradient path)");
+    require_gradient_path(y);
     auto g = torch::autograd::grad({y.sum()}, wrt, {}, /*retain_graph=*/!last, /*create_graph=*/false, /*allow_unused=*/true);
     size_t k = 0;
     if (plan.layer_gradients)
@@ -109,7 +112,7 @@ Evidence gather_evidence(const Model& model, const Plan& plan, const Forward& f,
     const bool to_input = plan.rule_inputs.count(rule) > 0;
     std::vector<torch::Tensor> to = pass.layers;
     if (to_input) to.push_back(pass.input);
-    if (!yr.requires_grad()) throw Error("target '" + target.name + "' does not depend on the captured layers (no gradient path)");
+    require_gradient_path(yr);
     auto g = torch::autograd::grad({yr.sum()}, to, {}, /*retain_graph=*/!last, false, /*allow_unused=*/true);
     for (size_t l = 0; l < pass.layers.size(); ++l)
       ev.rule_layers[rule].push_back({to_spatial(pass.layers[l].detach(), f.layouts[l]), to_spatial(or_zeros(g[l], pass.layers[l]), f.layouts[l]), f.layouts[l].grid_d});

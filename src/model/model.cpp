@@ -84,7 +84,7 @@ struct Model::Impl {
   // layer of its own), run on it; the rest run on `module`. `module` itself stays the file's.
   std::optional<detail::FoldedModule> folded;
   std::string fingerprint;
-  std::mutex mutex;  // guards the three caches below; the module itself is never mutated after load
+  std::mutex mutex;  // guards the caches below; the modules themselves are never mutated after load
   std::map<std::string, std::shared_ptr<Compiled>> cache;
   std::map<std::string, int64_t> convolutions_after;  // by module path; guarded by `mutex`
   std::map<std::vector<int64_t>, ActivationBytes> activation_bytes;  // by input shape; guarded by `mutex`
