@@ -83,19 +83,20 @@ class RuleClamp : public torch::autograd::Function<RuleClamp> {
     if (rule == static_cast<int64_t>(BackwardRule::Rescale)) return {g[0] * rescale_multiplier(x, lo, hi), at::Tensor(), at::Tensor(), at::Tensor()};
     if (rule == static_cast<int64_t>(BackwardRule::Lrp)) {
       // The identity rule: f(x) / x, which for ReLU is its derivative; at x = 0 the unit's slope there.
-      const auto at_zero = at::full_like(x, lo < 0 && hi > 0 ? 1.0 : 0.0);
-      const auto zero = x == 0;
-      return {g[0] * at::where(zero, at_zero, clamp_between(x, lo, hi) / at::where(zero, at::ones_like(x), x)), at::Tensor(), at::Tensor(),
-              at::Tensor()};
+      // In place where it can be: this runs at every activation of the network, and each pass over a
+      // batch's activations costs about as much as the arithmetic.
+      if (lo == 0 && std::isinf(hi)) return {g[0] * (x > 0).to(g[0].scalar_type()), at::Tensor(), at::Tensor(), at::Tensor()};
+      auto ratio = clamp_between(x, lo, hi);
+      ratio.div_(x).masked_fill_(x == 0, lo < 0 && hi > 0 ? 1.0 : 0.0);
+      return {ratio.mul_(g[0]), at::Tensor(), at::Tensor(), at::Tensor()};
     }
     auto positive = g[0].clamp_min(0);
-    at::Tensor grad;
     if (rule == static_cast<int64_t>(BackwardRule::Guided)) {
-      grad = positive * ((x > lo) & (x < hi)).to(positive.scalar_type());
-    } else {
-      grad = positive;
+      auto open = x > lo;
+      if (!std::isinf(hi)) open.logical_and_(x < hi);  // (a ReLU's upper test would be a pass for nothing)
+      positive.mul_(open);
     }
-    return {grad, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {positive, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -116,9 +117,11 @@ class LrpEpsilonFn : public torch::autograd::Function<LrpEpsilonFn> {
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list g) {
     const auto z = ctx->get_saved_variables()[0];
     const double eps = ctx->saved_data["eps"].toDouble();
-    // z / (z + eps sign z) = |z| / (|z| + eps); 0 where z = 0, which eps = 0 would make 0 / 0.
+    // z / (z + eps sign z) = |z| / (|z| + eps); 0 where z = 0, which eps = 0 would make 0 / 0 (only
+    // then is the mask, a pass more, needed).
     auto factor = z.abs();
-    factor.div_(factor + eps).masked_fill_(z == 0, 0.0);
+    factor.div_(factor + eps);
+    if (eps == 0) factor.masked_fill_(z == 0, 0.0);
     return {factor.mul_(g[0])};
   }
 };
