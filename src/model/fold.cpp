@@ -2,7 +2,6 @@
 
 #include <torch/csrc/jit/passes/fold_conv_bn.h>
 
-#include <algorithm>
 #include <map>
 #include <vector>
 
@@ -14,6 +13,8 @@ std::string type_name(const torch::jit::Module& m) {
   return name ? name->name() : "";
 }
 
+std::string below(const std::string& parent, const std::string& child) { return parent.empty() ? child : parent + "." + child; }
+
 // The child a module-typed value is, as a path below the method's `self` ("" when it is not one).
 std::string child_path(torch::jit::Value* v, torch::jit::Value* self) {
   std::vector<std::string> parts;
@@ -24,11 +25,9 @@ std::string child_path(torch::jit::Value* v, torch::jit::Value* self) {
     v = n->input(0);
   }
   std::string path;
-  for (const auto& p : parts) path += (path.empty() ? "" : ".") + p;
+  for (const auto& p : parts) path = below(path, p);
   return path;
 }
-
-std::string below(const std::string& parent, const std::string& child) { return parent.empty() ? child : parent + "." + child; }
 
 // Every call of a submodule's forward in the methods of every module: parent path -> (callee path ->
 // the call's output uses, its input's producer callee path).
@@ -65,9 +64,12 @@ std::optional<FoldedModule> fold_batch_norms(const torch::jit::Module& module) {
   std::map<std::string, std::string> kinds;
   for (const auto& sub : module.named_modules()) kinds[sub.name] = type_name(sub.value);
   std::map<std::string, const Call*> before;  // batch norm path -> its call fed by a convolution
+  std::map<std::string, int> times_called;   // by module path
   const auto calls = submodule_calls(module);
-  for (const auto& c : calls)
+  for (const auto& c : calls) {
+    ++times_called[c.callee];
     if (kinds[c.callee] == "BatchNorm2d" && kinds[c.input_callee] == "Conv2d") before[c.callee] = &c;
+  }
   if (before.empty()) return std::nullopt;
   FoldedModule out;
   try {
@@ -79,16 +81,13 @@ std::optional<FoldedModule> fold_batch_norms(const torch::jit::Module& module) {
   }
   std::set<std::string> still_called;
   for (const auto& c : submodule_calls(out.module)) still_called.insert(c.callee);
-  for (const auto& entry : kinds) {
-    const std::string& path = entry.first;  // (a lambda below reads it: C++17 lambdas cannot capture a structured binding)
-    if (entry.second != "BatchNorm2d" || still_called.count(path)) continue;
+  for (const auto& [path, kind] : kinds) {
+    if (kind != "BatchNorm2d" || still_called.count(path)) continue;
     // A batch norm no longer called: folded. Only into a convolution whose output it alone read, and
-    // only if it was called once (a module called twice is two layers that a path cannot tell apart).
+    // only if each was called once (a module called twice is two layers that a path cannot tell apart).
     const auto it = before.find(path);
-    const auto n = std::count_if(calls.begin(), calls.end(), [&](const Call& c) { return c.callee == path; });
-    if (it == before.end() || it->second->uses != 1 || n != 1) return std::nullopt;
-    const auto m = std::count_if(calls.begin(), calls.end(), [&](const Call& c) { return c.callee == it->second->input_callee; });
-    if (m != 1) return std::nullopt;
+    if (it == before.end() || it->second->uses != 1 || times_called[path] != 1 || times_called[it->second->input_callee] != 1)
+      return std::nullopt;
     out.paths.insert(path);
     out.paths.insert(it->second->input_callee);
   }

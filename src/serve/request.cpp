@@ -7,7 +7,7 @@
 #include <lumen/target.h>
 #include <lumen/task.h>
 
-#include <opencv2/imgproc.hpp>
+#include "core/hash.h"
 
 #include <algorithm>
 #include <cmath>
@@ -213,7 +213,7 @@ Params read_params(const nlohmann::json& params, const ServedModel& model, const
   // Requests batch together only with the same mask: its pixels are part of the key.
   if (!mask.empty())
     key["mask"] = std::to_string(mask.cols) + "x" + std::to_string(mask.rows) + ":" +
-                  std::to_string(std::hash<std::string_view>{}(std::string_view(reinterpret_cast<const char*>(mask.data), mask.total() * mask.elemSize())));
+                  std::to_string(detail::fnv1a(std::string_view(reinterpret_cast<const char*>(mask.data), mask.total() * mask.elemSize())));
   apply_task(task, detection, params, mask, {model.explainer.preprocess().width, model.explainer.preprocess().height}, *opt, p);
   if (opt->layers.empty() && !model.default_layer.empty()) opt->layers.push_back(model.default_layer);
   for (const auto& l : opt->layers) {

@@ -273,12 +273,10 @@ function svgBoxes(width, height, m, region) {
     r.setAttribute("fill", "none"); r.setAttribute("stroke", colour); r.setAttribute("stroke-width", Math.max(2, width / 150));
     r.setAttribute("class", cls);
     svg.append(r);
+    return r;
   };
   for (const b of state.image.boxes || []) rect(b, "truth", "#00e000");
-  if (region && region.box) {
-    rect(region.box, "region", "#00e5ff");
-    svg.lastChild.setAttribute("stroke-dasharray", `${Math.max(6, width / 60)} ${Math.max(4, width / 90)}`);
-  }
+  if (region && region.box) rect(region.box, "region", "#00e5ff").setAttribute("stroke-dasharray", `${Math.max(6, width / 60)} ${Math.max(4, width / 90)}`);
   if (m.box) rect(m.box, "paper", "#fff200");
   // A detector's box explained, labelled as the detector scored it.
   for (const d of m.detections || []) {
