@@ -134,6 +134,77 @@ TEST(Pixel, ActivationWithoutRuleNamesTheLayer) {
   EXPECT_FALSE(r[0].maps[0].empty);
 }
 
+// DeepLIFT's two forms of the rescale rule give the same multipliers: references recorded on a tape
+// (one row shared, or one per row) and read by the inputs' own forward, and the pairs side by side in
+// one batch. A forward that does not meet the tape's units as recorded (another input size) is caught.
+// resnet18: in-place ReLUs after residual sums.
+TEST(Pixel, RescaleTapeMatchesThePairedForm) {
+  const Model model = Model::load(fixture("resnet18_traced.pt"));
+  torch::manual_seed(3);
+  const auto x = torch::randn({2, 3, 64, 64});
+  const auto paired = [&](const torch::Tensor& references) {
+    auto both = torch::cat({x, references.expand_as(x)}).requires_grad_(true);
+    const auto y = model.forward(both, {}, BackwardRule::Rescale).output.toTensor();
+    return torch::autograd::grad({y.slice(0, 0, 2).select(1, 7).sum()}, {both})[0].slice(0, 0, 2);
+  };
+  for (const auto& references : {torch::randn({1, 3, 64, 64}), torch::randn({2, 3, 64, 64})}) {
+    const auto expected = paired(references);  // (with no tape alive: a live tape is read by every rescale forward)
+    RescaleTape tape;
+    {
+      torch::NoGradGuard no_grad;
+      model.forward(references, {}, BackwardRule::Rescale);
+    }
+    EXPECT_EQ(tape.units(), 17u);  // resnet18's ReLUs, as called
+    tape.replay();
+    auto input = x.clone().requires_grad_(true);
+    const auto y = model.forward(input, {}, BackwardRule::Rescale).output.toTensor();
+    ASSERT_TRUE(tape.matched());
+    const auto taped = torch::autograd::grad({y.select(1, 7).sum()}, {input})[0];
+    EXPECT_GT(expected.abs().max().item<double>(), 0);
+    EXPECT_LE((taped - expected).abs().max().item<double>(), 1e-5 * expected.abs().max().item<double>()) << references.size(0);
+    // Not the plain gradient: the rule changed something.
+    auto plain_input = x.clone().requires_grad_(true);
+    const auto plain_y = model.forward(plain_input).output.toTensor();
+    const auto plain = torch::autograd::grad({plain_y.select(1, 7).sum()}, {plain_input})[0];
+    EXPECT_GT((taped - plain).abs().max().item<double>(), 1e-3 * expected.abs().max().item<double>());
+    tape.replay();
+    torch::NoGradGuard no_grad;
+    model.forward(torch::randn({2, 3, 32, 32}), {}, BackwardRule::Rescale);
+    EXPECT_FALSE(tape.matched());
+  }
+}
+
+// A forward that depends on its input cannot read its reference from a tape: here the black reference
+// takes the other branch (two ReLUs, the input's one). DeepLIFT then runs each image beside its
+// reference in one batch, where both take the first branch, and its map is that branch's closed form:
+// y_c = sum relu(w_c x_c), so with w_c x_c > 0 > w_c x0 the attribution is relu(w_c x_c) - relu(w_c x0)
+// = w_c x_c per pixel (multipliers read from a mismatched tape would give w_c (x_c - x0) instead).
+TEST(Pixel, DeepLiftWithInputDependentControlFlowPairsItsRows) {
+  torch::jit::Module net("Branchy");
+  net.register_buffer("w", torch::tensor({0.5f, -1.0f, 2.0f}).view({1, 3, 1, 1}));
+  net.define(R"(
+def forward(self, x):
+    if bool(x.mean() > 0.0):
+        return torch.relu(x * self.w).sum(dim=[2, 3])
+    return torch.relu(torch.relu(x * self.w + 3.0) - 1.0).sum(dim=[2, 3])
+)");
+  Preprocess p;
+  p.width = p.height = 8;
+  p.mean = {127.5f, 127.5f, 127.5f};  // black is -0.5
+  Explainer ex(Model::from_module(net, "branchy"), p);
+  torch::manual_seed(5);
+  const auto x = 1 + torch::rand({2, 3, 8, 8});
+  ExplainOptions opt;
+  opt.methods = {"deeplift"};
+  opt.targets = {class_target({0, 0})};
+  const auto r = ex.explain_tensor(x, opt);
+  for (int64_t i = 0; i < 2; ++i) {
+    const auto expected = (0.5 * x[i][0]).contiguous();
+    const cv::Mat want(8, 8, CV_32F, expected.data_ptr<float>());
+    EXPECT_LE(max_abs_diff(r[static_cast<size_t>(i)].maps.at(0).raw, want), 1e-5) << i;
+  }
+}
+
 // Closed forms on a small ReLU network (functional and in-place ReLUs, a tuple output): DeepLIFT's
 // rescale rule makes the attributions sum to y(x) - y(x0) exactly, whatever the baseline; LRP with
 // epsilon 0 is input x gradient (Ancona et al. 2018), and a large epsilon absorbs relevance. Small

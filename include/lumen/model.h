@@ -22,9 +22,10 @@ enum class BackwardRule {
   Plain = 0,      // the true gradient
   Guided = 1,     // guided backprop: positive gradient where the forward input was in the linear region
   Deconvnet = 2,  // deconvnet: positive gradient, whatever the forward input
-  // DeepLIFT's rescale rule (Shrikumar et al. 2017): the rows come as two equal halves, inputs then
-  // their references, and each unit passes gradient times (f(x) - f(x0)) / (x - x0) against the
-  // reference row (the plain gradient where x = x0).
+  // DeepLIFT's rescale rule (Shrikumar et al. 2017): each unit passes gradient times
+  // (f(x) - f(x0)) / (x - x0) against its input x0 on the reference (the plain gradient where x = x0).
+  // The references come from a RescaleTape when one replays; otherwise the rows come as two equal
+  // halves, inputs then their references.
   Rescale = 3,
   // LRP-epsilon (Bach et al. 2015) as a modified gradient: the output z of every linear-like layer
   // (convolution, linear, batch norm, pooling) passes gradient times z / (z + eps sign z), and every
@@ -78,6 +79,33 @@ class LrpRules {
 
  private:
   LrpRuleSet previous_;
+};
+
+// DeepLIFT's references, run apart from their inputs (BackwardRule::Rescale). While a tape records on
+// this thread, each rescale unit of a forward keeps its input on the reference rows; after replay(),
+// the unit at the same place in each later forward takes that as its reference x0 (one row for all
+// inputs, or one per input), so the inputs' forward and backward need not carry the references. Units
+// are matched in call order and checked by shape: when a forward meets them otherwise (input-dependent
+// control flow) matched() is false, its multipliers are not DeepLIFT's, and the caller runs the inputs
+// and references side by side in one batch instead.
+class RescaleTape {
+ public:
+  struct Units {
+    std::vector<torch::Tensor> inputs;
+    bool replaying = false, mismatch = false;
+    size_t next = 0;
+  };
+  RescaleTape();  // records
+  ~RescaleTape();
+  RescaleTape(const RescaleTape&) = delete;
+  RescaleTape& operator=(const RescaleTape&) = delete;
+  void replay();         // the next forward reads the tape from its first unit
+  bool matched() const;  // the last replayed forward met every unit, in order and in shape
+  size_t units() const { return units_.inputs.size(); }
+
+ private:
+  Units units_;
+  Units* previous_;
 };
 
 // How lumen runs its copy of the graph. Plain: as the file stores it. ChannelsLast: every 4-D weight and

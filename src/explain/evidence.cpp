@@ -117,6 +117,10 @@ Evidence gather_evidence(const Model& model, const Plan& plan, const Forward& f,
     for (size_t l = 0; l < pass.layers.size(); ++l)
       ev.rule_layers[rule].push_back({to_spatial(pass.layers[l].detach(), f.layouts[l]), to_spatial(or_zeros(g[l], pass.layers[l]), f.layouts[l]), f.layouts[l].grid_d});
     if (to_input) ev.input_gradients[rule] = or_zeros(g.back(), pass.input);
+    if (pass.reference_output.isNone()) continue;
+    auto& reference = ev.rule_references[rule];
+    reference.target_values = target(pass.reference_output).detach();
+    for (size_t l = 0; l < pass.reference_layers.size(); ++l) reference.layers.push_back(to_spatial(pass.reference_layers[l], f.layouts[l]));
   }
   return ev;
 }

@@ -2,7 +2,7 @@
 // requires grad here, so that one backward per target serves both the layers and the input. Each other
 // backward rule (guided backprop, deconvnet) runs the same forward on a copy of the graph whose
 // ReLU-like units backpropagate by the rule; its forward values are the plain ones, so when it is the
-// only pass needed it also gives the predictions.
+// only pass needed it also gives the predictions. DeepLIFT's rescale rule first runs its reference.
 #include <lumen/error.h>
 
 #include "explain/pipeline.h"
@@ -51,20 +51,64 @@ void read_attention(Forward& f, const Plan& plan, const torch::Tensor& batch) {
   f.attention.scopes = f.capture.attention_scopes;
 }
 
+// DeepLIFT's reference input (Needs::rescale_reference), as one row when every row is the same (black, a
+// pixel value, an image: the usual baselines).
+torch::Tensor rescale_reference(const Plan& plan, const torch::Tensor& batch, const Preprocess& preprocess) {
+  for (const auto* m : plan.methods)
+    if (m->needs.rescale_reference) {
+      auto b = m->needs.rescale_reference(plan.settings, batch, preprocess).detach();
+      if (b.size(0) > 1 && b.equal(b.slice(0, 0, 1).expand_as(b))) b = b.slice(0, 0, 1);
+      return b;
+    }
+  throw Error("internal: the rescale rule is planned, and no method gives its reference");
+}
+
+torch::Tensor with_rows(const torch::Tensor& t, int64_t n) {
+  auto sizes = t.sizes().vec();
+  sizes[0] = n;
+  return t.size(0) == n ? t : t.expand(sizes);
+}
+
+// A rule's forward. The rescale rule's references run first, without gradients, on a tape that the
+// inputs' forward then reads (lumen::RescaleTape), so the rule's backward carries the inputs alone. The
+// reference's output and layers come back in `pass` with one row per input; when the inputs' forward
+// did not meet the tape's units as recorded (input-dependent control flow) they stay empty, and the
+// rule's gradients are not DeepLIFT's.
+Capture rule_forward(const Model& model, const Plan& plan, const torch::Tensor& x, const std::vector<std::string>& layers, BackwardRule rule,
+                     const Preprocess& preprocess, Forward::RulePass& pass) {
+  const bool strict = plan.shared.strict_nonlinearities;
+  if (rule != BackwardRule::Rescale) return model.forward(x, layers, rule, strict);
+  RescaleTape tape;
+  torch::Tensor references;
+  Capture reference;
+  {
+    torch::NoGradGuard no_grad;
+    references = rescale_reference(plan, x.detach(), preprocess);
+    reference = model.forward(references, layers, rule, strict);
+  }
+  tape.replay();
+  auto c = model.forward(x, layers, rule, strict);
+  const int64_t n = x.size(0);
+  if (!tape.matched() || !(reference.output.isTensor() || references.size(0) == n)) return c;
+  pass.reference_output = reference.output.isTensor() ? torch::IValue(with_rows(reference.output.toTensor(), n)) : reference.output;
+  for (const auto& l : reference.layers) pass.reference_layers.push_back(with_rows(l.detach(), n));
+  return c;
+}
+
 }  // namespace
 
-Forward run_forward(const Model& model, const Plan& plan, const torch::Tensor& batch) {
+Forward run_forward(const Model& model, const Plan& plan, const torch::Tensor& batch, const Preprocess& preprocess) {
   torch::AutoGradMode grad_mode(plan.backward());
   std::vector<std::shared_ptr<void>> rule_scopes;  // LRP's epsilon and rules, while the rule graphs are made and run
   for (const auto* m : plan.methods)
     if (m->needs.rule_scope) rule_scopes.push_back(m->needs.rule_scope(plan.settings, model));
-  const bool strict = plan.shared.strict_nonlinearities;
   Forward f;
   f.input = batch.detach();
   const bool rule_input = plan.rule_only && plan.rule_inputs.count(*plan.rules.begin()) > 0;
   if (plan.plain_input || rule_input) f.input = f.input.clone().requires_grad_(true);
   const bool attention = plan.attention != AttentionNeed::None;
-  f.capture = plan.rule_only ? model.forward(f.input, plan.captured(), *plan.rules.begin(), strict)
+  Forward::RulePass only;  // the rule's references, when its forward is the only one
+  f.capture = plan.rule_only ? rule_forward(model, plan, f.input, plan.captured(), *plan.rules.begin(), preprocess, only)
                              : model.forward(f.input, plan.captured(), BackwardRule::Plain, true, attention);
   if (attention) read_attention(f, plan, batch);
   for (size_t i = 0; i < plan.layers.size(); ++i) {
@@ -82,14 +126,20 @@ Forward run_forward(const Model& model, const Plan& plan, const torch::Tensor& b
   }
   for (auto rule : plan.rules) {
     const bool layers = plan.rule_layers.count(rule) > 0;
+    Forward::RulePass pass;
     if (plan.rule_only) {
-      f.rule_passes[rule] = {f.input, f.capture.output, layers ? f.capture.layers : std::vector<torch::Tensor>{}};
-      continue;
+      pass = std::move(only);
+      pass.input = f.input, pass.output = f.capture.output;
+      if (layers) pass.layers = f.capture.layers;
+    } else {
+      // Without its input gradient the rule graph is recorded from the captured layers up only.
+      pass.input = plan.rule_inputs.count(rule) ? batch.detach().clone().requires_grad_(true) : batch.detach();
+      auto c = rule_forward(model, plan, pass.input, layers ? plan.layers : std::vector<std::string>{}, rule, preprocess, pass);
+      pass.output = c.output, pass.layers = c.layers;
     }
-    // Without its input gradient the rule graph is recorded from the captured layers up only.
-    auto x = plan.rule_inputs.count(rule) ? batch.detach().clone().requires_grad_(true) : batch.detach();
-    auto c = model.forward(x, layers ? plan.layers : std::vector<std::string>{}, rule, strict);
-    f.rule_passes[rule] = {x, c.output, c.layers};
+    // A rescale forward that could not read its references has no DeepLIFT gradients to give.
+    if (rule == BackwardRule::Rescale && pass.reference_output.isNone()) continue;
+    f.rule_passes[rule] = std::move(pass);
   }
   return f;
 }

@@ -29,6 +29,14 @@ Result concatenated(std::vector<Result>& parts) {
   return r;
 }
 
+// The images of rows [start, start + m): `image`, or with `image` < 0 row r is the batch's image r.
+std::vector<int64_t> chunk_images(int64_t image, int64_t start, int64_t m) {
+  std::vector<int64_t> images(static_cast<size_t>(m), image);
+  if (image < 0)
+    for (int64_t r = 0; r < m; ++r) images[static_cast<size_t>(r)] = start + r;
+  return images;
+}
+
 }  // namespace
 
 // A row the target does not explain (an image without a k-th box) gets no map: its extra passes are
@@ -48,13 +56,71 @@ torch::Tensor TargetPasses::gradient(const torch::Tensor& rows, int64_t image, B
   });
 }
 
-// Inputs and their references in one forward, [inputs; references], so that each unit of the rescale
-// rule sees both; the target reads the inputs' half. Half a pass of pairs per chunk. With `image` < 0
-// row r is the batch's image r, so every image's pair runs in the same passes.
+// DeepLIFT's multipliers. The references run first, without gradients, while a RescaleTape keeps each
+// rescale unit's input on them; the inputs then run alone, each unit reading its reference from the
+// tape, so only the inputs carry a backward. A reference shared by every row (black, a pixel value, an
+// image: the usual baselines) runs once, as one row. When the inputs' forward does not meet the units
+// as the references' did (input-dependent control flow), or the output is not one tensor to read the
+// shared reference's scores from, the pairs run side by side instead.
 Passes::RescaledLayer TargetPasses::rescale_pass(const torch::Tensor& rows, const torch::Tensor& references, int64_t image,
                                                  std::optional<size_t> layer) const {
   if (rows.sizes() != references.sizes()) throw Error("internal: the rescale rule needs one reference per row");
   if (image < 0 && rows.size(0) != batch_.size(0)) throw Error("internal: the rescale rule's rows for every image must be the batch's");
+  torch::AutoGradMode enable(true);
+  const std::vector<std::string> taps = layer ? std::vector<std::string>{plan_.layers.at(*layer)} : std::vector<std::string>{};
+  const bool strict = plan_.shared.strict_nonlinearities;
+  const int64_t n = rows.size(0);
+  const bool shared = n == 1 || references.equal(references.slice(0, 0, 1).expand_as(references));
+  const auto as_rows = [](const torch::Tensor& t, int64_t m) {
+    auto sizes = t.sizes().vec();
+    sizes[0] = m;
+    return t.size(0) == m ? t : t.expand(sizes);
+  };
+  std::vector<torch::Tensor> acts, refs, grads, scores;
+  std::optional<RescaleTape> tape;
+  Capture reference;
+  for (int64_t start = 0; start < n; start += rows_per_pass()) {
+    const int64_t m = std::min<int64_t>(n, start + rows_per_pass()) - start;
+    if (!tape || !shared) {
+      tape.reset();  // (the old tape stops recording before the new one starts)
+      tape.emplace();
+      torch::NoGradGuard no_grad;
+      reference = model_.forward(shared ? references.slice(0, 0, 1) : references.slice(0, start, start + m), taps, BackwardRule::Rescale, strict);
+      if (shared && !reference.output.isTensor()) break;
+    }
+    tape->replay();
+    auto x = rows.slice(0, start, start + m).detach();
+    if (!layer) x = x.clone().requires_grad_(true);
+    const auto capture = model_.forward(x, taps, BackwardRule::Rescale, strict);
+    if (!tape->matched()) break;
+    const auto target = target_for_images(target_, chunk_images(image, start, m));
+    const auto y = target(capture.output);
+    const auto& wrt = layer ? capture.layers.at(0) : x;
+    auto g = torch::autograd::grad({y.sum()}, {wrt}, {}, false, false, /*allow_unused=*/true)[0];
+    if (!g.defined()) g = torch::zeros_like(wrt);
+    if (layer) {
+      acts.push_back(to_spatial(wrt.detach(), forward_.layouts.at(*layer)));
+      refs.push_back(as_rows(to_spatial(reference.layers.at(0).detach(), forward_.layouts.at(*layer)), m));
+      g = to_spatial(g, forward_.layouts.at(*layer));
+    }
+    grads.push_back(g);
+    scores.push_back(target(reference.output.isTensor() ? torch::IValue(as_rows(reference.output.toTensor(), m)) : reference.output).detach());
+  }
+  if (static_cast<int64_t>(grads.size()) * rows_per_pass() < n) {
+    tape.reset();
+    return paired_rescale_pass(rows, references, image, layer);
+  }
+  RescaledLayer r;
+  if (layer) r.activations = torch::cat(acts), r.reference_activations = torch::cat(refs);
+  r.gradient = torch::cat(grads);
+  r.reference_scores = torch::cat(scores);
+  return r;
+}
+
+// The rescale rule's other form: inputs and their references in one forward, [inputs; references], so
+// that each unit sees both; the target reads the inputs' half. Half a pass of pairs per chunk.
+Passes::RescaledLayer TargetPasses::paired_rescale_pass(const torch::Tensor& rows, const torch::Tensor& references, int64_t image,
+                                                        std::optional<size_t> layer) const {
   torch::AutoGradMode enable(true);
   const int pairs = std::max(1, rows_per_pass() / 2);
   std::vector<torch::Tensor> acts, refs, grads, scores;
@@ -64,10 +130,8 @@ Passes::RescaledLayer TargetPasses::rescale_pass(const torch::Tensor& rows, cons
     if (!layer) x.requires_grad_(true);
     const auto capture = model_.forward(x, layer ? std::vector<std::string>{plan_.layers.at(*layer)} : std::vector<std::string>{},
                                         BackwardRule::Rescale, plan_.shared.strict_nonlinearities);
-    // The chunk's images, twice.
-    std::vector<int64_t> images(static_cast<size_t>(2 * m), image);
-    if (image < 0)
-      for (int64_t r = 0; r < 2 * m; ++r) images[static_cast<size_t>(r)] = start + r % m;
+    auto images = chunk_images(image, start, m);  // the chunk's images, twice
+    images.insert(images.end(), images.begin(), images.end());
     const auto y = target_for_images(target_, images)(capture.output);
     const auto& wrt = layer ? capture.layers.at(0) : x;
     auto g = torch::autograd::grad({y.slice(0, 0, m).sum()}, {wrt}, {}, false, false, /*allow_unused=*/true)[0];
@@ -170,7 +234,7 @@ Result TargetPasses::run(const Method& method, const torch::Tensor& rows, int64_
   for (int64_t start = 0; start < rows.size(0); start += rows_per_pass()) {
     const auto chunk = rows.slice(0, start, std::min<int64_t>(rows.size(0), start + rows_per_pass()));
     const Target target = for_rows(target_, image, chunk.size(0));
-    const Forward forward = run_forward(model_, plan, chunk);
+    const Forward forward = run_forward(model_, plan, chunk, preprocess_);
     const TargetPasses passes(model_, plan, forward, target, chunk, preprocess_);
     const Evidence ev = gather_evidence(model_, plan, forward, target, /*last=*/true, torch::Tensor(), passes);
     torch::NoGradGuard no_grad;
@@ -184,7 +248,7 @@ Result TargetPasses::run(const Method& method, const torch::Tensor& rows, int64_
 Result TargetPasses::run_for(const Method& method, const Target& target, size_t layer) const {
   torch::AutoGradMode enable(true);
   const Plan plan = plan_alone(model_, method, plan_);
-  const Forward forward = run_forward(model_, plan, batch_);
+  const Forward forward = run_forward(model_, plan, batch_, preprocess_);
   const TargetPasses passes(model_, plan, forward, target, batch_, preprocess_);
   const Evidence ev = gather_evidence(model_, plan, forward, target, /*last=*/true, torch::Tensor(), passes);
   torch::NoGradGuard no_grad;

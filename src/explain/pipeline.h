@@ -61,10 +61,13 @@ struct Forward {
     torch::Tensor input;                // requires grad when the rule's input gradient is asked for
     torch::IValue output;
     std::vector<torch::Tensor> layers;  // Plan::rule_layers: the requested layers in this graph
+    // Needs::rescale_reference: the reference's forward, its output and layers with N rows.
+    torch::IValue reference_output;
+    std::vector<torch::Tensor> reference_layers;
   };
   std::map<BackwardRule, RulePass> rule_passes;
 };
-Forward run_forward(const Model& model, const Plan& plan, const torch::Tensor& batch);
+Forward run_forward(const Model& model, const Plan& plan, const torch::Tensor& batch, const Preprocess& preprocess);
 
 // ---- targets ----------------------------------------------------------------------------------------
 struct Targets {
@@ -113,6 +116,7 @@ class TargetPasses : public Passes {
   const Preprocess& preprocess_;
   // The rescale rule's pass, at the input (`layer` empty) or at a requested layer.
   RescaledLayer rescale_pass(const torch::Tensor& rows, const torch::Tensor& references, int64_t image, std::optional<size_t> layer) const;
+  RescaledLayer paired_rescale_pass(const torch::Tensor& rows, const torch::Tensor& references, int64_t image, std::optional<size_t> layer) const;
   // The model's output when it runs on from `layer` with `activations` in place of the layer's output.
   torch::IValue output_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const;
 };

@@ -4,6 +4,10 @@
 
 namespace lumen::detail {
 
+torch::Tensor baseline_reference(const Settings& s, const torch::Tensor& batch, const Preprocess& p) {
+  return reference_input(batch, s.text("baseline"), p, static_cast<uint64_t>(s.integer("seed")), s.number("blur_sigma"));
+}
+
 Param baselines_param() {
   return integer("baselines", 8, 1, 10000, "deeplift-shap, gradient-shap, layer-gradient-shap: references in the baseline distribution (with --baseline noise; other kinds are one)");
 }

@@ -7,6 +7,10 @@
 
 namespace lumen::detail {
 
+// The --baseline reference of the whole batch (lumen::reference_input, [N,C,H,W]): DeepLIFT's
+// Needs::rescale_reference.
+torch::Tensor baseline_reference(const Settings& s, const torch::Tensor& batch, const Preprocess& p);
+
 Param baselines_param();  // "baselines": K
 // [K,N,C,H,W] (K = 1 unless the kind is noise).
 torch::Tensor baseline_distribution(const Evidence& e);

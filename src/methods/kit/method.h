@@ -7,6 +7,7 @@
 // This header is below the engine: it knows models, targets and settings, never the explainer.
 #pragma once
 
+#include <lumen/image.h>
 #include <lumen/layout.h>
 #include <lumen/model.h>
 #include <lumen/settings.h>
@@ -151,6 +152,14 @@ struct Evidence {
   // Needs::layer_rule_gradients: per rule, the requested layers in that rule's graph (the plain values)
   // with d y / d A through it.
   std::map<BackwardRule, std::vector<LayerTensors>> rule_layers;
+  // Needs::rescale_reference: y at the reference input ([N]) and the requested layers on it ([N,C,h,w]
+  // each, when the rule's forward captures them). Absent when the rule's forward could not read its
+  // references from the tape (input-dependent control flow): the method then runs its own passes.
+  struct Reference {
+    torch::Tensor target_values;
+    std::vector<torch::Tensor> layers;
+  };
+  std::map<BackwardRule, Reference> rule_references;
   AttentionTensors attention;                              // Needs::attention
   const Target* target = nullptr;     // what y is (classes, score, sign)
   const Model* model = nullptr;       // for methods that read the model's weights (CAM, FullGrad)
@@ -175,6 +184,10 @@ struct Needs {
   // forward runs (LRP's epsilon and rules), opened by the forward stage around its passes; the object
   // returned closes them. May refuse settings that only the model can check (throws lumen::Error).
   std::function<std::shared_ptr<void>(const Settings&, const Model&)> rule_scope;
+  // BackwardRule::Rescale (DeepLIFT): the reference input its units compare against ([N,C,H,W], model
+  // input space), from the settings and the batch. The forward stage runs it first, once (one row when
+  // every row is the same), and the rule's forward reads it from a RescaleTape.
+  std::function<torch::Tensor(const Settings&, const torch::Tensor& batch, const Preprocess&)> rescale_reference;
 };
 
 // What a method runs beyond the shared passes: the rows per pass are chosen from the memory one row of
