@@ -72,37 +72,44 @@ at::Tensor taped_rescale_multiplier(const at::Tensor& x, const at::Tensor& x0, d
   return at::where(tiny, plain.to(m.scalar_type()), m);
 }
 
-// The taped multiplier times the incoming gradient g, in one pass. Why by hand: ATen has no fused op for
-// it, and as the chain of ATen ops above it took about a dozen passes over each activation of the
-// network (MobileNetV2: DeepLIFT's backward three times the plain one). Float and double on the CPU;
-// anything else takes the chain.
-at::Tensor taped_rescale_backward(const at::Tensor& g, const at::Tensor& x, const at::Tensor& x0, double lo, double hi) {
+// out = f(g, x, x0) element by element, in one pass over tensors of one shape; x0 has that shape, or
+// is one row of it that every row shares. Why by hand: ATen has no fused op for the rules' backward,
+// and as chains of ATen ops they took several passes over each activation of the network (the rescale
+// multiplier about a dozen), most of the rule graphs' backward. Float and double on the CPU; for
+// anything else it returns an undefined tensor and the caller takes the ATen chain.
+template <typename F>
+at::Tensor pointwise(const at::Tensor& g, const at::Tensor& x, const at::Tensor& x0, F f) {
   const auto type = x.scalar_type();
-  if (!x.is_cpu() || (type != at::kFloat && type != at::kDouble) || x0.scalar_type() != type || g.scalar_type() != type)
-    return taped_rescale_multiplier(x, x0, lo, hi).mul_(g);
+  if (!x.is_cpu() || x.dim() == 0 || (type != at::kFloat && type != at::kDouble) || g.scalar_type() != type || x0.scalar_type() != type ||
+      g.sizes() != x.sizes())
+    return {};
   // One memory format for all three, so that element i of a row is the same unit in each.
   const auto format = x.suggest_memory_format();
   const auto xc = x.contiguous(format), x0c = x0.contiguous(format), gc = g.contiguous(format);
   auto out = at::empty_like(xc);
   const int64_t per_row = std::max<int64_t>(1, xc.numel() / std::max<int64_t>(1, xc.size(0)));
   const bool shared = x0c.size(0) == 1 && xc.size(0) != 1;
-  AT_DISPATCH_FLOATING_TYPES(type, "lumen_rescale_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(type, "lumen_rule_backward", [&] {
     const scalar_t *px = xc.data_ptr<scalar_t>(), *p0 = x0c.data_ptr<scalar_t>(), *pg = gc.data_ptr<scalar_t>();
     scalar_t* po = out.data_ptr<scalar_t>();
-    const auto l = static_cast<scalar_t>(lo), h = static_cast<scalar_t>(hi);
     at::parallel_for(0, xc.numel(), 1 << 15, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end;) {
         const int64_t row = i / per_row, row_end = std::min(end, (row + 1) * per_row), shift = shared ? row * per_row : 0;
-        for (; i < row_end; ++i) {
-          const scalar_t a = px[i], a0 = p0[i - shift], d = a - a0;
-          const scalar_t m = std::abs(d) < scalar_t(1e-10) ? scalar_t(a > l && a < h)
-                                                           : (std::min(std::max(a, l), h) - std::min(std::max(a0, l), h)) / d;
-          po[i] = pg[i] * m;
-        }
+        for (; i < row_end; ++i) po[i] = f(pg[i], px[i], p0[i - shift]);
       }
     });
   });
   return out;
+}
+
+// The taped multiplier times the incoming gradient g.
+at::Tensor taped_rescale_backward(const at::Tensor& g, const at::Tensor& x, const at::Tensor& x0, double lo, double hi) {
+  auto out = pointwise(g, x, x0, [lo, hi](auto gi, auto a, auto a0) {
+    using T = decltype(a);
+    const T l = static_cast<T>(lo), h = static_cast<T>(hi), d = a - a0;
+    return gi * (std::abs(d) < T(1e-10) ? T(a > l && a < h) : (std::min(std::max(a, l), h) - std::min(std::max(a0, l), h)) / d);
+  });
+  return out.defined() ? out : taped_rescale_multiplier(x, x0, lo, hi).mul_(g);
 }
 
 at::Tensor rescale_multiplier(const at::Tensor& x, double lo, double hi) {
@@ -154,22 +161,32 @@ class RuleClamp : public torch::autograd::Function<RuleClamp> {
       if (!std::isinf(hi)) open.logical_and_(x < hi);
       return {g[0] * open, at::Tensor(), at::Tensor(), at::Tensor()};
     }
+    const auto none = at::Tensor();
     if (rule == static_cast<int64_t>(BackwardRule::Lrp)) {
       // The identity rule: f(x) / x, which for ReLU is its derivative; at x = 0 the unit's slope there.
-      // In place where it can be: this runs at every activation of the network, and each pass over a
-      // batch's activations costs about as much as the arithmetic.
-      if (lo == 0 && std::isinf(hi)) return {g[0] * (x > 0).to(g[0].scalar_type()), at::Tensor(), at::Tensor(), at::Tensor()};
+      const double at_zero = lo < 0 && hi > 0 ? 1.0 : 0.0;
+      if (auto out = pointwise(g[0], x, x, [lo, hi, at_zero](auto gi, auto a, auto) {
+            using T = decltype(a);
+            return a == T(0) ? gi * T(at_zero) : gi * (std::min(std::max(a, T(lo)), T(hi)) / a);
+          });
+          out.defined())
+        return {out, none, none, none};
       auto ratio = clamp_between(x, lo, hi);
-      ratio.div_(x).masked_fill_(x == 0, lo < 0 && hi > 0 ? 1.0 : 0.0);
-      return {ratio.mul_(g[0]), at::Tensor(), at::Tensor(), at::Tensor()};
+      ratio.div_(x).masked_fill_(x == 0, at_zero);
+      return {ratio.mul_(g[0]), none, none, none};
     }
-    auto positive = g[0].clamp_min(0);
     if (rule == static_cast<int64_t>(BackwardRule::Guided)) {
-      auto open = x > lo;
-      if (!std::isinf(hi)) open.logical_and_(x < hi);  // (a ReLU's upper test would be a pass for nothing)
-      positive.mul_(open);
+      // Positive gradient where the unit passed.
+      if (auto out = pointwise(g[0], x, x, [lo, hi](auto gi, auto a, auto) {
+            using T = decltype(a);
+            return gi > T(0) && a > T(lo) && a < T(hi) ? gi : T(0);
+          });
+          out.defined())
+        return {out, none, none, none};
+      auto open = (x > lo).logical_and_(x < hi);
+      return {g[0].clamp_min(0).mul_(open), none, none, none};
     }
-    return {positive, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {g[0].clamp_min(0), none, none, none};
   }
 };
 
@@ -190,8 +207,14 @@ class LrpEpsilonFn : public torch::autograd::Function<LrpEpsilonFn> {
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list g) {
     const auto z = ctx->get_saved_variables()[0];
     const double eps = ctx->saved_data["eps"].toDouble();
-    // z / (z + eps sign z) = |z| / (|z| + eps); 0 where z = 0, which eps = 0 would make 0 / 0 (only
-    // then is the mask, a pass more, needed).
+    // z / (z + eps sign z) = |z| / (|z| + eps); 0 where z = 0, which eps = 0 would make 0 / 0.
+    if (auto out = pointwise(g[0], z, z, [eps](auto gi, auto zi, auto) {
+          using T = decltype(zi);
+          const T a = std::abs(zi);
+          return a == T(0) ? T(0) : gi * (a / (a + T(eps)));
+        });
+        out.defined())
+      return {out};
     auto factor = z.abs();
     factor.div_(factor + eps);
     if (eps == 0) factor.masked_fill_(z == 0, 0.0);
@@ -228,6 +251,14 @@ class LrpMixFn : public torch::autograd::Function<LrpMixFn> {
     const auto saved = ctx->get_saved_variables();
     const auto &z = saved[0], &zm = saved[1];
     const double eps = ctx->saved_data["eps"].toDouble();
+    // z / (z' + eps sign z'), sign 0 counted positive; 0 where the denominator is.
+    if (auto out = pointwise(g[0], z, zm, [eps](auto gi, auto zi, auto mi) {
+          using T = decltype(zi);
+          const T d = mi + (mi >= T(0) ? T(eps) : T(-eps));
+          return d == T(0) ? T(0) : gi * (zi / d);
+        });
+        out.defined())
+      return {at::Tensor(), out};
     const auto stabilised = zm + eps * at::where(zm >= 0, at::ones_like(zm), -at::ones_like(zm));
     auto factor = z / at::where(stabilised == 0, at::ones_like(stabilised), stabilised);
     factor.masked_fill_(stabilised == 0, 0.0);
