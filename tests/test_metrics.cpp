@@ -259,6 +259,31 @@ TEST(Metrics, SensitivityMaxInClosedForm) {
   EXPECT_THROW(metrics::sensitivity_max(x, x * w, std::nan(""), 10, 7, linear), Error);
 }
 
+// ARCC's parts in closed form (pytorch-grad-cam's metrics/arcc.py): coherency is (Pearson r + 1) / 2, so
+// 1 for a map against any rising affine copy of itself and 0 against a falling one, and for two random
+// maps torch's sample moments give it; complexity is the mean |map|; ARCC is the harmonic mean of
+// coherency, 1 - complexity and clip(2 ROAD, 0, 1), and a ROAD at or below 0 sinks it to 0.
+TEST(Metrics, ArccPartsInClosedForm) {
+  cv::Mat a(6, 5, CV_32F), b(6, 5, CV_32F);
+  cv::randu(a, 0, 1);
+  cv::randu(b, 0, 1);
+  EXPECT_NEAR(metrics::coherency(a, a), 1.0, 1e-6);
+  EXPECT_NEAR(metrics::coherency(a, cv::Mat(2 * a + 3)), 1.0, 1e-6);
+  EXPECT_NEAR(metrics::coherency(a, cv::Mat(1 - a)), 0.0, 1e-6);
+  const auto ta = torch::from_blob(a.data, {30}, torch::kFloat32).to(torch::kFloat64), tb = torch::from_blob(b.data, {30}, torch::kFloat32).to(torch::kFloat64);
+  const double r = ((ta - ta.mean()) * (tb - tb.mean())).sum().item<double>() / 29 / (ta.std().item<double>() * tb.std().item<double>() + 1e-8);
+  EXPECT_NEAR(metrics::coherency(a, b), (r + 1) / 2, 1e-9);
+  EXPECT_THROW(metrics::coherency(a, cv::Mat(5, 5, CV_32F, cv::Scalar(0))), Error);
+  EXPECT_DOUBLE_EQ(metrics::complexity(cv::Mat(4, 4, CV_32F, cv::Scalar(1))), 1.0);
+  EXPECT_DOUBLE_EQ(metrics::complexity(cv::Mat(4, 4, CV_32F, cv::Scalar(0.25))), 0.25);
+  EXPECT_NEAR(metrics::complexity(a), cv::mean(a)[0], 1e-6);
+  EXPECT_NEAR(metrics::arcc(0.5, 0.5, 0.25), 0.5, 1e-7);
+  EXPECT_NEAR(metrics::arcc(1.0, 0.0, 0.5), 1.0, 1e-7);
+  EXPECT_NEAR(metrics::arcc(0.8, 0.3, 0.2), 3 / (1 / 0.8 + 1 / 0.7 + 1 / 0.4), 1e-6);
+  EXPECT_NEAR(metrics::arcc(0.8, 0.3, 0.9), 3 / (1 / 0.8 + 1 / 0.7 + 1.0), 1e-6);  // ROAD' clipped at 1
+  EXPECT_LT(metrics::arcc(0.8, 0.3, -0.1), 1e-7);
+}
+
 TEST(Metrics, RankCorrelationAndSsim) {
   cv::Mat a = blob(40, 30, 10, 10, 6), b;
   cv::exp(a * 3, b);  // a monotone transform keeps every rank
@@ -388,7 +413,7 @@ TEST(Eval, GradCamLocalisationAndPointingMatchPython) {
 
 TEST(Eval, AllMetricsWriteTheReportAndResume) {
   const std::string out = temp_dir("eval-all");
-  const std::string args = kEval + " --limit 3 --methods gradcam,saliency --metrics loc,pointing,deletion,insertion,drop,cam-mult,infidelity,road,sensitivity,sanity"
+  const std::string args = kEval + " --limit 3 --methods gradcam,saliency --metrics loc,pointing,deletion,insertion,drop,cam-mult,infidelity,road,arcc,sensitivity,sanity"
                                    " --steps 8 --sanity-images 2 --out " + q(out);
   auto r = run_cli(args);
   ASSERT_EQ(r.code, 0) << r.err;
@@ -427,6 +452,26 @@ TEST(Eval, AllMetricsWriteTheReportAndResume) {
     EXPECT_EQ(s["sanity"].size(), 20u);
     EXPECT_GE(s["sanity_half_spearman"].get<double>(), -1.0);
     EXPECT_TRUE(s.contains("maxboxacc_v2_at"));
+    for (const char* k : {"arcc", "arcc_coherency", "arcc_complexity"}) {
+      EXPECT_GE(s[k].get<double>(), 0.0) << k;
+      EXPECT_LE(s[k].get<double>(), 1.0) << k;
+    }
+    if (m == "gradcam") {
+      EXPECT_GT(s["arcc_coherency"].get<double>(), 0.5);  // a map and the map of the input it keeps agree
+    }
+  }
+  {
+    // Each record's ARCC is its three parts combined.
+    std::ifstream in(out + "/records.jsonl");
+    std::string line;
+    int seen = 0;
+    while (std::getline(in, line)) {
+      const auto r = nlohmann::json::parse(line);
+      if (!r.contains("arcc")) continue;
+      ++seen;
+      EXPECT_NEAR(r["arcc"].get<double>(), metrics::arcc(r["arcc_coherency"], r["arcc_complexity"], r["arcc_road"]), 1e-12);
+    }
+    EXPECT_EQ(seen, 6);
   }
   // Grad-CAM depends on the classifier: randomising it changes the map.
   EXPECT_LT(first["summary"]["gradcam"]["sanity_top_spearman"].get<double>(), 0.9);
@@ -440,7 +485,7 @@ TEST(Eval, AllMetricsWriteTheReportAndResume) {
   {
     std::ifstream in(out + "/records.jsonl");
     std::string all((std::istreambuf_iterator<char>(in)), {});
-    auto cut = all.rfind("\n{\"box\"");
+    auto cut = all.rfind('\n', all.rfind("\"maxbox_v1\""));  // the start of the last image record (sanity records have no boxes)
     ASSERT_NE(cut, std::string::npos);
     auto end = all.find('\n', cut + 1);
     std::ofstream(out + "/records.jsonl") << all.substr(0, cut + 1) + all.substr(cut + 1, (end - cut) / 2);

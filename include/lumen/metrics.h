@@ -105,6 +105,20 @@ Road road(const torch::Tensor& x, const cv::Mat& map, const std::vector<double>&
 double infidelity(const torch::Tensor& x, const cv::Mat& map, double noise, int samples, uint64_t seed,
                   const std::function<torch::Tensor(const torch::Tensor&)>& score, int batch);
 
+// ARCC (pytorch-grad-cam's metrics/arcc.py, from the RefineCAM paper, arXiv 2605.14641): one score of
+// three, each in [0, 1]:
+//   coherency  = (r + 1) / 2, r the Pearson correlation of the map and the same method's map of the
+//                model input multiplied by it (sample moments, 1e-8 beside the product of deviations);
+//   complexity = mean |map|, the map in [0, 1] (lower is simpler);
+//   ROAD'      = clip(2 ROAD, 0, 1), ROAD = road() at kArccRoadPercentiles;
+//   ARCC = 3 / (1 / (coherency + 1e-8) + 1 / (1 - complexity + 1e-8) + 1 / (ROAD' + 1e-8)),
+// their harmonic mean (the anchor's docstring says geometric; its code, followed here, is harmonic).
+// Higher is better.
+inline const std::vector<double> kArccRoadPercentiles{20, 40, 60, 80};
+double coherency(const cv::Mat& map, const cv::Mat& again);
+double complexity(const cv::Mat& map);
+double arcc(double coherency, double complexity, double road);
+
 // Max-sensitivity (Yeh et al., NeurIPS 2019, def. 3.1; Captum's sensitivity_max with its default
 // perturbation and Frobenius norm): for `samples` perturbations u_j ~ U[-radius, radius) of `x`
 // ([C,H,W], model input; radius * (2 rand - 1) drawn as one [samples,C,H,W] tensor from a CPU

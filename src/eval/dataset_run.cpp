@@ -7,6 +7,8 @@
 #include "core/hash.h"
 #include "eval/eval_run.h"
 
+#include <opencv2/imgproc.hpp>
+
 #include <chrono>
 #include <future>
 #include <memory>
@@ -91,6 +93,17 @@ double sensitivity(const Explainer& explainer, const ExplainOptions& base, const
   return metrics::sensitivity_max(x, explanation_of(map), o.sensitivity_radius, o.sensitivity_samples, detail::fnv1a(sample.name) + 2, explain);
 }
 
+// ARCC's coherency of one image's map: the method explains the model input multiplied by its own
+// normalised map (at the input's size) again, for the same class; pytorch-grad-cam's Coherency.
+double arcc_coherency(const Explainer& explainer, const ExplainOptions& base, const std::string& method, const Sample& sample, const Map& map,
+                      const torch::Tensor& x) {
+  cv::Mat m;
+  cv::resize(map.normalized, m, cv::Size(static_cast<int>(x.size(2)), static_cast<int>(x.size(1))), 0, 0, cv::INTER_LINEAR);
+  const auto mt = torch::from_blob(m.data, {1, m.rows, m.cols}, torch::kFloat32).clone();
+  const auto again = explainer.explain_tensor((x * mt).unsqueeze(0), for_method(base, method, {sample.label}));
+  return metrics::coherency(m, again.at(0).maps.back().normalized);
+}
+
 // One batch's images, decoded and made into the model's input.
 struct Loaded {
   std::vector<const Sample*> samples;
@@ -120,6 +133,7 @@ Measurement explain_batch(const Explainer& explainer, std::shared_ptr<const Load
     std::vector<ImageExplanation> images;
     std::vector<bool> measured;  // before this run
     std::vector<double> sensitivity;  // per image, when the run measures it
+    std::vector<double> coherency;    // per image, when the run measures ARCC
   };
   std::vector<Explained> explained;
   const auto& samples = batch->samples;
@@ -131,11 +145,14 @@ Measurement explain_batch(const Explainer& explainer, std::shared_ptr<const Load
     std::vector<int64_t> labels;
     std::vector<std::string> names;
     for (const auto* s : samples) labels.push_back(s->label), names.push_back(s->name);
-    Explained e{m, explainer.explain(batch->images, for_method(base, m, labels), names), {}, {}};
+    Explained e{m, explainer.explain(batch->images, for_method(base, m, labels), names), {}, {}, {}};
     for (const auto* s : samples) e.measured.push_back(tally.has(m, s->name));
     if (run.eval.has("sensitivity"))
       for (size_t k = 0; k < samples.size(); ++k)
         e.sensitivity.push_back(e.measured[k] ? 0.0 : sensitivity(explainer, base, m, *samples[k], e.images[k].maps.back(), batch->inputs[static_cast<int64_t>(k)], run.eval));
+    if (run.eval.has("arcc"))
+      for (size_t k = 0; k < samples.size(); ++k)
+        e.coherency.push_back(e.measured[k] ? 0.0 : arcc_coherency(explainer, base, m, *samples[k], e.images[k].maps.back(), batch->inputs[static_cast<int64_t>(k)]));
     explained.push_back(std::move(e));
   }
   return [&explainer, &run, batch, explained = std::move(explained)](const Keep& keep) {
@@ -147,6 +164,10 @@ Measurement explain_batch(const Explainer& explainer, std::shared_ptr<const Load
                                batch->inputs[static_cast<int64_t>(k)], run.eval);
         r["method"] = e.method;
         if (!e.sensitivity.empty()) r["sensitivity"] = e.sensitivity[k];
+        if (!e.coherency.empty()) {
+          r["arcc_coherency"] = e.coherency[k];
+          r["arcc"] = metrics::arcc(e.coherency[k], r.at("arcc_complexity").get<double>(), r.at("arcc_road").get<double>());
+        }
         keep(r);
       }
   };
@@ -210,7 +231,7 @@ void EvalTally::finish(EvalResult& result, const EvalOptions& options, size_t im
 
 const std::vector<std::string>& eval_metrics() {
   static const std::vector<std::string> all{"loc",        "pointing", "deletion",    "insertion", "drop",  "cam-mult",
-                                            "infidelity", "road",     "sensitivity", "sanity"};
+                                            "infidelity", "road",     "arcc",       "sensitivity", "sanity"};
   return all;
 }
 

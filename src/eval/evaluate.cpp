@@ -32,7 +32,7 @@ std::vector<double> rounded(const std::vector<double>& curve) {
 }  // namespace
 
 bool EvalOptions::has(const std::string& m) const { return std::find(metrics.begin(), metrics.end(), m) != metrics.end(); }
-bool EvalOptions::runs_model() const { return has("deletion") || has("insertion") || has("drop") || has("cam-mult") || has("road") || has("infidelity"); }
+bool EvalOptions::runs_model() const { return has("deletion") || has("insertion") || has("drop") || has("cam-mult") || has("road") || has("infidelity") || has("arcc"); }
 
 nlohmann::json measure_image(const Model& model, const Preprocess& pre, const Sample& sample, const ImageExplanation& explained,
                              const Map& map, const torch::Tensor& x, const EvalOptions& o) {
@@ -98,6 +98,12 @@ nlohmann::json measure_image(const Model& model, const Preprocess& pre, const Sa
       r["road_morf_curve"] = rounded(road.morf);
       r["road_lerf_curve"] = rounded(road.lerf);
     }
+    if (o.has("arcc")) {
+      // Its complexity and ROAD; the coherency needs the method again (dataset_run.cpp), and so does the
+      // score that combines the three. ROAD's noise is seeded as above, at ARCC's own percentiles.
+      r["arcc_complexity"] = metrics::complexity(m);
+      r["arcc_road"] = metrics::road(x, m, metrics::kArccRoadPercentiles, o.road_noise, detail::fnv1a(sample.name), score, o.curve_batch).combined;
+    }
     if (o.has("drop")) {
       // The image's pixels (0-255) times the map, then normalised again.
       auto mean = torch::tensor(pre.mean).view({-1, 1, 1}), std = torch::tensor(pre.std).view({-1, 1, 1});
@@ -134,7 +140,8 @@ void Summary::add(const nlohmann::json& r) {
   ++images_;
   for (const char* key : {"top1_correct", "top5_correct", "empty", "loc_top1", "loc_top5", "pointing", "increase", "cam_mult_increase"})
     counts_[key] += r.value(key, false) ? 1 : 0;
-  for (const char* key : {"deletion", "insertion", "drop", "cam_mult", "cam_mult_drop", "infidelity", "sensitivity", "road", "road_morf", "road_lerf"}) {
+  for (const char* key : {"deletion", "insertion", "drop", "cam_mult", "cam_mult_drop", "infidelity", "sensitivity", "road", "road_morf", "road_lerf",
+                          "arcc", "arcc_coherency", "arcc_complexity", "arcc_road"}) {
     if (r.contains(key) && r[key].is_number()) {
       means_[key].sum += r[key].get<double>();
       ++means_[key].n;
@@ -220,6 +227,8 @@ nlohmann::json Summary::result() const {
   }
   if (o.has("infidelity")) s["infidelity"] = mean("infidelity");
   if (o.has("sensitivity")) s["sensitivity_max"] = mean("sensitivity");
+  if (o.has("arcc"))
+    for (const char* key : {"arcc", "arcc_coherency", "arcc_complexity", "arcc_road"}) s[key] = mean(key);
   if (o.has("cam-mult")) {
     s["cam_mult_change"] = 100.0 * mean("cam_mult");
     s["cam_mult_drop"] = 100.0 * mean("cam_mult_drop");

@@ -153,6 +153,28 @@ double infidelity(const torch::Tensor& x, const cv::Mat& map, double noise, int 
   return (beta * predicted - change).pow(2).mean().item<double>();
 }
 
+// --- ARCC ----------------------------------------------------------------------------------------------
+
+double coherency(const cv::Mat& map, const cv::Mat& again) {
+  if (map.size() != again.size() || map.type() != CV_32F || again.type() != CV_32F || map.total() < 2)
+    throw Error("coherency: the two maps must be float and of one size, with two pixels at least");
+  cv::Mat a, b;
+  map.convertTo(a, CV_64F);
+  again.convertTo(b, CV_64F);
+  a -= cv::mean(a)[0];
+  b -= cv::mean(b)[0];
+  const double n1 = static_cast<double>(map.total() - 1);
+  const double r = a.dot(b) / n1 / (std::sqrt(a.dot(a) / n1) * std::sqrt(b.dot(b) / n1) + 1e-8);
+  return (r + 1) / 2;
+}
+
+double complexity(const cv::Mat& map) { return map.empty() ? 0.0 : cv::norm(map, cv::NORM_L1) / static_cast<double>(map.total()); }
+
+double arcc(double coherency, double complexity, double road) {
+  const double road01 = std::clamp(2 * road, 0.0, 1.0);
+  return 3 / (1 / (coherency + 1e-8) + 1 / (1 - complexity + 1e-8) + 1 / (road01 + 1e-8));
+}
+
 // --- sensitivity-max -----------------------------------------------------------------------------------
 
 double sensitivity_max(const torch::Tensor& x, const torch::Tensor& explanation, double radius, int samples, uint64_t seed,

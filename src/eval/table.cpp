@@ -33,6 +33,8 @@ const std::vector<Column> kColumns{
     {"sensitivity_max", "sensitivity-max (lower)", "sensitivity", 4},
     {"road", "ROAD (higher)", "road", 4},                {"road_morf", "ROAD MoRF (lower)", "road", 4},
     {"road_lerf", "ROAD LeRF (higher)", "road", 4},
+    {"arcc", "ARCC (higher)", "arcc", 4},                {"arcc_coherency", "coherency (higher)", "arcc", 4},
+    {"arcc_complexity", "complexity (lower)", "arcc", 4},     {"arcc_road", "ARCC's ROAD, 20-80 % (higher)", "arcc", 4},
     {"sanity_top_spearman", "rank corr., top block random", "sanity", 3},
     {"sanity_half_spearman", "rank corr., top half random", "sanity", 3},
 };
