@@ -15,6 +15,9 @@ set(CPACK_DEBIAN_PACKAGE_HOMEPAGE "https://example.invalid/lumen")
 # a Debian build machine) and the -dev packages whose headers lumen's public headers include.
 set(CPACK_DEBIAN_PACKAGE_DEPENDS
     "libc6, libstdc++6, libtorch1.13, libopencv-core406, libopencv-imgproc406, libopencv-imgcodecs406, libopencv-dnn406, libopencv-contrib406, libonnx1, libprotobuf32, libtorch-dev, libopencv-dev, nlohmann-json3-dev, libonnx-dev, libprotobuf-dev")
+if(LUMEN_TCMALLOC AND LUMEN_TCMALLOC_LIBRARY AND NOT LUMEN_SANITIZE)  # the command's allocator (CMakeLists.txt)
+  string(APPEND CPACK_DEBIAN_PACKAGE_DEPENDS ", libtcmalloc-minimal4")
+endif()
 if(LUMEN_PYTHON_MODULE)
   string(APPEND CPACK_DEBIAN_PACKAGE_DEPENDS ", python3 (>= 3.11), python3 (<< 3.12), python3-numpy")
   set(CPACK_DEBIAN_PACKAGE_SUGGESTS "python3-torch")

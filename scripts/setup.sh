@@ -10,6 +10,7 @@ PACKAGES=(
   build-essential cmake ninja-build
   libtorch-dev libopencv-dev nlohmann-json3-dev libcli11-dev libgtest-dev libbenchmark-dev libonnx-dev zlib1g-dev libeigen3-dev
   libcpp-httplib-dev                           # lumen serve's HTTP
+  libgoogle-perftools-dev                      # tcmalloc for the lumen command (CMakeLists.txt says why)
   libopenblas0-openmp                          # LibTorch's default BLAS here is the slow reference one
   pybind11-dev python3-dev python3-numpy       # the Python module (import lumen)
   pkg-config                                   # the package test builds examples/ with lumen.pc

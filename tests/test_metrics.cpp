@@ -500,6 +500,37 @@ TEST(Eval, AllMetricsWriteTheReportAndResume) {
   EXPECT_NE(other.err.find("belongs to a different run"), std::string::npos) << other.err;
 }
 
+// The report's best and worst examples follow a metric the run has: a run of average drop alone ranks
+// its images by it, lowest first (it used to rank them by insertion - deletion, 0 for every image).
+TEST(Eval, ExamplesRankByAMetricTheRunHas) {
+  const std::string out = temp_dir("eval-drop");
+  auto r = run_cli(kEval + " --limit 4 --methods gradcam --metrics drop --out " + q(out));
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::map<std::string, double> drops;  // image -> drop, from the records
+  {
+    std::ifstream in(out + "/records.jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+      const auto rec = nlohmann::json::parse(line);
+      if (rec.contains("drop")) drops[rec["image"]] = rec["drop"];
+    }
+  }
+  ASSERT_EQ(drops.size(), 4u);
+  std::ifstream html(out + "/index.html");
+  const std::string page((std::istreambuf_iterator<char>(html)), {});
+  EXPECT_NE(page.find("gradcam: best and worst by average drop"), std::string::npos);
+  EXPECT_EQ(page.find("insertion - deletion"), std::string::npos);
+  // Two best, then two worst, each shown with its own drop.
+  std::vector<double> shown;
+  for (size_t at = page.find("average drop "); at != std::string::npos; at = page.find("average drop ", at + 1))
+    if (std::isdigit(static_cast<unsigned char>(page[at + 13]))) shown.push_back(std::stod(page.substr(at + 13)));
+  ASSERT_EQ(shown.size(), 4u) << page;
+  std::vector<double> sorted;
+  for (const auto& [image, d] : drops) sorted.push_back(d);
+  std::sort(sorted.begin(), sorted.end());
+  for (size_t i = 0; i < 4; ++i) EXPECT_NEAR(shown[i], sorted[i], 1e-3) << i;
+}
+
 TEST(Eval, BadInputs) {
   const std::string out = temp_dir("eval-bad");
   struct Case {

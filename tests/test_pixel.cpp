@@ -3,6 +3,8 @@
 // on the activation modules (for the shared MobileNetV2, on an eager re-implementation of it).
 #include "common.h"
 
+#include "explain/pipeline.h"
+
 #include <torch/csrc/autograd/autograd.h>
 
 #include <map>
@@ -172,6 +174,63 @@ TEST(Pixel, RescaleTapeMatchesThePairedForm) {
     model.forward(torch::randn({2, 3, 32, 32}), {}, BackwardRule::Rescale);
     EXPECT_FALSE(tape.matched());
   }
+}
+
+// A fixed reference's forward is kept across an explainer's calls (detail::ReferenceCache): the maps of
+// a second batch, read from the kept tape, equal a fresh explainer's for DeepLIFT and layer DeepLIFT;
+// and the kept entry is what the rule's forward reads: an entry planted for black but taped on another
+// reference gives that reference's scores.
+TEST(Pixel, DeepLiftKeepsAFixedReferenceAcrossCalls) {
+  const Model model = Model::load(fixture("resnet18_traced.pt"));
+  Preprocess p;
+  p.width = p.height = 64;
+  torch::manual_seed(11);
+  const auto first = torch::randn({1, 3, 64, 64}), second = torch::randn({2, 3, 64, 64});
+  ExplainOptions opt;
+  opt.methods = {"deeplift", "layer-deeplift"};
+  opt.layers = {"layer3"};
+  Explainer kept(model, p);
+  kept.explain_tensor(first, opt);
+  const auto again = kept.explain_tensor(second, opt);
+  const auto fresh = Explainer(model, p).explain_tensor(second, opt);
+  for (size_t i = 0; i < 2; ++i) {
+    ASSERT_EQ(again[i].maps.size(), 2u);
+    for (size_t k = 0; k < 2; ++k) {
+      double range = 0;
+      cv::minMaxLoc(cv::abs(fresh[i].maps[k].raw), nullptr, &range);
+      EXPECT_GT(range, 0);
+      EXPECT_LE(max_abs_diff(again[i].maps[k].raw, fresh[i].maps[k].raw), 1e-6 * range) << i << " " << k;
+    }
+  }
+  // The plan's forward with a planted entry: black's key, another reference's tape and capture.
+  ExplainOptions alone;
+  alone.methods = {"deeplift"};
+  const auto plan = detail::make_plan(model, alone, second);
+  const auto black = reference_input(second, "black", p, 0, 0).slice(0, 0, 1);
+  const auto other = torch::randn({1, 3, 64, 64});
+  Capture taped;
+  std::vector<torch::Tensor> units;
+  {
+    RescaleTape tape;
+    torch::NoGradGuard no_grad;
+    taped = model.forward(other, {}, BackwardRule::Rescale);
+    units = tape.recorded();
+  }
+  detail::ReferenceCache planted;
+  planted.keep(std::make_shared<const detail::ReferenceCache::Entry>(detail::ReferenceCache::Entry{black, {}, true, units, taped}));
+  ASSERT_TRUE(planted.find(black, {}, true));
+  EXPECT_FALSE(planted.find(other, {}, true));
+  const auto scores = [&](detail::ReferenceCache* cache) {
+    const auto f = detail::run_forward(model, plan, second, p, cache);
+    return f.rule_passes.at(BackwardRule::Rescale).reference_output.toTensor();
+  };
+  torch::Tensor on_other;
+  {
+    torch::NoGradGuard no_grad;
+    on_other = model.forward(other).output.toTensor();
+  }
+  EXPECT_LE((scores(&planted) - on_other.expand({2, -1})).abs().max().item<double>(), 1e-5);
+  EXPECT_GT((scores(nullptr) - on_other.expand({2, -1})).abs().max().item<double>(), 1e-2);
 }
 
 // A forward that depends on its input cannot read its reference from a tape: here the black reference

@@ -51,6 +51,10 @@ struct ExplainOptions {
   Settings settings;       // settings of particular methods, by name (setting_catalog())
 };
 
+namespace detail {
+class ReferenceCache;
+}
+
 class Explainer {
  public:
   // The explainer keeps its own handle on the model (a Model is a shared handle; copying it is cheap).
@@ -78,6 +82,9 @@ class Explainer {
   Model model_;
   Preprocess preprocess_;
   std::vector<std::string> labels_;
+  // DeepLIFT's fixed references (black, a value), whose forward does not change from call to call;
+  // shared by copies of this explainer.
+  std::shared_ptr<detail::ReferenceCache> references_;
 };
 
 // Everything about `options` that can be refused without a model or an image: no method, an unknown

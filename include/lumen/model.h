@@ -96,12 +96,16 @@ class RescaleTape {
     size_t next = 0;
   };
   RescaleTape();  // records
+  // Replays units recorded before (recorded() of an earlier tape): a reference's forward kept across
+  // calls. The tensors are only read.
+  explicit RescaleTape(std::vector<torch::Tensor> recorded);
   ~RescaleTape();
   RescaleTape(const RescaleTape&) = delete;
   RescaleTape& operator=(const RescaleTape&) = delete;
   void replay();         // the next forward reads the tape from its first unit
   bool matched() const;  // the last replayed forward met every unit, in order and in shape
   size_t units() const { return units_.inputs.size(); }
+  const std::vector<torch::Tensor>& recorded() const { return units_.inputs; }
 
  private:
   Units units_;

@@ -187,7 +187,29 @@ ExplainOptions base_options(const DatasetRun& run) {
   return base;
 }
 
-EvalTally::EvalTally(const DatasetRun& run) : methods_(run.methods) {
+std::optional<ExampleRanking> example_ranking(const EvalOptions& eval) {
+  const auto field = [](const char* key) { return [key](const nlohmann::json& r) { return r.value(key, 0.0); }; };
+  // The metrics of one image, in eval_metrics() order; deletion and insertion rank together.
+  const std::vector<std::pair<std::string, ExampleRanking>> rankings{
+      {"loc", {"IoU of the paper's box", field("iou"), true}},
+      {"pointing", {"pointing hit", [](const nlohmann::json& r) { return r.value("pointing", false) ? 1.0 : 0.0; }, true}},
+      {"deletion", {"insertion - deletion", [](const nlohmann::json& r) { return r.value("insertion", 0.0) - r.value("deletion", 0.0); }, true}},
+      {"insertion", {"insertion - deletion", [](const nlohmann::json& r) { return r.value("insertion", 0.0) - r.value("deletion", 0.0); }, true}},
+      {"drop", {"average drop", field("drop"), false}},
+      {"cam-mult", {"confidence change of the input times the map", field("cam_mult"), true}},
+      {"infidelity", {"infidelity", field("infidelity"), false}},
+      {"road", {"ROAD", field("road"), true}},
+      {"arcc", {"ARCC", field("arcc"), true}},
+      {"sensitivity", {"max-sensitivity", field("sensitivity"), false}},
+  };
+  // Pointing's hit or miss ties most images; a graded metric of the run ranks better.
+  for (const auto& [metric, ranking] : rankings)
+    if (metric != "pointing" && eval.has(metric)) return ranking;
+  if (eval.has("pointing")) return rankings[1].second;
+  return std::nullopt;
+}
+
+EvalTally::EvalTally(const DatasetRun& run) : methods_(run.methods), ranking_(example_ranking(run.eval)) {
   for (const auto& m : run.methods) summaries_.emplace(m, Summary(run.eval));
 }
 
@@ -201,7 +223,7 @@ void EvalTally::take(const nlohmann::json& r) {
   const std::string image = r["image"];
   if (!done_[m].insert(image).second) return;
   summaries_.at(m).add(r);
-  example_scores_[m][image] = r.contains("iou") ? r["iou"].get<double>() : r.value("insertion", 0.0) - r.value("deletion", 0.0);
+  if (ranking_) example_scores_[m][image] = ranking_->value(r);
 }
 
 bool EvalTally::has(const std::string& method, const std::string& image) const {

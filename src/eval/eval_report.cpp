@@ -155,26 +155,27 @@ void write_eval_report(const Explainer& explainer, const Dataset& data, const Da
   curve_plots(page, result, run.eval.steps);
   per_class_tables(page, result, explainer.labels());
 
-  // Per method the best and worst images by IoU of the paper's box (or by insertion - deletion).
+  // Per method the best and worst images by the run's first per-image metric (example_ranking).
   ExplainOptions base;
   base.layers = run.layers;
   base.aggregate = run.aggregate;
   base.box_threshold = run.eval.box_threshold;
   base.shared = run.shared;
-  const bool by_iou = run.eval.has("loc");
+  const auto ranking = detail::example_ranking(run.eval);
+  const bool by_iou = ranking && run.eval.has("loc");
   const auto& labels = explainer.labels();
-  for (const auto& m : result.methods) {
+  for (const auto& m : ranking ? result.methods : std::vector<std::string>{}) {  // sanity checks alone rank no image
     static const std::map<std::string, double> none;  // a shard with no images has no scores
     const auto found = result.example_scores.find(m);
     const auto& scores = found == result.example_scores.end() ? none : found->second;
     std::vector<std::pair<double, const Sample*>> scored;
     for (const auto& s : data.samples)  // a shard's run has scores for its own images only
       if (const auto it = scores.find(s.name); it != scores.end()) scored.emplace_back(it->second, &s);
-    std::stable_sort(scored.begin(), scored.end(), [](auto& x, auto& y) { return x.first > y.first; });
+    std::stable_sort(scored.begin(), scored.end(), [&](auto& x, auto& y) { return ranking->higher ? x.first > y.first : x.first < y.first; });
     const size_t show = std::min<size_t>(4, scored.size() / 2);
     std::vector<std::pair<double, const Sample*>> picks(scored.begin(), scored.begin() + static_cast<int64_t>(show));
     picks.insert(picks.end(), scored.end() - static_cast<int64_t>(show), scored.end());
-    page.heading(m + ": best and worst " + (by_iou ? "by IoU of the paper's box" : "by insertion - deletion"), 2);
+    page.heading(m + ": best and worst by " + ranking->title, 2);
     std::vector<std::vector<report::Page::Cell>> rows(2);
     for (size_t i = 0; i < picks.size(); ++i) {
       const Sample& s = *picks[i].second;
@@ -195,15 +196,16 @@ void write_eval_report(const Explainer& explainer, const Dataset& data, const Da
       const int64_t predicted = e[0].top.empty() ? -1 : e[0].top[0].cls;
       cell.lines.push_back(predicted == s.label ? "right class (top-1)" : "wrong class: predicted " + short_label(class_label(labels, predicted)));
       if (by_iou) cell.lines.push_back("IoU " + report::decimals(std::floor(picks[i].first * 1000) / 1000, 3) + (picks[i].first >= 0.5 ? " (hit, >= 0.5)" : " (miss, < 0.5)"));
-      else cell.lines.push_back("insertion - deletion " + report::decimals(picks[i].first, 3));
+      else cell.lines.push_back(ranking->title + " " + report::decimals(picks[i].first, 3));
       rows[i < show ? 0 : 1].push_back(cell);
     }
     rows[0].insert(rows[0].begin(), report::Page::Cell{"", {"best"}, "", ""});
     rows[1].insert(rows[1].begin(), report::Page::Cell{"", {"worst"}, "", ""});
     page.table(rows);
   }
-  page.paragraph("Green: ground-truth boxes. White: the map's box (" + report::decimals(100 * run.eval.box_threshold, 0) +
-                 " % of the map's maximum, largest region). Click a picture for its full size.");
+  if (ranking)
+    page.paragraph("Green: ground-truth boxes. White: the map's box (" + report::decimals(100 * run.eval.box_threshold, 0) +
+                   " % of the map's maximum, largest region). Click a picture for its full size.");
   out.write("index.html", page.html());
   out.commit();
 }

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -49,6 +50,16 @@ ExplainOptions base_options(const DatasetRun& run);
 // What a run knows so far, from earlier records and new ones alike (and, in `lumen merge`, from every
 // shard's records in shard order). Per method: the images done, the table's counts and sums, and the
 // score that picks the report's examples. The records themselves stay on disk, so memory stays flat.
+// How the report orders each method's examples: by the first metric of the run that scores an image
+// (in eval_metrics() order), read from its record; `higher` says which way is better. None for a run
+// of sanity checks alone.
+struct ExampleRanking {
+  std::string title;  // "IoU of the paper's box", "insertion - deletion", ...
+  std::function<double(const nlohmann::json&)> value;
+  bool higher = true;
+};
+std::optional<ExampleRanking> example_ranking(const EvalOptions& eval);
+
 class EvalTally {
  public:
   explicit EvalTally(const DatasetRun& run);
@@ -65,6 +76,7 @@ class EvalTally {
   std::map<std::string, Summary> summaries_;
   std::vector<nlohmann::json> sanity_;  // a few per method and cascade step
   std::set<std::string> sanity_done_;
+  std::optional<ExampleRanking> ranking_;
   std::map<std::string, std::map<std::string, double>> example_scores_;
 };
 

@@ -119,6 +119,7 @@ Evidence gather_evidence(const Model& model, const Plan& plan, const Forward& f,
     if (to_input) ev.input_gradients[rule] = or_zeros(g.back(), pass.input);
     if (pass.reference_output.isNone()) continue;
     auto& reference = ev.rule_references[rule];
+    reference.input = pass.reference_input;
     reference.target_values = target(pass.reference_output).detach();
     for (size_t l = 0; l < pass.reference_layers.size(); ++l) reference.layers.push_back(to_spatial(pass.reference_layers[l], f.layouts[l]));
   }

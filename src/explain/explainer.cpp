@@ -50,7 +50,7 @@ Canvas canvas_of(const Model& model, const torch::Tensor& batch, const std::vect
 }  // namespace
 
 Explainer::Explainer(Model model, Preprocess preprocess, std::vector<std::string> labels)
-    : model_(std::move(model)), preprocess_(std::move(preprocess)), labels_(std::move(labels)) {}
+    : model_(std::move(model)), preprocess_(std::move(preprocess)), labels_(std::move(labels)), references_(std::make_shared<detail::ReferenceCache>()) {}
 
 std::vector<ImageExplanation> Explainer::explain(const std::vector<cv::Mat>& images, const ExplainOptions& opt,
                                                  const std::vector<std::string>& sources) const {
@@ -94,13 +94,13 @@ std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& bat
   if (!sizes.empty() && static_cast<int64_t>(sizes.size()) != batch.size(0)) throw Error("one image size per batch row is needed");
   if (!sizes.empty() && batch.dim() == 5) throw Error("a volume's maps come at the model input's size; give no image sizes for a [N,C,D,H,W] batch");
   const detail::Plan plan = detail::make_plan(model_, opt, batch);
-  const detail::Forward forward = detail::run_forward(model_, plan, batch, preprocess_);
+  const detail::Forward forward = detail::run_forward(model_, plan, batch, preprocess_, references_.get());
   const detail::Targets targets = detail::resolve_targets(opt, forward.capture.output, batch.size(0), labels_);
   const Canvas canvas = canvas_of(model_, batch, sizes, opt, labels_);
   PerImage maps = explain_forward(model_, plan, forward, targets.targets, batch, preprocess_, opt, canvas);
   if (plan.shared.aug_smooth)
     detail::aug_smooth(maps, batch, canvas, [&](const torch::Tensor& augmented) {
-      return explain_forward(model_, plan, detail::run_forward(model_, plan, augmented, preprocess_), targets.targets, augmented, preprocess_, opt, canvas);
+      return explain_forward(model_, plan, detail::run_forward(model_, plan, augmented, preprocess_, references_.get()), targets.targets, augmented, preprocess_, opt, canvas);
     });
 
   std::vector<ImageExplanation> results(static_cast<size_t>(batch.size(0)));

@@ -7,6 +7,8 @@
 
 #include "explain/pipeline.h"
 
+#include <optional>
+
 namespace lumen::detail {
 namespace {
 
@@ -57,16 +59,9 @@ torch::Tensor rescale_reference(const Plan& plan, const torch::Tensor& batch, co
   for (const auto* m : plan.methods)
     if (m->needs.rescale_reference) {
       auto b = m->needs.rescale_reference(plan.settings, batch, preprocess).detach();
-      if (b.size(0) > 1 && b.equal(b.slice(0, 0, 1).expand_as(b))) b = b.slice(0, 0, 1);
-      return b;
+      return rows_alike(b) ? b.slice(0, 0, 1) : b;
     }
   throw Error("internal: the rescale rule is planned, and no method gives its reference");
-}
-
-torch::Tensor with_rows(const torch::Tensor& t, int64_t n) {
-  auto sizes = t.sizes().vec();
-  sizes[0] = n;
-  return t.size(0) == n ? t : t.expand(sizes);
 }
 
 // A rule's forward. The rescale rule's references run first, without gradients, on a tape that the
@@ -75,21 +70,33 @@ torch::Tensor with_rows(const torch::Tensor& t, int64_t n) {
 // did not meet the tape's units as recorded (input-dependent control flow) they stay empty, and the
 // rule's gradients are not DeepLIFT's.
 Capture rule_forward(const Model& model, const Plan& plan, const torch::Tensor& x, const std::vector<std::string>& layers, BackwardRule rule,
-                     const Preprocess& preprocess, Forward::RulePass& pass) {
+                     const Preprocess& preprocess, ReferenceCache* cache, Forward::RulePass& pass) {
   const bool strict = plan.shared.strict_nonlinearities;
   if (rule != BackwardRule::Rescale) return model.forward(x, layers, rule, strict);
-  RescaleTape tape;
   torch::Tensor references;
-  Capture reference;
   {
     torch::NoGradGuard no_grad;
     references = rescale_reference(plan, x.detach(), preprocess);
+  }
+  const bool shared = references.size(0) == 1;
+  const auto kept = cache && shared ? cache->find(references, layers, strict) : nullptr;
+  std::optional<RescaleTape> tape;
+  Capture reference;
+  if (kept) {
+    tape.emplace(kept->tape);
+    reference = kept->capture;
+  } else {
+    tape.emplace();
+    torch::NoGradGuard no_grad;
     reference = model.forward(references, layers, rule, strict);
   }
-  tape.replay();
+  if (!kept) tape->replay();
   auto c = model.forward(x, layers, rule, strict);
+  if (cache && shared && !kept)
+    cache->keep(std::make_shared<const ReferenceCache::Entry>(ReferenceCache::Entry{references, layers, strict, tape->recorded(), reference}));
   const int64_t n = x.size(0);
-  if (!tape.matched() || !(reference.output.isTensor() || references.size(0) == n)) return c;
+  if (!tape->matched() || !(reference.output.isTensor() || references.size(0) == n)) return c;
+  pass.reference_input = references;
   pass.reference_output = reference.output.isTensor() ? torch::IValue(with_rows(reference.output.toTensor(), n)) : reference.output;
   for (const auto& l : reference.layers) pass.reference_layers.push_back(with_rows(l.detach(), n));
   return c;
@@ -97,7 +104,23 @@ Capture rule_forward(const Model& model, const Plan& plan, const torch::Tensor& 
 
 }  // namespace
 
-Forward run_forward(const Model& model, const Plan& plan, const torch::Tensor& batch, const Preprocess& preprocess) {
+std::shared_ptr<const ReferenceCache::Entry> ReferenceCache::find(const torch::Tensor& reference, const std::vector<std::string>& layers,
+                                                                  bool strict) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const auto& e : entries_)
+    if (e->strict == strict && e->layers == layers && e->reference.sizes() == reference.sizes() &&
+        e->reference.scalar_type() == reference.scalar_type() && e->reference.equal(reference))
+      return e;
+  return nullptr;
+}
+
+void ReferenceCache::keep(std::shared_ptr<const Entry> entry) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  entries_.push_front(std::move(entry));
+  if (entries_.size() > kEntries) entries_.pop_back();
+}
+
+Forward run_forward(const Model& model, const Plan& plan, const torch::Tensor& batch, const Preprocess& preprocess, ReferenceCache* references) {
   torch::AutoGradMode grad_mode(plan.backward());
   std::vector<std::shared_ptr<void>> rule_scopes;  // LRP's epsilon and rules, while the rule graphs are made and run
   for (const auto* m : plan.methods)
@@ -108,7 +131,7 @@ Forward run_forward(const Model& model, const Plan& plan, const torch::Tensor& b
   if (plan.plain_input || rule_input) f.input = f.input.clone().requires_grad_(true);
   const bool attention = plan.attention != AttentionNeed::None;
   Forward::RulePass only;  // the rule's references, when its forward is the only one
-  f.capture = plan.rule_only ? rule_forward(model, plan, f.input, plan.captured(), *plan.rules.begin(), preprocess, only)
+  f.capture = plan.rule_only ? rule_forward(model, plan, f.input, plan.captured(), *plan.rules.begin(), preprocess, references, only)
                              : model.forward(f.input, plan.captured(), BackwardRule::Plain, true, attention);
   if (attention) read_attention(f, plan, batch);
   for (size_t i = 0; i < plan.layers.size(); ++i) {
@@ -134,7 +157,7 @@ Forward run_forward(const Model& model, const Plan& plan, const torch::Tensor& b
     } else {
       // Without its input gradient the rule graph is recorded from the captured layers up only.
       pass.input = plan.rule_inputs.count(rule) ? batch.detach().clone().requires_grad_(true) : batch.detach();
-      auto c = rule_forward(model, plan, pass.input, layers ? plan.layers : std::vector<std::string>{}, rule, preprocess, pass);
+      auto c = rule_forward(model, plan, pass.input, layers ? plan.layers : std::vector<std::string>{}, rule, preprocess, references, pass);
       pass.output = c.output, pass.layers = c.layers;
     }
     // A rescale forward that could not read its references has no DeepLIFT gradients to give.

@@ -15,6 +15,16 @@ namespace {
 // The target for `rows` copies of image `image`.
 Target for_rows(const Target& t, int64_t image, int64_t rows) { return target_for_images(t, std::vector<int64_t>(static_cast<size_t>(rows), image)); }
 
+// A rescale pass's chunks, joined (activations only when it was at a layer).
+Passes::RescaledLayer joined(const std::vector<torch::Tensor>& acts, const std::vector<torch::Tensor>& refs,
+                             const std::vector<torch::Tensor>& grads, const std::vector<torch::Tensor>& scores) {
+  Passes::RescaledLayer r;
+  if (!acts.empty()) r.activations = torch::cat(acts), r.reference_activations = torch::cat(refs);
+  r.gradient = torch::cat(grads);
+  r.reference_scores = torch::cat(scores);
+  return r;
+}
+
 Result concatenated(std::vector<Result>& parts) {
   Result r;
   std::vector<torch::Tensor> maps, attributions;
@@ -70,12 +80,7 @@ Passes::RescaledLayer TargetPasses::rescale_pass(const torch::Tensor& rows, cons
   const std::vector<std::string> taps = layer ? std::vector<std::string>{plan_.layers.at(*layer)} : std::vector<std::string>{};
   const bool strict = plan_.shared.strict_nonlinearities;
   const int64_t n = rows.size(0);
-  const bool shared = n == 1 || references.equal(references.slice(0, 0, 1).expand_as(references));
-  const auto as_rows = [](const torch::Tensor& t, int64_t m) {
-    auto sizes = t.sizes().vec();
-    sizes[0] = m;
-    return t.size(0) == m ? t : t.expand(sizes);
-  };
+  const bool shared = rows_alike(references);
   std::vector<torch::Tensor> acts, refs, grads, scores;
   std::optional<RescaleTape> tape;
   Capture reference;
@@ -100,21 +105,17 @@ Passes::RescaledLayer TargetPasses::rescale_pass(const torch::Tensor& rows, cons
     if (!g.defined()) g = torch::zeros_like(wrt);
     if (layer) {
       acts.push_back(to_spatial(wrt.detach(), forward_.layouts.at(*layer)));
-      refs.push_back(as_rows(to_spatial(reference.layers.at(0).detach(), forward_.layouts.at(*layer)), m));
+      refs.push_back(with_rows(to_spatial(reference.layers.at(0).detach(), forward_.layouts.at(*layer)), m));
       g = to_spatial(g, forward_.layouts.at(*layer));
     }
     grads.push_back(g);
-    scores.push_back(target(reference.output.isTensor() ? torch::IValue(as_rows(reference.output.toTensor(), m)) : reference.output).detach());
+    scores.push_back(target(reference.output.isTensor() ? torch::IValue(with_rows(reference.output.toTensor(), m)) : reference.output).detach());
   }
   if (static_cast<int64_t>(grads.size()) * rows_per_pass() < n) {
     tape.reset();
     return paired_rescale_pass(rows, references, image, layer);
   }
-  RescaledLayer r;
-  if (layer) r.activations = torch::cat(acts), r.reference_activations = torch::cat(refs);
-  r.gradient = torch::cat(grads);
-  r.reference_scores = torch::cat(scores);
-  return r;
+  return joined(acts, refs, grads, scores);
 }
 
 // The rescale rule's other form: inputs and their references in one forward, [inputs; references], so
@@ -145,11 +146,7 @@ Passes::RescaledLayer TargetPasses::paired_rescale_pass(const torch::Tensor& row
     grads.push_back(g.slice(0, 0, m));
     scores.push_back(y.slice(0, m).detach());
   }
-  RescaledLayer r;
-  if (layer) r.activations = torch::cat(acts), r.reference_activations = torch::cat(refs);
-  r.gradient = torch::cat(grads);
-  r.reference_scores = torch::cat(scores);
-  return r;
+  return joined(acts, refs, grads, scores);
 }
 
 Passes::Rescaled TargetPasses::rescale_gradient(const torch::Tensor& rows, const torch::Tensor& references, int64_t image) const {

@@ -15,7 +15,10 @@
 
 #include "methods/kit/method.h"
 
+#include <deque>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -61,13 +64,38 @@ struct Forward {
     torch::Tensor input;                // requires grad when the rule's input gradient is asked for
     torch::IValue output;
     std::vector<torch::Tensor> layers;  // Plan::rule_layers: the requested layers in this graph
-    // Needs::rescale_reference: the reference's forward, its output and layers with N rows.
+    // Needs::rescale_reference: the reference input (one row when every input shares it) and its
+    // forward's output and layers with N rows.
+    torch::Tensor reference_input;
     torch::IValue reference_output;
     std::vector<torch::Tensor> reference_layers;
   };
   std::map<BackwardRule, RulePass> rule_passes;
 };
-Forward run_forward(const Model& model, const Plan& plan, const torch::Tensor& batch, const Preprocess& preprocess);
+// DeepLIFT's shared reference rows and their forwards (the tape, the output, the captured layers),
+// kept across an explainer's calls: a fixed baseline (black, a pixel value) then costs one forward per
+// input size and layer set, not one per call. A reference that changes with the input (a blur) misses
+// and displaces the oldest of the few it keeps. Thread-safe.
+class ReferenceCache {
+ public:
+  struct Entry {
+    torch::Tensor reference;  // one row
+    std::vector<std::string> layers;
+    bool strict = true;
+    std::vector<torch::Tensor> tape;  // RescaleTape::recorded()
+    Capture capture;
+  };
+  std::shared_ptr<const Entry> find(const torch::Tensor& reference, const std::vector<std::string>& layers, bool strict) const;
+  void keep(std::shared_ptr<const Entry> entry);
+
+ private:
+  static constexpr size_t kEntries = 2;
+  mutable std::mutex mutex_;
+  std::deque<std::shared_ptr<const Entry>> entries_;  // newest first
+};
+// `references` (may be null) keeps the rescale rule's shared references across calls.
+Forward run_forward(const Model& model, const Plan& plan, const torch::Tensor& batch, const Preprocess& preprocess,
+                    ReferenceCache* references = nullptr);
 
 // ---- targets ----------------------------------------------------------------------------------------
 struct Targets {
@@ -161,5 +189,9 @@ void aug_smooth(std::vector<std::vector<Map>>& maps, const torch::Tensor& batch,
 // Shared by the stages.
 std::string label_of(const std::vector<std::string>* labels, int64_t cls);
 void check_finite(const torch::Tensor& t, const std::string& what);
+// Whether every row of t equals its first: a reference all inputs share (black, a pixel value, an image).
+bool rows_alike(const torch::Tensor& t);
+// t with n rows: itself, or its one row expanded without a copy.
+torch::Tensor with_rows(const torch::Tensor& t, int64_t n);
 
 }  // namespace lumen::detail

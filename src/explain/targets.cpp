@@ -15,6 +15,14 @@ void check_finite(const torch::Tensor& t, const std::string& what) {
   if (!torch::isfinite(t).all().item<bool>()) throw Error(what + " contains NaN or infinity");
 }
 
+bool rows_alike(const torch::Tensor& t) { return t.size(0) == 1 || t.equal(t.slice(0, 0, 1).expand_as(t)); }
+
+torch::Tensor with_rows(const torch::Tensor& t, int64_t n) {
+  auto sizes = t.sizes().vec();
+  sizes[0] = n;
+  return t.size(0) == n ? t : t.expand(sizes);
+}
+
 namespace {
 
 // The [N, classes] scores, when the output has them: a custom target may explain an output without

@@ -19,11 +19,11 @@ LUMEN_METHOD(deeplift) {
   m.needs.rescale_reference = baseline_reference;
   m.compute = [](const Evidence& e, size_t) {
     const Settings& s = *e.settings;
-    const auto b = e.passes->reference(s.text("baseline"), static_cast<uint64_t>(s.integer("seed")), s.number("blur_sigma"));
-    torch::Tensor gradient, reference_scores;
+    torch::Tensor b, gradient, reference_scores;
     if (const auto it = e.rule_references.find(BackwardRule::Rescale); it != e.rule_references.end()) {
-      gradient = e.input_gradients.at(BackwardRule::Rescale), reference_scores = it->second.target_values;
+      b = it->second.input, gradient = e.input_gradients.at(BackwardRule::Rescale), reference_scores = it->second.target_values;
     } else {
+      b = e.passes->reference(s.text("baseline"), static_cast<uint64_t>(s.integer("seed")), s.number("blur_sigma"));
       const auto pass = e.passes->rescale_gradient(e.input, b, -1);  // every image beside its reference, in shared passes
       gradient = pass.gradient, reference_scores = pass.reference_scores;
     }

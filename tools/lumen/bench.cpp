@@ -11,6 +11,8 @@
 #include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
 
+#include <dlfcn.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -202,8 +204,10 @@ int run(const Args& a) {
   const std::vector<int64_t> row = a.shape.empty() ? std::vector<int64_t>{3, h, w} : a.shape;
   const std::string input = shape_text(a.shape.empty() ? std::vector<int64_t>{h, w} : a.shape);
   const std::string what = a.task == "detection" ? std::to_string(a.boxes) + " boxes" : a.task == "segmentation" ? "segmentation" : "top-" + std::to_string(a.top_k);
-  std::printf("lumen bench: %s, input %s, %d threads, %s; median of timed runs after a warm-up\n", model.name().c_str(), input.c_str(),
-              at::get_num_threads(), what.c_str());
+  // tcmalloc, when the command was linked with it (CMakeLists.txt): its malloc is the process's.
+  const char* allocator = dlsym(RTLD_DEFAULT, "tc_malloc") ? "tcmalloc" : "glibc malloc";
+  std::printf("lumen bench: %s, input %s, %d threads, %s, %s; median of timed runs after a warm-up\n", model.name().c_str(), input.c_str(),
+              at::get_num_threads(), allocator, what.c_str());
   std::printf("%-28s %5s %12s %10s %12s %14s %10s\n", "what", "batch", "ms/batch", "img/s", "/ user fwd", "forward share", "peak MiB");
   nlohmann::json rows = nlohmann::json::array();
   for (int batch : a.batches) {

@@ -152,10 +152,12 @@ struct Evidence {
   // Needs::layer_rule_gradients: per rule, the requested layers in that rule's graph (the plain values)
   // with d y / d A through it.
   std::map<BackwardRule, std::vector<LayerTensors>> rule_layers;
-  // Needs::rescale_reference: y at the reference input ([N]) and the requested layers on it ([N,C,h,w]
-  // each, when the rule's forward captures them). Absent when the rule's forward could not read its
-  // references from the tape (input-dependent control flow): the method then runs its own passes.
+  // Needs::rescale_reference: the reference input (Needs::rescale_reference's, [1 or N,C,H,W]), y on it
+  // ([N]) and the requested layers on it ([N,C,h,w] each, when the rule's forward captures them). Absent
+  // when the rule's forward could not read its references from the tape (input-dependent control
+  // flow): the method then runs its own passes.
   struct Reference {
+    torch::Tensor input;
     torch::Tensor target_values;
     std::vector<torch::Tensor> layers;
   };
