@@ -18,6 +18,8 @@ void ensure_passive_openmp(char** argv);
 // batch's time went to the kernel here. This keeps buffers up to 32 MiB in the heap and the heap from
 // shrinking, so the process's memory stays at its high-water mark instead. Programs that run many
 // passes (lumen's CLI, its benchmarks) call it at start; it changes allocator settings process-wide.
+// Blocks above 32 MiB (glibc's limit) are still mapped fresh each time, which is why the lumen command
+// links tcmalloc instead (CMakeLists.txt); under tcmalloc this call changes nothing.
 void keep_freed_memory();
 
 // Intra-op threads for LibTorch and OpenCV; 0 or less = all cores (LibTorch starts with 1 here).

@@ -528,7 +528,8 @@ int run(std::vector<ServedModel> models, const Options& options) {
 #if defined(__GLIBC__)
   // glibc gives each thread that allocates its own arena (up to 8 per core), and lumen's CLI asks
   // every arena to keep what it frees (keep_freed_memory). With a pool of HTTP threads the server's
-  // memory would then grow with every thread that ever built an answer; two arenas bound it.
+  // memory would then grow with every thread that ever built an answer; two arenas bound it. (A no-op
+  // when the command runs on tcmalloc, whose per-thread caches are bounded.)
   mallopt(M_ARENA_MAX, 2);
 #endif
   Server server(std::move(models), options);
