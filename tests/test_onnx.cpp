@@ -3,6 +3,7 @@
 #include "common.h"
 
 #include <torch/csrc/autograd/autograd.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 
 #include <random>
 
@@ -202,6 +203,21 @@ TEST(Onnx, RoiAlignMatchesTorchvision) {
     ASSERT_TRUE(x.grad().defined());
     EXPECT_LE((x.grad() - tensor(gradient, input_shape)).abs().max().item<double>(), 1e-5);
     EXPECT_GT(x.grad().abs().sum().item<double>(), 0);
+  }
+  // A broken model's boxes (NaN, or larger than any map with the adaptive grid) are refused, not
+  // sampled without end.
+  const auto pool = c10::Dispatcher::singleton()
+                        .findSchemaOrThrow("lumen::roi_align", "")
+                        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, int64_t, int64_t, int64_t, bool)>();
+  const auto x = torch::rand({1, 2, 8, 8});
+  const auto index = torch::zeros({1}, torch::kLong);
+  for (const float bad : {std::nanf(""), 1e9f}) {
+    try {
+      pool.call(x, torch::tensor({{0.0f, 0.0f, bad, 4.0f}}), index, 1.0, 2, 2, 0, true);
+      ADD_FAILURE() << "a box of " << bad << " was pooled";
+    } catch (const std::exception& e) {
+      EXPECT_NE(std::string(e.what()).find("not finite or beyond any feature map"), std::string::npos) << e.what();
+    }
   }
 }
 

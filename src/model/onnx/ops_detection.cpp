@@ -130,6 +130,10 @@ void roi_samples(const float* r, const RoiAlignGeometry& g, int64_t H, int64_t W
   double rw = r[2] * g.scale - off - x1, rh = r[3] * g.scale - off - y1;
   if (!g.aligned) rw = std::max(rw, 1.0), rh = std::max(rh, 1.0);
   const double bh = rh / static_cast<double>(g.oh), bw = rw / static_cast<double>(g.ow);
+  // A box of NaN or of a size no map has (a broken model's proposals) would make the adaptive grid
+  // undefined or endless.
+  if (!std::isfinite(bh) || !std::isfinite(bw) || (g.ratio == 0 && (bh > 1e5 || bw > 1e5)))
+    throw Error("RoiAlign: a box's size is not finite or beyond any feature map (" + std::to_string(rw) + " x " + std::to_string(rh) + ")");
   const int64_t gh = g.ratio > 0 ? g.ratio : static_cast<int64_t>(std::ceil(bh));
   const int64_t gw = g.ratio > 0 ? g.ratio : static_cast<int64_t>(std::ceil(bw));
   if (gh <= 0 || gw <= 0) return;
