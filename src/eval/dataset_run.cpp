@@ -189,12 +189,13 @@ ExplainOptions base_options(const DatasetRun& run) {
 
 std::optional<ExampleRanking> example_ranking(const EvalOptions& eval) {
   const auto field = [](const char* key) { return [key](const nlohmann::json& r) { return r.value(key, 0.0); }; };
+  const ExampleRanking causal{"insertion - deletion", [](const nlohmann::json& r) { return r.value("insertion", 0.0) - r.value("deletion", 0.0); }};
   // The metrics of one image, in eval_metrics() order; deletion and insertion rank together.
   const std::vector<std::pair<std::string, ExampleRanking>> rankings{
       {"loc", {"IoU of the paper's box", field("iou"), true}},
       {"pointing", {"pointing hit", [](const nlohmann::json& r) { return r.value("pointing", false) ? 1.0 : 0.0; }, true}},
-      {"deletion", {"insertion - deletion", [](const nlohmann::json& r) { return r.value("insertion", 0.0) - r.value("deletion", 0.0); }, true}},
-      {"insertion", {"insertion - deletion", [](const nlohmann::json& r) { return r.value("insertion", 0.0) - r.value("deletion", 0.0); }, true}},
+      {"deletion", causal},
+      {"insertion", causal},
       {"drop", {"average drop", field("drop"), false}},
       {"cam-mult", {"confidence change of the input times the map", field("cam_mult"), true}},
       {"infidelity", {"infidelity", field("infidelity"), false}},

@@ -47,9 +47,6 @@ std::string sanity_key(const nlohmann::json& record);
 // The explanation options every method of the run shares; each request adds its method and targets.
 ExplainOptions base_options(const DatasetRun& run);
 
-// What a run knows so far, from earlier records and new ones alike (and, in `lumen merge`, from every
-// shard's records in shard order). Per method: the images done, the table's counts and sums, and the
-// score that picks the report's examples. The records themselves stay on disk, so memory stays flat.
 // How the report orders each method's examples: by the first metric of the run that scores an image
 // (in eval_metrics() order), read from its record; `higher` says which way is better. None for a run
 // of sanity checks alone.
@@ -60,6 +57,9 @@ struct ExampleRanking {
 };
 std::optional<ExampleRanking> example_ranking(const EvalOptions& eval);
 
+// What a run knows so far, from earlier records and new ones alike (and, in `lumen merge`, from every
+// shard's records in shard order). Per method: the images done, the table's counts and sums, and the
+// score that picks the report's examples. The records themselves stay on disk, so memory stays flat.
 class EvalTally {
  public:
   explicit EvalTally(const DatasetRun& run);
