@@ -301,6 +301,89 @@ TEST(Model, MapsAreTheSameWithOneAndTwoThreads) {
   for (const auto& [method, rel] : worst) std::printf("deterministic, 1 vs 2 threads, %-16s max |diff| / max |map| = %.2e\n", method.c_str(), rel);
 }
 
+// With two threads, a batch whose methods have no extra passes runs as two groups of rows side by side
+// (one forward each, one thread each; plan.cpp row_groups). Each image must get the maps, predictions,
+// target and name it gets when explained alone, whichever group it fell in: the per-image classes and
+// the names are re-indexed per group.
+TEST(Model, RowGroupsSideBySideGiveEachImageItsOwnMaps) {
+  ModelCard card = load_card(shared("models/mobilenet_v2_imagenet.json"));
+  Model m = Model::load(shared("models/mobilenet_v2_imagenet.pt"));
+  Explainer ex(m, card.preprocess);
+  std::vector<cv::Mat> images;
+  for (const char* f : {"cat.png", "pets.jpg", "owl.jpg", "parrot.jpg", "bird.png"}) images.push_back(read_image(shared(std::string("images/") + f)));
+  const std::vector<int64_t> classes{281, 171, 24, 88, 13};
+  ExplainOptions opt;
+  opt.layers = {"features.18"};
+  opt.methods = {"gradcam", "guided-backprop", "eigencam"};
+  opt.targets = {class_target(classes)};
+  set_threads(2);
+  const auto before = m.passes();
+  const auto together = ex.explain(images, opt, {"a", "b", "c"});  // the last two are named by index
+  const auto passes = m.passes() - before;
+  std::vector<ImageExplanation> alone;
+  for (size_t i = 0; i < images.size(); ++i) {
+    ExplainOptions one = opt;
+    one.targets = {class_target({classes[i]})};
+    alone.push_back(ex.explain({images[i]}, one).at(0));  // one row: no groups
+  }
+  set_threads(0);
+  EXPECT_EQ(passes, 2 * 2);  // per group: the plain forward and guided backprop's rule forward
+  ASSERT_EQ(together.size(), images.size());
+  const std::vector<std::string> names{"a", "b", "c", "image 3", "image 4"};
+  for (size_t i = 0; i < images.size(); ++i) {
+    SCOPED_TRACE(names[i]);
+    EXPECT_EQ(together[i].source, names[i]);
+    EXPECT_EQ(together[i].width, images[i].cols);
+    ASSERT_FALSE(together[i].top.empty());
+    EXPECT_EQ(together[i].top[0].cls, alone[i].top[0].cls);
+    ASSERT_EQ(together[i].maps.size(), alone[i].maps.size());
+    for (size_t k = 0; k < alone[i].maps.size(); ++k) {
+      const Map& a = alone[i].maps[k];
+      EXPECT_EQ(together[i].maps[k].target, a.target);
+      EXPECT_EQ(together[i].maps[k].cls, classes[i]);
+      EXPECT_EQ(a.cls, classes[i]);
+      EXPECT_NEAR(together[i].maps[k].target_value, a.target_value, 1e-4 * std::max(1.0f, std::abs(a.target_value)));
+      // One thread against two: oneDNN splits some reductions by thread count (see above); an input
+      // gradient moves most (guided backprop on the parrot: 1.1e-3, as saliency's 2.2e-3 above).
+      const double bound = a.method == "guided-backprop" ? 5e-3 : 1e-4;
+      EXPECT_LE(max_abs_diff(together[i].maps[k].raw, a.raw), bound * std::max(cv::norm(a.raw, cv::NORM_INF), 1e-30)) << a.method;
+    }
+  }
+}
+
+// Extra passes run their chunks side by side with two threads (passes.cpp side_by_side): half the rows
+// per chunk, two chunks at once. The maps are those of the chunks one after another on one thread, and
+// the chunk count shows the passes really were split: IG's 16 steps take 2 passes of 8 on one thread
+// and 4 of 4 on two; SmoothGrad's 16 samples run saliency as a method of its own on each chunk.
+TEST(Model, ExtraPassesSideBySideGiveTheMapsOfOnePassAfterAnother) {
+  ModelCard card = load_card(shared("models/mobilenet_v2_imagenet.json"));
+  Model m = Model::load(shared("models/mobilenet_v2_imagenet.pt"));
+  Explainer ex(m, card.preprocess);
+  const std::vector<cv::Mat> images{read_image(shared("images/pets.jpg"))};
+  for (const std::string method : {"integrated-gradients", "smoothgrad"}) {
+    SCOPED_TRACE(method);
+    ExplainOptions opt;
+    opt.methods = {method};
+    opt.classes = {171};
+    opt.shared.rows_per_pass = 8;
+    opt.settings.set(method == "smoothgrad" ? "samples" : "steps", 16);
+    std::vector<ImageExplanation> runs;
+    std::vector<int64_t> passes;
+    for (int threads : {1, 2}) {
+      set_threads(threads);
+      const auto before = m.passes();
+      runs.push_back(ex.explain(images, opt).at(0));
+      passes.push_back(m.passes() - before);
+    }
+    set_threads(0);
+    EXPECT_EQ(passes[1] - passes[0], 2);
+    ASSERT_EQ(runs[0].maps.size(), 1u);
+    ASSERT_EQ(runs[1].maps.size(), 1u);
+    const cv::Mat& a = runs[0].maps[0].raw;
+    EXPECT_LE(max_abs_diff(runs[1].maps[0].raw, a), 5e-3 * std::max(cv::norm(a, cv::NORM_INF), 1e-30));  // input gradients, as above
+  }
+}
+
 // Top-k at one layer: one forward, one run of the head over k copies of the layer, one backward. The
 // maps equal those of k separate single-class requests (which take the ordinary backward).
 TEST(Model, SeveralTargetsShareOneBatchedBackward) {
@@ -315,9 +398,11 @@ TEST(Model, SeveralTargetsShareOneBatchedBackward) {
     opt.methods = {"gradcam", "gradcam++"};
     opt.top_k = 3;
     EXPECT_EQ(m.convolutions_after(opt.layers[0]), 0);
+    set_threads(1);  // one group of rows (with two threads, each image would be a group of its own)
     const auto before = m.passes();
     auto together = ex.explain(images, opt);
     EXPECT_EQ(m.passes() - before, 2);  // the forward, and the head over 3 x 2 rows
+    set_threads(0);
     for (int r = 0; r < 3; ++r) {
       ExplainOptions one = opt;
       one.top_k = 1;

@@ -79,6 +79,9 @@ class Explainer {
   const std::vector<std::string>& labels() const { return labels_; }
 
  private:
+  std::vector<ImageExplanation> explain_groups(const std::vector<std::pair<int64_t, int64_t>>& groups, const torch::Tensor& batch,
+                                               const ExplainOptions& options, const std::vector<cv::Size>& sizes,
+                                               const std::vector<std::string>& sources) const;
   Model model_;
   Preprocess preprocess_;
   std::vector<std::string> labels_;

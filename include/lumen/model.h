@@ -211,7 +211,8 @@ class Model {
 
   // Number of graph executions so far (forward, forward_from) — how tests count the planner's passes.
   int64_t passes() const;
-  // Wall time spent inside those executions, in seconds: what `lumen bench` calls the forward share.
+  // Wall time spent inside those executions, in seconds (overlapping ones count once): what `lumen
+  // bench` calls the forward share.
   double forward_seconds() const;
 
   // A model with the same names that runs every forward in `mode` (its own copy of the weights in that

@@ -2,6 +2,7 @@
 #include <lumen/error.h>
 #include <lumen/explain.h>
 
+#include "core/side_by_side.h"
 #include "explain/pipeline.h"
 
 #include <tuple>
@@ -78,6 +79,33 @@ std::vector<ImageExplanation> Explainer::explain(const std::vector<cv::Mat>& ima
   return explain_tensor(to_batch(images, preprocess_), opt, sizes, sources);
 }
 
+// Each group of rows is a batch of its own, on a thread of its own (core/side_by_side.h); the
+// per-image results are joined in order.
+std::vector<ImageExplanation> Explainer::explain_groups(const std::vector<std::pair<int64_t, int64_t>>& groups, const torch::Tensor& batch,
+                                                        const ExplainOptions& opt, const std::vector<cv::Size>& sizes,
+                                                        const std::vector<std::string>& sources) const {
+  std::vector<std::vector<ImageExplanation>> parts(groups.size());
+  detail::side_by_side(static_cast<int64_t>(groups.size()), [&](int64_t g) {
+    const auto [first, last] = groups[static_cast<size_t>(g)];
+    std::vector<int64_t> rows;
+    std::vector<std::string> names;
+    std::vector<cv::Size> part_sizes;
+    for (int64_t i = first; i < last; ++i) {
+      const auto n = static_cast<size_t>(i);
+      rows.push_back(i);
+      names.push_back(n < sources.size() ? sources[n] : "image " + std::to_string(i));
+      if (!sizes.empty()) part_sizes.push_back(sizes[n]);
+    }
+    ExplainOptions part = opt;
+    for (auto& t : part.targets) t = target_for_images(t, rows);
+    parts[static_cast<size_t>(g)] = explain_tensor(batch.slice(0, first, last), part, part_sizes, names);
+  });
+  std::vector<ImageExplanation> all;
+  for (auto& p : parts)
+    for (auto& e : p) all.push_back(std::move(e));
+  return all;
+}
+
 torch::Tensor Explainer::embed(const std::vector<cv::Mat>& images, const OutputSelector& select) const {
   if (images.empty()) throw Error("no images to embed");
   torch::NoGradGuard no_grad;
@@ -94,6 +122,7 @@ std::vector<ImageExplanation> Explainer::explain_tensor(const torch::Tensor& bat
   if (!sizes.empty() && static_cast<int64_t>(sizes.size()) != batch.size(0)) throw Error("one image size per batch row is needed");
   if (!sizes.empty() && batch.dim() == 5) throw Error("a volume's maps come at the model input's size; give no image sizes for a [N,C,D,H,W] batch");
   const detail::Plan plan = detail::make_plan(model_, opt, batch);
+  if (const auto groups = detail::row_groups(plan, opt, batch.size(0)); groups.size() > 1) return explain_groups(groups, batch, opt, sizes, sources);
   const detail::Forward forward = detail::run_forward(model_, plan, batch, preprocess_, references_.get());
   const detail::Targets targets = detail::resolve_targets(opt, forward.capture.output, batch.size(0), labels_);
   const Canvas canvas = canvas_of(model_, batch, sizes, opt, labels_);

@@ -89,8 +89,8 @@ Capture rule_forward(const Model& model, const Plan& plan, const torch::Tensor& 
     tape.emplace();
     torch::NoGradGuard no_grad;
     reference = model.forward(references, layers, rule, strict);
+    tape->replay();
   }
-  if (!kept) tape->replay();
   auto c = model.forward(x, layers, rule, strict);
   if (cache && shared && !kept)
     cache->keep(std::make_shared<const ReferenceCache::Entry>(ReferenceCache::Entry{references, layers, strict, tape->recorded(), reference}));

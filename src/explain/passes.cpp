@@ -5,6 +5,9 @@
 
 #include "explain/pipeline.h"
 
+#include "core/side_by_side.h"
+
+#include <ATen/Parallel.h>
 #include <torch/csrc/autograd/autograd.h>
 
 #include <optional>
@@ -47,6 +50,11 @@ std::vector<int64_t> chunk_images(int64_t image, int64_t start, int64_t m) {
   return images;
 }
 
+// Extra passes run their chunks side by side (core/side_by_side.h).
+torch::Tensor side_by_side_rows(const torch::Tensor& rows, int rows_per_pass, const std::function<torch::Tensor(const torch::Tensor&)>& fn) {
+  return torch::cat(chunks_side_by_side<torch::Tensor>(rows, rows_per_pass, fn));
+}
+
 }  // namespace
 
 // A row the target does not explain (an image without a k-th box) gets no map: its extra passes are
@@ -58,7 +66,7 @@ TargetPasses::TargetPasses(const Model& model, const Plan& plan, const Forward& 
 torch::Tensor TargetPasses::gradient(const torch::Tensor& rows, int64_t image, BackwardRule rule) const {
   if (!target_.explains(image)) return torch::zeros_like(rows);
   torch::AutoGradMode enable(true);  // methods run under no-grad; their extra passes need it back
-  return in_chunks(rows, rows_per_pass(), [&](const torch::Tensor& chunk) {
+  return side_by_side_rows(rows, rows_per_pass(), [&](const torch::Tensor& chunk) {
     auto x = chunk.detach().clone().requires_grad_(true);
     auto out = model_.forward(x, {}, rule, plan_.shared.strict_nonlinearities).output;
     auto y = for_rows(target_, image, chunk.size(0))(out);
@@ -161,24 +169,23 @@ Passes::RescaledLayer TargetPasses::rescale_layer_at(const torch::Tensor& rows, 
 
 LayerTensors TargetPasses::layer_at(const torch::Tensor& rows, int64_t image, size_t layer) const {
   torch::AutoGradMode enable(true);
-  std::vector<torch::Tensor> acts, grads;
-  for (int64_t start = 0; start < rows.size(0); start += rows_per_pass()) {
-    const auto chunk = rows.slice(0, start, std::min<int64_t>(rows.size(0), start + rows_per_pass())).detach();
-    const auto capture = model_.forward(chunk, {plan_.layers.at(layer)});
+  const auto parts = chunks_side_by_side<std::pair<torch::Tensor, torch::Tensor>>(rows, rows_per_pass(), [&](const torch::Tensor& chunk) {
+    const auto capture = model_.forward(chunk.detach(), {plan_.layers.at(layer)});
     const auto& a = capture.layers.at(0);
     const auto y = for_rows(target_, image, chunk.size(0))(capture.output);
     auto g = torch::autograd::grad({y.sum()}, {a}, {}, false, false, /*allow_unused=*/true)[0];
     if (!g.defined()) g = torch::zeros_like(a);
-    acts.push_back(to_spatial(a.detach(), forward_.layouts.at(layer)));
-    grads.push_back(to_spatial(g, forward_.layouts.at(layer)));
-  }
+    return std::make_pair(to_spatial(a.detach(), forward_.layouts.at(layer)), to_spatial(g, forward_.layouts.at(layer)));
+  });
+  std::vector<torch::Tensor> acts, grads;
+  for (const auto& [a, g] : parts) acts.push_back(a), grads.push_back(g);
   return {torch::cat(acts), torch::cat(grads), forward_.layouts.at(layer).grid_d};
 }
 
 torch::Tensor TargetPasses::score(const torch::Tensor& rows, int64_t image) const {
   if (!target_.explains(image)) return torch::zeros({rows.size(0)}, rows.options());
   torch::NoGradGuard no_grad;
-  return in_chunks(rows, rows_per_pass(), [&](const torch::Tensor& chunk) {
+  return side_by_side_rows(rows, rows_per_pass(), [&](const torch::Tensor& chunk) {
     return for_rows(target_, image, chunk.size(0))(model_.forward(chunk.detach()).output);
   });
 }
@@ -195,7 +202,7 @@ torch::IValue TargetPasses::output_from_layer(size_t layer, const torch::Tensor&
 torch::Tensor TargetPasses::score_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const {
   if (!target_.explains(image)) return torch::zeros({activations.size(0)}, activations.options());
   torch::NoGradGuard no_grad;
-  return in_chunks(activations, rows_per_pass(), [&](const torch::Tensor& chunk) {
+  return side_by_side_rows(activations, rows_per_pass(), [&](const torch::Tensor& chunk) {
     return for_rows(target_, image, chunk.size(0))(output_from_layer(layer, chunk, image));
   });
 }
@@ -227,16 +234,14 @@ Passes::LayerScores TargetPasses::scores_from_layer(size_t layer, const torch::T
 Result TargetPasses::run(const Method& method, const torch::Tensor& rows, int64_t image) const {
   torch::AutoGradMode enable(true);
   const Plan plan = plan_alone(model_, method, plan_);
-  std::vector<Result> parts;
-  for (int64_t start = 0; start < rows.size(0); start += rows_per_pass()) {
-    const auto chunk = rows.slice(0, start, std::min<int64_t>(rows.size(0), start + rows_per_pass()));
+  auto parts = chunks_side_by_side<Result>(rows, rows_per_pass(), [&](const torch::Tensor& chunk) {
     const Target target = for_rows(target_, image, chunk.size(0));
     const Forward forward = run_forward(model_, plan, chunk, preprocess_);
     const TargetPasses passes(model_, plan, forward, target, chunk, preprocess_);
     const Evidence ev = gather_evidence(model_, plan, forward, target, /*last=*/true, torch::Tensor(), passes);
     torch::NoGradGuard no_grad;
-    parts.push_back(method.compute(ev, 0));
-  }
+    return method.compute(ev, 0);
+  });
   return concatenated(parts);
 }
 
@@ -277,8 +282,11 @@ torch::Tensor TargetPasses::pixels() const {
   return preprocess_.rgb ? px : px.flip(1);
 }
 
+// A method run on chunks side by side (a wrapper's base) would report from several threads at once,
+// each its own chunk's count; the caller's callback need not be thread-safe, and the wrapper around
+// them reports its own progress as each set of chunks ends.
 void TargetPasses::progress(const std::string& what, int64_t done, int64_t total) const {
-  if (plan_.shared.progress) plan_.shared.progress(what, done, total);
+  if (plan_.shared.progress && !at::in_parallel_region()) plan_.shared.progress(what, done, total);
 }
 
 }  // namespace lumen::detail

@@ -50,6 +50,9 @@ struct Plan {
 Plan make_plan(const Model& model, const ExplainOptions& options, const torch::Tensor& batch);
 // The plan for `method` alone on other rows, inside a plan (a wrapper's base method).
 Plan plan_alone(const Model& model, const Method& method, const Plan& outer);
+// The batch's rows [first, last) in groups that the explainer runs side by side, one thread each; one
+// group (the whole batch) when that does not apply. See plan.cpp.
+std::vector<std::pair<int64_t, int64_t>> row_groups(const Plan& plan, const ExplainOptions& options, int64_t rows);
 
 // ---- forward ----------------------------------------------------------------------------------------
 struct Forward {

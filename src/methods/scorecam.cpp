@@ -21,9 +21,12 @@ LUMEN_METHOD(scorecam) {
     for (int64_t i = 0; i < n; ++i) {
       auto x = e.input[i];
       // Each channel at the input's size, one row per channel: bilinear, or trilinear over a volume's slices.
-      const auto up = t.depth > 0 ? at::upsample_trilinear3d(a[i].reshape({1, c, t.depth, a.size(2) / t.depth, a.size(3)}),
+      // Contiguous first: a channels-last forward's activations would give channels-last maps, and each
+      // channel's row below would be a strided copy of all of them (a second of Score-CAM's five).
+      const auto ai = a[i].contiguous();
+      const auto up = t.depth > 0 ? at::upsample_trilinear3d(ai.reshape({1, c, t.depth, a.size(2) / t.depth, a.size(3)}),
                                                               {x.size(1), x.size(2), x.size(3)}, /*align_corners=*/false)[0]
-                                  : at::upsample_bilinear2d(a[i].unsqueeze(0), {x.size(1), x.size(2)}, /*align_corners=*/compat)[0];
+                                  : at::upsample_bilinear2d(ai.unsqueeze(0), {x.size(1), x.size(2)}, /*align_corners=*/compat)[0];
       const auto flat = up.flatten(1);
       auto lo = flat.amin(1, true), hi = flat.amax(1, true);
       auto live = (hi - lo).view({c}) > 0;

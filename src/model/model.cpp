@@ -90,7 +90,23 @@ struct Model::Impl {
   std::map<std::vector<int64_t>, ActivationBytes> activation_bytes;  // by input shape; guarded by `mutex`
   std::map<std::pair<int64_t, int64_t>, std::pair<double, double>> onnx_content;  // by input size; guarded by `mutex`
   mutable std::atomic<int64_t> passes{0};
-  mutable std::atomic<int64_t> forward_ns{0};
+  // Wall time inside executions. Executions that overlap (extra passes side by side, serve's jobs)
+  // count once, so that the total stays a share of the elapsed time.
+  struct BusyClock {
+    std::mutex mutex;
+    int running = 0;
+    std::chrono::steady_clock::time_point since;
+    std::atomic<int64_t> ns{0};
+    void enter() {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (running++ == 0) since = std::chrono::steady_clock::now();
+    }
+    void leave() {
+      std::lock_guard<std::mutex> lock(mutex);
+      if (--running == 0) ns += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - since).count();
+    }
+  };
+  mutable BusyClock forward_clock;
 
   std::string resolve(const std::string& layer) const;
   std::pair<double, double> padded_canvas(int64_t height, int64_t width);
@@ -133,12 +149,11 @@ struct Model::Impl {
     if (extra.defined()) stack.push_back(layout(extra));
     torch::jit::InterpreterState state(*c.code);
     if (counted) ++passes;
-    const auto start = std::chrono::steady_clock::now();
-    struct Clock {  // counts the time also when the run throws
-      std::atomic<int64_t>& total;
-      std::chrono::steady_clock::time_point start;
-      ~Clock() { total += std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count(); }
-    } clock{forward_ns, start};
+    struct Running {  // counts the time also when the run throws
+      BusyClock& clock;
+      explicit Running(BusyClock& c) : clock(c) { clock.enter(); }
+      ~Running() { clock.leave(); }
+    } running(forward_clock);
     auto failure = [&](const std::string& message) {
       const std::string where = failing_submodule(message);
       return Error("model '" + name + "' failed on an input of shape " + c10::str(input.sizes()) +
@@ -462,7 +477,7 @@ void Model::check_input_size(const torch::Tensor& input) const {
                   std::to_string(input.size(2)) + "x" + std::to_string(input.size(3)) + " (from the card or --input-size)");
 }
 
-double Model::forward_seconds() const { return static_cast<double>(impl_->forward_ns.load()) * 1e-9; }
+double Model::forward_seconds() const { return static_cast<double>(impl_->forward_clock.ns.load()) * 1e-9; }
 const torch::jit::Module& Model::module() const { return impl_->module; }
 torch::IValue Model::run_module(const torch::Tensor& batch) const {
   std::vector<torch::IValue> args{impl_->list_input ? torch::IValue(c10::List<torch::Tensor>(batch.unbind(0))) : torch::IValue(batch)};
