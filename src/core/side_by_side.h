@@ -22,8 +22,15 @@
 namespace lumen::detail {
 
 // The threads pieces can spread over now: 1 with one intra-op thread, or inside a parallel region
-// (a piece of side-by-side work does not split again).
-inline int side_by_side_threads() { return at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads()); }
+// (a piece of side-by-side work does not split again), or where lumen is compiled without OpenMP (the
+// fuzz build), whose at::parallel_for runs on the calling thread alone.
+inline int side_by_side_threads() {
+#ifdef _OPENMP
+  return at::in_parallel_region() ? 1 : std::max(1, at::get_num_threads());
+#else
+  return 1;
+#endif
+}
 
 // fn(k) for every k in [0, count), spread over the threads, each call under the caller's thread-local
 // state (grad mode and inference mode are per thread). The first exception is rethrown here.
@@ -41,15 +48,21 @@ inline void side_by_side(int64_t count, const std::function<void(int64_t)>& fn) 
 
 // `rows` in chunks through fn: with several threads, chunks of rows_per_pass / threads rows side by
 // side, so that the chunks in flight hold rows_per_pass rows as one pass did (memory stays what the
-// caller sized its passes for); otherwise chunks of rows_per_pass one after another.
+// caller sized its passes for); otherwise, or when rows_per_pass has fewer rows than there are
+// threads (a budget that allows one row at a time), chunks of rows_per_pass one after another.
 template <class Part>
 std::vector<Part> chunks_side_by_side(const torch::Tensor& rows, int64_t rows_per_pass, const std::function<Part(const torch::Tensor&)>& fn) {
   if (rows_per_pass < 1) throw Error("batch size must be at least 1");
   const int64_t threads = side_by_side_threads(), n = rows.size(0);
-  const int64_t chunk = threads >= 2 && n >= 2 ? std::max<int64_t>(1, rows_per_pass / threads) : rows_per_pass;
+  const bool apart = threads >= 2 && n >= 2 && rows_per_pass >= threads;
+  const int64_t chunk = apart ? rows_per_pass / threads : rows_per_pass;
   std::vector<Part> parts(static_cast<size_t>((n + chunk - 1) / chunk));
-  side_by_side(static_cast<int64_t>(parts.size()),
-               [&](int64_t k) { parts[static_cast<size_t>(k)] = fn(rows.slice(0, k * chunk, std::min(n, (k + 1) * chunk))); });
+  const auto part = [&](int64_t k) { parts[static_cast<size_t>(k)] = fn(rows.slice(0, k * chunk, std::min(n, (k + 1) * chunk))); };
+  if (apart) {
+    side_by_side(static_cast<int64_t>(parts.size()), part);
+  } else {
+    for (int64_t k = 0; k < static_cast<int64_t>(parts.size()); ++k) part(k);
+  }
   return parts;
 }
 

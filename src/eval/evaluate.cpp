@@ -16,7 +16,7 @@ namespace {
 
 const std::vector<double> kV2Ious{0.3, 0.5, 0.7};
 
-// The batch in halves side by side on two threads (core/side_by_side.h).
+// The batch in one piece per thread, side by side (core/side_by_side.h).
 torch::Tensor class_probability(const Model& model, const torch::Tensor& batch, int64_t cls) {
   torch::NoGradGuard no_grad;
   return torch::cat(detail::chunks_side_by_side<torch::Tensor>(batch, batch.size(0), [&](const torch::Tensor& rows) {

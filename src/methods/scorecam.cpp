@@ -22,7 +22,7 @@ LUMEN_METHOD(scorecam) {
       auto x = e.input[i];
       // Each channel at the input's size, one row per channel: bilinear, or trilinear over a volume's slices.
       // Contiguous first: a channels-last forward's activations would give channels-last maps, and each
-      // channel's row below would be a strided copy of all of them (a second of Score-CAM's five).
+      // channel's row below would be a strided copy of all of them (about a second of Score-CAM's seven).
       const auto ai = a[i].contiguous();
       const auto up = t.depth > 0 ? at::upsample_trilinear3d(ai.reshape({1, c, t.depth, a.size(2) / t.depth, a.size(3)}),
                                                               {x.size(1), x.size(2), x.size(3)}, /*align_corners=*/false)[0]
