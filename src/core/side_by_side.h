@@ -66,4 +66,9 @@ std::vector<Part> chunks_side_by_side(const torch::Tensor& rows, int64_t rows_pe
   return parts;
 }
 
+// The same, for a function of rows that gives one value per row: the chunks' results in one tensor.
+inline torch::Tensor rows_side_by_side(const torch::Tensor& rows, int64_t rows_per_pass, const std::function<torch::Tensor(const torch::Tensor&)>& fn) {
+  return torch::cat(chunks_side_by_side<torch::Tensor>(rows, rows_per_pass, fn));
+}
+
 }  // namespace lumen::detail

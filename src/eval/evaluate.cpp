@@ -19,10 +19,10 @@ const std::vector<double> kV2Ious{0.3, 0.5, 0.7};
 // The batch in one piece per thread, side by side (core/side_by_side.h).
 torch::Tensor class_probability(const Model& model, const torch::Tensor& batch, int64_t cls) {
   torch::NoGradGuard no_grad;
-  return torch::cat(detail::chunks_side_by_side<torch::Tensor>(batch, batch.size(0), [&](const torch::Tensor& rows) {
+  return detail::rows_side_by_side(batch, batch.size(0), [&](const torch::Tensor& rows) {
     auto logits = default_logits(model.forward(rows).output);
     return torch::softmax(logits.to(torch::kFloat64), 1).select(1, cls);
-  }));
+  });
 }
 
 // Curves are kept in the records (so that a report can draw them again) to 6 decimals: probabilities,

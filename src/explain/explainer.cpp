@@ -48,6 +48,24 @@ Canvas canvas_of(const Model& model, const torch::Tensor& batch, const std::vect
   return c;
 }
 
+// Rows [first, last) of a request as a request of their own: the targets re-indexed to those rows,
+// and each row named by its source, or by its index in the whole request.
+struct RowsPart {
+  ExplainOptions options;
+  std::vector<std::string> names;
+};
+RowsPart rows_part(const ExplainOptions& opt, const std::vector<std::string>& sources, int64_t first, int64_t last) {
+  RowsPart part{opt, {}};
+  std::vector<int64_t> rows;
+  for (int64_t i = first; i < last; ++i) {
+    const auto n = static_cast<size_t>(i);
+    rows.push_back(i);
+    part.names.push_back(n < sources.size() ? sources[n] : "image " + std::to_string(i));
+  }
+  for (auto& t : part.options.targets) t = target_for_images(t, rows);
+  return part;
+}
+
 }  // namespace
 
 Explainer::Explainer(Model model, Preprocess preprocess, std::vector<std::string> labels)
@@ -63,13 +81,9 @@ std::vector<ImageExplanation> Explainer::explain(const std::vector<cv::Mat>& ima
     std::vector<ImageExplanation> all;
     for (size_t first = 0; first < images.size(); first += per) {
       const size_t last = std::min(images.size(), first + per);
-      std::vector<int64_t> rows;
-      for (size_t i = first; i < last; ++i) rows.push_back(static_cast<int64_t>(i));
-      ExplainOptions part = opt;
-      for (auto& t : part.targets) t = target_for_images(t, rows);
-      const std::vector<std::string> names(sources.begin() + static_cast<std::ptrdiff_t>(std::min(first, sources.size())),
-                                           sources.begin() + static_cast<std::ptrdiff_t>(std::min(last, sources.size())));
-      for (auto& e : explain({images.begin() + static_cast<std::ptrdiff_t>(first), images.begin() + static_cast<std::ptrdiff_t>(last)}, part, names))
+      const auto part = rows_part(opt, sources, static_cast<int64_t>(first), static_cast<int64_t>(last));
+      for (auto& e : explain({images.begin() + static_cast<std::ptrdiff_t>(first), images.begin() + static_cast<std::ptrdiff_t>(last)}, part.options,
+                             part.names))
         all.push_back(std::move(e));
     }
     return all;
@@ -87,18 +101,10 @@ std::vector<ImageExplanation> Explainer::explain_groups(const std::vector<std::p
   std::vector<std::vector<ImageExplanation>> parts(groups.size());
   detail::side_by_side(static_cast<int64_t>(groups.size()), [&](int64_t g) {
     const auto [first, last] = groups[static_cast<size_t>(g)];
-    std::vector<int64_t> rows;
-    std::vector<std::string> names;
-    std::vector<cv::Size> part_sizes;
-    for (int64_t i = first; i < last; ++i) {
-      const auto n = static_cast<size_t>(i);
-      rows.push_back(i);
-      names.push_back(n < sources.size() ? sources[n] : "image " + std::to_string(i));
-      if (!sizes.empty()) part_sizes.push_back(sizes[n]);
-    }
-    ExplainOptions part = opt;
-    for (auto& t : part.targets) t = target_for_images(t, rows);
-    parts[static_cast<size_t>(g)] = explain_tensor(batch.slice(0, first, last), part, part_sizes, names);
+    const auto part = rows_part(opt, sources, first, last);
+    const auto part_sizes = sizes.empty() ? std::vector<cv::Size>()
+                                          : std::vector<cv::Size>(sizes.begin() + static_cast<std::ptrdiff_t>(first), sizes.begin() + static_cast<std::ptrdiff_t>(last));
+    parts[static_cast<size_t>(g)] = explain_tensor(batch.slice(0, first, last), part.options, part_sizes, part.names);
   });
   std::vector<ImageExplanation> all;
   for (auto& p : parts)

@@ -1,6 +1,7 @@
 // Extra passes on demand, for methods that probe other inputs of one image (SmoothGrad's noisy copies,
 // IG's path, occlusion's patches, Score-CAM's masks, RISE) or the network after a layer (Ablation-CAM),
-// all batched by the plan's rows per pass. They run under the target of the image they probe.
+// all batched by the plan's rows per pass, their chunks side by side (core/side_by_side.h). They run
+// under the target of the image they probe.
 #include <lumen/error.h>
 
 #include "explain/pipeline.h"
@@ -50,11 +51,6 @@ std::vector<int64_t> chunk_images(int64_t image, int64_t start, int64_t m) {
   return images;
 }
 
-// Extra passes run their chunks side by side (core/side_by_side.h).
-torch::Tensor side_by_side_rows(const torch::Tensor& rows, int rows_per_pass, const std::function<torch::Tensor(const torch::Tensor&)>& fn) {
-  return torch::cat(chunks_side_by_side<torch::Tensor>(rows, rows_per_pass, fn));
-}
-
 }  // namespace
 
 // A row the target does not explain (an image without a k-th box) gets no map: its extra passes are
@@ -66,7 +62,7 @@ TargetPasses::TargetPasses(const Model& model, const Plan& plan, const Forward& 
 torch::Tensor TargetPasses::gradient(const torch::Tensor& rows, int64_t image, BackwardRule rule) const {
   if (!target_.explains(image)) return torch::zeros_like(rows);
   torch::AutoGradMode enable(true);  // methods run under no-grad; their extra passes need it back
-  return side_by_side_rows(rows, rows_per_pass(), [&](const torch::Tensor& chunk) {
+  return rows_side_by_side(rows, rows_per_pass(), [&](const torch::Tensor& chunk) {
     auto x = chunk.detach().clone().requires_grad_(true);
     auto out = model_.forward(x, {}, rule, plan_.shared.strict_nonlinearities).output;
     auto y = for_rows(target_, image, chunk.size(0))(out);
@@ -185,7 +181,7 @@ LayerTensors TargetPasses::layer_at(const torch::Tensor& rows, int64_t image, si
 torch::Tensor TargetPasses::score(const torch::Tensor& rows, int64_t image) const {
   if (!target_.explains(image)) return torch::zeros({rows.size(0)}, rows.options());
   torch::NoGradGuard no_grad;
-  return side_by_side_rows(rows, rows_per_pass(), [&](const torch::Tensor& chunk) {
+  return rows_side_by_side(rows, rows_per_pass(), [&](const torch::Tensor& chunk) {
     return for_rows(target_, image, chunk.size(0))(model_.forward(chunk.detach()).output);
   });
 }
@@ -202,7 +198,7 @@ torch::IValue TargetPasses::output_from_layer(size_t layer, const torch::Tensor&
 torch::Tensor TargetPasses::score_from_layer(size_t layer, const torch::Tensor& activations, int64_t image) const {
   if (!target_.explains(image)) return torch::zeros({activations.size(0)}, activations.options());
   torch::NoGradGuard no_grad;
-  return side_by_side_rows(activations, rows_per_pass(), [&](const torch::Tensor& chunk) {
+  return rows_side_by_side(activations, rows_per_pass(), [&](const torch::Tensor& chunk) {
     return for_rows(target_, image, chunk.size(0))(output_from_layer(layer, chunk, image));
   });
 }

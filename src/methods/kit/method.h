@@ -243,8 +243,6 @@ std::vector<const Method*> with_used_methods(const std::vector<const Method*>& r
 nlohmann::json completeness(double fx, double fb, double total, const std::string& baseline_key = "f_baseline");
 torch::Tensor max_abs_over_channels(const torch::Tensor& attribution);  // [N,C,H,W] -> [N,H,W]
 torch::Tensor sum_over_channels(const torch::Tensor& attribution);      // [N,C,H,W] -> [N,H,W]
-// Runs `fn` over `rows` in chunks of at most `batch` rows and concatenates the results.
-torch::Tensor in_chunks(const torch::Tensor& rows, int batch, const std::function<torch::Tensor(const torch::Tensor&)>& fn);
 
 }  // namespace lumen::detail
 

@@ -141,14 +141,6 @@ Settings resolve_settings(const std::vector<const Method*>& requested, const Set
   return resolved;
 }
 
-torch::Tensor in_chunks(const torch::Tensor& rows, int batch, const std::function<torch::Tensor(const torch::Tensor&)>& fn) {
-  if (batch < 1) throw Error("batch size must be at least 1");
-  std::vector<torch::Tensor> parts;
-  for (int64_t start = 0; start < rows.size(0); start += batch)
-    parts.push_back(fn(rows.slice(0, start, std::min<int64_t>(rows.size(0), start + batch))));
-  return torch::cat(parts);
-}
-
 }  // namespace lumen::detail
 
 namespace lumen {
