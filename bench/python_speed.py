@@ -1,6 +1,6 @@
 """lumen from Python against the Python tools' own call paths, in the same process and run.
 
-    PYTHONPATH=build/python /usr/bin/python3 bench/python_speed.py [--batch 8] [--rounds 7]
+    PYTHONPATH=build/python /usr/bin/python3 bench/python_speed.py [--batch 8] [--rounds 7] [--scorecam] [--groups]
 
 pytorch-grad-cam and Captum cannot be installed here (no PyPI), so their call paths are written out
 below as their code runs them (pytorch-grad-cam 1.5 BaseCAM.forward with ActivationsAndGradients and
@@ -8,6 +8,10 @@ GradCAM.get_cam_weights; Captum's GuidedBackprop: backward hooks on every nn.ReL
 positive gradient, then autograd.grad to the input). Both need an eager nn.Module (their hooks do not
 work on TorchScript), so each runs on a torchvision model with random weights, and lumen on the same
 model traced into TorchScript in memory: same weights, same input, and the maps are compared too.
+Captum's KernelShap and Lime (--groups) are written out the same way: LimeBase.attribute's loop (one
+coalition drawn at a time, the model called every perturbations_per_eval of them, Captum's default 1,
+and once more at 32), then the scikit-learn fit Captum calls (LinearRegression; Lasso(alpha=0.01)).
+They need no hooks and run on the same TorchScript module as lumen.
 lumen runs in the forward mode a short probe finds faster (as --forward-mode auto). Rounds alternate
 lumen and the Python path; the figures are medians of per-image times. Both run on
 the one LibTorch of the process, with the same intra-op threads (--threads, default all cores).
@@ -123,6 +127,56 @@ class CaptumGuidedBackprop:
         return g
 
 
+class CaptumFeatureGroups:
+    """Captum's KernelShap(f) / Lime(f).attribute(x, target=t, baselines=b, feature_mask=groups, n_samples=n,
+    perturbations_per_eval=p), as LimeBase.attribute runs it: under no_grad, each coalition drawn and turned
+    into a model input on its own (the interpretable 0/1 vector over the groups, then torch.where over the
+    mask), its similarity to the image computed, and the model called on every p inputs gathered; then
+    scikit-learn's weighted fit of the target score on the coalitions, whose coefficients are the map.
+    KernelShap's draws: the full and the empty coalition first (weight 1e6), then a size k from the Shapley
+    kernel (M-1)/(k(M-k)) and the k largest of M normal draws; Lime's: each group kept with probability
+    1/2, weighted by exp(-d^2/2), d = 1 - cos(x, x_z)."""
+
+    def __init__(self, model, kind, groups, samples, per_eval):
+        self.model, self.kind, self.groups, self.samples, self.per_eval = model, kind, groups, samples, per_eval
+        self.count = int(groups.max()) + 1
+        k = torch.arange(1, self.count, dtype=torch.float64)
+        self.sizes = torch.distributions.Categorical(probs=(self.count - 1) / (k * (self.count - k)))
+
+    def draw(self, i):
+        if self.kind == "lime":
+            return torch.bernoulli(torch.full((1, self.count), 0.5)).long()
+        if i < 2:
+            return torch.full((1, self.count), 1 - i, dtype=torch.long)
+        k = int(self.sizes.sample()) + 1
+        v = torch.randn(1, self.count)
+        return (v > torch.kthvalue(v, self.count - k).values.item()).long()
+
+    def similarity(self, x, xz, z):
+        if self.kind == "lime":
+            d = 1 - F.cosine_similarity(x.flatten().float(), xz.flatten().float(), dim=0)
+            return torch.exp(-d * d / 2)
+        selected = int(z.sum())
+        return torch.tensor(1e6 if selected in (0, self.count) else 1.0)
+
+    def __call__(self, x, target, baseline):
+        from sklearn.linear_model import Lasso, LinearRegression
+        with torch.no_grad():
+            zs, sims, outs, pending = [], [], [], []
+            for i in range(self.samples):
+                z = self.draw(i)
+                xz = torch.where(z[0][self.groups].bool(), x, baseline)
+                zs.append(z)
+                pending.append(xz)
+                sims.append(self.similarity(x, xz, z).flatten())
+                if len(pending) == self.per_eval or i + 1 == self.samples:
+                    outs.append(self.model(torch.cat(pending))[:, target].flatten())
+                    pending = []
+            z, y, w = torch.cat(zs).double().numpy(), torch.cat(outs).double().numpy(), torch.cat(sims).double().numpy()
+        fit = (Lasso(alpha=0.01) if self.kind == "lime" else LinearRegression()).fit(z, y, sample_weight=w)
+        return torch.as_tensor(fit.coef_, dtype=torch.float32)[self.groups]
+
+
 def per_image_ms(fn, batch, rounds, other):
     times = []
     for _ in range(rounds):
@@ -138,6 +192,10 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--scorecam", action="store_true", help="also Score-CAM against pytorch-grad-cam's (about a minute per round)")
+    ap.add_argument("--groups", action="store_true",
+                    help="also KernelSHAP and LIME against Captum's call path (49 squares of 32 px, --samples coalitions)")
+    ap.add_argument("--shared", default="../shared", help="--groups: the shared model and photos")
+    ap.add_argument("--samples", type=int, default=200, help="--groups: coalitions per image")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads of the one LibTorch both sides run on")
     args = ap.parse_args()
     lumen.set_threads(args.threads)  # process-wide, so the Python paths get the same threads
@@ -174,6 +232,46 @@ def main():
         b = per_image_ms(run_ours, 1, rounds, run_anchor)
         print("Score-CAM, MobileNetV2: pytorch-grad-cam path %.0f ms/image, lumen %.0f ms/image: lumen %.2fx faster (maps r = %.4f)"
               % (a, b, a / b, r))
+
+    if args.groups:
+        # KernelSHAP and LIME on the shared MobileNetV2 and photo, over 7 x 7 squares of 32 px, black baseline,
+        # the top class: --samples forwards per image either way. A trained model, so that the two samplings'
+        # maps can be compared (a random one moves its score by too little for Lasso to keep any group).
+        card = lumen.load_card(os.path.join(args.shared, "models", "mobilenet_v2_imagenet.json"))
+        net = torch.jit.load(os.path.join(args.shared, "models", "mobilenet_v2_imagenet.pt")).eval()
+        ours = lumen.Explainer(lumen.Model.load(os.path.join(args.shared, "models", "mobilenet_v2_imagenet.pt")).fastest([1, 3, 224, 224], cache="")[0],
+                               preprocess=card.preprocess)
+        mean, std = torch.tensor(card.preprocess.mean).view(1, 3, 1, 1), torch.tensor(card.preprocess.std).view(1, 3, 1, 1)
+        rgb = np.asarray(cv2.resize(cv2.imread(os.path.join(args.shared, "images", "pets.jpg"))[:, :, ::-1], (224, 224),
+                                    interpolation=cv2.INTER_LINEAR), dtype=np.float32)
+        x1 = (torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None] - mean) / std
+        black = (torch.zeros_like(x1) - mean) / std
+        with torch.no_grad():
+            target = int(net(x1).argmax())
+        groups = (torch.arange(224) // 32).view(-1, 1) * 7 + (torch.arange(224) // 32).view(1, -1)
+        for kind in ("kernel-shap", "lime"):
+            def run_ours(seed=0, kind=kind):
+                return ours.explain_tensor(x1, methods=[kind], classes=[target], features="grid", patch=32, samples=args.samples, seed=seed)
+            for per_eval in (1, 32):
+                anchor = CaptumFeatureGroups(net, kind, groups, args.samples, per_eval)
+
+                def run_anchor(anchor=anchor):
+                    torch.manual_seed(0)  # as lumen's seed 0: LIME's draws are then the same coalitions
+                    return anchor(x1, target, black)
+                mine, theirs = run_ours()[0][kind].raw[::32, ::32].ravel(), run_anchor().numpy()[::32, ::32].ravel()
+                r = float(np.corrcoef(mine, theirs)[0, 1])
+                rounds = max(1, args.rounds // 2)
+                a = per_image_ms(run_anchor, 1, rounds, run_ours)
+                b = per_image_ms(run_ours, 1, rounds, run_anchor)
+                print("%s, MobileNetV2, %d coalitions: Captum path (perturbations_per_eval=%d) %.0f ms/image, lumen %.0f ms/image: "
+                      "lumen %.2fx faster" % (kind, args.samples, per_eval, a, b, a / b))
+            if kind == "lime":
+                print("  maps: r = %.4f (the same coalitions)" % r)
+            else:
+                # KernelSHAP draws its coalitions another way than Captum: the maps agree as two seeds of one tool do.
+                again = run_ours(seed=1)[0][kind].raw[::32, ::32].ravel()
+                print("  maps: r = %.3f against Captum's path (other coalitions); lumen seed 0 against seed 1: r = %.3f"
+                      % (r, float(np.corrcoef(mine, again)[0, 1])))
 
     # Guided backprop on resnet18 (nn.ReLU modules, which Captum's hooks need)
     net = torchvision.models.resnet18().eval()
