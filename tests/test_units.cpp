@@ -80,6 +80,54 @@ TEST(Box, MatchesOpenCVsStatsOnUpsampledRandomMaps) {
   }
 }
 
+// Speckle instead of smooth maps: many regions, joined through corners and U-turns that the labelling
+// meets only rows later, against OpenCV's labelling where the largest region is unique; and a tie,
+// which goes to the region whose first pixel comes first in raster order.
+TEST(Box, MatchesOpenCVOnSpeckleAndBreaksTiesInRasterOrder) {
+  cv::RNG rng(11);
+  int compared = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    cv::Mat map(rng.uniform(1, 40), rng.uniform(1, 40), CV_32F);
+    rng.fill(map, cv::RNG::UNIFORM, 0.0, 1.0);
+    const float fraction = static_cast<float>(rng.uniform(0.3, 0.8));
+    double mx;
+    cv::minMaxLoc(map, nullptr, &mx);
+    cv::Mat labels, stats, centroids;
+    const int n = cv::connectedComponentsWithStats(map >= fraction * mx, labels, stats, centroids, 8, CV_32S);
+    int best = 1, ties = 0;
+    for (int i = 2; i < n; ++i) {
+      const int a = stats.at<int>(i, cv::CC_STAT_AREA), b = stats.at<int>(best, cv::CC_STAT_AREA);
+      if (a > b) best = i, ties = 0;
+      else if (a == b) ++ties;
+    }
+    const Box b = threshold_box(map, fraction);
+    ASSERT_EQ(b.valid, n > 1) << trial;
+    if (!b.valid || ties) continue;
+    ++compared;
+    EXPECT_EQ(b.x0, stats.at<int>(best, cv::CC_STAT_LEFT)) << trial;
+    EXPECT_EQ(b.y0, stats.at<int>(best, cv::CC_STAT_TOP)) << trial;
+    EXPECT_EQ(b.x1, b.x0 + stats.at<int>(best, cv::CC_STAT_WIDTH)) << trial;
+    EXPECT_EQ(b.y1, b.y0 + stats.at<int>(best, cv::CC_STAT_HEIGHT)) << trial;
+  }
+  EXPECT_GT(compared, 150);
+  // A U whose arms meet only at the bottom row, and a diagonal chain: one region each.
+  cv::Mat u = cv::Mat::zeros(6, 7, CV_32F);
+  u.col(1).setTo(1.0f), u.col(5).setTo(1.0f), u.row(5).colRange(1, 6).setTo(1.0f);
+  Box ub = threshold_box(u, 0.5f);
+  EXPECT_TRUE(ub.valid && ub.x0 == 1 && ub.y0 == 0 && ub.x1 == 6 && ub.y1 == 6);
+  cv::Mat diagonal = cv::Mat::zeros(8, 8, CV_32F);
+  for (int i = 0; i < 6; ++i) diagonal.at<float>(i + 1, 6 - i) = 1.0f;
+  diagonal.at<float>(0, 0) = 1.0f;
+  Box db = threshold_box(diagonal, 0.5f);
+  EXPECT_TRUE(db.valid && db.x0 == 1 && db.y0 == 1 && db.x1 == 7 && db.y1 == 7);
+  // Two 3 x 3 squares: the one starting on the upper row wins, though it lies to the right.
+  cv::Mat tie = cv::Mat::zeros(10, 12, CV_32F);
+  tie(cv::Rect(8, 1, 3, 3)).setTo(1.0f);
+  tie(cv::Rect(1, 2, 3, 3)).setTo(1.0f);
+  Box tb = threshold_box(tie, 0.5f);
+  EXPECT_TRUE(tb.valid && tb.x0 == 8 && tb.y0 == 1);
+}
+
 TEST(Box, ZeroMapHasNoBox) { EXPECT_FALSE(threshold_box(cv::Mat::zeros(10, 10, CV_32F), 0.15f).valid); }
 
 TEST(Box, IoUOfKnownBoxes) {

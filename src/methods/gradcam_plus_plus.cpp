@@ -5,14 +5,51 @@
 // — the closed form pytorch-grad-cam implements (its epsilon is 1e-6, lumen's 1e-7; --compat uses 1e-6).
 #include "methods/kit/cam.h"
 
+#include <ATen/Dispatch.h>
+
+namespace lumen::detail {
+namespace {
+
+// w_k = sum_ij ReLU(G) G^2 / (G^2 (2 + s_k G) + eps), s_k = sum_ab A_kab, in one pass over the
+// gradients in their memory order (channels innermost after a channels-last forward). As ATen ops it
+// was ten passes with four temporaries the size of the layer: 1.2 ms of the 2.6 ms that six CAMs spent
+// on four MobileNetV2 rows. Where G = 0 the term is 0, as the formula's eps makes it; a NaN stays NaN.
+torch::Tensor plus_plus_weights(const torch::Tensor& a, const torch::Tensor& g, double eps) {
+  const auto grads = g.flatten(2);  // [N, C, positions], a view unless the layout forbids one
+  const auto sums = a.flatten(2).sum(2).to(grads.scalar_type()).contiguous();
+  const int64_t n = grads.size(0), c = grads.size(1), positions = grads.size(2);
+  auto w = torch::zeros({n, c}, grads.options().memory_format(c10::MemoryFormat::Contiguous));
+  AT_DISPATCH_FLOATING_TYPES(grads.scalar_type(), "gradcam++ weights", [&] {
+    const scalar_t* gp = grads.data_ptr<scalar_t>();
+    const scalar_t* sp = sums.data_ptr<scalar_t>();
+    scalar_t* wp = w.data_ptr<scalar_t>();
+    const int64_t step_n = grads.stride(0), step_c = grads.stride(1), step_p = grads.stride(2);
+    const auto e = static_cast<scalar_t>(eps);
+    auto term = [e](scalar_t gv, scalar_t s) {
+      const scalar_t g2 = gv * gv;
+      return gv <= 0 ? scalar_t(0) : gv * g2 / (g2 * (2 + s * gv) + e);
+    };
+    for (int64_t i = 0; i < n; ++i) {
+      const scalar_t* gi = gp + i * step_n;
+      const scalar_t* si = sp + i * c;
+      scalar_t* wi = wp + i * c;
+      if (step_c < step_p) {
+        for (int64_t q = 0; q < positions; ++q)
+          for (int64_t k = 0; k < c; ++k) wi[k] += term(gi[k * step_c + q * step_p], si[k]);
+      } else {
+        for (int64_t k = 0; k < c; ++k)
+          for (int64_t q = 0; q < positions; ++q) wi[k] += term(gi[k * step_c + q * step_p], si[k]);
+      }
+    }
+  });
+  return w.view({n, c, 1, 1});
+}
+
+}  // namespace
+}  // namespace lumen::detail
+
 LUMEN_METHOD(gradcam_plus_plus) {
   return weighted_cam("gradcam++", "Chattopadhyay et al. 2018, Grad-CAM++", layer_gradients(), [](const LayerTensors& t, const Evidence& e, size_t) {
-    const auto& a = t.activations;
-    const auto& g = t.gradients;
-    // 2 G^2 + s G^3 = G^2 (2 + s G), in place: Grad-CAM++ was the costliest of six CAMs in one request.
-    // Where G = 0 the numerator is 0 and the denominator eps, so alpha is 0 as the formula says.
-    const auto g2 = g * g;
-    auto denominator = (a.sum({2, 3}, true) * g).add_(2).mul_(g2).add_(e.pytorch_grad_cam() ? 1e-6 : 1e-7);
-    return (torch::relu(g).mul_(g2).div_(denominator)).sum({2, 3}).unsqueeze(-1).unsqueeze(-1);
+    return plus_plus_weights(t.activations, t.gradients, e.pytorch_grad_cam() ? 1e-6 : 1e-7);
   });
 }
