@@ -294,6 +294,29 @@ TEST(Cam, RowsPerPassFollowTheMemoryBudget) {
 
 // The Grad-CAM paper's claim: with global average pooling + one linear layer, alpha^c_k = w^c_k / Z, so
 // Grad-CAM is CAM divided by Z = h * w. And CAM is refused where that head is absent.
+// RandomCAM's weights are one draw that every image shares: an image's map is the same alone as in a
+// batch of four (which the explainer splits into row groups when it has two threads), and another seed
+// gives another map.
+TEST(Cam, RandomCamGivesAnImageTheSameMapInAnyBatch) {
+  ModelCard card = load_card(shared("models/mobilenet_v2_imagenet.json"));
+  Explainer ex(Model::load(shared("models/mobilenet_v2_imagenet.pt")), card.preprocess);
+  std::vector<cv::Mat> images;
+  for (const char* name : {"cat.png", "pets.jpg", "owl.jpg", "bird.png"}) images.push_back(read_image(shared(std::string("images/") + name)));
+  ExplainOptions opt;
+  opt.methods = {"random"};
+  opt.layers = {"features.18"};
+  const auto together = ex.explain(images, opt);
+  for (size_t i = 0; i < images.size(); ++i) {
+    const auto alone = ex.explain({images[i]}, opt);
+    const cv::Mat& a = alone[0].maps.at(0).raw;
+    const cv::Mat& b = together[i].maps.at(0).raw;
+    EXPECT_LE(max_abs_diff(a, b), 1e-5 * std::max(1e-12, cv::norm(a, cv::NORM_INF))) << i;
+  }
+  opt.settings.set("seed", 1);
+  const auto other = ex.explain({images[1]}, opt);
+  EXPECT_GT(max_abs_diff(other[0].maps.at(0).raw, together[1].maps.at(0).raw), 1e-3 * cv::norm(together[1].maps.at(0).raw, cv::NORM_INF));
+}
+
 TEST(Cam, CamIsGradCamTimesPositionsAndNeedsAPoolingHead) {
   ModelCard card = load_card(shared("models/mobilenet_v2_imagenet.json"));
   Model model = Model::load(shared("models/mobilenet_v2_imagenet.pt"));
