@@ -317,6 +317,28 @@ TEST(Cam, RandomCamGivesAnImageTheSameMapInAnyBatch) {
   EXPECT_GT(max_abs_diff(other[0].maps.at(0).raw, together[1].maps.at(0).raw), 1e-3 * cv::norm(together[1].maps.at(0).raw, cv::NORM_INF));
 }
 
+// ExplainOptions::boxes off: no map has a box, and the maps and statistics are those with boxes.
+TEST(Cam, BoxesOffLeaveTheMapsAsTheyAre) {
+  ModelCard card = load_card(shared("models/mobilenet_v2_imagenet.json"));
+  Explainer ex(Model::load(shared("models/mobilenet_v2_imagenet.pt")), card.preprocess);
+  const std::vector<cv::Mat> images{read_image(shared("images/pets.jpg")), read_image(shared("images/cat.png"))};
+  ExplainOptions opt;
+  opt.methods = {"gradcam", "layercam"};
+  opt.layers = {"features.18"};
+  const auto with = ex.explain(images, opt);
+  opt.boxes = false;
+  const auto without = ex.explain(images, opt);
+  for (size_t i = 0; i < images.size(); ++i)
+    for (size_t j = 0; j < with[i].maps.size(); ++j) {
+      const Map &a = with[i].maps[j], &b = without[i].maps.at(j);
+      EXPECT_TRUE(a.box.valid);
+      EXPECT_FALSE(b.box.valid);
+      EXPECT_EQ(max_abs_diff(a.normalized, b.normalized), 0.0);
+      EXPECT_EQ(a.stats.peak_x, b.stats.peak_x);
+      EXPECT_EQ(a.stats.max, b.stats.max);
+    }
+}
+
 TEST(Cam, CamIsGradCamTimesPositionsAndNeedsAPoolingHead) {
   ModelCard card = load_card(shared("models/mobilenet_v2_imagenet.json"));
   Model model = Model::load(shared("models/mobilenet_v2_imagenet.pt"));

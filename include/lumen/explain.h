@@ -39,6 +39,9 @@ struct ExplainOptions {
   std::function<std::vector<Target>(const torch::IValue& output, int64_t images)> targets_from_output;
   // Fraction of the map's maximum used for the paper's box (largest connected region above it).
   float box_threshold = 0.15f;
+  // Whether every map gets its paper's box (Map::box). A caller that writes or reads no box (`lumen
+  // bench`) turns it off and pays nothing for it; the maps themselves do not change.
+  bool boxes = true;
   // Multi-layer aggregation (Shimoda & Yanai 2016): with several layers, each method's per-layer maps
   // are upsampled to the image, min-max normalised and combined into one more map whose layer is
   // "a+b+c": "mean", "max", "product" or "weighted" (by layer_weights, normalised to sum 1). Empty: off.

@@ -43,6 +43,7 @@ Canvas canvas_of(const Model& model, const torch::Tensor& batch, const std::vect
   if (batch.dim() == 5) c.depth = static_cast<int>(batch.size(2));
   c.images = sizes.empty() ? std::vector<cv::Size>(static_cast<size_t>(batch.size(0)), c.input) : sizes;
   c.box_threshold = opt.box_threshold;
+  c.boxes = opt.boxes;
   c.compat = opt.shared.compat == Compat::PytorchGradCam;
   c.labels = &labels;
   return c;

@@ -123,6 +123,7 @@ cv::Mat at_image_size(const cv::Mat& raw, cv::Size image, const Canvas& canvas) 
 }  // namespace
 
 void finish_map(Map& m, const torch::Tensor& raw_hw, cv::Size image, const Canvas& canvas, bool box) {
+  box = box && canvas.boxes;
   if (canvas.depth > 0) return finish_volume(m, raw_hw, image, canvas, box);
   const int width = image.width, height = image.height;
   // A Map copied from another shares its matrices; writing into them would change both.

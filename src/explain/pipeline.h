@@ -171,11 +171,12 @@ struct Canvas {
   double content_rows = 1, content_cols = 1;
   int depth = 0;        // volumes ([N,C,D,H,W] input): D, the maps' slices; each map is at the input's size
   float box_threshold = 0.15f;
+  bool boxes = true;    // ExplainOptions::boxes
   bool compat = false;  // pytorch-grad-cam's scaling
   const std::vector<std::string>* labels = nullptr;
 };
-// Raw map -> upsampled, normalised, stats, box (unless `box` is false). Volumes: m.raw_depth says the
-// raw map's slices.
+// Raw map -> upsampled, normalised, stats, box (unless `box` or canvas.boxes is false). Volumes:
+// m.raw_depth says the raw map's slices.
 void finish_map(Map& m, const torch::Tensor& raw, cv::Size image, const Canvas& canvas, bool box = true);
 // A decomposition's parts of image `image` (Result::parts), each finished like a map, with its top-2 classes.
 std::vector<MapPart> finish_parts(const Result& res, int64_t image, cv::Size size, const Canvas& canvas, int raw_depth = 0);

@@ -150,6 +150,7 @@ void time_batch(const Args& a, const Model& user, const ExplainOptions& given, i
   rows.back()["forward_mode"] = chosen;
   auto options = [&](const std::vector<std::string>& ms) {
     ExplainOptions o = given;
+    o.boxes = false;  // no map is written or read here: the maps as an application that keeps them asks
     o.methods = ms;
     o.settings = taken_by(ms, given.settings);
     return o;
@@ -206,7 +207,7 @@ int run(const Args& a) {
   const std::string what = a.task == "detection" ? std::to_string(a.boxes) + " boxes" : a.task == "segmentation" ? "segmentation" : "top-" + std::to_string(a.top_k);
   // tcmalloc, when the command was linked with it (CMakeLists.txt): its malloc is the process's.
   const char* allocator = dlsym(RTLD_DEFAULT, "tc_malloc") ? "tcmalloc" : "glibc malloc";
-  std::printf("lumen bench: %s, input %s, %d threads, %s, %s; median of timed runs after a warm-up\n", model.name().c_str(), input.c_str(),
+  std::printf("lumen bench: %s, input %s, %d threads, %s, %s; maps without boxes; median of timed runs after a warm-up\n", model.name().c_str(), input.c_str(),
               at::get_num_threads(), allocator, what.c_str());
   std::printf("%-28s %5s %12s %10s %12s %14s %10s\n", "what", "batch", "ms/batch", "img/s", "/ user fwd", "forward share", "peak MiB");
   nlohmann::json rows = nlohmann::json::array();
