@@ -1,10 +1,9 @@
 #include <lumen/map.h>
 
-#include <opencv2/imgproc.hpp>
+#include <opencv2/core.hpp>
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 
 namespace lumen {
 
