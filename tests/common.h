@@ -9,9 +9,11 @@
 #include <array>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 namespace lumen::test {
 
@@ -58,10 +60,22 @@ inline double pearson(const cv::Mat& a, const cv::Mat& b) {
 
 inline double max_abs_diff(const cv::Mat& a, const cv::Mat& b) { return cv::norm(a, b, cv::NORM_INF); }
 
+// A test's scratch folder, removed when the test process exits (so that runs of the suite do not pile
+// up folders in /tmp); LUMEN_KEEP_TEST_DIRS=1 keeps them to look at after a failure.
 inline std::string temp_dir(const std::string& name) {
+  struct Made {
+    std::vector<std::filesystem::path> dirs;
+    ~Made() {
+      if (std::getenv("LUMEN_KEEP_TEST_DIRS")) return;
+      std::error_code ignored;
+      for (const auto& d : dirs) std::filesystem::remove_all(d, ignored);
+    }
+  };
+  static Made made;
   auto dir = std::filesystem::temp_directory_path() / ("lumen-test-" + std::to_string(::getpid()) + "-" + name);
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
+  made.dirs.push_back(dir);
   return dir.string();
 }
 

@@ -446,11 +446,16 @@ TEST(Eval, ArccMatchesTheAnchorsFormulaOnTwoImages) {
     const auto got = nlohmann::json::parse(line);
     const auto& e = expected.at(got["image"].get<std::string>());
     SCOPED_TRACE(got["image"].get<std::string>());
-    // Measured here: every part within 4e-7 (float maps and forwards against PyTorch's).
+    // Coherency and complexity: within 4e-7 on two machines (float maps and forwards against PyTorch's).
+    // ROAD keeps pixels by rank, and pixels whose values differ by a rounding can swap sides of a
+    // percentile cut: on the second image, noise of 3e-7 on the reference's map moved its ROAD by 5.4e-4,
+    // and lumen's ROAD was within 4e-7 of the reference on one machine and 3.6e-5 on another (AVX-512:
+    // other convolution kernels). Hence 1e-3 for ROAD and for ARCC, which it enters; a wrong weight,
+    // percentile or score moves ROAD by far more (the images were chosen for a ROAD above 0.05).
     EXPECT_NEAR(got["arcc_coherency"].get<double>(), e["arcc_coherency"].get<double>(), 1e-5);
     EXPECT_NEAR(got["arcc_complexity"].get<double>(), e["arcc_complexity"].get<double>(), 1e-6);
-    EXPECT_NEAR(got["arcc_road"].get<double>(), e["arcc_road"].get<double>(), 1e-5);
-    EXPECT_NEAR(got["arcc"].get<double>(), e["arcc"].get<double>(), 1e-5);
+    EXPECT_NEAR(got["arcc_road"].get<double>(), e["arcc_road"].get<double>(), 1e-3);
+    EXPECT_NEAR(got["arcc"].get<double>(), e["arcc"].get<double>(), 1e-3);
     EXPECT_GT(e["arcc_road"].get<double>(), 0.05);  // the images were chosen for a ROAD far from 0
     ++records;
   }

@@ -196,7 +196,7 @@ class Explainer:
                 output="", aggregate="", layer_weights=None, contrast=False, box_threshold=0.15, compat="papers", rows_per_pass=0,
                 memory_mib=0, aug_smooth=False, nonlinearity="strict", tokens="", progress=None, sources=None, similar_to=None,
                 dissimilar=False, task="classification", mask=None, region=None, score_threshold=0.5, iou_threshold=0.5, max_boxes=100,
-                detection_output="torchvision", box=None, **settings):
+                detection_output="torchvision", box=None, boxes=True, **settings):
         """Explain images: one forward pass for the batch, one backward per target.
 
         images: a file path, an H x W x 3 RGB array (uint8 or float 0..255; a torch tensor works too), or a list of them.
@@ -225,6 +225,7 @@ class Explainer:
             or "boxes" ([N, K, 6]: x0, y0, x1, y1, score, class of a model that ran its own NMS).
             box=(x0, y0, x1, y1) in each image's pixels, with one class in classes=: that box instead (a missed or wrong
             detection), as `lumen explain --box`; scored through the detection of its class it overlaps best.
+        boxes=False: no paper's box on the maps (map.box is None), which saves its cost where only the maps are read.
         Returns one ImageExplanation per image (.predictions, .maps, result["gradcam"], .to_dict()).
         """
         single = not isinstance(images, (list, tuple))
@@ -238,18 +239,21 @@ class Explainer:
                          lambda: [_lumen._image_size(i) if isinstance(i, str) else (i.shape[1], i.shape[0]) for i in images],
                          dict(score_threshold=score_threshold, iou_threshold=iou_threshold, max_boxes=max_boxes,
                               detection_output=detection_output), box, sources)
+        opt.boxes = bool(boxes)
         return self._native._explain(images, sources, opt)
 
     def explain_tensor(self, batch, sizes=None, sources=None, methods=("gradcam",), layers=None, top_k=1, classes=None, score="logit",
                        counterfactual=False, output="", aggregate="", layer_weights=None, contrast=False, box_threshold=0.15,
                        compat="papers", rows_per_pass=0, memory_mib=0, aug_smooth=False, nonlinearity="strict", tokens="",
                        progress=None, similar_to=None, dissimilar=False, task="classification", mask=None, region=None,
-                       score_threshold=0.5, iou_threshold=0.5, max_boxes=100, detection_output="torchvision", box=None, **settings):
+                       score_threshold=0.5, iou_threshold=0.5, max_boxes=100, detection_output="torchvision", box=None, boxes=True,
+                       **settings):
         """Explain an already preprocessed batch [N, C, H, W] (float32 numpy array or torch tensor), as pytorch-grad-cam's
         input_tensor. Maps come back at `sizes` ([(width, height)] per row; default: the input size). A 3-D network's
         batch [N, C, D, H, W] (clips, volumes) gives volume maps: .map is (D, H, W), .box is (x0, y0, z0, x1, y1, z1).
         task, mask, region, similar_to and the detection settings: as explain(); region= is in the pixels of `sizes`
-        (default: the input's). task="detection": the rows as the detector takes them (torchvision's: RGB in [0, 1]); map.detections' boxes are in `sizes`' pixels."""
+        (default: the input's). task="detection": the rows as the detector takes them (torchvision's: RGB in [0, 1]); map.detections' boxes are in `sizes`' pixels.
+        boxes: as explain()."""
         if hasattr(batch, "detach"):
             batch = batch.detach().cpu().contiguous().numpy()
         opt = self._options(methods, layers, top_k, None if task == "detection" else classes, score, counterfactual, output,
@@ -259,6 +263,7 @@ class Explainer:
                          lambda: [tuple(s) for s in sizes] if sizes is not None else [(batch.shape[-1], batch.shape[-2])] * batch.shape[0],
                          dict(score_threshold=score_threshold, iou_threshold=iou_threshold, max_boxes=max_boxes,
                               detection_output=detection_output), box, sources, (batch.shape[-1], batch.shape[-2]))
+        opt.boxes = bool(boxes)
         return self._native._explain_tensor(batch, sizes, sources, opt)
 
     def evaluate(self, data, out, methods=("gradcam",), layers=None, metrics=("loc", "pointing", "deletion", "insertion", "drop"),

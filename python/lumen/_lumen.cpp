@@ -385,7 +385,7 @@ PYBIND11_MODULE(_lumen, m) {
             return wrap(std::move(explained));
           });
 
-  py::class_<ExplainOptions>(m, "_Options");
+  py::class_<ExplainOptions>(m, "_Options").def_readwrite("boxes", &ExplainOptions::boxes);
   m.def("_options", &options_from);
   m.def("_with_similarity", [](ExplainOptions opt, const py::array_t<float, py::array::c_style | py::array::forcecast>& concept, bool dissimilar,
                                const std::string& output) {

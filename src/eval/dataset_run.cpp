@@ -184,6 +184,7 @@ ExplainOptions base_options(const DatasetRun& run) {
   base.box_threshold = run.eval.box_threshold;
   base.shared = run.shared;
   base.settings.set("seed", static_cast<int64_t>(run.seed));
+  base.boxes = run.eval.has("loc");  // the paper's box is measured by loc alone
   return base;
 }
 

@@ -6,6 +6,8 @@
 #include <lumen/output.h>
 #include <lumen/report.h>
 
+#include "eval/eval_run.h"
+
 #include <opencv2/imgproc.hpp>
 
 #include <algorithm>
@@ -156,11 +158,8 @@ void write_eval_report(const Explainer& explainer, const Dataset& data, const Da
   per_class_tables(page, result, explainer.labels());
 
   // Per method the best and worst images by the run's first per-image metric (example_ranking).
-  ExplainOptions base;
-  base.layers = run.layers;
-  base.aggregate = run.aggregate;
-  base.box_threshold = run.eval.box_threshold;
-  base.shared = run.shared;
+  ExplainOptions base = detail::base_options(run);
+  base.boxes = true;  // the examples are drawn with the map's box
   const auto ranking = detail::example_ranking(run.eval);
   const bool by_iou = ranking && run.eval.has("loc");
   const auto& labels = explainer.labels();
@@ -182,7 +181,7 @@ void write_eval_report(const Explainer& explainer, const Dataset& data, const Da
       const cv::Mat img = read_image(s.path);
       ExplainOptions opt = base;
       opt.methods = {m};
-      opt.settings = taken_by({m}, Settings().set("seed", static_cast<int64_t>(run.seed)));
+      opt.settings = taken_by({m}, base.settings);
       opt.targets = {class_target({s.label})};
       const auto e = explainer.explain({img}, opt, {s.name});
       const std::string file = "examples/" + safe_name(m) + "." + std::to_string(i + 1) + "." + safe_name(fs::path(s.name).stem().string()) + ".png";

@@ -10,6 +10,8 @@
 #include <lumen/error.h>
 #include <lumen/metrics.h>
 
+#include "core/side_by_side.h"
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <Eigen/SparseCholesky>
 #include <Eigen/SparseCore>
@@ -96,16 +98,23 @@ Road road(const torch::Tensor& x, const cv::Mat& map, const std::vector<double>&
   cv::Mat m = map.isContinuous() ? map : map.clone();
   std::vector<float> most(m.ptr<float>(), m.ptr<float>() + h * w), least(most.size());
   std::transform(most.begin(), most.end(), least.begin(), [](float v) { return 1.0f - v; });
-  std::vector<torch::Tensor> rows{x.to(torch::kFloat32)};
+  std::vector<cv::Mat> masks;
   for (const auto* values : {&most, &least}) {
     std::vector<int64_t> ascending(values->size());
     std::iota(ascending.begin(), ascending.end(), 0);
     std::stable_sort(ascending.begin(), ascending.end(), [&](int64_t a, int64_t b) { return (*values)[a] < (*values)[b]; });
     for (double p : percentiles) {
       if (!(p > 0 && p < 100)) throw Error("ROAD percentiles must lie between 0 and 100");
-      rows.push_back(road_impute(x, kept_below(*values, ascending, p, static_cast<int>(h), static_cast<int>(w)), noise, seed + rows.size()));
+      masks.push_back(kept_below(*values, ascending, p, static_cast<int>(h), static_cast<int>(w)));
     }
   }
+  // The solves are independent and Eigen's sparse Cholesky runs on one thread: they go side by side,
+  // row k + 1 seeded with seed + k + 1 as when they ran in turn.
+  std::vector<torch::Tensor> rows(masks.size() + 1);
+  rows[0] = x.to(torch::kFloat32);
+  detail::side_by_side(static_cast<int64_t>(masks.size()), [&](int64_t k) {
+    rows[static_cast<size_t>(k) + 1] = road_impute(x, masks[static_cast<size_t>(k)], noise, seed + static_cast<uint64_t>(k) + 1);
+  });
   std::vector<double> scores;
   const auto all = torch::stack(rows);
   for (int64_t first = 0; first < all.size(0); first += std::max(1, batch)) {

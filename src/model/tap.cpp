@@ -239,13 +239,13 @@ at::Tensor lrp_weight(const at::Tensor& w, double gamma, int64_t rule) {
 // A layer under a rule with modified weights: forward z (the network's own output), backward through
 // z' (the same layer with rho(w), built beside it) with the gradient times z / (z' + eps sign z'):
 // in gradient-times-input form R_j = a_j sum_k rho(w_jk) R_k / (z'_k + eps sign z'_k). Nothing flows
-// back through z itself.
+// back through z itself. `copy` as for the epsilon rule (mark_lrp_copies decides).
 class LrpMixFn : public torch::autograd::Function<LrpMixFn> {
  public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& z, const at::Tensor& modified) {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& z, const at::Tensor& modified, bool copy) {
     ctx->saved_data["eps"] = g_lrp_epsilon;
     ctx->save_for_backward({z.detach(), modified.detach()});
-    return z.detach().clone();
+    return copy ? z.detach().clone() : z.detach().alias();
   }
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list g) {
     const auto saved = ctx->get_saved_variables();
@@ -258,15 +258,15 @@ class LrpMixFn : public torch::autograd::Function<LrpMixFn> {
           return d == T(0) ? T(0) : gi * (zi / d);
         });
         out.defined())
-      return {at::Tensor(), out};
+      return {at::Tensor(), out, at::Tensor()};
     const auto stabilised = zm + eps * at::where(zm >= 0, at::ones_like(zm), -at::ones_like(zm));
     auto factor = z / at::where(stabilised == 0, at::ones_like(stabilised), stabilised);
     factor.masked_fill_(stabilised == 0, 0.0);
-    return {at::Tensor(), factor * g[0]};
+    return {at::Tensor(), factor * g[0], at::Tensor()};
   }
 };
 
-at::Tensor lrp_mix(const at::Tensor& z, const at::Tensor& modified) { return LrpMixFn::apply(z, modified); }
+at::Tensor lrp_mix(const at::Tensor& z, const at::Tensor& modified, bool copy) { return LrpMixFn::apply(z, modified, copy); }
 
 // Where lumen::attention_tap records, per thread: a forward that records attention opens it.
 thread_local AttentionMaps* g_attention = nullptr;
@@ -288,7 +288,7 @@ TORCH_LIBRARY(lumen, m) {
   m.def("attention_tap(Tensor x, str scope) -> Tensor", attention_tap);
   m.def("lrp_epsilon(Tensor z, bool copy=True) -> Tensor", lrp_epsilon);
   m.def("lrp_weight(Tensor w, float gamma, int rule) -> Tensor", lrp_weight);
-  m.def("lrp_mix(Tensor z, Tensor modified) -> Tensor", lrp_mix);
+  m.def("lrp_mix(Tensor z, Tensor modified, bool copy=True) -> Tensor", lrp_mix);
 }
 
 const c10::Symbol kTap = c10::Symbol::fromQualString("lumen::tap");
@@ -609,13 +609,13 @@ class Rewriter {
     n->output()->replaceAllUsesAfterNodeWith(out->node(), out);
   }
 
-  // The epsilon rule's output need not be a copy when nothing can write into it: each reader is an op
-  // with a schema that neither mutates nor aliases that argument (not a residual's add_, a view, a
-  // list or the graph's output). A copy per linear-like layer was a tenth of LRP's time at batch 8.
+  // A rule's output need not be a copy when nothing can write into it: each reader is an op with a
+  // schema that neither mutates nor aliases that argument (not a residual's add_, a view, a list or
+  // the graph's output). A copy per linear-like layer was a tenth of LRP's time at batch 8.
   void mark_lrp_copies(Block* block) {
     for (Node* n : block->nodes()) {
       for (Block* b : n->blocks()) mark_lrp_copies(b);
-      if (n->kind() != kLrpEpsilon) continue;
+      if (n->kind() != kLrpEpsilon && n->kind() != kLrpMix) continue;
       bool safe = true;
       for (const auto& use : n->output()->uses()) {
         const auto* schema = use.user->maybeSchema();
@@ -624,7 +624,7 @@ class Rewriter {
       }
       if (!safe) continue;
       torch::jit::WithInsertPoint guard(n);
-      n->replaceInput(1, n->owningGraph()->insertConstant(false));
+      n->replaceInput(n->inputs().size() - 1, n->owningGraph()->insertConstant(false));
     }
   }
 

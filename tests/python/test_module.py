@@ -123,6 +123,15 @@ class ModuleTest(unittest.TestCase):
         self.assertEqual(tuple(t.shape), (7, 7))
         self.assertEqual(float(t.max()), float(m.raw.max()))
 
+    def test_boxes_off_leaves_the_maps_and_drops_the_box(self):
+        [boxed] = self.explainer.explain(IMAGES[0], layers=[LAYER])
+        [bare] = self.explainer.explain(IMAGES[0], layers=[LAYER], boxes=False)
+        self.assertIsNotNone(boxed.maps[0].box)
+        self.assertIsNone(bare.maps[0].box)
+        np.testing.assert_array_equal(boxed.maps[0].map, bare.maps[0].map)
+        [bare_tensor] = self.explainer.explain_tensor(model_input(IMAGES[0]), layers=[LAYER], boxes=False)
+        self.assertIsNone(bare_tensor.maps[0].box)
+
     def test_array_and_file_give_the_same_maps(self):
         rgb = (np.random.default_rng(3).random((96, 128, 3)) * 255).astype(np.uint8)
         with tempfile.TemporaryDirectory() as tmp:
