@@ -6,7 +6,8 @@ Starts `lumen serve` on a free port, then --clients threads each send --requests
 one image (the shared photos in turn, "raw": true) and check every answer's map against the CLI's
 file for that image (lumen explain, same forward mode): max |difference| under 1e-4. It reports
 errors, p50/p99 latency, throughput, the server's RSS after the first 100 answers and at the end, and
-how many images shared each forward pass. Then `lumen bench --batches 8` on the same machine gives
+how many images shared each forward pass, and the CPU time per answer of the server and of the clients
+(from /proc) beside bench's. Then `lumen bench --batches 8` on the same machine gives
 batch-8 Grad-CAM images/s, and the ratio. It stops by itself: the number of requests is fixed.
 Rounds: once with "pictures": false (maps only), once with the pictures (two PNGs per map).
 Needs numpy (Debian's python3-numpy).
@@ -36,6 +37,20 @@ def rss_mib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far (all its threads), from /proc."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_seconds():
+    """The machine's idle time so far, summed over its cores, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    return (int(fields[3]) + int(fields[4])) / os.sysconf("SC_CLK_TCK")
 
 
 def post(connection, image_bytes, name, params):
@@ -116,17 +131,21 @@ def main():
                         rss_first[0] = rss_mib(server.pid)
 
         threads = [threading.Thread(target=client, args=(k,)) for k in range(a.clients)]
+        server_cpu, client_cpu, idle = cpu_seconds(server.pid), sum(os.times()[:2]), idle_seconds()
         start = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         seconds = time.perf_counter() - start
+        server_cpu, client_cpu, idle = cpu_seconds(server.pid) - server_cpu, sum(os.times()[:2]) - client_cpu, idle_seconds() - idle
         latencies.sort()
         results.append({"pictures": pictures, "requests": len(latencies) + len(errors), "errors": len(errors), "max_map_difference": worst,
                         "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
                         "images_per_second": len(latencies) / seconds, "mean_batch": statistics.mean(batched),
-                        "rss_after_100_mib": rss_first[0], "rss_end_mib": rss_mib(server.pid)})
+                        "rss_after_100_mib": rss_first[0], "rss_end_mib": rss_mib(server.pid),
+                        "server_cpu_ms": 1000 * server_cpu / max(1, len(latencies)), "client_cpu_ms": 1000 * client_cpu / max(1, len(latencies)),
+                        "idle_share": idle / (seconds * (os.cpu_count() or 1))})
         if errors:
             print("errors, e.g.:", errors[0], file=sys.stderr)
     server.terminate()
@@ -144,6 +163,12 @@ def main():
         print("%-10s %8d %6d %12.2e %8.1f %8.1f %9.1f %9.2f %10.2f %12.0f %10.0f" % (
             "yes" if r["pictures"] else "no", r["requests"], r["errors"], r["max_map_difference"], r["p50_ms"], r["p99_ms"], r["images_per_second"],
             r["images_per_second"] / bench_rate, r["mean_batch"], r["rss_after_100_mib"], r["rss_end_mib"]))
+    # Where the CPU goes: a core-second budget per answer. bench keeps every core busy with its batch,
+    # so its images/s at N cores is N core-seconds per (1 / rate) images.
+    cores = os.cpu_count() or 1
+    print("CPU per answer (ms of one core): bench's batch-8 Grad-CAM %.1f; " % (1000 * cores / bench_rate) + "; ".join(
+        "pictures %s: server %.1f, clients %.1f, cores idle %.0f %%" % ("yes" if r["pictures"] else "no", r["server_cpu_ms"], r["client_cpu_ms"],
+                                                                       100 * r["idle_share"]) for r in results))
     ok = all(r["errors"] == 0 and r["max_map_difference"] < 1e-4 for r in results)
     print("every answer equal to the CLI's map (1e-4): %s; RSS growth after the first 100: %s" % (
         "yes" if ok else "NO", ", ".join("%+.1f %%" % (100 * (r["rss_end_mib"] / r["rss_after_100_mib"] - 1)) for r in results)))
