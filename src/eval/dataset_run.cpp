@@ -63,15 +63,6 @@ nlohmann::json config_of(const Explainer& explainer, const Dataset& data, const 
   return config;
 }
 
-ExplainOptions for_method(const ExplainOptions& base, const std::string& method, const std::vector<int64_t>& labels) {
-  ExplainOptions opt = base;
-  opt.methods = {method};
-  opt.settings = taken_by({method}, base.settings);
-  opt.targets = {class_target(labels)};
-  opt.targets[0].name = "truth";
-  return opt;
-}
-
 // What the explanation of an image is for sensitivity-max: a pixel method's per-channel attribution,
 // else the map as the formula gives it (Captum compares attributions, not normalised pictures).
 torch::Tensor explanation_of(const Map& m) {
@@ -85,7 +76,7 @@ torch::Tensor explanation_of(const Map& m) {
 double sensitivity(const Explainer& explainer, const ExplainOptions& base, const std::string& method, const Sample& sample, const Map& map,
                    const torch::Tensor& x, const EvalOptions& o) {
   const auto explain = [&](const torch::Tensor& rows) {
-    const auto opt = for_method(base, method, std::vector<int64_t>(static_cast<size_t>(rows.size(0)), sample.label));
+    const auto opt = detail::for_method(base, method, std::vector<int64_t>(static_cast<size_t>(rows.size(0)), sample.label));
     std::vector<torch::Tensor> out;
     for (const auto& image : explainer.explain_tensor(rows, opt)) out.push_back(explanation_of(image.maps.back()));
     return torch::stack(out);
@@ -100,7 +91,7 @@ double arcc_coherency(const Explainer& explainer, const ExplainOptions& base, co
   cv::Mat m;
   cv::resize(map.normalized, m, cv::Size(static_cast<int>(x.size(2)), static_cast<int>(x.size(1))), 0, 0, cv::INTER_LINEAR);
   const auto mt = torch::from_blob(m.data, {1, m.rows, m.cols}, torch::kFloat32).clone();
-  const auto again = explainer.explain_tensor((x * mt).unsqueeze(0), for_method(base, method, {sample.label}));
+  const auto again = explainer.explain_tensor((x * mt).unsqueeze(0), detail::for_method(base, method, {sample.label}));
   return metrics::coherency(m, again.at(0).maps.back().normalized);
 }
 
@@ -145,7 +136,7 @@ Measurement explain_batch(const Explainer& explainer, std::shared_ptr<const Load
     std::vector<int64_t> labels;
     std::vector<std::string> names;
     for (const auto* s : samples) labels.push_back(s->label), names.push_back(s->name);
-    Explained e{m, explainer.explain(batch->images, for_method(base, m, labels), names), {}, {}, {}};
+    Explained e{m, explainer.explain(batch->images, detail::for_method(base, m, labels), names), {}, {}, {}};
     for (const auto* s : samples) e.measured.push_back(tally.has(m, s->name));
     if (run.eval.has("sensitivity"))
       for (size_t k = 0; k < samples.size(); ++k)
@@ -186,6 +177,15 @@ ExplainOptions base_options(const DatasetRun& run) {
   base.settings.set("seed", static_cast<int64_t>(run.seed));
   base.boxes = run.eval.has("loc");  // the paper's box is measured by loc alone
   return base;
+}
+
+ExplainOptions for_method(const ExplainOptions& base, const std::string& method, const std::vector<int64_t>& labels) {
+  ExplainOptions opt = base;
+  opt.methods = {method};
+  opt.settings = taken_by({method}, base.settings);
+  opt.targets = {class_target(labels)};
+  opt.targets[0].name = "truth";
+  return opt;
 }
 
 std::optional<ExampleRanking> example_ranking(const EvalOptions& eval) {

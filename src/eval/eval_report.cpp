@@ -179,11 +179,7 @@ void write_eval_report(const Explainer& explainer, const Dataset& data, const Da
     for (size_t i = 0; i < picks.size(); ++i) {
       const Sample& s = *picks[i].second;
       const cv::Mat img = read_image(s.path);
-      ExplainOptions opt = base;
-      opt.methods = {m};
-      opt.settings = taken_by({m}, base.settings);
-      opt.targets = {class_target({s.label})};
-      const auto e = explainer.explain({img}, opt, {s.name});
+      const auto e = explainer.explain({img}, detail::for_method(base, m, {s.label}), {s.name});
       const std::string file = "examples/" + safe_name(m) + "." + std::to_string(i + 1) + "." + safe_name(fs::path(s.name).stem().string()) + ".png";
       out.write(file, encode_png(example_picture(img, s, e[0].maps.back())));
       report::Page::Cell cell;

@@ -46,6 +46,8 @@ std::string sanity_key(const nlohmann::json& record);
 
 // The explanation options every method of the run shares; each request adds its method and targets.
 ExplainOptions base_options(const DatasetRun& run);
+// One method of the run, explaining each image for its label (the ground-truth class), one target.
+ExplainOptions for_method(const ExplainOptions& base, const std::string& method, const std::vector<int64_t>& labels);
 
 // How the report orders each method's examples: by the first metric of the run that scores an image
 // (in eval_metrics() order), read from its record; `higher` says which way is better. None for a run

@@ -33,12 +33,8 @@ void sanity_cascade(const Explainer& explainer, const Dataset& data, const Datas
   const auto blocks = metrics::cascade_blocks(explainer.model());
   std::map<std::string, std::vector<cv::Mat>> original;
   auto maps_of = [&](const Explainer& ex, const std::string& method) {
-    ExplainOptions opt = base;
-    opt.methods = {method};
-    opt.settings = taken_by({method}, base.settings);
-    opt.targets = {class_target(labels)};
     std::vector<cv::Mat> out;
-    for (auto& e : ex.explain(images, opt, names)) out.push_back(cv::abs(e.maps.back().upsampled));
+    for (auto& e : ex.explain(images, detail::for_method(base, method, labels), names)) out.push_back(cv::abs(e.maps.back().upsampled));
     return out;
   };
   for (size_t step = 1; step <= blocks.size(); ++step) {
